@@ -1,0 +1,17 @@
+"""Weight penalties R(W); the trainer adds lambda * R(W) to the data loss. The bias is never
+penalized."""
+
+from __future__ import annotations
+
+import torch
+
+
+def penalty(name: str, weights: torch.Tensor, elastic_beta: float = 0.5) -> torch.Tensor:
+    """R(W) for ``train.reg``: l2 = sum W^2, l1 = sum |W|, elastic = sum(beta W^2 + |W|)."""
+    if name == "l2":
+        return (weights * weights).sum()
+    if name == "l1":
+        return weights.abs().sum()
+    if name == "elastic":
+        return (elastic_beta * weights * weights + weights.abs()).sum()
+    return weights.new_zeros(())
