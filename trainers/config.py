@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 SOURCES = ("digits", "npz", "csv", "parquet", "cifar10", "synthetic")
@@ -73,7 +73,7 @@ class TrialConfig:
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Nested plain dict with the user's key names (``lambda``, not ``lambda_``)."""
         return {
-            name: {_key(f.name): v for f, v in zip(fields(sec), asdict(sec).values())}
+            name: {_key(k): v for k, v in asdict(sec).items()}
             for name, sec in (("data", self.data), ("model", self.model), ("train", self.train))
         }
 
