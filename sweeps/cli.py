@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from sweeps import config as config_file
@@ -43,6 +44,73 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """A sweep: validate everything first, then run it (or only describe it, --dry-run)."""
+    from sweeps.spec import sweep_spec
+
+    doc = config_file.load(args.config, args.set)
+    spec = sweep_spec(doc, name=args.name)
+    if args.dry_run:
+        print(describe(spec))
+        return 0
+    from sweeps.run import run
+
+    return run(spec, doc, resume=args.resume)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Continue an interrupted sweep from its saved config and checkpoints."""
+    from sweeps.run import load_saved, run
+    from sweeps.spec import sweep_spec
+
+    doc = load_saved(args.name, args.storage)
+    return run(sweep_spec(doc), doc, resume=True)
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    """Serve the MLflow UI for this store on 127.0.0.1."""
+    import os
+    import shutil
+
+    from sweeps.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri, Path.cwd())
+    mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    print(f"MLflow UI for {uri} at http://127.0.0.1:{args.port} (Ctrl-C stops it)", flush=True)
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    cmd = [
+        mlflow,
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(args.port),
+        "--workers",
+        "1",
+    ]
+    os.execv(mlflow, cmd)
+
+
+def describe(spec: Any) -> str:
+    """What --dry-run prints: the resolved search and space, and the number of trials."""
+    s = spec.search
+    lines = [
+        f"sweep {spec.name}: {s.type} search, {spec.num_trials()} trials, "
+        f"metric {s.metric} ({s.mode}), results in {spec.folder}"
+    ]
+    if s.type == "asha":
+        lines.append(
+            f"asha: max_t {spec.trial.train.epochs} epochs, grace_period "
+            f"{s.grace_period}, reduction_factor {s.reduction_factor}, "
+            f"brackets {s.brackets}"
+        )
+    lines.append(f"resources per trial: {spec.resources.cpu:g} cpu, {spec.resources.gpu:g} gpu")
+    lines += [f"  {key}: {json.dumps(dist)}" for key, dist in spec.space.items()]
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sweep", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -58,6 +126,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--json", action="store_true", help="end with a JSON line of final metrics")
     train.set_defaults(func=cmd_train)
+
+    run = sub.add_parser("run", help="run a sweep with Ray Tune, logging to MLflow")
+    run.add_argument("config", help="YAML sweep config, e.g. configs/digits_asha.yaml")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any key, e.g. --set search.num_samples=8 (repeatable)",
+    )
+    run.add_argument("--name", help="the sweep's name (default: name in the config)")
+    run.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved space and the number of trials, run nothing",
+    )
+    run.set_defaults(func=cmd_run)
+
+    resume = sub.add_parser("resume", help="continue an interrupted sweep by name")
+    resume.add_argument("name")
+    resume.add_argument("--storage", default="runs", help="folder holding the sweep (default runs)")
+    resume.set_defaults(func=cmd_resume)
+
+    ui = sub.add_parser("ui", help="serve the MLflow UI for this store on 127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else ./mlflow.db")
+    ui.set_defaults(func=cmd_ui)
     return parser
 
 

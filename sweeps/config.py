@@ -69,7 +69,8 @@ def apply_sets(doc: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
         if head not in TOP_LEVEL:
             raise unknown_key_error(head, TOP_LEVEL)
         node = doc
-        parts = [head, *rest]
+        # space keys are themselves dotted trainer keys: space.train.lr -> space["train.lr"]
+        parts = [head, ".".join(rest)] if head == "space" and rest else [head, *rest]
         for part in parts[:-1]:
             child = node.get(part)
             if child is None:

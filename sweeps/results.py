@@ -1,0 +1,67 @@
+"""A finished sweep's results: each trial's outcome, results.csv, and the terminal table."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+OUTCOMES = ("completed", "early_stopped", "diverged", "error")
+METRIC_KEYS = ("val_acc", "val_loss", "train_acc", "train_loss")
+
+
+def outcome(metrics: dict[str, Any] | None, epochs: int, error: Any) -> str:
+    """How a trial ended: error, diverged, early_stopped (by ASHA) or completed."""
+    if error is not None:
+        return "error"
+    metrics = metrics or {}
+    if metrics.get("diverged"):
+        return "diverged"
+    if int(metrics.get("epoch", 0)) < epochs:
+        return "early_stopped"
+    return "completed"
+
+
+def first_error_line(error: Any) -> str:
+    """The line of a (Ray-wrapped) exception that names the cause, without the traceback."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def trial_row(
+    trial_id: str,
+    params: dict[str, Any],
+    history: pd.DataFrame | None,
+    status: str,
+    error: Any,
+) -> dict[str, Any]:
+    """One row of results.csv: searched params, status, final and best metrics."""
+    row: dict[str, Any] = {"trial_id": trial_id, "status": status, **params}
+    has_history = history is not None and not history.empty and "val_acc" in history
+    last = history.iloc[-1] if has_history else {}
+    row["epochs_run"] = int(last["epoch"]) if has_history else 0
+    for key in METRIC_KEYS:
+        row[f"final_{key}"] = float(last[key]) if has_history else math.nan
+    row["best_val_acc"] = float(history["val_acc"].max()) if has_history else math.nan
+    row["best_val_loss"] = float(history["val_loss"].min()) if has_history else math.nan
+    row["error"] = first_error_line(error) if error is not None else ""
+    return row
+
+
+def write_csv(rows: list[dict[str, Any]], metric: str, mode: str, path: Path) -> pd.DataFrame:
+    """results.csv, best trial first (by the final value of the sweep's metric)."""
+    table = pd.DataFrame(rows)
+    table = table.sort_values(f"final_{metric}", ascending=mode == "min", na_position="last")
+    tmp = path.with_suffix(".tmp")
+    table.to_csv(tmp, index=False)
+    tmp.replace(path)
+    return table
+
+
+def format_table(table: pd.DataFrame, params: list[str], top: int = 10) -> str:
+    """The best trials, for the terminal."""
+    cols = ["trial_id", "status", "epochs_run", *params, "final_val_acc", "final_val_loss"]
+    shown = table[[c for c in cols if c in table]].head(top)
+    return shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")

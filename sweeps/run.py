@@ -1,0 +1,158 @@
+"""Running a sweep end to end, on the driver.
+
+config -> spec (validated, nothing written yet) -> output folder and MLflow parent run ->
+Ray Tune trials (each reported to MLflow by the callback) -> results.csv -> the best
+config's one look at the test split -> the parent run closed with the best config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sweeps import tune
+from sweeps.results import first_error_line, format_table, outcome, trial_row, write_csv
+from sweeps.spec import SweepSpec
+from sweeps.tracking import SweepTracker, resolve_tracking_uri
+from trainers.config import ConfigError
+from trainers.data import prepare
+from trainers.loop import Trial
+
+EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
+CONFIG_FILE, STATE_FILE, RESULTS_FILE, BEST_DIR = (
+    "sweep.yaml",
+    "mlflow_runs.json",
+    "results.csv",
+    "best_model",
+)
+
+
+def preflight(spec: SweepSpec, resume: bool) -> None:
+    """Every check that needs the disk or the data, before anything is written."""
+    folder = spec.folder
+    if resume and not (folder / "tuner.pkl").exists():
+        raise ConfigError(f"nothing to resume in {folder}; start the sweep with sweep run CONFIG")
+    if not resume and folder.exists():
+        raise ConfigError(
+            f"{folder} already exists; continue it with --resume, or pick another --name"
+        )
+    sizes = spec.space.get("train.batch_size", {}).values()
+    largest = max([spec.trial.train.batch_size, *(v for args in sizes for v in args)])
+    smallest_train = min(len(ds.train.y) for ds in prepare(spec.trial.data))
+    if largest > smallest_train:
+        raise ConfigError(
+            f"train.batch_size must be <= the training split ({smallest_train} examples); "
+            f"got {largest}"
+        )
+
+
+def sweep_params(spec: SweepSpec) -> dict[str, Any]:
+    """What the parent run records about the sweep itself."""
+    return {
+        "search.type": spec.search.type,
+        "search.metric": spec.search.metric,
+        "search.num_samples": spec.search.num_samples,
+        "data.source": spec.trial.data.source,
+        "data.path": spec.trial.data.path or "",
+        "space": json.dumps(spec.space),
+    }
+
+
+def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False) -> int:
+    """Run or resume a sweep; returns the exit code."""
+    preflight(spec, resume)
+    tracking_uri = resolve_tracking_uri(spec.tracking_uri, Path.cwd())
+    folder = spec.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        (folder / CONFIG_FILE).write_text(yaml.safe_dump({**doc, "name": spec.name}))
+    tracker = SweepTracker(tracking_uri, spec.name, folder / STATE_FILE)
+    tracker.start_sweep(sweep_params(spec))
+    print(f"sweep {spec.name}: {spec.num_trials()} trials, results in {folder}", flush=True)
+    print(f"MLflow: {tracking_uri} (experiment {spec.name})", flush=True)
+
+    # SIGTERM (a scheduler's kill, `kill`) ends the sweep the way Ctrl-C does: state saved.
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    try:
+        resources = trial_resources(spec, tune.connect())
+        callback = tune.TrackingCallback(tracking_uri, spec.name, folder / STATE_FILE, spec)
+        records = tune.collect(tune.fit(spec, callback, resources, resume))
+    except KeyboardInterrupt:
+        tracker.end_sweep("interrupted")
+        print(f"interrupted; continue with: sweep resume {spec.name}", flush=True)
+        return EXIT_INTERRUPTED
+    finally:
+        tune.shutdown()
+    return finish(spec, tracker, records)
+
+
+def trial_resources(spec: SweepSpec, cluster: dict[str, float]) -> dict[str, float]:
+    """Per-trial resources; GPUs asked for where the cluster has none fall back to the CPU."""
+    gpu = spec.resources.gpu
+    if gpu > 0 and cluster.get("GPU", 0) == 0:
+        print("no GPU in this Ray cluster: trials run on the CPU", flush=True)
+        gpu = 0.0
+    return {"cpu": spec.resources.cpu, "gpu": gpu}
+
+
+def finish(spec: SweepSpec, tracker: SweepTracker, records: list[tune.TrialRecord]) -> int:
+    """results.csv, the test split for the best config, the parent run closed."""
+    folder, search = spec.folder, spec.search
+    if any(r.status not in ("TERMINATED", "ERROR") for r in records):
+        tracker.end_sweep("interrupted")
+        print(f"interrupted; continue with: sweep resume {spec.name}", flush=True)
+        return EXIT_INTERRUPTED
+    epochs = spec.trial.train.epochs
+    rows = []
+    for r in records:
+        last = r.history.iloc[-1].to_dict() if r.history is not None and len(r.history) else {}
+        status = outcome(last, int(r.params.get("train.epochs", epochs)), r.error)
+        rows.append(trial_row(r.trial_id, r.params, r.history, status, r.error))
+    table = write_csv(rows, search.metric, search.mode, folder / RESULTS_FILE)
+    print(format_table(table, list(spec.space)), flush=True)
+
+    eligible = table[table["status"].isin(["completed", "early_stopped"])]
+    if eligible.empty:
+        first = next((r.error for r in records if r.error is not None), None)
+        why = first_error_line(first) if first is not None else "every trial diverged"
+        tracker.end_sweep("failed")
+        print(f"error: no trial finished; first error: {why}", flush=True)
+        return EXIT_FAILED
+
+    best_row = eligible.iloc[0]
+    best = next(r for r in records if r.trial_id == best_row["trial_id"])
+    best_dir = folder / BEST_DIR
+    shutil.copytree(best.checkpoint, best_dir, dirs_exist_ok=True)
+    trained = Trial.load(best_dir)
+    test = trained.evaluate("test")  # the one look at the test split
+    metrics = {
+        **{k: float(best_row[f"final_{k}"]) for k in ("val_acc", "val_loss")},
+        **test,
+    }
+    tracker.end_sweep(
+        "completed",
+        best={"trial_id": best.trial_id, "config": trained.cfg.flat(), "metrics": metrics},
+        artifact_dir=best_dir,
+    )
+    params = ", ".join(f"{k}={best.params[k]}" for k in spec.space if k in best.params)
+    print(f"best trial {best.trial_id}: {params or 'the base config'}")
+    print(
+        f"  val_acc {metrics['val_acc']:.4f}  test_acc {test['test_acc']:.4f}  "
+        f"test_loss {test['test_loss']:.4f}"
+    )
+    print(f"results: {folder / RESULTS_FILE}; compare runs with: sweep ui", flush=True)
+    return 0
+
+
+def load_saved(name: str, storage: str = "runs") -> dict[str, Any]:
+    """The config document a sweep was started with, for ``sweep resume NAME``."""
+    path = Path(storage) / name / CONFIG_FILE
+    if not path.exists():
+        raise ConfigError(f"no sweep named {name} under {storage}/ ({path} is missing)")
+    return yaml.safe_load(path.read_text())

@@ -1,0 +1,327 @@
+"""Data for a trial: read a source, validate it, split it, standardize it.
+
+Every user mistake in an input file becomes a one-line ConfigError that names the file or key
+and the fix, so a sweep of hundreds of trials fails early with a readable reason.
+"""
+
+from __future__ import annotations
+
+import codecs
+import math
+import pickle
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.datasets import load_digits, make_classification
+from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.preprocessing import StandardScaler
+
+from trainers.config import ConfigError, DataConfig
+
+
+@dataclass
+class Split:
+    X: np.ndarray  # (N, D) float32
+    y: np.ndarray  # (N,) int64, values 0..C-1
+
+
+@dataclass
+class Dataset:
+    train: Split
+    val: Split
+    test: Split
+    n_classes: int
+    name: str  # e.g. "digits", or the file name
+
+
+def load_dataset(cfg: DataConfig) -> Dataset:
+    """Read the source, validate, split (stratified, seeded by cfg.seed) unless the file gives
+    its splits. NOT standardized, so that folds can be standardized on their own train part."""
+    if cfg.source not in _LOADERS:
+        raise ConfigError(f"data.source must be one of {', '.join(_LOADERS)}; got {cfg.source!r}")
+    name, parts = _LOADERS[cfg.source](cfg)
+    where = cfg.path or cfg.source
+    n_classes = _count_classes(np.concatenate([p.y for p in parts]), where)
+    v, t = cfg.val_fraction, cfg.test_fraction
+    if len(parts) == 1:  # one pool: train, val and test are fractions of the whole
+        parts = _split(parts[0], [1 - v - t, v, t], cfg.seed, where)
+    elif len(parts) == 2:  # train+val pool and a given test split (CIFAR-10)
+        parts = [*_split(parts[0], [1 - v, v], cfg.seed, where), parts[1]]
+    return Dataset(*parts, n_classes=n_classes, name=name)
+
+
+def cross_validation_folds(ds: Dataset, folds: int, seed: int) -> list[Dataset]:
+    """folds == 1 -> [ds]; else StratifiedKFold(shuffle, seed) over train+val concatenated; each
+    fold's val is one part, test unchanged, so every example is validated on exactly once."""
+    if folds == 1:
+        return [ds]
+    X = np.concatenate([ds.train.X, ds.val.X])
+    y = np.concatenate([ds.train.y, ds.val.y])
+    counts = np.bincount(y, minlength=ds.n_classes)
+    if counts.min() < folds:
+        c = int(counts.argmin())
+        raise ConfigError(
+            f"{ds.name}: class {c} has only {counts[c]} examples in train+val, fewer than "
+            f"data.folds={folds}; lower data.folds or add data"
+        )
+    kfold = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return [
+        replace(ds, train=Split(X[tr], y[tr]), val=Split(X[va], y[va]))
+        for tr, va in kfold.split(X, y)
+    ]
+
+
+def standardize(ds: Dataset) -> Dataset:
+    """Zero-mean unit-variance with statistics from ds.train ONLY (features with std 0 keep
+    scale 1), applied to all three splits, so nothing leaks from val/test; returns a new Dataset."""
+    scaler = StandardScaler().fit(ds.train.X)
+    train, val, test = (
+        Split(scaler.transform(s.X).astype(np.float32), s.y) for s in (ds.train, ds.val, ds.test)
+    )
+    return replace(ds, train=train, val=val, test=test)
+
+
+def prepare(cfg: DataConfig) -> list[Dataset]:
+    """load_dataset -> cross_validation_folds(cfg.folds, cfg.seed) -> standardize each if
+    cfg.standardize. What the trainer calls: one Dataset per fold."""
+    folds = cross_validation_folds(load_dataset(cfg), cfg.folds, cfg.seed)
+    return [standardize(ds) for ds in folds] if cfg.standardize else folds
+
+
+# ---------------------------------------------------------------- validation and splitting
+def _one_line(err: BaseException) -> str:
+    return " ".join(f"{type(err).__name__}: {err}".split())
+
+
+def _checked(
+    X: object,
+    y: object,
+    where: str,
+    xname: str = "X",
+    yname: str = "y",
+    columns: list | None = None,
+) -> Split:
+    """Split from raw arrays, or a ConfigError saying what is wrong with them."""
+    X, y = np.asarray(X), np.asarray(y)
+    if X.ndim != 2:
+        raise ConfigError(f"{where}: {xname} must be 2-D (examples x features); got {X.shape}")
+    if y.ndim != 1:
+        raise ConfigError(f"{where}: {yname} must be 1-D (one label each); got {y.shape}")
+    if len(X) != len(y):
+        raise ConfigError(f"{where}: {xname} has {len(X)} rows but {yname} has {len(y)} labels")
+    if len(y) == 0 or X.shape[1] == 0:
+        raise ConfigError(f"{where}: {xname} is empty (shape {X.shape}); it needs examples")
+    if X.dtype.kind not in "biuf":
+        raise ConfigError(f"{where}: {xname} must be numeric; got dtype {X.dtype}")
+    with np.errstate(over="ignore"):
+        X = X.astype(np.float32)
+    bad = ~np.isfinite(X)
+    if bad.any():
+        cols = ", ".join(str((columns or range(X.shape[1]))[j]) for j in bad.any(0).nonzero()[0])
+        raise ConfigError(
+            f"{where}: {xname} has {bad.sum()} NaN or infinite values (or beyond float32) in "
+            f"column(s) {cols}; fill or drop them"
+        )
+    numeric = y.dtype.kind in "biuf"
+    bad = ~(np.isfinite(y) & (y == np.round(y)) & (y >= 0)) if numeric else np.ones(len(y), bool)
+    if bad.any():
+        eg = y[bad][:1].tolist()[0]
+        raise ConfigError(
+            f"{where}: {yname} must be labels 0..C-1; {bad.sum()} are not, e.g. {eg!r}"
+        )
+    return Split(X, y.astype(np.int64))
+
+
+def _count_classes(y: np.ndarray, where: str) -> int:
+    """C, after checking that the labels are exactly 0..C-1 with every class present."""
+    top = int(y.max())
+    if top >= len(y):  # cannot all be present; also keeps bincount small
+        raise ConfigError(f"{where}: label {top} but only {len(y)} examples; labels must be 0..C-1")
+    counts = np.bincount(y)
+    absent = np.flatnonzero(counts == 0)
+    if absent.size:
+        shown = ", ".join(map(str, absent[:10])) + (", ..." if absent.size > 10 else "")
+        raise ConfigError(f"{where}: labels must be 0..C-1 with no gaps; class(es) {shown} absent")
+    if len(counts) < 2:
+        raise ConfigError(f"{where}: needs at least 2 classes; every label is 0")
+    return len(counts)
+
+
+def _split(pool: Split, fractions: list[float], seed: int, where: str) -> list[Split]:
+    """Stratified split of pool into parts of the given fractions (of the pool; the first is
+    the rest), so each class keeps its share; every part must get every class."""
+    counts = np.bincount(pool.y)
+    need = math.ceil(1 / min(fractions) - 1e-9)
+
+    def too_small(c: int) -> ConfigError:
+        return ConfigError(
+            f"{where}: class {c} has only {counts[c]} examples, too few to appear in every split "
+            f"(about {need} needed); raise data.val_fraction / data.test_fraction or add data"
+        )
+
+    if counts.min() < need:
+        raise too_small(int(counts.argmin()))
+    idx, parts, left = np.arange(len(pool.y)), [], 1.0
+    try:
+        for f in fractions[:0:-1]:  # val, test: each a fraction of what is left
+            idx, taken = train_test_split(
+                idx, test_size=f / left, stratify=pool.y[idx], random_state=seed
+            )
+            parts, left = [taken, *parts], left - f
+    except ValueError:  # sklearn: a class too small to stratify
+        raise too_small(int(counts.argmin())) from None
+    for part in (parts := [idx, *parts]):
+        missing = np.setdiff1d(np.arange(len(counts)), pool.y[part])
+        if missing.size:  # rounding can still leave a small class out of one part
+            raise too_small(int(missing[0]))
+    return [Split(pool.X[i], pool.y[i]) for i in parts]
+
+
+# ---------------------------------------------------------------- sources
+def _path(cfg: DataConfig, folder: bool = False) -> Path:
+    if not cfg.path:
+        raise ConfigError(f"data.path is required for data.source {cfg.source}")
+    path = Path(cfg.path).expanduser()
+    if not path.exists():
+        raise ConfigError(f"data.path: no such {'folder' if folder else 'file'}: {path}")
+    if path.is_dir() != folder:
+        raise ConfigError(f"data.path: {path} is {'not ' if folder else ''}a folder")
+    return path
+
+
+def _synthetic(cfg: DataConfig) -> tuple[str, list[Split]]:
+    """Gaussian blobs at hypercube corners with 1% flipped labels: linear, but not trivially."""
+    if cfg.n_classes > 2**cfg.n_features:  # one hypercube corner per class
+        need = math.ceil(math.log2(cfg.n_classes))
+        raise ConfigError(
+            f"data.n_features must be >= {need} for {cfg.n_classes} synthetic classes"
+        )
+    X, y = make_classification(
+        n_samples=cfg.n_samples,
+        n_features=cfg.n_features,
+        n_informative=cfg.n_features,
+        n_redundant=0,
+        n_classes=cfg.n_classes,
+        n_clusters_per_class=1,
+        random_state=cfg.seed,
+    )
+    return "synthetic", [_checked(X, y, "synthetic")]
+
+
+_SPLIT_KEYS = ("X_train", "y_train", "X_val", "y_val", "X_test", "y_test")
+
+
+def _npz(cfg: DataConfig) -> tuple[str, list[Split]]:
+    path = _path(cfg)
+    if not zipfile.is_zipfile(path):  # np.load would read a .npy or a pickle as something else
+        raise ConfigError(
+            f"data.path: {path} is not an npz file (a zip of arrays, as np.savez writes)"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ConfigError(f"data.path: cannot read {path} as npz: {_one_line(e)}") from None
+    if set(_SPLIT_KEYS) <= arrays.keys():
+        keys = [_SPLIT_KEYS[i : i + 2] for i in (0, 2, 4)]
+    elif {"X", "y"} <= arrays.keys():
+        keys = [("X", "y")]
+    else:
+        found = ", ".join(arrays) or "none"
+        raise ConfigError(
+            f"data.path: {path} must hold X, y or {', '.join(_SPLIT_KEYS)}; found {found}"
+        )
+    parts = [_checked(arrays[x], arrays[y], str(path), x, y) for x, y in keys]
+    if len({p.X.shape[1] for p in parts}) > 1:
+        raise ConfigError(f"{path}: X_train, X_val and X_test have different numbers of columns")
+    return path.name, parts
+
+
+def _table(cfg: DataConfig) -> tuple[str, list[Split]]:
+    """csv or parquet: the label column plus numeric feature columns."""
+    path = _path(cfg)
+    try:
+        df = pd.read_csv(path) if cfg.source == "csv" else pd.read_parquet(path)
+    except (OSError, ValueError) as e:  # pandas and pyarrow parse errors are ValueErrors
+        raise ConfigError(
+            f"data.path: cannot read {path} as {cfg.source}: {_one_line(e)}"
+        ) from None
+    label = cfg.label_column
+    if label not in df.columns:
+        columns = ", ".join(map(str, df.columns))
+        raise ConfigError(f"data.label_column: no column {label!r} in {path}; columns: {columns}")
+    features = df.drop(columns=[label])
+    for col in features.columns:
+        if not pd.api.types.is_numeric_dtype(features[col]):
+            example = next(iter(features[col].dropna()), None)
+            raise ConfigError(
+                f"{path}: feature column {col!r} is not numeric (e.g. {example!r}); "
+                f"every column but data.label_column ({label!r}) must be a number"
+            )
+    X = features.to_numpy(dtype=np.float64, na_value=np.nan)
+    y = df[label].to_numpy()
+    return path.name, [_checked(X, y, str(path), "X", f"column {label!r}", list(features))]
+
+
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
+_RECONSTRUCT = np.empty(0).__reduce__()[0]  # wherever this numpy keeps _reconstruct
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays and plain containers only: a pickle can otherwise run any code.
+    `_codecs.encode` is how Python 3 writes bytes at protocol 2 (harmless: text to bytes)."""
+
+    SAFE = {
+        ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+        ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,
+    }
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in self.SAFE:
+            raise _Refused(f"refusing to unpickle {module}.{name}")
+        return self.SAFE[module, name]
+
+
+def _cifar_batch(file: Path) -> Split:
+    if not file.is_file():
+        raise ConfigError(f"data.path: CIFAR-10 folder {file.parent} has no file {file.name}")
+    try:
+        with open(file, "rb") as f:
+            batch = _CifarUnpickler(f, encoding="bytes").load()
+        data, labels = batch[b"data"], np.asarray(batch[b"labels"])
+    except _Refused as e:
+        raise ConfigError(f"{e} from {file}: not a CIFAR-10 batch") from None
+    except Exception as e:  # nothing but numpy could run, so any failure means a bad file
+        raise ConfigError(f"cannot read {file}: not a CIFAR-10 batch ({_one_line(e)})") from None
+    ok = isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.shape[1:] == (3072,)
+    if not (ok and labels.shape == (len(data),)):
+        raise ConfigError(f"{file}: not a CIFAR-10 batch of b'data' (N x 3072 uint8), b'labels'")
+    return _checked(data / np.float32(255), labels, str(file), "b'data'", "b'labels'")
+
+
+def _cifar10(cfg: DataConfig) -> tuple[str, list[Split]]:
+    """The 'CIFAR-10 python version' folder: data_batch_1..5 are train+val, test_batch is test."""
+    folder = _path(cfg, folder=True)
+    batches = [_cifar_batch(folder / f"data_batch_{i}") for i in range(1, 6)]
+    pool = Split(np.concatenate([b.X for b in batches]), np.concatenate([b.y for b in batches]))
+    return folder.name, [pool, _cifar_batch(folder / "test_batch")]
+
+
+_LOADERS: dict[str, Callable[[DataConfig], tuple[str, list[Split]]]] = {
+    "digits": lambda cfg: ("digits", [_checked(*load_digits(return_X_y=True), "digits")]),
+    "npz": _npz,
+    "csv": _table,
+    "parquet": _table,
+    "cifar10": _cifar10,
+    "synthetic": _synthetic,
+}
