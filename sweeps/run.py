@@ -33,11 +33,14 @@ CONFIG_FILE, STATE_FILE, RESULTS_FILE, BEST_DIR = (
 )
 
 
-def preflight(spec: SweepSpec, resume: bool) -> None:
-    """Every check that needs the disk or the data, before anything is written."""
+def preflight(spec: SweepSpec, resume: bool) -> bool:
+    """Every check that needs the disk or the data, before anything is written.
+
+    Returns whether there is a Ray state to resume: ``--resume`` on a sweep that never got
+    that far starts it, so a requeued SLURM job can always pass ``--resume``.
+    """
     folder = spec.folder
-    if resume and not (folder / "tuner.pkl").exists():
-        raise ConfigError(f"nothing to resume in {folder}; start the sweep with sweep run CONFIG")
+    can_resume = (folder / "tuner.pkl").exists()
     if not resume and folder.exists():
         raise ConfigError(
             f"{folder} already exists; continue it with --resume, or pick another --name"
@@ -50,6 +53,7 @@ def preflight(spec: SweepSpec, resume: bool) -> None:
             f"train.batch_size must be <= the training split ({smallest_train} examples); "
             f"got {largest}"
         )
+    return can_resume
 
 
 def sweep_params(spec: SweepSpec) -> dict[str, Any]:
@@ -66,11 +70,11 @@ def sweep_params(spec: SweepSpec) -> dict[str, Any]:
 
 def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False) -> int:
     """Run or resume a sweep; returns the exit code."""
-    preflight(spec, resume)
+    resume = preflight(spec, resume)
     tracking_uri = resolve_tracking_uri(spec.tracking_uri, Path.cwd())
     folder = spec.folder
     folder.mkdir(parents=True, exist_ok=True)
-    if not resume:
+    if not (folder / CONFIG_FILE).exists():
         (folder / CONFIG_FILE).write_text(yaml.safe_dump({**doc, "name": spec.name}))
     tracker = SweepTracker(tracking_uri, spec.name, folder / STATE_FILE)
     tracker.start_sweep(sweep_params(spec))
@@ -80,7 +84,7 @@ def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False) -> int:
     # SIGTERM (a scheduler's kill, `kill`) ends the sweep the way Ctrl-C does: state saved.
     signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     try:
-        resources = trial_resources(spec, tune.connect())
+        resources = trial_resources(spec, tune.connect(), local="RAY_ADDRESS" not in os.environ)
         callback = tune.TrackingCallback(tracking_uri, spec.name, folder / STATE_FILE, spec)
         records = tune.collect(tune.fit(spec, callback, resources, resume))
     except KeyboardInterrupt:
@@ -92,10 +96,13 @@ def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False) -> int:
     return finish(spec, tracker, records)
 
 
-def trial_resources(spec: SweepSpec, cluster: dict[str, float]) -> dict[str, float]:
-    """Per-trial resources; GPUs asked for where the cluster has none fall back to the CPU."""
+def trial_resources(spec: SweepSpec, cluster: dict[str, float], local: bool) -> dict[str, float]:
+    """Per-trial resources; on a local Ray without GPUs, GPU trials fall back to the CPU.
+
+    On a cluster (RAY_ADDRESS set) GPU workers may join later, so the request stands.
+    """
     gpu = spec.resources.gpu
-    if gpu > 0 and cluster.get("GPU", 0) == 0:
+    if local and gpu > 0 and cluster.get("GPU", 0) == 0:
         print("no GPU in this Ray cluster: trials run on the CPU", flush=True)
         gpu = 0.0
     return {"cpu": spec.resources.cpu, "gpu": gpu}
