@@ -40,7 +40,7 @@ def preflight(spec: SweepSpec, resume: bool) -> bool:
     that far starts it, so a requeued SLURM job can always pass ``--resume``.
     """
     folder = spec.folder
-    can_resume = (folder / "tuner.pkl").exists()
+    can_resume = tune.can_resume(spec)
     if not resume and folder.exists():
         raise ConfigError(
             f"{folder} already exists; continue it with --resume, or pick another --name"
@@ -81,10 +81,11 @@ def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False) -> int:
     print(f"sweep {spec.name}: {spec.num_trials()} trials, results in {folder}", flush=True)
     print(f"MLflow: {tracking_uri} (experiment {spec.name})", flush=True)
 
-    # SIGTERM (a scheduler's kill, `kill`) ends the sweep the way Ctrl-C does: state saved.
-    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     try:
         resources = trial_resources(spec, tune.connect(), local="RAY_ADDRESS" not in os.environ)
+        # SIGTERM (a scheduler's kill, `kill`) ends the sweep the way Ctrl-C does: state saved.
+        # Installed after ray.init, which puts in a handler of its own that just exits.
+        signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
         callback = tune.TrackingCallback(tracking_uri, spec.name, folder / STATE_FILE, spec)
         records = tune.collect(tune.fit(spec, callback, resources, resume))
     except KeyboardInterrupt:
@@ -93,6 +94,8 @@ def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False) -> int:
         return EXIT_INTERRUPTED
     finally:
         tune.shutdown()
+    # The callback's tracker recorded every trial's end; a fresh one reads what it wrote.
+    tracker = SweepTracker(tracking_uri, spec.name, folder / STATE_FILE)
     return finish(spec, tracker, records)
 
 
@@ -111,7 +114,10 @@ def trial_resources(spec: SweepSpec, cluster: dict[str, float], local: bool) -> 
 def finish(spec: SweepSpec, tracker: SweepTracker, records: list[tune.TrialRecord]) -> int:
     """results.csv, the test split for the best config, the parent run closed."""
     folder, search = spec.folder, spec.search
-    if any(r.status not in ("TERMINATED", "ERROR") for r in records):
+    # Ray marks every trial TERMINATED after a Ctrl-C, SIGTERM or SIGUSR1, so ask MLflow:
+    # a trial never started, or whose run is still open, means the sweep did not finish.
+    still_open = set(tracker.open_runs()) - {tracker.parent}
+    if still_open or len(tracker.trials) < spec.num_trials():
         tracker.end_sweep("interrupted")
         print(f"interrupted; continue with: sweep resume {spec.name}", flush=True)
         return EXIT_INTERRUPTED

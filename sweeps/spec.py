@@ -34,7 +34,7 @@ DEPENDS_ON = {
 @dataclass
 class Search:
     type: str = "random"  # grid | random | asha
-    num_samples: int = 8  # random/asha: draws; grid: repeats of the grid, each with new seeds
+    num_samples: int = 0  # random/asha: draws (default 10); grid: repeats (default 1), new seeds
     metric: str = "val_acc"  # val_acc (max) or val_loss (min), measured on the validation split
     max_concurrent: int = 0  # 0: as many trials at once as the resources allow
     grace_period: int = 2  # asha: epochs every trial gets before it can be stopped
@@ -178,6 +178,7 @@ def sweep_spec(doc: dict[str, Any], name: str | None = None) -> SweepSpec:
     """Validate a whole sweep config document; raise ConfigError at the first mistake."""
     trial = trainer_config(doc)
     search = _section(doc, "search", SEARCH_RULES, Search)
+    search.num_samples = search.num_samples or (1 if search.type == "grid" else 10)
     resources = _section(doc, "resources", RESOURCE_RULES, Resources)
     space_doc = doc.get("space") or {}
     if not isinstance(space_doc, dict):

@@ -34,6 +34,16 @@ from trainers.data import Dataset, prepare  # noqa: E402
 from trainers.loop import Trial  # noqa: E402
 
 SEED_KEY = "train.seed"
+RAY_DIR = "ray"  # Ray's own folder inside the sweep's; Ray syncs over files it finds there
+
+
+def ray_folder(spec: SweepSpec) -> Path:
+    """Where Ray keeps the tuner state, trial folders and checkpoints of a sweep."""
+    return spec.folder / RAY_DIR
+
+
+def can_resume(spec: SweepSpec) -> bool:
+    return (ray_folder(spec) / "tuner.pkl").exists()
 
 
 # ---------------------------------------------------------------- search space
@@ -129,7 +139,8 @@ class TrackingCallback(tune.Callback):
         )
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        error = trial.get_error()
+        # Ray writes the error to the trial's local folder before calling back.
+        error = Path(trial.error_file).read_text() if trial.error_file else "unknown error"
         epochs = int((trial.last_result or {}).get("epoch", 0))
         self.tracker.trial_ended(trial.trial_id, "error", epochs, error=str(error))
         print(f"  trial {trial.trial_id}: FAILED: {first_error_line(error)}", flush=True)
@@ -142,20 +153,18 @@ class TrialRecord:
 
     trial_id: str
     params: dict[str, Any]  # the sampled values of the searched keys
-    status: str  # Ray's: TERMINATED, ERROR, or PENDING/PAUSED/RUNNING when interrupted
     history: pd.DataFrame | None  # one row per reported epoch
     error: Any
     checkpoint: Path | None  # the latest checkpoint folder
 
 
 def collect(grid: Any) -> list[TrialRecord]:
-    """The trials of a ResultGrid with Ray's status (which the public Result lacks)."""
+    """The trials of a ResultGrid, with the ids and configs that the public Result lacks."""
     trials = grid._experiment_analysis.trials  # same order as the grid's results
     return [
         TrialRecord(
             trial_id=trial.trial_id,
             params=dict(trial.config),
-            status=trial.status,
             history=result.metrics_dataframe,
             error=result.error,
             checkpoint=Path(result.checkpoint.path) if result.checkpoint else None,
@@ -188,7 +197,7 @@ def fit(spec: SweepSpec, callback: TrackingCallback, resources: dict[str, float]
     )
     if resume:
         tuner = tune.Tuner.restore(
-            str(spec.folder), trainable=wrapped, resume_unfinished=True, resume_errored=True
+            str(ray_folder(spec)), trainable=wrapped, resume_unfinished=True, resume_errored=True
         )
         return tuner.fit()
     s = spec.search
@@ -210,13 +219,12 @@ def fit(spec: SweepSpec, callback: TrackingCallback, resources: dict[str, float]
             mode=s.mode,
             num_samples=s.num_samples,
             scheduler=scheduler,
-            search_alg=BasicVariantGenerator(random_state=s.seed),
-            max_concurrent_trials=s.max_concurrent or None,
+            search_alg=BasicVariantGenerator(random_state=s.seed, max_concurrent=s.max_concurrent),
             reuse_actors=True,  # ~0.2 s per trial instead of ~1 s, and the data stays loaded
         ),
         run_config=tune.RunConfig(
-            name=spec.name,
-            storage_path=str(spec.folder.parent),
+            name=RAY_DIR,
+            storage_path=str(spec.folder),
             callbacks=[callback],
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),

@@ -1,0 +1,290 @@
+"""Real sweeps: a local Ray, a real SQLite MLflow store (and a real server), real files.
+
+Each test runs `sweep run` as a user would and then reads what a user would read: the exit
+code, the terminal, results.csv and the MLflow runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from sklearn.datasets import make_classification
+
+from sweeps.cli import main
+
+pytestmark = pytest.mark.slow
+SWEEP = str(Path(sys.executable).with_name("sweep"))
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """An empty working directory, as a user's, with no MLflow URI set from outside."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    X, y = make_classification(
+        n_samples=300, n_features=8, n_informative=6, n_classes=3, random_state=0
+    )
+    np.savez(tmp_path / "good.npz", X=X.astype("float32"), y=y)
+    np.savez(tmp_path / "bad.npz", X=X.astype("float32"), y=y + 0.5)  # labels not integers
+    return tmp_path
+
+
+def write_config(folder: Path, name: str, **sections) -> Path:
+    doc = {
+        "name": name,
+        "data": {"source": "npz", "path": str(folder / "good.npz")},
+        "train": {"epochs": 4, "batch_size": 32, "optimizer": "sgd", "schedule": "constant"},
+        **sections,
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def runs_of(folder: Path, name: str, uri: str | None = None):
+    """(parent run, {trial_id: child run}) of a sweep, read back from MLflow."""
+    client = MlflowClient(uri or f"sqlite:///{folder}/mlflow.db")
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1, "exactly one parent run per sweep"
+    children = {r.data.tags["sweep.trial_id"]: r for r in runs if r not in parents}
+    assert all(
+        r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children.values()
+    )
+    return client, parents[0], children
+
+
+def history_steps(client: MlflowClient, run) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_acc"))
+
+
+def test_grid_sweep_with_a_diverging_and_a_failing_trial(workdir, capsys):
+    cfg = write_config(
+        workdir,
+        "grid",
+        search={"type": "grid", "max_failures": 1},
+        space={
+            "train.lr": {"grid": [0.05, 1.0e30]},
+            "data.path": {"grid": [str(workdir / "good.npz"), str(workdir / "bad.npz")]},
+        },
+    )
+    assert main(["run", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "best trial" in out and "test_acc" in out
+
+    table = pd.read_csv(workdir / "runs/grid/results.csv")
+    assert len(table) == 4  # exactly the grid
+    by_case = {(r["train.lr"], Path(r["data.path"]).name): r for _, r in table.iterrows()}
+    assert by_case[(0.05, "good.npz")]["status"] == "completed"
+    assert by_case[(1.0e30, "good.npz")]["status"] == "diverged"
+    assert {by_case[(lr, "bad.npz")]["status"] for lr in (0.05, 1.0e30)} == {"error"}
+    assert "labels" in by_case[(0.05, "bad.npz")]["error"]
+    assert table.iloc[0]["status"] == "completed"  # the best first
+
+    client, parent, children = runs_of(workdir, "grid")
+    assert len(children) == 4
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["search.type"] == "grid"
+    assert 0.0 < parent.data.metrics["best_test_acc"] <= 1.0
+    artifacts = [a.path for a in client.list_artifacts(parent.info.run_id)]
+    assert "best_model" in artifacts and "best_config.json" in artifacts
+    statuses = {}
+    for trial_id, run in children.items():
+        row = table[table["trial_id"] == trial_id].iloc[0]
+        statuses[row["status"]] = run.info.status
+        assert run.data.tags["sweep.status"] == row["status"]
+        assert float(run.data.params["train.lr"]) == row["train.lr"]
+        assert not any(k.startswith(("time_", "pid", "node_ip")) for k in run.data.metrics)
+        if row["status"] == "completed":
+            assert history_steps(client, run) == [1, 2, 3, 4]  # one point per epoch
+        if row["status"] == "error":
+            assert "labels" in run.data.tags["sweep.error"]
+    assert statuses == {"completed": "FINISHED", "diverged": "FAILED", "error": "FAILED"}
+
+
+def test_random_search_makes_num_samples_trials(workdir):
+    cfg = write_config(
+        workdir,
+        "rand",
+        search={"type": "random", "num_samples": 3, "seed": 1},
+        space={"train.lr": {"loguniform": [1e-3, 1e-1]}},
+    )
+    assert main(["run", str(cfg)]) == 0
+    table = pd.read_csv(workdir / "runs/rand/results.csv")
+    assert len(table) == 3 and table["train.lr"].nunique() == 3
+    assert set(table["status"]) == {"completed"}
+
+
+def test_asha_stops_some_trials_early(workdir):
+    cfg = write_config(
+        workdir,
+        "asha",
+        train={"epochs": 9, "batch_size": 32, "optimizer": "sgd"},
+        search={"type": "asha", "num_samples": 8, "grace_period": 1, "reduction_factor": 3},
+        space={"train.lr": {"loguniform": [1e-5, 1e-1]}},
+    )
+    assert main(["run", str(cfg)]) == 0
+    table = pd.read_csv(workdir / "runs/asha/results.csv")
+    stopped = table[table["status"] == "early_stopped"]
+    assert len(table) == 8 and len(stopped) >= 1
+    assert (stopped["epochs_run"] < 9).all()
+    assert (table[table["status"] == "completed"]["epochs_run"] == 9).all()
+
+    client, parent, children = runs_of(workdir, "asha")
+    for trial_id in stopped["trial_id"]:
+        run = children[trial_id]
+        epochs = int(table[table["trial_id"] == trial_id]["epochs_run"].iloc[0])
+        assert run.info.status == "KILLED"
+        assert run.data.tags["sweep.rung"] == str(epochs)
+        assert history_steps(client, run) == list(range(1, epochs + 1))  # a shorter history
+
+
+def test_every_trial_failing_exits_non_zero_with_the_first_error(workdir, capsys):
+    cfg = write_config(
+        workdir,
+        "allbad",
+        search={"type": "grid", "max_failures": 0},
+        space={"data.path": {"grid": [str(workdir / "bad.npz")]}},
+    )
+    assert main(["run", str(cfg)]) == 1
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "labels" in lines[0]
+    _, parent, children = runs_of(workdir, "allbad")
+    assert parent.info.status == "FAILED"
+    assert [r.info.status for r in children.values()] == ["FAILED"]
+
+
+def start_sweep(cfg: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [SWEEP, "run", str(cfg), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group: Ray's processes die with it
+    )
+
+
+def wait_for_trials(state: Path, count: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Until the driver has opened MLflow runs for ``count`` trials."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read()
+        if state.exists() and len(json.loads(state.read_text()).get("trials", {})) >= count:
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"fewer than {count} trials started in {timeout} s")
+
+
+def check_resumed_sweep(workdir: Path, name: str, lrs: list[float], epochs: int) -> None:
+    """Same trials as an uninterrupted sweep, one MLflow run each, none RUNNING, no dupes."""
+    table = pd.read_csv(workdir / f"runs/{name}/results.csv")
+    assert sorted(table["train.lr"]) == sorted(lrs)
+    assert set(table["status"]) == {"completed"}
+    client, parent, children = runs_of(workdir, name)
+    assert parent.info.status == "FINISHED"
+    assert len(children) == len(lrs)
+    for run in children.values():
+        assert run.info.status == "FINISHED"
+        assert history_steps(client, run) == list(range(1, epochs + 1))
+
+
+LRS = [0.01, 0.02, 0.03, 0.04]
+
+
+def killable_config(workdir: Path, name: str) -> Path:
+    return write_config(
+        workdir,
+        name,
+        train={"epochs": 12, "batch_size": 8, "optimizer": "sgd"},
+        search={"type": "grid", "max_concurrent": 1},
+        space={"train.lr": {"grid": LRS}},
+    )
+
+
+def test_sigkill_then_resume_continues_the_same_runs(workdir):
+    cfg = killable_config(workdir, "killed")
+    proc = start_sweep(cfg)
+    try:
+        wait_for_trials(workdir / "runs/killed/mlflow_runs.json", 2, proc)
+        time.sleep(1.0)  # the second trial is a few epochs in
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (workdir / "runs/killed/results.csv").exists()
+
+    resumed = subprocess.run([SWEEP, "run", str(cfg), "--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    check_resumed_sweep(workdir, "killed", LRS, 12)
+
+
+def test_sigterm_interrupts_cleanly_and_sweep_resume_finishes(workdir):
+    cfg = killable_config(workdir, "termed")
+    proc = start_sweep(cfg)
+    wait_for_trials(workdir / "runs/termed/mlflow_runs.json", 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "sweep resume termed" in out
+    _, parent, children = runs_of(workdir, "termed")
+    running = [r for r in [parent, *children.values()] if r.info.status == "RUNNING"]
+    assert running == []  # interrupted, not left RUNNING
+
+    resumed = subprocess.run([SWEEP, "resume", "termed"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    check_resumed_sweep(workdir, "termed", LRS, 12)
+
+
+def test_sweep_logs_to_a_real_mlflow_server(workdir):
+    from tests.mlflow_server import mlflow_server
+
+    with mlflow_server(workdir) as uri:
+        cfg = write_config(
+            workdir,
+            "served",
+            search={"type": "random", "num_samples": 2},
+            space={"train.lr": {"loguniform": [1e-3, 1e-1]}},
+            mlflow={"tracking_uri": uri},
+        )
+        assert main(["run", str(cfg)]) == 0
+        client, parent, children = runs_of(workdir, "served", uri)
+        assert len(children) == 2 and parent.info.status == "FINISHED"
+        for run in children.values():
+            assert history_steps(client, run) == [1, 2, 3, 4]
+        assert "best_model" in [a.path for a in client.list_artifacts(parent.info.run_id)]
+    assert not (workdir / "mlflow.db").exists()  # nothing went to the local default
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["train.lrr=0.1"], "unknown key train.lrr; did you mean train.lr?"),
+        (["data.path=missing.npz"], "no such file"),
+        (["train.batch_size=100000"], "train.batch_size must be <= the training split"),
+        (["space.train.lr={grid: [0.1]}", "search.type=random"], None),  # valid: control
+    ],
+)
+def test_bad_config_leaves_nothing_behind(workdir, sets, message):
+    cfg = write_config(workdir, "bad", search={"type": "grid"})
+    args = [SWEEP, "run", str(cfg), *[x for s in sets for x in ("--set", s)]]
+    if message is None:
+        args.append("--dry-run")
+    done = subprocess.run(args, capture_output=True, text=True, cwd=workdir)
+    if message is None:
+        assert done.returncode == 0
+    else:
+        assert done.returncode == 2
+        assert done.stderr.strip().splitlines() == [f"error: {done.stderr.strip()[7:]}"]
+        assert message in done.stderr and "Traceback" not in done.stderr
+    assert not (workdir / "runs").exists() and not (workdir / "mlflow.db").exists()
