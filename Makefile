@@ -13,8 +13,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# Each demo is a new sweep (its own folder under runs/ and MLflow experiment).
 demo: $(STAMP)
-	$(BIN)/sweep train configs/digits.yaml
+	$(BIN)/sweep run configs/digits_asha.yaml --name demo-$$(date +%Y%m%d-%H%M%S)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

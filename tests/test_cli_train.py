@@ -1,0 +1,111 @@
+"""`sweep train`: per-epoch lines, the JSON summary, and one clear line for each user mistake."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sweeps.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = str(ROOT / "configs/digits.yaml")
+SWEEP = str(Path(sys.executable).with_name("sweep"))
+
+
+def test_train_prints_epochs_and_a_json_summary():
+    done = subprocess.run(
+        [SWEEP, "train", DIGITS, "--set", "train.epochs=3", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = done.stdout.strip().splitlines()
+    assert sum(ln.startswith("epoch ") for ln in lines) == 3
+    summary = json.loads(lines[-1])
+    assert set(summary) == {
+        "val_acc",
+        "val_loss",
+        "train_acc",
+        "train_loss",
+        "epochs_run",
+        "diverged",
+    }
+    assert summary["epochs_run"] == 3 and summary["diverged"] is False
+    assert summary["val_acc"] > 0.8
+
+
+def test_a_user_mistake_is_one_line_without_traceback():
+    done = subprocess.run(
+        [SWEEP, "train", DIGITS, "--set", "train.lr=0"], capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert done.stderr == "error: train.lr must be a number > 0; got 0.0\n"
+
+
+@pytest.fixture
+def files(tmp_path):
+    X = np.random.default_rng(0).normal(size=(60, 4)).astype("float32")
+    y = np.arange(60) % 3
+    np.savez(tmp_path / "ok.npz", X=X, y=y)
+    np.savez(tmp_path / "float_labels.npz", X=X, y=y + 0.5)
+    bad_x = X.copy()
+    bad_x[3, 1] = np.nan
+    np.savez(tmp_path / "nan.npz", X=bad_x, y=y)
+    np.savez(tmp_path / "tiny_class.npz", X=X, y=np.where(np.arange(60) == 0, 3, y))
+    (tmp_path / "garbage.npz").write_text("not a zip")
+    return tmp_path
+
+
+CASES = [
+    (["train.lrr=0.1"], "unknown key train.lrr; did you mean train.lr?"),
+    (["trian.lr=0.1"], "unknown key trian; did you mean train?"),
+    (["train.epochs=ten"], "train.epochs must be an integer >= 1; got 'ten'"),
+    (["train.epochs=0"], "train.epochs must be an integer >= 1; got 0"),
+    (["train.lr=-0.1"], "train.lr must be a number > 0"),
+    (["train.batch_size=0"], "train.batch_size must be an integer >= 1"),
+    (["train.batch_size=5000"], "train.batch_size must be <= the training split"),
+    (["train.lambda=-1"], "train.lambda must be a number >= 0"),
+    (["train.momentum=1.0"], r"train.momentum must be a number in \[0, 1\)"),
+    (["model.loss=l2"], "model.loss must be one of softmax, hinge, squared_hinge"),
+    (["train.optimizer=rmsprop"], "train.optimizer must be one of sgd, momentum, nesterov, adam"),
+    (["train.schedule=linear"], "train.schedule must be one of constant, step, cosine"),
+    (["data.source=mnist"], "data.source must be one of digits"),
+    (["data.source=npz", "data.path={tmp}/missing.npz"], "missing.npz"),
+    (["data.source=npz", "data.path={tmp}/garbage.npz"], "garbage.npz"),
+    (["data.source=npz", "data.path={tmp}/float_labels.npz"], "labels"),
+    (["data.source=npz", "data.path={tmp}/nan.npz"], "NaN"),
+    (["data.source=npz", "data.path={tmp}/tiny_class.npz"], "class 3"),
+    (["data.source=npz"], "data.path is required for data.source npz"),
+]
+
+
+@pytest.mark.parametrize(("sets", "message"), CASES)
+def test_bad_input(files, capsys, sets, message, monkeypatch):
+    monkeypatch.chdir(files)
+    args = ["train", DIGITS]
+    for s in sets:
+        args += ["--set", s.format(tmp=files)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert re.search(message, err), err
+    assert sorted(p.name for p in files.iterdir()) == sorted(
+        ["ok.npz", "float_labels.npz", "nan.npz", "tiny_class.npz", "garbage.npz"]
+    )  # nothing written
+
+
+def test_missing_config_file(capsys):
+    assert main(["train", "nope.yaml"]) == 2
+    assert capsys.readouterr().err == "error: nope.yaml: no such config file\n"
+
+
+def test_cuda_asked_where_there_is_none(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the error cannot happen")  # CI has none
+    assert main(["train", DIGITS, "--set", "train.device=cuda"]) == 2
+    assert "train.device is cuda but no CUDA GPU is visible" in capsys.readouterr().err
