@@ -26,7 +26,7 @@ from pathlib import Path
 READY_TIMEOUT_S = 60.0
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -58,7 +58,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
     """Run ``mlflow server`` on a free local port for the duration of the block."""
     tmp_path = Path(tmp_path).resolve()
     tmp_path.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     mlflow_exe = Path(sys.executable).parent / "mlflow"
     cmd = [
         str(mlflow_exe),
@@ -75,14 +75,21 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
         "--workers",
         "1",
     ]
+    with serving(cmd, port, tmp_path) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serving(cmd: list[str], port: int, cwd: Path) -> Iterator[str]:
+    """Start ``cmd`` (a server on ``port``), wait until ``GET /`` answers 200, stop it after."""
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    log = tmp_path / "mlflow-server.log"
+    log = Path(cwd) / f"server-{port}.log"
     url = f"http://127.0.0.1:{port}"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             cmd,
-            cwd=tmp_path,
+            cwd=cwd,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -92,9 +99,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(
-                    f"mlflow server exited with code {proc.returncode}:\n{_tail(log)}"
-                )
+                raise RuntimeError(f"{cmd[1]} exited with code {proc.returncode}:\n{_tail(log)}")
             try:
                 with urllib.request.urlopen(url + "/", timeout=2) as resp:
                     if resp.status == 200:
@@ -103,7 +108,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(
-                    f"mlflow server not ready at {url} after {READY_TIMEOUT_S:.0f} s:\n{_tail(log)}"
+                    f"{cmd[1]} not ready at {url} after {READY_TIMEOUT_S:.0f} s:\n{_tail(log)}"
                 )
             time.sleep(0.25)
         yield url

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -288,3 +289,24 @@ def test_bad_config_leaves_nothing_behind(workdir, sets, message):
         assert done.stderr.strip().splitlines() == [f"error: {done.stderr.strip()[7:]}"]
         assert message in done.stderr and "Traceback" not in done.stderr
     assert not (workdir / "runs").exists() and not (workdir / "mlflow.db").exists()
+
+
+def test_sweep_ui_serves_this_store(workdir):
+    """`sweep ui` serves the MLflow UI for ./mlflow.db on 127.0.0.1 and prints the address."""
+    from sweeps.tracking import SweepTracker, resolve_tracking_uri
+    from tests.mlflow_server import free_port, serving
+
+    tracker = SweepTracker(resolve_tracking_uri(None, workdir), "shown", workdir / "state.json")
+    tracker.start_sweep({"search.type": "grid"})
+    tracker.end_sweep("completed")
+    port = free_port()
+    with serving([SWEEP, "ui", "--port", str(port)], port, workdir) as url:
+        request = urllib.request.Request(
+            f"{url}/api/2.0/mlflow/experiments/search",
+            data=json.dumps({"max_results": 10}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            names = [e["name"] for e in json.load(resp)["experiments"]]
+    assert "shown" in names
+    assert f"at http://127.0.0.1:{port}" in (workdir / f"server-{port}.log").read_text()
