@@ -51,10 +51,10 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg.train)
         self.order = torch.Generator(device=device).manual_seed(cfg.train.seed)
 
-    def objective(self, X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(data loss, data loss + lambda * R(W)) on a batch."""
+    def objective(self, scores: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(data loss, data loss + lambda * R(W)) of a batch's scores."""
         m, t = self.cfg.model, self.cfg.train
-        loss = data_loss(m.loss, self.model(X), y, m.margin)
+        loss = data_loss(m.loss, scores, y, m.margin)
         return loss, loss + t.lambda_ * penalty(t.reg, self.model.W, t.elastic_beta)
 
     def train_epoch(self) -> float:
@@ -64,7 +64,7 @@ class Trainer:
         perm = torch.randperm(n, device=self.device, generator=self.order)
         for start in range(0, n, bs):
             idx = perm[start : start + bs]
-            _, total = self.objective(self.X[idx], self.y[idx])
+            _, total = self.objective(self.model(self.X[idx]), self.y[idx])
             self.optimizer.zero_grad(set_to_none=True)
             total.backward()
             self.optimizer.step()
@@ -74,8 +74,9 @@ class Trainer:
     @torch.no_grad()
     def measure(self, X: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """Data loss, total loss and accuracy of the current weights on a whole split."""
-        loss, total = self.objective(X, y)
-        acc = (self.model(X).argmax(dim=1) == y).float().mean()
+        scores = self.model(X)  # (N, C)
+        loss, total = self.objective(scores, y)
+        acc = (scores.argmax(dim=1) == y).float().mean()
         return {"loss": loss.item(), "total_loss": total.item(), "acc": acc.item()}
 
     def split_tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
