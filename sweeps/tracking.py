@@ -34,6 +34,7 @@ TRIAL_STATUS = {  # outcome -> MLflow run status
     "error": "FAILED",
     "interrupted": "KILLED",
 }
+EXPERIMENT_KIND = "mlflow.experimentKind"
 SWEEP_STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 BATCH = 100  # MLflow: at most 100 params or tags per log_batch
 PARAM_MAX = 6000  # MLflow: param values up to 6000 characters
@@ -86,6 +87,10 @@ class SweepTracker:
                 db_dir = Path(tracking_uri[len("sqlite:///") :].split("?")[0]).resolve().parent
                 location = (db_dir / "mlartifacts" / re.sub(r"[^\w.-]", "_", experiment)).as_uri()
             self.experiment_id = self.client.create_experiment(experiment, location)
+            # The MLflow 3 UI opens an experiment on its GenAI pages unless told otherwise.
+            self.client.set_experiment_tag(
+                self.experiment_id, EXPERIMENT_KIND, "custom_model_development"
+            )
         state = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
         self.parent: str | None = state.get("parent")
         self.trials: dict[str, str] = dict(state.get("trials", {}))
