@@ -154,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else ./mlflow.db")
     ui.set_defaults(func=cmd_ui)
+
+    from sweeps.submit import add_parser as add_submit_parser  # `sweep submit`: SLURM jobs
+
+    add_submit_parser(sub)
     return parser
 
 

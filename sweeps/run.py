@@ -70,6 +70,8 @@ def sweep_params(spec: SweepSpec) -> dict[str, Any]:
 
 def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False) -> int:
     """Run or resume a sweep; returns the exit code."""
+    # A driver started in the background by a job script inherits SIGINT ignored: restore it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     resume = preflight(spec, resume)
     tracking_uri = resolve_tracking_uri(spec.tracking_uri, Path.cwd())
     folder = spec.folder

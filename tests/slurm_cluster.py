@@ -24,6 +24,7 @@ spool dir below it and socket paths are limited to 107 bytes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -94,7 +95,7 @@ def _log_tail(path: Path, n: int = 15) -> str:
         lines = Path(path).read_text(errors="replace").splitlines()
     except OSError as exc:
         return f"(no log at {path}: {exc.strerror})"
-    return "\n".join(f"  | {l}" for l in lines[-n:]) or f"  (empty log {path})"
+    return "\n".join(f"  | {x}" for x in lines[-n:]) or f"  (empty log {path})"
 
 
 def _fail(msg: str, *logs: Path) -> RuntimeError:
@@ -102,7 +103,7 @@ def _fail(msg: str, *logs: Path) -> RuntimeError:
     first line, then the tails of the logs."""
     for log in logs:
         try:
-            fatal = [l for l in Path(log).read_text(errors="replace").splitlines() if "fatal:" in l]
+            fatal = [x for x in Path(log).read_text(errors="replace").splitlines() if "fatal:" in x]
         except OSError:
             continue
         if fatal:
@@ -123,11 +124,11 @@ def client_env(env: dict | None = None) -> dict:
 
 def _run(cmd, env=None, check=True, timeout=30, **kw) -> subprocess.CompletedProcess:
     try:
-        cp = subprocess.run(
-            cmd, env=env, capture_output=True, text=True, timeout=timeout, **kw
-        )
+        cp = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, **kw)
     except subprocess.TimeoutExpired:
-        raise RuntimeError(f"command timed out after {timeout}s: {' '.join(map(str, cmd))}")
+        raise RuntimeError(
+            f"command timed out after {timeout}s: {' '.join(map(str, cmd))}"
+        ) from None
     if check and cp.returncode != 0:
         raise RuntimeError(
             f"command failed (rc={cp.returncode}): {' '.join(map(str, cmd))}: "
@@ -209,7 +210,9 @@ def ensure_installed() -> None:
     if all(shutil.which(b) or Path(f"/usr/sbin/{b}").exists() for b in needed):
         return
     if os.geteuid() != 0:
-        raise RuntimeError("SLURM is not installed and installing it needs root (apt-get install slurm-wlm)")
+        raise RuntimeError(
+            "SLURM is not installed and installing it needs root (apt-get install slurm-wlm)"
+        )
     if not shutil.which("apt-get"):
         raise RuntimeError("SLURM is not installed and apt-get is not available to install it")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
@@ -247,8 +250,15 @@ def _ensure_munged(base: Path) -> None:
         uid = pwd.getpwnam("munge").pw_uid
         gid = grp.getgrnam("munge").gr_gid
     except KeyError:
-        raise RuntimeError("user 'munge' does not exist (is the munge package installed?)")
-    for d, mode in (("/run/munge", 0o755), ("/var/log/munge", 0o700), ("/var/lib/munge", 0o711), ("/etc/munge", 0o700)):
+        raise RuntimeError(
+            "user 'munge' does not exist (is the munge package installed?)"
+        ) from None
+    for d, mode in (
+        ("/run/munge", 0o755),
+        ("/var/log/munge", 0o700),
+        ("/var/lib/munge", 0o711),
+        ("/etc/munge", 0o700),
+    ):
         os.makedirs(d, exist_ok=True)
         os.chown(d, uid, gid)
         os.chmod(d, mode)
@@ -259,16 +269,23 @@ def _ensure_munged(base: Path) -> None:
     munged = shutil.which("munged") or "/usr/sbin/munged"
     cp = subprocess.run(
         ["runuser", "-u", "munge", "--", munged],
-        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
     )
     if cp.returncode != 0:
-        raise _fail(f"munged failed to start (rc={cp.returncode}): {cp.stderr.strip()}",
-                    Path("/var/log/munge/munged.log"))
+        raise _fail(
+            f"munged failed to start (rc={cp.returncode}): {cp.stderr.strip()}",
+            Path("/var/log/munge/munged.log"),
+        )
     deadline = time.monotonic() + 10
     while not _munge_works():
         if time.monotonic() > deadline:
-            raise _fail("munged started but `munge -n` still fails after 10 s",
-                        Path("/var/log/munge/munged.log"))
+            raise _fail(
+                "munged started but `munge -n` still fails after 10 s",
+                Path("/var/log/munge/munged.log"),
+            )
         time.sleep(0.1)
     (base / "munged.started").write_text(str(_read_pid(MUNGE_PIDFILE) or ""))
 
@@ -285,8 +302,9 @@ def _hardware() -> dict:
     return hw
 
 
-def _write_config(base: Path, ports: list[int], cpus: int, mem_mb: int, gpus: int,
-                  cred_expire: int) -> Path:
+def _write_config(
+    base: Path, ports: list[int], cpus: int, mem_mb: int, gpus: int, cred_expire: int
+) -> Path:
     host = _short_hostname()
     for sub in ("state", "log", "run", "dev", *(f"spool/{n}" for n in NODES)):
         (base / sub).mkdir(parents=True, exist_ok=True)
@@ -389,10 +407,8 @@ def _supervise(base: Path) -> int:
     """
     import ctypes
 
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-    except (OSError, AttributeError):
-        pass
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # stop() ends the daemons; we end after them
     specs = json.loads((base / "run" / "daemons.json").read_text())
@@ -400,8 +416,9 @@ def _supervise(base: Path) -> int:
         names = {}
         for name, argv in specs:
             with open(base / "log" / f"{name}.stderr", "ab") as err:
-                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=err)
+                proc = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
+                )
             names[proc.pid] = name
             log.write(f"started {name} pid={proc.pid}\n")
         while True:
@@ -412,8 +429,7 @@ def _supervise(base: Path) -> int:
             except InterruptedError:
                 continue
             if pid in names:
-                log.write(f"exited {names[pid]} pid={pid} "
-                          f"rc={os.waitstatus_to_exitcode(status)}\n")
+                log.write(f"exited {names[pid]} pid={pid} rc={os.waitstatus_to_exitcode(status)}\n")
         log.write("supervisor done\n")
     return 0
 
@@ -423,8 +439,12 @@ def _start_supervisor(base: Path, specs: list, env: dict) -> subprocess.Popen:
     with open(base / "log" / "supervisor.stderr", "ab") as err:
         proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "_supervise", str(base)],
-            env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-            start_new_session=True, close_fds=True,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=err,
+            stderr=err,
+            start_new_session=True,
+            close_fds=True,
         )
     _SUPERVISORS[proc.pid] = proc
     (base / "run" / "supervisor.pid").write_text(f"{proc.pid}\n")
@@ -497,13 +517,20 @@ def start(
     conf = _write_config(base, ports, cpus, mem_mb, gpus_per_node, requeue_delay)
     env = {"SLURM_CONF": str(conf)}
     cluster = Cluster(
-        base=base, conf=conf, env=env, nodes=list(NODES), partitions=list(PARTITIONS),
+        base=base,
+        conf=conf,
+        env=env,
+        nodes=list(NODES),
+        partitions=list(PARTITIONS),
         default_partition=PARTITIONS[0],
         ports={"slurmctld": ports[0], **dict(zip(NODES, ports[1:]))},
-        cpus_per_node=cpus, gpus_per_node=gpus_per_node, mem_mb=mem_mb,
+        cpus_per_node=cpus,
+        gpus_per_node=gpus_per_node,
+        mem_mb=mem_mb,
     )
-    (base / STATE_FILE).write_text(json.dumps(
-        {**dataclasses.asdict(cluster), "base": str(base), "conf": str(conf)}, indent=1))
+    (base / STATE_FILE).write_text(
+        json.dumps({**dataclasses.asdict(cluster), "base": str(base), "conf": str(conf)}, indent=1)
+    )
 
     log = base / "log"
     denv = _daemon_env(base, conf)
@@ -524,15 +551,22 @@ def start(
             dead = _exited_daemons(base)
             if dead:
                 name = dead[0]
-                raise _fail(f"{name} exited during startup", log / f"{name}.stderr",
-                            log / f"{name}.log")
+                raise _fail(
+                    f"{name} exited during startup", log / f"{name}.stderr", log / f"{name}.log"
+                )
             if sup.poll() is not None:
-                raise _fail(f"the supervisor process exited (rc={sup.returncode})",
-                            log / "supervisor.stderr")
+                raise _fail(
+                    f"the supervisor process exited (rc={sup.returncode})",
+                    log / "supervisor.stderr",
+                )
             if time.monotonic() > deadline:
                 culprit = next((n for n in NODES if states.get(n) != "idle"), None)
-                logs = [log / "slurmctld.log"] + ([log / f"slurmd-{culprit}.log"] if culprit else [])
-                raise _fail(f"SLURM nodes not idle after {timeout:.0f} s: {states or 'sinfo failed'}", *logs)
+                logs = [log / "slurmctld.log"] + (
+                    [log / f"slurmd-{culprit}.log"] if culprit else []
+                )
+                raise _fail(
+                    f"SLURM nodes not idle after {timeout:.0f} s: {states or 'sinfo failed'}", *logs
+                )
             time.sleep(0.2)
     except BaseException:
         stop(base)
@@ -558,17 +592,17 @@ def _procs_of(base: Path) -> list[int]:
         if not entry.isdigit() or int(entry) in skip:
             continue
         env = _environ_of(int(entry))
-        if env.get(MARKER) == str(base) or (env.get("SLURM_CONF") == conf and "SLURM_JOB_ID" in env):
+        if env.get(MARKER) == str(base) or (
+            env.get("SLURM_CONF") == conf and "SLURM_JOB_ID" in env
+        ):
             found.append(int(entry))
     return found
 
 
 def _signal_all(pids, sig) -> None:
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 def _wait_dead(pids, timeout: float) -> list[int]:
@@ -609,8 +643,9 @@ def stop(base: Path, *, stop_munge: bool = False) -> None:
     if not (sup and _environ_of(sup).get(MARKER) == str(base)):
         sup = None
     others = [p for p in _procs_of(base) if p != sup]
-    daemons = sorted(set(daemons) | {p for p in others
-                                     if "slurmd" in _cmdline(p) or "slurmctld" in _cmdline(p)})
+    daemons = sorted(
+        set(daemons) | {p for p in others if "slurmd" in _cmdline(p) or "slurmctld" in _cmdline(p)}
+    )
     _signal_all(daemons, signal.SIGTERM)
     left = _wait_dead(daemons, 10)
     _signal_all(left, signal.SIGKILL)
@@ -627,15 +662,11 @@ def stop(base: Path, *, stop_munge: bool = False) -> None:
             _wait_dead([sup], 5)
         proc = _SUPERVISORS.pop(sup, None)
         if proc is not None:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                pass
     for pf in all_pidfiles:
-        try:
+        with contextlib.suppress(OSError):
             pf.unlink()
-        except OSError:
-            pass
     started = base / "munged.started"
     if stop_munge and started.exists():
         pid = _read_pid(started) or _read_pid(MUNGE_PIDFILE)
@@ -647,7 +678,9 @@ def stop(base: Path, *, stop_munge: bool = False) -> None:
 
 def _cmdline(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
     except OSError:
         return ""
 
@@ -656,17 +689,17 @@ def status(base: Path) -> dict:
     """Which daemons of the cluster in `base` are alive, and the node states."""
     base = Path(base).resolve()
     out = {"base": str(base), "daemons": {}, "nodes": {}}
-    names = {"slurmctld": base / "run/slurmctld.pid",
-             **{f"slurmd-{n}": base / f"run/slurmd-{n}.pid" for n in NODES}}
+    names = {
+        "slurmctld": base / "run/slurmctld.pid",
+        **{f"slurmd-{n}": base / f"run/slurmd-{n}.pid" for n in NODES},
+    }
     for name, pf in names.items():
         pid = _read_pid(pf)
         out["daemons"][name] = pid if pid and _pid_alive(pid) else None
     if (base / "slurm.conf").exists() and out["daemons"]["slurmctld"]:
         out["nodes"] = _node_states(client_env({"SLURM_CONF": str(base / "slurm.conf")}))
-    try:
+    with contextlib.suppress(OSError, ValueError):
         out["cluster"] = json.loads((base / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        pass
     return out
 
 
@@ -683,7 +716,9 @@ def submit(script_or_args, env: dict, *, args=(), cwd=None, timeout: float = 30)
     `env` is merged over a cleaned os.environ (see client_env)."""
     full_env = client_env(env)
     if isinstance(script_or_args, str):
-        script = script_or_args if script_or_args.startswith("#!") else "#!/bin/bash\n" + script_or_args
+        script = (
+            script_or_args if script_or_args.startswith("#!") else "#!/bin/bash\n" + script_or_args
+        )
         cmd = ["sbatch", "--parsable", *args]
         cp = _run(cmd, env=full_env, input=script, cwd=cwd, timeout=timeout)
     else:
@@ -695,8 +730,19 @@ def submit(script_or_args, env: dict, *, args=(), cwd=None, timeout: float = 30)
     return job_id
 
 
-_TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
-             "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT"}
+_TERMINAL = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "PREEMPTED",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "REVOKED",
+    "SPECIAL_EXIT",
+}
 
 
 def job_state(job_id, env: dict) -> dict | None:
@@ -717,15 +763,18 @@ def wait_job(job_id, env: dict, timeout: float = 60.0, poll: float = 0.5) -> str
     while True:
         cp = _run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], env=full_env, check=False)
         states = cp.stdout.split()
-        gone = ("Invalid job id" in cp.stderr) or (cp.returncode == 0 and
-                                                   all(s in _TERMINAL for s in states))
+        gone = ("Invalid job id" in cp.stderr) or (
+            cp.returncode == 0 and all(s in _TERMINAL for s in states)
+        )
         if gone:
             info = job_state(job_id, env)
             return info.get("JobState") if info else None
         if cp.returncode != 0 and "Invalid job id" not in cp.stderr:
             raise RuntimeError(f"squeue failed for job {job_id}: {cp.stderr.strip()}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"job {job_id} still in queue after {timeout:.0f} s (state {states})")
+            raise RuntimeError(
+                f"job {job_id} still in queue after {timeout:.0f} s (state {states})"
+            )
         time.sleep(poll)
 
 
@@ -743,8 +792,10 @@ def _main(argv: list[str]) -> int:
         if cmd == "start":
             t0 = time.monotonic()
             c = start(base)
-            print(f"cluster up in {time.monotonic() - t0:.1f} s: nodes {c.nodes}, partitions "
-                  f"{c.partitions}, ports {c.ports}")
+            print(
+                f"cluster up in {time.monotonic() - t0:.1f} s: nodes {c.nodes}, partitions "
+                f"{c.partitions}, ports {c.ports}"
+            )
             print(f"export SLURM_CONF={c.conf}")
         elif cmd == "stop":
             stop(base)

@@ -1,15 +1,14 @@
 """Tests of the one-machine SLURM test cluster (tests/slurm_cluster.py).
 
 They start real slurmctld/slurmd daemons (root needed; slurm-wlm is installed
-through apt when missing) and submit real jobs.
+through apt when missing) and submit real jobs. The cluster is the session
+fixture `slurm_cluster` of tests/conftest.py.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,26 +18,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import slurm_cluster as sc  # noqa: E402
 
 pytestmark = pytest.mark.slurm
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory):
-    """A running two-node SLURM cluster (nodes n1, n2; partitions debug, gpu;
-    2 fake GPUs per node) for the whole session; stopped at the end."""
-    if os.geteuid() != 0:
-        pytest.skip("the SLURM test cluster needs root (slurmd runs jobs as their user)")
-    if sys.platform != "linux":
-        pytest.skip("the SLURM test cluster needs Linux")
-    sc.ensure_installed()
-    # slurmd keeps Unix sockets under the base dir: keep its path short
-    base = tmp_path_factory.mktemp("slurm")
-    if len(str(base)) > 50:
-        base = Path(tempfile.mkdtemp(prefix="slurmtest-", dir="/tmp"))
-    cluster = sc.start(base)
-    try:
-        yield cluster
-    finally:
-        sc.stop(base)
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -59,14 +38,21 @@ def _wait_for(pred, timeout: float, what: str, poll: float = 0.1):
 def test_gpu_job_gets_cuda_visible_devices(slurm_cluster, tmp_path):
     env = slurm_cluster.env
     job = sc.submit(
-        ["--gres=gpu:1", "-c", "1", "-o", str(tmp_path / "out.txt"),
-         "--wrap", "echo CVD=$CUDA_VISIBLE_DEVICES; echo CPUS=$SLURM_JOB_CPUS_PER_NODE"],
+        [
+            "--gres=gpu:1",
+            "-c",
+            "1",
+            "-o",
+            str(tmp_path / "out.txt"),
+            "--wrap",
+            "echo CVD=$CUDA_VISIBLE_DEVICES; echo CPUS=$SLURM_JOB_CPUS_PER_NODE",
+        ],
         env,
     )
     state = sc.wait_job(job, env, timeout=30)
     assert state == "COMPLETED"
     lines = _read_lines(tmp_path / "out.txt")
-    cvd = next(l.split("=", 1)[1] for l in lines if l.startswith("CVD="))
+    cvd = next(x.split("=", 1)[1] for x in lines if x.startswith("CVD="))
     assert cvd in {"0", "1"}, lines
     assert "CPUS=1" in lines
 
@@ -82,21 +68,17 @@ def test_two_node_job_runs_a_task_on_each_node(slurm_cluster, tmp_path):
     job = sc.submit(script, env, args=["-o", str(tmp_path / "out.txt")])
     assert sc.wait_job(job, env, timeout=30) == "COMPLETED"
     lines = _read_lines(tmp_path / "out.txt")
-    nodes = sorted(l.split("node=")[1] for l in lines if "node=" in l)
+    nodes = sorted(x.split("node=")[1] for x in lines if "node=" in x)
     assert nodes == ["n1", "n2"], lines
 
 
 def test_two_one_cpu_jobs_run_at_the_same_time(slurm_cluster, tmp_path):
     env = slurm_cluster.env
-    script = (
-        "#!/bin/bash\n"
-        "#SBATCH -c 1\n"
-        "date +%s.%N > {f}\n"
-        "sleep 3\n"
-        "date +%s.%N >> {f}\n"
-    )
-    jobs = [sc.submit(script.format(f=tmp_path / f"t{i}"), env, args=["-o", "/dev/null"])
-            for i in range(2)]
+    script = "#!/bin/bash\n#SBATCH -c 1\ndate +%s.%N > {f}\nsleep 3\ndate +%s.%N >> {f}\n"
+    jobs = [
+        sc.submit(script.format(f=tmp_path / f"t{i}"), env, args=["-o", "/dev/null"])
+        for i in range(2)
+    ]
     for job in jobs:
         assert sc.wait_job(job, env, timeout=30) == "COMPLETED"
     (s0, e0), (s1, e1) = ([float(x) for x in _read_lines(tmp_path / f"t{i}")] for i in range(2))
@@ -115,8 +97,13 @@ def test_requeue_runs_the_job_again(slurm_cluster, tmp_path):
     job = sc.submit(script, env, args=["-o", "/dev/null"])
     try:
         _wait_for(lambda: len(_read_lines(runs)) >= 1, 20, "the first run")
-        subprocess.run(["scontrol", "requeue", job], env=sc.client_env(env), check=True,
-                       capture_output=True, timeout=10)
+        subprocess.run(
+            ["scontrol", "requeue", job],
+            env=sc.client_env(env),
+            check=True,
+            capture_output=True,
+            timeout=10,
+        )
         _wait_for(lambda: len(_read_lines(runs)) >= 2, 30, "the run after requeue")
         assert _read_lines(runs) == ["restart=0", "restart=1"]
         assert sc.job_state(job, env)["Restarts"] == "1"
@@ -137,7 +124,12 @@ def test_scancel_signal_reaches_batch_script_trap(slurm_cluster, tmp_path):
     )
     job = sc.submit(script, env, args=["-o", "/dev/null"])
     _wait_for(lambda: "started" in _read_lines(log), 20, "the job to start")
-    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=sc.client_env(env),
-                   check=True, capture_output=True, timeout=10)
+    subprocess.run(
+        ["scancel", "--signal=USR1", "--batch", job],
+        env=sc.client_env(env),
+        check=True,
+        capture_output=True,
+        timeout=10,
+    )
     assert sc.wait_job(job, env, timeout=20) == "COMPLETED"
     assert _read_lines(log) == ["started", "got-USR1"]

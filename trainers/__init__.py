@@ -1,9 +1,6 @@
 """Pure PyTorch trainer for linear classifiers (softmax or multiclass hinge).
 
-Never imports Ray or MLflow, so it runs anywhere torch does (a GPU node, a notebook).
+Never imports Ray or MLflow, so it runs anywhere torch does (a GPU node, a notebook). The
+modules are imported where used (``trainers.loop.Trial``), so that reading a config stays
+cheap on a login node.
 """
-
-from trainers.config import ConfigError, TrialConfig, trial_config
-from trainers.loop import Trial, evaluate
-
-__all__ = ["ConfigError", "Trial", "TrialConfig", "evaluate", "trial_config"]

@@ -1,0 +1,34 @@
+"""Shared fixtures: the one-machine SLURM test cluster (tests/slurm_cluster.py)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import slurm_cluster as sc  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A running two-node SLURM cluster for the whole session, stopped at the end: nodes n1 and
+    n2 with 8 CPUs each (more than the machine has: several small jobs fit at once) and 2 fake
+    GPUs each; partitions debug (the default) and gpu."""
+    if os.geteuid() != 0:
+        pytest.skip("the SLURM test cluster needs root (slurmd runs jobs as their user)")
+    if sys.platform != "linux":
+        pytest.skip("the SLURM test cluster needs Linux")
+    sc.ensure_installed()
+    # slurmd keeps Unix sockets under the base dir: keep its path short
+    base = tmp_path_factory.mktemp("slurm")
+    if len(str(base)) > 50:
+        base = Path(tempfile.mkdtemp(prefix="slurmtest-", dir="/tmp"))
+    cluster = sc.start(base, cpus_per_node=8)
+    try:
+        yield cluster
+    finally:
+        sc.stop(base)

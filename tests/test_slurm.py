@@ -1,0 +1,526 @@
+"""`sweep submit`: sweeps as SLURM jobs with a Ray cluster over their nodes.
+
+The slurm tests submit tiny sweeps (digits, 4 trials) through `sweep submit` to the real
+one-machine cluster of tests/conftest.py, as a user would, then read what a user would: the
+job's state and log, results.csv and the MLflow runs. The other tests need no cluster: the
+rendered scripts' key lines, bash -n and shellcheck, refused input, the ports.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sweeps import submit as sub
+from sweeps.cli import main
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import slurm_cluster as sc  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP = str(Path(sys.executable).with_name("sweep"))
+CONFIG = """\
+data: {source: digits, seed: 0}
+model: {loss: softmax}
+train: {epochs: EPOCHS, optimizer: momentum, schedule: constant, batch_size: 64}
+search: {type: random, num_samples: 4, metric: val_acc, seed: 0}
+space:
+  train.lr: {loguniform: [0.01, 0.3]}
+resources: {cpu: 1, gpu: 0}
+"""
+slurm = pytest.mark.slurm
+
+
+# ---------------------------------------------------------------- helpers
+@pytest.fixture(scope="module")
+def ray_tmp():
+    """A short temp root of our own for the jobs' Ray (another test cluster may run beside)."""
+    path = Path(tempfile.mkdtemp(prefix="sw", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def profile(ray_tmp):
+    """configs/clusters/local.yaml with Ray's temp dirs under ray_tmp."""
+    text = (ROOT / "configs/clusters/local.yaml").read_text()
+    path = ray_tmp / "local.yaml"
+    path.write_text(re.sub(r"(?m)^ray_tmp: .*$", f"ray_tmp: {ray_tmp}", text))
+    return path
+
+
+def submit(cluster, profile: Path, workdir: Path, name: str, *args: str, epochs: int = 3) -> str:
+    """`sweep submit` in workdir as a user would; the job id."""
+    (workdir / "sweep.yaml").write_text(CONFIG.replace("EPOCHS", str(epochs)))
+    env = cluster.client_env()
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [SWEEP, "submit", "sweep.yaml", "--profile", str(profile), "--name", name, *args]
+    cp = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    return re.search(r"submitted job (\d+)", cp.stdout).group(1)
+
+
+def log_of(workdir: Path, name: str, job: str) -> str:
+    path = workdir / "runs" / name / f"slurm-{job}.out"
+    return path.read_text(errors="replace") if path.exists() else f"(no log {path})"
+
+
+def wait(cluster, job: str, workdir: Path, name: str, timeout: float = 150) -> str:
+    """The job's final state once it left the queue; the log's tail if it does not."""
+    try:
+        return cluster.wait_job(job, timeout=timeout)
+    except RuntimeError as err:
+        raise AssertionError(f"{err}\n{log_of(workdir, name, job)[-3000:]}") from None
+
+
+def squeue(cluster, name: str) -> list[str]:
+    cp = subprocess.run(
+        ["squeue", "-h", "-n", f"sweep-{name}", "-o", "%i %T"],
+        env=cluster.client_env(),
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    return cp.stdout.split("\n")[:-1]
+
+
+def wait_for(pred, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not (value := pred()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.5)
+    return value
+
+
+def check_sweep(workdir: Path, name: str, trials: int = 4) -> pd.DataFrame:
+    """results.csv lists every trial completed; MLflow holds one parent run and one child run
+    per trial, none RUNNING, each child's curve one point per epoch."""
+    from mlflow.tracking import MlflowClient
+
+    table = pd.read_csv(workdir / "runs" / name / "results.csv")
+    assert sorted(table["status"]) == ["completed"] * trials, table
+    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1, [r.info.run_name for r in parents]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert sorted(r.data.tags["sweep.trial_id"] for r in children) == sorted(table["trial_id"])
+    assert [r.info.status for r in runs if r.info.status == "RUNNING"] == []
+    for r in children:
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_loss")]
+        assert steps == sorted(set(steps)), steps  # no epoch logged twice
+    return table
+
+
+def no_ray_left(ray_tmp: Path) -> None:
+    """Every job cleaned up after itself: no Ray process tagged with our temp root, no dir."""
+    tagged = []
+    for env in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"SWEEPS_RAY_TAG={ray_tmp}/".encode() in env.read_bytes():
+                tagged.append(env.parent.name)
+        except OSError:
+            pass
+    assert tagged == [], f"Ray processes left: {tagged}"
+    assert [p.name for p in ray_tmp.glob("r*")] == []
+
+
+def events(log: str, what: str) -> list[str]:
+    return [line for line in log.splitlines() if what in line]
+
+
+# ---------------------------------------------------------------- single job
+@pytest.fixture(scope="module")
+def two_jobs(slurm_cluster, profile, tmp_path_factory):
+    """Two single-job sweeps submitted at once (same machine, maybe the same node)."""
+    names = ["pair0", "pair1"]
+    dirs = [tmp_path_factory.mktemp(name) for name in names]
+    jobs = [submit(slurm_cluster, profile, d, name) for d, name in zip(dirs, names)]
+    states = [wait(slurm_cluster, *job) for job in zip(jobs, dirs, names)]
+    logs = [log_of(d, name, j) for j, d, name in zip(jobs, dirs, names)]
+    return list(zip(jobs, dirs, names, states, logs))
+
+
+@slurm
+def test_single_job_sweep_completes(two_jobs):
+    job, workdir, name, state, log = two_jobs[0]
+    assert state == "COMPLETED", log[-3000:]
+    check_sweep(workdir, name)
+    assert events(log, "the sweep driver exited with 0")
+
+
+@slurm
+def test_two_jobs_at_once_each_use_their_own_ray(two_jobs, ray_tmp):
+    heads, temps, spans = [], [], []
+    for _job, workdir, name, state, log in two_jobs:
+        assert state == "COMPLETED", log[-3000:]
+        check_sweep(workdir, name)
+        (up,) = events(log, "Ray head up at")
+        heads.append(int(up.rsplit(":", 1)[1]))
+        temps.append(re.search(r"temp dir (\S+)", events(log, "starting a Ray head")[0])[1])
+        times = re.findall(r"^\[sweeps (\d\d:\d\d:\d\d)\]", log, re.M)
+        spans.append((times[0], times[-1]))
+    assert heads[0] != heads[1] and all(20000 <= p < 32700 for p in heads)
+    assert heads[0] == sub.ray_ports(int(two_jobs[0][0]))["gcs"]  # the formula's slot, free
+    assert temps[0] != temps[1]
+    assert max(s for s, _ in spans) <= min(e for _, e in spans), f"no overlap: {spans}"
+    no_ray_left(ray_tmp)
+
+
+@slurm
+def test_two_node_job_runs_trials_on_both_nodes(slurm_cluster, profile, tmp_path, ray_tmp):
+    job = submit(slurm_cluster, profile, tmp_path, "two", "--nodes", "2")
+    state, log = wait(slurm_cluster, job, tmp_path, "two"), log_of(tmp_path, "two", job)
+    assert state == "COMPLETED", log[-3000:]
+    check_sweep(tmp_path, "two")
+    assert events(log, "Ray cluster ready: 2 nodes"), log[-3000:]
+    for node in ("n1", "n2"):  # each SLURM node's Ray, with the CPUs SLURM gave it
+        assert events(log, f"on SLURM node {node}: 2 CPU, 0 GPU"), log[-3000:]
+    (placed,) = events(log, "trial actors per SLURM node:")
+    counts = dict(re.findall(r"(\S+)=(\d+)", placed))
+    assert set(counts) == {"n1", "n2"} and all(int(n) >= 1 for n in counts.values()), placed
+    no_ray_left(ray_tmp)
+
+
+# ---------------------------------------------------------------- workers mode
+@slurm
+def test_workers_join_and_a_cancelled_worker_costs_no_trial(
+    slurm_cluster, profile, tmp_path, ray_tmp
+):
+    args = ["--mode", "workers", "--workers", "2", "--gpus-per-node", "1", "--partition", "gpu"]
+    head = submit(slurm_cluster, profile, tmp_path, "wk", *args, epochs=40)
+    folder = tmp_path / "runs" / "wk"
+    # both workers joined and all four trials report (2 per worker: 0.5 GPU each): cancel one
+    wait_for(
+        lambda: len([j for j in squeue(slurm_cluster, "wk") if "_" in j and "RUNNING" in j]) == 2,
+        60,
+        "two running worker jobs",
+    )
+    wait_for(lambda: len(list(folder.rglob("progress.csv"))) >= 4, 90, "four trials running")
+    (first,) = [j.split()[0] for j in squeue(slurm_cluster, "wk") if j.split()[0].endswith("_1")]
+    subprocess.run(["scancel", first], env=slurm_cluster.client_env(), check=True, timeout=20)
+
+    state, log = wait(slurm_cluster, head, tmp_path, "wk"), log_of(tmp_path, "wk", head)
+    assert state == "COMPLETED", log[-3000:]
+    table = check_sweep(tmp_path, "wk")
+    hit = set(re.findall(r"Trial task failed for trial trainable_(\w+)", log))
+    assert hit, "the cancelled worker ran no trial:\n" + log[-3000:]
+    assert hit <= set(table["trial_id"])  # and each of them was retried to completion
+    (placed,) = events(log, "trial actors per SLURM node:")  # Ray's record: a node that left
+    assert re.search(r"left:\w+=[1-9]", placed), placed  # (the cancelled worker) ran trials
+    assert "--set search.max_failures=3" in (folder / "job.sbatch").read_text()  # submit's
+    for n in (1, 2):
+        (wlog,) = folder.glob(f"worker-*_{n}.out")
+        assert "starting a Ray worker" in wlog.read_text(), wlog.read_text()[-2000:]
+    # the head cancelled what was left of the array; nothing of this sweep stays queued
+    wait_for(lambda: squeue(slurm_cluster, "wk") == [], 30, "the worker jobs to end")
+    assert events(log, "cancelling the worker jobs")
+    assert slurm_cluster.wait_job(first, timeout=5) == "CANCELLED"
+    no_ray_left(ray_tmp)
+
+
+# ---------------------------------------------------------------- the pre-timeout signal
+@slurm
+def test_pre_timeout_signal_requeues_and_resumes(slurm_cluster, profile, tmp_path, ray_tmp):
+    job = submit(slurm_cluster, profile, tmp_path, "rq", epochs=20)
+    folder = tmp_path / "runs" / "rq"
+
+    def reporting() -> bool:  # the sweep runs: a trial has logged two epochs
+        return any(len(p.read_text().splitlines()) >= 3 for p in folder.rglob("progress.csv"))
+
+    wait_for(reporting, 90, "the sweep to run")
+    subprocess.run(
+        ["scancel", "--signal=USR1", "--batch", job],
+        env=slurm_cluster.client_env(),
+        check=True,
+        timeout=20,
+    )
+    state, log = wait(slurm_cluster, job, tmp_path, "rq"), log_of(tmp_path, "rq", job)
+    assert state == "COMPLETED", log[-3000:]
+    assert sc.job_state(job, slurm_cluster.env)["Restarts"] == "1"
+    for said in (
+        "got SIGUSR1",
+        "the sweep driver exited with 130",
+        "requeueing job",
+        f"job {job} on",
+        "restart 1",
+        "the sweep driver exited with 0",
+    ):
+        assert events(log, said), f"{said!r} not in the log:\n{log[-3000:]}"
+    check_sweep(tmp_path, "rq")  # the same runs continued: one parent, one child per trial
+    no_ray_left(ray_tmp)
+
+
+# ---------------------------------------------------------------- the renderer, no cluster
+def dry_run(capsys, monkeypatch, tmp_path, *args: str) -> str:
+    monkeypatch.chdir(tmp_path)
+    assert main(["submit", str(ROOT / "configs/digits_asha.yaml"), "--dry-run", *args]) == 0
+    return capsys.readouterr().out
+
+
+@pytest.fixture(scope="session")
+def shellcheck() -> str:
+    """shellcheck, installed through apt if missing (as the harness installs slurm-wlm)."""
+    if not shutil.which("shellcheck") and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        for cmd in (
+            ["apt-get", "update", "-qq"],
+            ["apt-get", "install", "-y", "-qq", "shellcheck"],
+        ):
+            subprocess.run(cmd, env=env, capture_output=True, timeout=600)
+    if not shutil.which("shellcheck"):
+        pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
+    return shutil.which("shellcheck")
+
+
+LINT_CASES = [
+    ("local", ()),
+    ("local", ("--nodes", "2", "--gpus-per-node", "1")),
+    ("local", ("--mode", "workers", "--gpus-per-node", "1")),
+    ("discovery", ()),
+    ("discovery", ("--mode", "single-job", "--partition", "multigpu", "--nodes", "2")),
+]
+
+
+@pytest.mark.parametrize(("profile_name", "args"), LINT_CASES)
+def test_dry_run_scripts_pass_bash_n_and_shellcheck(
+    capsys, monkeypatch, tmp_path, shellcheck, profile_name, args
+):
+    text = dry_run(capsys, monkeypatch, tmp_path, "--profile", profile_name, *args)
+    scripts = {"job.sbatch": text}
+    inner = re.search(r"<<'WORKER_JOB'\n(.*?)\nWORKER_JOB\n", text, re.S)
+    if inner:
+        scripts["worker.sbatch"] = inner[1] + "\n"
+    for name, body in scripts.items():
+        path = tmp_path / name
+        path.write_text(body)
+        for cmd in (["bash", "-n", str(path)], [shellcheck, "-x", str(path)]):
+            cp = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+            assert cp.returncode == 0, f"{' '.join(cmd)}:\n{cp.stdout}{cp.stderr}\n{body}"
+    assert not (tmp_path / "runs").exists()  # a dry run writes nothing
+
+
+def test_shell_side_passes_shellcheck(shellcheck):
+    cp = subprocess.run(
+        [shellcheck, "-x", str(ROOT / "slurm/ray.sh")], capture_output=True, text=True, timeout=60
+    )
+    assert cp.returncode == 0, cp.stdout
+
+
+def test_single_job_script_key_lines(capsys, monkeypatch, tmp_path):
+    text = dry_run(
+        capsys,
+        monkeypatch,
+        tmp_path,
+        "--profile",
+        "local",
+        "--nodes",
+        "2",
+        "--gpus-per-node",
+        "1",
+        "--time",
+        "02:00:00",
+        "--set",
+        "train.epochs=3",
+    )
+    lines = text.splitlines()
+    for want in (
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --cpus-per-task=2",
+        "#SBATCH --gres=gpu:1",
+        "#SBATCH --partition=debug",
+        "#SBATCH --requeue",
+        "#SBATCH --signal=B:USR1@180",
+        "#SBATCH --time=02:00:00",
+        f"#SBATCH --output={tmp_path}/runs/digits_asha/slurm-%j.out",
+        'ray_head --num-cpus="$(slurm_cpus)" --num-gpus="$(slurm_gpus)"',
+        "RAY_SRUN_PID=$!",
+        "ray_wait_nodes 2",
+        "export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1",
+        "sweeps_trap_signals",
+    ):
+        assert want in lines, want
+    (driver,) = [line for line in lines if line.startswith("run_driver")]
+    assert driver.startswith(f'run_driver "$PYTHON" -u -m sweeps.cli run {ROOT}/configs/')
+    # the config asks for no GPU; on GPU nodes trials share them (2 per GPU in local.yaml)
+    assert driver.endswith(
+        "--resume --set train.epochs=3 --set resources.gpu=0.5 --set resources.cpu=1"
+    )
+    assert f"export PYTHON={sys.executable} " in text
+    assert lines[-1].startswith("sweeps_finish 3 'cd ")
+    assert "srun --nodes=1 --ntasks=1 --ntasks-per-node=1 --cpus-per-task=2 --gres=gpu:1" in text
+
+
+def test_workers_script_key_lines(capsys, monkeypatch, tmp_path):
+    text = dry_run(capsys, monkeypatch, tmp_path, "--profile", "discovery")
+    head, worker = text.split("<<'WORKER_JOB'\n")
+    for want in (
+        "#SBATCH --partition=short",
+        "#SBATCH --cpus-per-task=2",
+        "#SBATCH --mem=8G",
+        "ray_head --num-cpus=0 --num-gpus=0",
+        "module load cuda/12.1",
+        "conda activate sweeps",
+        "#SBATCH --signal=B:USR1@180",
+        "ray_report",
+    ):
+        assert want in text.splitlines(), want
+    assert "--gres" not in head  # the head job: CPUs only
+    for want in (
+        "#SBATCH --array=1-4",
+        "#SBATCH --gres=gpu:1",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --cpus-per-task=8",
+        "#SBATCH --no-requeue",
+    ):
+        assert want in worker.splitlines(), want
+    assert re.search(r"^exec bash \S+/slurm/ray.sh worker \S+/ray-head-address 0$", worker, re.M)
+    assert "--set resources.gpu=0.25 --set resources.cpu=2 --set search.max_failures=3" in text
+
+
+def test_ports_differ_between_jobs_and_stay_in_range():
+    seen = {}
+    for job in range(1, 500):
+        ports = sub.ray_ports(job)
+        assert min(ports.values()) >= 20000 and max(ports.values()) <= 32699
+        assert len(set(ports.values())) == len(ports)
+        assert ports["max_worker"] - ports["min_worker"] == 89
+        seen.setdefault(ports["gcs"], []).append(job)
+    for jobs in seen.values():  # 127 consecutive job ids never share a slot
+        assert all(b - a >= 127 for a, b in zip(jobs, jobs[1:]))
+    assert sub.ray_ports(41, node=1)["gcs"] == sub.ray_ports(42)["gcs"]
+
+
+def bash(script: str, **env: str) -> str:
+    cp = subprocess.run(
+        ["bash", "-c", f"source {ROOT}/slurm/ray.sh; {script}"],
+        env={**os.environ, "PYTHON": sys.executable, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cp.returncode == 0, cp.stderr
+    return cp.stdout.strip()
+
+
+def test_shell_and_python_give_the_same_ports():
+    for job, node in ((1, 0), (126, 1), (127, 0), (123456789, 3)):
+        got = bash(f"ray_slot {node}", SLURM_JOB_ID=str(job))
+        assert int(got) == sub.ray_ports(job, node)["gcs"]
+
+
+def test_a_busy_slot_is_skipped():
+    first = sub.ray_ports(5)["gcs"]
+    with socket.socket() as s:
+        s.bind(("", first + 42))  # one port of the slot taken, e.g. by another job's Ray
+        s.listen()
+        assert bash("ray_ports 0; echo $RAY_PORT", SLURM_JOB_ID="5").endswith(str(first + 100))
+
+
+def test_every_profile_key_is_documented_and_the_profiles_load():
+    doc = (ROOT / "docs/slurm.md").read_text()
+    assert [key for key in sub.RULES if f"| `{key}` |" not in doc] == []
+    assert sub.load_profile("discovery").mode == "workers"
+    assert sub.load_profile("local").mode == "single-job"
+
+
+def test_unknown_profile_key_is_refused(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("partition: debug\ngpu_per_node: 1\n")
+    with pytest.raises(
+        sub.ConfigError, match="profile bad: unknown key gpu_per_node; did you mean gpus_per_node"
+    ):
+        sub.load_profile(str(bad))
+
+
+# ---------------------------------------------------------------- refused input
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--name", "x; touch /tmp/pwned"], "name must be letters, digits"),
+        (["--partition", "x; touch /tmp/pwned"], "--partition must be a partition name"),
+        (["--time", "1:00:00; touch /tmp/pwned"], "--time must be [D-]HH:MM:SS"),
+        (["--set", "name=x;touch /tmp/pwned"], "name must be letters, digits"),
+        (["--profile", "nope"], "unknown cluster profile 'nope'; known: discovery, local"),
+        (["--time", "90"], "--time must be [D-]HH:MM:SS"),
+        (["--time", "00:02:00"], "leaves no room for the pre-timeout signal"),
+        (["--nodes", "0"], "--nodes must be an integer >= 1; got 0"),
+        (["--mode", "workers", "--nodes", "2"], "--nodes is for --mode single-job"),
+        (["--mode", "swarm"], "--mode must be one of single-job, workers"),
+        (["--gpus-per-node", "2", "--profile", "discovery"], "partition gpu allows 1 GPU(s)"),
+        (["--set", "resources.cpu=4"], "a trial asks for 4 CPU, 0 GPU; a node has 2 CPU"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(
+    capsys, monkeypatch, tmp_path, args, message
+):
+    monkeypatch.chdir(tmp_path)
+    pwned = Path("/tmp/pwned")
+    pwned.unlink(missing_ok=True)
+    argv = ["submit", str(ROOT / "configs/digits_asha.yaml"), "--profile", "local", *args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert list(tmp_path.iterdir()) == [] and not pwned.exists()
+
+
+def test_missing_sbatch_is_one_line_exit_2_and_writes_nothing(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
+    assert main(["submit", str(ROOT / "configs/digits_asha.yaml"), "--profile", "local"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: sbatch not found: run `sweep submit` where SLURM is (a login node)\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def fake_sbatch(tmp_path: Path, monkeypatch, script: str) -> None:
+    """An `sbatch` of our own on the PATH (and nothing else of SLURM's)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f"#!/bin/bash\n{script}\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+
+
+def test_submit_prints_the_job_log_and_commands(capsys, monkeypatch, tmp_path):
+    fake_sbatch(tmp_path, monkeypatch, 'echo "$@" > "$(dirname "$0")/args"; echo 4242')
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["submit", str(ROOT / "configs/digits_asha.yaml"), "--profile", "local"]) == 0
+    out = capsys.readouterr().out
+    folder = work / "runs" / "digits_asha"
+    assert out.startswith("submitted job 4242: sweep digits_asha, --mode single-job\n")
+    for want in (
+        f"log:     {folder}/slurm-4242.out",
+        "squeue --name=sweep-digits_asha",
+        "scancel --name=sweep-digits_asha",
+        f"resume:  cd {work} && sweep submit ",
+    ):
+        assert want in out, out
+    assert (tmp_path / "bin/args").read_text() == f"--parsable {folder}/job.sbatch\n"
+    assert (folder / "job.sbatch").read_text().startswith("#!/bin/bash\n")
+
+
+def test_sbatch_refusing_is_one_line_exit_2_and_leaves_nothing(capsys, monkeypatch, tmp_path):
+    fake_sbatch(tmp_path, monkeypatch, 'echo "sbatch: error: invalid partition: debug" >&2; exit 1')
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["submit", str(ROOT / "configs/digits_asha.yaml"), "--profile", "local"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: sbatch refused the job: sbatch: error: invalid partition: debug\n"
+    assert list(work.iterdir()) == []
