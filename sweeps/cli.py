@@ -111,31 +111,30 @@ def describe(spec: Any) -> str:
     return "\n".join(lines)
 
 
+def add_set_argument(parser: argparse.ArgumentParser, example: str) -> None:
+    """The repeatable ``--set KEY=VALUE`` override of every command that reads a config."""
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a config key, e.g. --set {example} (repeatable)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sweep", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train one configuration, without Ray")
     train.add_argument("config", help="YAML config, e.g. configs/digits.yaml")
-    train.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set train.lr=0.1 (repeatable)",
-    )
+    add_set_argument(train, "train.lr=0.1")
     train.add_argument("--json", action="store_true", help="end with a JSON line of final metrics")
     train.set_defaults(func=cmd_train)
 
     run = sub.add_parser("run", help="run a sweep with Ray Tune, logging to MLflow")
     run.add_argument("config", help="YAML sweep config, e.g. configs/digits_asha.yaml")
-    run.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any key, e.g. --set search.num_samples=8 (repeatable)",
-    )
+    add_set_argument(run, "search.num_samples=8")
     run.add_argument("--name", help="the sweep's name (default: name in the config)")
     run.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
     run.add_argument(

@@ -370,6 +370,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``sweep submit``."""
+    from sweeps.cli import add_set_argument
+
     s = sub.add_parser("submit", help="run a sweep as SLURM job(s), Ray over their nodes")
     s.add_argument("config", help="YAML sweep config, e.g. configs/digits_asha.yaml")
     s.add_argument("--profile", required=True, help="cluster profile: discovery, local, or a path")
@@ -381,7 +383,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--cpus-per-node", type=int, help="CPUs per node or per worker job")
     s.add_argument("--time", help="each job's time limit, [D-]HH:MM:SS")
     s.add_argument("--partition", help="partition of the job, or of the worker jobs")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for run")
+    add_set_argument(s, "resources.gpu=0.5")
     s.add_argument("--name", help="the sweep's name (default: name in the config)")
     s.add_argument("--resume", action="store_true", help="continue the sweep in its folder")
     s.add_argument("--dry-run", action="store_true", help="print the job script, submit nothing")

@@ -17,7 +17,7 @@ from typing import Any
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, single-user Ray
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables; we print our own
-# Keeping one checkpoint forces a state snapshot per report; Ray warns each time. We accept it.
+# Keeping few checkpoints forces frequent state snapshots; Ray warns each time. We accept it.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 import pandas as pd  # noqa: E402
@@ -228,7 +228,9 @@ def fit(spec: SweepSpec, callback: TrackingCallback, resources: dict[str, float]
             storage_path=str(spec.folder),
             callbacks=[callback],
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # Two, not one: Ray deletes the older checkpoint before its state snapshot names
+            # the newer, so with one a SIGKILL in between leaves the state pointing at nothing.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             verbose=0,
         ),
     )

@@ -192,7 +192,7 @@ def check_resumed_sweep(workdir: Path, name: str, lrs: list[float], epochs: int)
     """Same trials as an uninterrupted sweep, one MLflow run each, none RUNNING, no dupes."""
     table = pd.read_csv(workdir / f"runs/{name}/results.csv")
     assert sorted(table["train.lr"]) == sorted(lrs)
-    assert set(table["status"]) == {"completed"}
+    assert set(table["status"]) == {"completed"}, table[["status", "error"]].to_string()
     client, parent, children = runs_of(workdir, name)
     assert parent.info.status == "FINISHED"
     assert len(children) == len(lrs)
