@@ -77,14 +77,14 @@ class SweepSpec:
 
 SEARCH_RULES = {
     "type": ("one of " + ", ".join(SEARCH_TYPES), lambda v: v in SEARCH_TYPES),
-    "num_samples": ("an integer >= 1", lambda v: _int(v) and v >= 1),
+    "num_samples": ("an integer >= 1", lambda v: is_int(v) and v >= 1),
     "metric": ("one of " + ", ".join(METRICS), lambda v: v in METRICS),
-    "max_concurrent": ("an integer >= 0", lambda v: _int(v) and v >= 0),
-    "grace_period": ("an integer >= 1", lambda v: _int(v) and v >= 1),
-    "reduction_factor": ("an integer >= 2", lambda v: _int(v) and v >= 2),
-    "brackets": ("an integer >= 1", lambda v: _int(v) and v >= 1),
-    "max_failures": ("an integer >= 0", lambda v: _int(v) and v >= 0),
-    "seed": ("an integer >= 0", lambda v: _int(v) and v >= 0),
+    "max_concurrent": ("an integer >= 0", lambda v: is_int(v) and v >= 0),
+    "grace_period": ("an integer >= 1", lambda v: is_int(v) and v >= 1),
+    "reduction_factor": ("an integer >= 2", lambda v: is_int(v) and v >= 2),
+    "brackets": ("an integer >= 1", lambda v: is_int(v) and v >= 1),
+    "max_failures": ("an integer >= 0", lambda v: is_int(v) and v >= 0),
+    "seed": ("an integer >= 0", lambda v: is_int(v) and v >= 0),
 }
 RESOURCE_RULES = {
     "cpu": ("a number > 0", lambda v: _num(v) and v > 0),
@@ -92,7 +92,8 @@ RESOURCE_RULES = {
 }
 
 
-def _int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
+    """An integer that is not a bool (YAML's true is an int to Python)."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from sweeps import config as config_file
+from sweeps.spec import is_int
 from trainers.config import ConfigError, unknown_key_error
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,12 +81,8 @@ def _match(pattern: str, v: object) -> bool:
     return isinstance(v, str) and re.fullmatch(pattern, v) is not None
 
 
-def _int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _at_least(n: int) -> tuple:
-    return f"an integer >= {n}", lambda v: _int(v) and v >= n
+    return f"an integer >= {n}", lambda v: is_int(v) and v >= n
 
 
 def _text(what: str, pattern: str) -> tuple:
@@ -103,7 +100,7 @@ RULES = {  # key -> (what it must be, check); one message template for every key
     "gres": _text("a GRES name like gpu or gpu:v100-sxm2", r"\w+(:[\w.-]+)?"),
     "max_gpus_per_job": (
         "a mapping partition -> integer",
-        lambda v: isinstance(v, dict) and all(_match(_NAME, k) and _int(n) for k, n in v.items()),
+        lambda v: isinstance(v, dict) and all(_match(_NAME, k) and is_int(n) for k, n in v.items()),
     ),
     "time": _text("[D-]HH:MM:SS, e.g. 04:00:00", r"(\d+-)?\d{1,2}:[0-5]\d:[0-5]\d"),
     "mem": _text("empty or a size like 32G", r"(\d+[KMGT]?)?"),

@@ -191,7 +191,10 @@ def shutdown() -> None:
 
 
 def fit(spec: SweepSpec, callback: TrackingCallback, resources: dict[str, float], resume: bool):
-    """Run (or resume) the sweep to its end; returns Ray's ResultGrid."""
+    """Run (or resume) the sweep to its end; returns Ray's ResultGrid.
+
+    On resume Ray restores the callback pickled with the tuner, which reopens the same runs.
+    """
     wrapped = tune.with_resources(
         tune.with_parameters(trainable, sections=spec.sections, cpus=resources["cpu"]),
         resources,

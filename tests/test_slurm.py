@@ -486,20 +486,22 @@ def test_missing_sbatch_is_one_line_exit_2_and_writes_nothing(capsys, monkeypatc
     assert list(tmp_path.iterdir()) == []
 
 
-def fake_sbatch(tmp_path: Path, monkeypatch, script: str) -> None:
-    """An `sbatch` of our own on the PATH (and nothing else of SLURM's)."""
+def fake_sbatch(tmp_path: Path, monkeypatch, script: str) -> Path:
+    """An `sbatch` of our own on the PATH (and nothing else of SLURM's); returns the empty
+    working directory the test runs in."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "sbatch").write_text(f"#!/bin/bash\n{script}\n")
     (bin_dir / "sbatch").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
-
-
-def test_submit_prints_the_job_log_and_commands(capsys, monkeypatch, tmp_path):
-    fake_sbatch(tmp_path, monkeypatch, 'echo "$@" > "$(dirname "$0")/args"; echo 4242')
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
+    return work
+
+
+def test_submit_prints_the_job_log_and_commands(capsys, monkeypatch, tmp_path):
+    work = fake_sbatch(tmp_path, monkeypatch, 'echo "$@" > "$(dirname "$0")/args"; echo 4242')
     assert main(["submit", str(ROOT / "configs/digits_asha.yaml"), "--profile", "local"]) == 0
     out = capsys.readouterr().out
     folder = work / "runs" / "digits_asha"
@@ -516,10 +518,9 @@ def test_submit_prints_the_job_log_and_commands(capsys, monkeypatch, tmp_path):
 
 
 def test_sbatch_refusing_is_one_line_exit_2_and_leaves_nothing(capsys, monkeypatch, tmp_path):
-    fake_sbatch(tmp_path, monkeypatch, 'echo "sbatch: error: invalid partition: debug" >&2; exit 1')
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.chdir(work)
+    work = fake_sbatch(
+        tmp_path, monkeypatch, 'echo "sbatch: error: invalid partition: debug" >&2; exit 1'
+    )
     assert main(["submit", str(ROOT / "configs/digits_asha.yaml"), "--profile", "local"]) == 2
     err = capsys.readouterr().err
     assert err == "error: sbatch refused the job: sbatch: error: invalid partition: debug\n"
