@@ -200,7 +200,9 @@ def test_workers_join_and_a_cancelled_worker_costs_no_trial(
     slurm_cluster, profile, tmp_path, ray_tmp
 ):
     args = ["--mode", "workers", "--workers", "2", "--gpus-per-node", "1", "--partition", "gpu"]
-    head = submit(slurm_cluster, profile, tmp_path, "wk", *args, epochs=40)
+    # Long enough trials that the cancel lands mid-trial even on a loaded machine (40 epochs
+    # once finished before it did, and the worker then had no trial to lose).
+    head = submit(slurm_cluster, profile, tmp_path, "wk", *args, epochs=150)
     folder = tmp_path / "runs" / "wk"
     # both workers joined and all four trials report (2 per worker: 0.5 GPU each): cancel one
     wait_for(
