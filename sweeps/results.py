@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-FINAL_KEYS = ("val_acc", "val_loss", "train_acc", "train_loss")  # final_* columns of results.csv
+from trainers.metrics import FINAL
 
 
 def outcome(metrics: dict[str, Any] | None, epochs: int, error: Any) -> str:
@@ -41,7 +41,7 @@ def trial_row(
     has_history = history is not None and not history.empty and "val_acc" in history
     last = history.iloc[-1] if has_history else {}
     row["epochs_run"] = int(last["epoch"]) if has_history else 0
-    for key in FINAL_KEYS:
+    for key in FINAL:  # final_* columns
         row[f"final_{key}"] = float(last[key]) if has_history else math.nan
     row["best_val_acc"] = float(history["val_acc"].max()) if has_history else math.nan
     row["best_val_loss"] = float(history["val_loss"].min()) if has_history else math.nan

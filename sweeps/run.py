@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from sweeps import tune
+from sweeps.layout import DEFAULT_STORAGE, SweepFolder
 from sweeps.results import first_error_line, format_table, outcome, trial_row, write_csv
 from sweeps.spec import SweepSpec
 from sweeps.tracking import SweepTracker, resolve_tracking_uri
@@ -25,12 +26,6 @@ from trainers.data import prepare
 from trainers.loop import Trial
 
 EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
-CONFIG_FILE, STATE_FILE, RESULTS_FILE, BEST_DIR = (
-    "sweep.yaml",
-    "mlflow_runs.json",
-    "results.csv",
-    "best_model",
-)
 
 
 def preflight(spec: SweepSpec, resume: bool) -> bool:
@@ -74,11 +69,11 @@ def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     resume = preflight(spec, resume)
     tracking_uri = resolve_tracking_uri(spec.tracking_uri, Path.cwd())
-    folder = spec.folder
+    folder, files = spec.folder, spec.files
     folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / CONFIG_FILE).exists():
-        (folder / CONFIG_FILE).write_text(yaml.safe_dump({**doc, "name": spec.name}))
-    tracker = SweepTracker(tracking_uri, spec.name, folder / STATE_FILE)
+    if not files.config.exists():
+        files.config.write_text(yaml.safe_dump({**doc, "name": spec.name}))
+    tracker = SweepTracker(tracking_uri, spec.name, files.state)
     tracker.start_sweep(sweep_params(spec))
     print(f"sweep {spec.name}: {spec.num_trials()} trials, results in {folder}", flush=True)
     print(f"MLflow: {tracking_uri} (experiment {spec.name})", flush=True)
@@ -88,7 +83,7 @@ def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False) -> int:
         # SIGTERM (a scheduler's kill, `kill`) ends the sweep the way Ctrl-C does: state saved.
         # Installed after ray.init, which puts in a handler of its own that just exits.
         signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
-        callback = tune.TrackingCallback(tracking_uri, spec.name, folder / STATE_FILE, spec)
+        callback = tune.TrackingCallback(tracking_uri, spec.name, files.state, spec)
         records = tune.collect(tune.fit(spec, callback, resources, resume))
     except KeyboardInterrupt:
         tracker.end_sweep("interrupted")
@@ -97,7 +92,7 @@ def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False) -> int:
     finally:
         tune.shutdown()
     # The callback's tracker recorded every trial's end; a fresh one reads what it wrote.
-    tracker = SweepTracker(tracking_uri, spec.name, folder / STATE_FILE)
+    tracker = SweepTracker(tracking_uri, spec.name, files.state)
     return finish(spec, tracker, records)
 
 
@@ -115,7 +110,7 @@ def trial_resources(spec: SweepSpec, cluster: dict[str, float], local: bool) -> 
 
 def finish(spec: SweepSpec, tracker: SweepTracker, records: list[tune.TrialRecord]) -> int:
     """results.csv, the test split for the best config, the parent run closed."""
-    folder, search = spec.folder, spec.search
+    files, search = spec.files, spec.search
     # Ray marks every trial TERMINATED after a Ctrl-C, SIGTERM or SIGUSR1, so ask MLflow:
     # a trial never started, or whose run is still open, means the sweep did not finish.
     still_open = set(tracker.open_runs()) - {tracker.parent}
@@ -129,7 +124,7 @@ def finish(spec: SweepSpec, tracker: SweepTracker, records: list[tune.TrialRecor
         last = r.history.iloc[-1].to_dict() if r.history is not None and len(r.history) else {}
         status = outcome(last, int(r.params.get("train.epochs", epochs)), r.error)
         rows.append(trial_row(r.trial_id, r.params, r.history, status, r.error))
-    table = write_csv(rows, search.metric, search.mode, folder / RESULTS_FILE)
+    table = write_csv(rows, search.metric, search.mode, files.results)
     print(format_table(table, list(spec.space)), flush=True)
 
     eligible = table[table["status"].isin(["completed", "early_stopped"])]
@@ -148,7 +143,7 @@ def finish(spec: SweepSpec, tracker: SweepTracker, records: list[tune.TrialRecor
     metrics, best_trial = {}, None
     for label, row in chosen.items():
         record = next(r for r in records if r.trial_id == row["trial_id"])
-        target = folder / (BEST_DIR if label == "best" else f"{BEST_DIR}_{label}")
+        target = files.best(label)
         shutil.copytree(record.checkpoint, target, dirs_exist_ok=True)
         trained = Trial.load(target)
         test = trained.evaluate("test")
@@ -172,15 +167,15 @@ def finish(spec: SweepSpec, tracker: SweepTracker, records: list[tune.TrialRecor
     tracker.end_sweep(
         "completed",
         best={"trial_id": record.trial_id, "config": trained.cfg.flat(), "metrics": metrics},
-        artifact_dir=folder / BEST_DIR,
+        artifact_dir=files.best(),
     )
-    print(f"results: {folder / RESULTS_FILE}; compare runs with: sweep ui", flush=True)
+    print(f"results: {files.results}; compare runs with: sweep ui", flush=True)
     return 0
 
 
-def load_saved(name: str, storage: str = "runs") -> dict[str, Any]:
+def load_saved(name: str, storage: str = DEFAULT_STORAGE) -> dict[str, Any]:
     """The config document a sweep was started with, for ``sweep resume NAME``."""
-    path = Path(storage) / name / CONFIG_FILE
+    path = SweepFolder.of(storage, name).config
     if not path.exists():
         raise ConfigError(f"no sweep named {name} under {storage}/ ({path} is missing)")
     return yaml.safe_load(path.read_text())

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeps.config import trainer_config
+from sweeps.layout import DEFAULT_STORAGE, SweepFolder
 from trainers.config import RULES, ConfigError, TrialConfig, unknown_key_error
 
 SEARCH_TYPES = ("grid", "random", "asha")
@@ -62,13 +63,18 @@ class SweepSpec:
     space: dict[str, dict[str, Any]]  # dotted key -> {distribution: args}
     search: Search = field(default_factory=Search)
     resources: Resources = field(default_factory=Resources)
-    storage: Path = Path("runs")
+    storage: Path = Path(DEFAULT_STORAGE)
     tracking_uri: str | None = None
 
     @property
     def folder(self) -> Path:
         """The sweep's one output folder: results, Ray's trials and checkpoints."""
-        return (self.storage / self.name).resolve()
+        return self.files.root
+
+    @property
+    def files(self) -> SweepFolder:
+        """The named paths inside ``folder``."""
+        return SweepFolder.of(self.storage, self.name)
 
     def num_trials(self) -> int:
         grid = math.prod(len(next(iter(d.values()))) for d in self.space.values() if "grid" in d)
@@ -194,7 +200,7 @@ def sweep_spec(doc: dict[str, Any], name: str | None = None) -> SweepSpec:
             f"name must be letters, digits, '_', '.' or '-' (at most 64); got {name!r}; "
             "set name: in the config or pass --name"
         )
-    storage = doc.get("storage") or "runs"
+    storage = doc.get("storage") or DEFAULT_STORAGE
     mlflow = doc.get("mlflow") or {}
     if not isinstance(storage, str):
         raise ConfigError(f"storage must be a folder path; got {storage!r}")

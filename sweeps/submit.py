@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from sweeps import config as config_file
+from sweeps.layout import DEFAULT_DB, SweepFolder
 from sweeps.spec import is_int
 from trainers.config import ConfigError, unknown_key_error
 
@@ -194,7 +195,7 @@ def plan(args: argparse.Namespace, cwd: Path | None = None) -> Job:
          f"{gpus_per_job}: use --mode workers, or another partition"),
         (not all(re.fullmatch(_PATH, str(d)) for d in (folder, cwd)), f"the sweep folder "
          f"{folder} or working directory {cwd} has characters SLURM options cannot take"),
-        (not args.resume and any((folder / f).exists() for f in ("tuner.pkl", "sweep.yaml")),
+        (not args.resume and any(f.exists() for f in (spec.files.tuner_state, spec.files.config)),
          f"{folder} holds sweep {spec.name} already; continue it with "
          "--resume, or pick another --name"),
         (not args.dry_run and not shutil.which("sbatch"), "sbatch not found: run `sweep "
@@ -232,7 +233,7 @@ def plan(args: argparse.Namespace, cwd: Path | None = None) -> Job:
     resume += [str(prof.cpus_per_node), "--time", prof.time, "--partition", prof.partition]
     resume += ["--name", spec.name, *(a for s in args.set for a in ("--set", s)), "--resume"]
     return Job(prof.mode, spec.name, folder, cwd, command, prof, python,
-               uri or f"sqlite:///{cwd}/mlflow.db", {"cpu": cpu, "gpu": gpu},
+               uri or f"sqlite:///{cwd}/{DEFAULT_DB}", {"cpu": cpu, "gpu": gpu},
                f"cd {shlex.quote(str(cwd))} && {shlex.join(resume)}")  # fmt: skip
 
 
@@ -288,7 +289,7 @@ def render(job: Job) -> str:
     ]
     ray_sh = q(str(SLURM_DIR / "ray.sh"))
     if workers:
-        address = f"{job.folder}/ray-head-address"
+        address = str(SweepFolder(job.folder).head_address)
         worker = common | node | {"partition": p.partition, "nodes": 1, "ntasks": 1}
         worker |= {"array": f"1-{p.workers}", "no-requeue": True}
         worker |= {"output": f"{job.folder}/worker-%A_%a.out"}
@@ -332,7 +333,7 @@ def submit(job: Job) -> str:
     """Write the script into the sweep folder and sbatch it; the job id."""
     created = next((d for d in (*reversed(job.folder.parents), job.folder) if not d.exists()), None)
     job.folder.mkdir(parents=True, exist_ok=True)
-    script = job.folder / "job.sbatch"
+    script = SweepFolder(job.folder).job_script
     script.write_text(render(job))
     run = {"capture_output": True, "text": True, "cwd": job.workdir, "timeout": 120}
     try:

@@ -18,15 +18,9 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-METRIC_KEYS = (
-    "train_loss",
-    "train_total_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "lr",
-    "epoch_seconds",
-)
+from sweeps.layout import DEFAULT_DB
+from trainers.metrics import CURVES
+
 TRIAL_STATUS = {  # outcome -> MLflow run status
     "completed": "FINISHED",
     "early_stopped": "KILLED",
@@ -52,7 +46,7 @@ def resolve_tracking_uri(configured: str | None, workdir: Path) -> str:
         return _absolute(configured, workdir)
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return _absolute(os.environ["MLFLOW_TRACKING_URI"], Path.cwd())
-    return f"sqlite:///{workdir.resolve()}/mlflow.db"
+    return f"sqlite:///{workdir.resolve()}/{DEFAULT_DB}"
 
 
 def _absolute(uri: str, base: Path) -> str:
@@ -190,7 +184,7 @@ class SweepTracker:
         now = _now()
         points = [
             Metric(k, float(metrics[k]), now, epoch)
-            for k in METRIC_KEYS
+            for k in CURVES
             if isinstance(metrics.get(k), int | float) and not isinstance(metrics[k], bool)
         ]
         self.client.log_batch(run_id, metrics=points)

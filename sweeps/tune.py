@@ -35,16 +35,10 @@ from trainers.data import Dataset, prepare  # noqa: E402
 from trainers.loop import Trial  # noqa: E402
 
 SEED_KEY = "train.seed"
-RAY_DIR = "ray"  # Ray's own folder inside the sweep's; Ray syncs over files it finds there
-
-
-def ray_folder(spec: SweepSpec) -> Path:
-    """Where Ray keeps the tuner state, trial folders and checkpoints of a sweep."""
-    return spec.folder / RAY_DIR
 
 
 def can_resume(spec: SweepSpec) -> bool:
-    return (ray_folder(spec) / "tuner.pkl").exists()
+    return spec.files.tuner_state.exists()
 
 
 # ---------------------------------------------------------------- search space
@@ -201,7 +195,7 @@ def fit(spec: SweepSpec, callback: TrackingCallback, resources: dict[str, float]
     )
     if resume:
         tuner = tune.Tuner.restore(
-            str(ray_folder(spec)), trainable=wrapped, resume_unfinished=True, resume_errored=True
+            str(spec.files.ray), trainable=wrapped, resume_unfinished=True, resume_errored=True
         )
         return tuner.fit()
     s = spec.search
@@ -227,7 +221,7 @@ def fit(spec: SweepSpec, callback: TrackingCallback, resources: dict[str, float]
             reuse_actors=True,  # ~0.2 s per trial instead of ~1 s, and the data stays loaded
         ),
         run_config=tune.RunConfig(
-            name=RAY_DIR,
+            name=spec.files.ray.name,  # Ray syncs over files it finds beside its folder
             storage_path=str(spec.folder),
             callbacks=[callback],
             failure_config=tune.FailureConfig(max_failures=s.max_failures),

@@ -1,0 +1,68 @@
+"""The sweep folder's layout: one home for every name in ``runs/<name>/``.
+
+The folder is the sweep's source of truth: its config, its MLflow run ids, Ray's state and
+checkpoints, the results and the chosen model. Every module asks this one for a path, so a
+file is named in one place. It imports neither Ray nor MLflow (a login node reads it cheaply).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_STORAGE = "runs"  # where sweep folders go unless a config sets ``storage``
+DEFAULT_DB = "mlflow.db"  # the SQLite store in the working directory, when no URI is set
+
+
+@dataclass(frozen=True)
+class SweepFolder:
+    """Paths inside one sweep's folder (``storage/name``)."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, storage: str | Path, name: str) -> SweepFolder:
+        return cls((Path(storage).expanduser() / name).resolve())
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def config(self) -> Path:
+        """The config the sweep was started with, for ``sweep resume``."""
+        return self.root / "sweep.yaml"
+
+    @property
+    def state(self) -> Path:
+        """MLflow run ids (parent, trial -> run), so a resume continues the same runs."""
+        return self.root / "mlflow_runs.json"
+
+    @property
+    def results(self) -> Path:
+        """One row per trial, best first."""
+        return self.root / "results.csv"
+
+    def best(self, label: str = "best") -> Path:
+        """The chosen model's checkpoint (``best``), or the best of one loss (``softmax``)."""
+        return self.root / ("best_model" if label == "best" else f"best_model_{label}")
+
+    @property
+    def ray(self) -> Path:
+        """Ray Tune's experiment folder: tuner state, trial folders, checkpoints."""
+        return self.root / "ray"
+
+    @property
+    def tuner_state(self) -> Path:
+        """Present once Ray has saved the experiment: a sweep that can be resumed."""
+        return self.ray / "tuner.pkl"
+
+    @property
+    def job_script(self) -> Path:
+        """The sbatch script written by ``sweep submit``."""
+        return self.root / "job.sbatch"
+
+    @property
+    def head_address(self) -> Path:
+        """Workers mode: the Ray head's address, published for the worker jobs."""
+        return self.root / "ray-head-address"
