@@ -114,6 +114,13 @@ ray_head() {
   sweeps_log "Ray head up at $RAY_ADDRESS"
 }
 
+# ray_other_nodes SRUN_OPTION...: a Ray worker on each other node of this single job, through
+# one srun in the background (RAY_SRUN_PID, stopped by sweeps_cleanup).
+ray_other_nodes() {
+  srun "$@" --exclude="$SLURMD_NODENAME" bash "$SWEEPS_SLURM_DIR/ray.sh" worker "$RAY_ADDRESS" &
+  RAY_SRUN_PID=$!
+}
+
 # ray_wait_nodes N: wait until N Ray nodes are alive (the head and the other nodes' workers).
 ray_wait_nodes() {
   "$PYTHON" "$SWEEPS_SLURM_DIR/ray_cluster.py" nodes "$RAY_ADDRESS" "$1" ||

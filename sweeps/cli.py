@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
 from pathlib import Path
 from typing import Any
 
 from sweeps import config as config_file
-from trainers.config import ConfigError
+from sweeps.config import add_set_argument
+from trainers.rules import ConfigError, Rule
 
 EXIT_USER_ERROR = 2
+PORT = Rule(int, low=1, high=65535)
 
 
 def _epoch_line(m: dict[str, Any], epochs: int) -> str:
@@ -46,11 +49,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """A sweep: validate everything first, then run it (or only describe it, --dry-run)."""
-    from sweeps.spec import sweep_spec
+    from sweeps.spec import check_data, sweep_spec
 
     doc = config_file.load(args.config, args.set)
     spec = sweep_spec(doc, name=args.name)
     if args.dry_run:
+        check_data(spec)
         print(describe(spec))
         return 0
     from sweeps.run import run
@@ -68,13 +72,18 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    """Serve the MLflow UI for this store on 127.0.0.1."""
+    """Serve the MLflow UI for this store on 127.0.0.1; the port is checked first, so that a
+    mistake starts nothing and creates no store."""
     import os
     import shutil
 
+    from sweeps.spec import SWEEP_RULES
     from sweeps.tracking import resolve_tracking_uri
 
+    check_port_free(PORT.check("--port", args.port))
     uri = resolve_tracking_uri(args.tracking_uri, Path.cwd())
+    source = "--tracking-uri" if args.tracking_uri else "MLFLOW_TRACKING_URI"
+    SWEEP_RULES["mlflow.tracking_uri"].check(source, uri)
     mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
     print(f"MLflow UI for {uri} at http://127.0.0.1:{args.port} (Ctrl-C stops it)", flush=True)
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
@@ -93,6 +102,19 @@ def cmd_ui(args: argparse.Namespace) -> int:
     os.execv(mlflow, cmd)
 
 
+def check_port_free(port: int) -> None:
+    """A ConfigError unless a server could listen on 127.0.0.1:port now."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed server's TIME_WAIT
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as err:
+            raise ConfigError(
+                f"--port {port}: cannot listen on 127.0.0.1:{port} ({err.strerror}); "
+                "pick another port"
+            ) from None
+
+
 def describe(spec: Any) -> str:
     """What --dry-run prints: the resolved search and space, and the number of trials."""
     s = spec.search
@@ -109,17 +131,6 @@ def describe(spec: Any) -> str:
     lines.append(f"resources per trial: {spec.resources.cpu:g} cpu, {spec.resources.gpu:g} gpu")
     lines += [f"  {key}: {json.dumps(dist)}" for key, dist in spec.space.items()]
     return "\n".join(lines)
-
-
-def add_set_argument(parser: argparse.ArgumentParser, example: str) -> None:
-    """The repeatable ``--set KEY=VALUE`` override of every command that reads a config."""
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=f"override a config key, e.g. --set {example} (repeatable)",
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:

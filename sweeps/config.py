@@ -1,40 +1,96 @@
-"""Reading config files: YAML (safe_load), ``--set key=value`` overrides, top-level sections.
+"""Reading config files: YAML, ``--set key=value`` overrides, top-level sections.
 
 A config file holds the trainer's sections (data, model, train) and, for sweeps, the sweep's
 own (name, storage, search, space, resources, mlflow). Every mistake is a ConfigError: one
-line naming the file or key.
+line naming the file or key. Config files, cluster profiles and ``--set`` values are all read
+by ``Loader``: YAML's safe subset, numbers as people write them (``1e-4``), no duplicate keys.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from trainers.config import SECTIONS, ConfigError, TrialConfig, trial_config, unknown_key_error
+from trainers.rules import shown
 
 SWEEP_SECTIONS = ("name", "storage", "search", "space", "resources", "mlflow")
 TOP_LEVEL = (*SECTIONS, *SWEEP_SECTIONS)
+MAX_CONFIG_BYTES = 1 << 20  # a config is a page of text; /dev/zero is not
+
+
+class Loader(yaml.SafeLoader):
+    """yaml.SafeLoader that reads ``1e-4`` as a number (YAML 1.1 wants ``1.0e-4``) and
+    refuses a key given twice in one mapping (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: SafeLoader says so itself
+                continue
+            if first != key_node.start_mark.line + 1:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {shown(key)} (first at line {first})",
+                    key_node.start_mark,
+                )  # fmt: skip
+        return super().construct_mapping(node, deep)
+
+
+Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """The YAML value in ``text``, or a ConfigError naming ``where`` and the line."""
+    try:
+        return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{where}: not valid YAML{line}: {problem}") from None
+
+
+def read_yaml(path: str | Path, what: str = "config file") -> Any:
+    """The YAML value in the regular, UTF-8, at most 1 MiB file ``path``."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such {what}")
+    if not path.is_file():  # a folder, a FIFO, /dev/zero: opening one may block or never end
+        raise ConfigError(f"{path}: not a regular file; give a YAML {what}")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read {what} ({err.strerror})") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB; not a {what}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {data[err.start]:#04x} at offset {err.start}); "
+            f"save the {what} as UTF-8"
+        ) from None
+    return parse_yaml(text, str(path))
 
 
 def load_document(path: str | Path) -> dict[str, Any]:
     """The YAML mapping in ``path``."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read config file ({err.strerror})") from None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        line = f" at line {where.line + 1}" if where else ""
-        problem = getattr(err, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}: not valid YAML{line}: {problem}") from None
+    doc = read_yaml(path)
     if doc is None:
         doc = {}
     if not isinstance(doc, dict):
@@ -54,11 +110,19 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r} must look like key=value, e.g. train.lr=0.1")
-        try:
-            out[key.strip()] = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML") from None
+        out[key.strip()] = parse_yaml(raw, f"--set {key.strip()}")
     return out
+
+
+def add_set_argument(parser: argparse.ArgumentParser, example: str) -> None:
+    """The repeatable ``--set KEY=VALUE`` override of every command that reads a config."""
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a config key, e.g. --set {example} (repeatable)",
+    )
 
 
 def apply_sets(doc: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:

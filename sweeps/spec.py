@@ -6,21 +6,27 @@ every mistake, so that a bad config stops before Ray starts or MLflow is touched
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
-import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from sweeps.config import trainer_config
+from sweeps.config import apply_sets, trainer_config
 from sweeps.layout import DEFAULT_STORAGE, SweepFolder
-from trainers.config import RULES, ConfigError, TrialConfig, unknown_key_error
+from trainers.config import RULES, TOGETHER, ConfigError, TrialConfig, trial_config
+from trainers.rules import Rule, check_mapping, one_line, shown, unknown_key_error
 
 SEARCH_TYPES = ("grid", "random", "asha")
 METRICS = {"val_acc": "max", "val_loss": "min"}
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint", "quniform", "qloguniform")
 DISCRETE = ("grid", "choice")
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"  # a folder, an MLflow experiment, a job name
+# The stores MLflow 3 can track to (it refuses file:// stores); a server is http(s)://.
+TRACKING_URI_PATTERN = r"(sqlite|postgresql|mysql|mssql)(\+\w+)?://\S*|https?://\S+|databricks\S*"
+TRACKING_URI_WHAT = "an MLflow store URI: http(s)://HOST:PORT, sqlite:///FILE, postgresql://..."
+STEP = Rule(float, low=0.0, low_open=True)  # quniform's q
 
 # A searched key that only matters when another key takes one of these values.
 DEPENDS_ON = {
@@ -35,7 +41,7 @@ DEPENDS_ON = {
 @dataclass
 class Search:
     type: str = "random"  # grid | random | asha
-    num_samples: int = 0  # random/asha: draws (default 10); grid: repeats (default 1), new seeds
+    num_samples: int | None = None  # random/asha: draws (default 10); grid: repeats (default 1)
     metric: str = "val_acc"  # val_acc (max) or val_loss (min), measured on the validation split
     max_concurrent: int = 0  # 0: as many trials at once as the resources allow
     grace_period: int = 2  # asha: epochs every trial gets before it can be stopped
@@ -81,62 +87,91 @@ class SweepSpec:
         return grid * self.search.num_samples
 
 
-SEARCH_RULES = {
-    "type": ("one of " + ", ".join(SEARCH_TYPES), lambda v: v in SEARCH_TYPES),
-    "num_samples": ("an integer >= 1", lambda v: is_int(v) and v >= 1),
-    "metric": ("one of " + ", ".join(METRICS), lambda v: v in METRICS),
-    "max_concurrent": ("an integer >= 0", lambda v: is_int(v) and v >= 0),
-    "grace_period": ("an integer >= 1", lambda v: is_int(v) and v >= 1),
-    "reduction_factor": ("an integer >= 2", lambda v: is_int(v) and v >= 2),
-    "brackets": ("an integer >= 1", lambda v: is_int(v) and v >= 1),
-    "max_failures": ("an integer >= 0", lambda v: is_int(v) and v >= 0),
-    "seed": ("an integer >= 0", lambda v: is_int(v) and v >= 0),
+SWEEP_RULES: dict[str, Rule] = {
+    "name": Rule(
+        str,
+        pattern=NAME_PATTERN,
+        what="letters, digits, '_', '.' or '-' (at most 64, the first a letter or digit; set "
+        "name: in the config or pass --name)",
+        doc="the sweep's name: its folder and MLflow experiment",
+    ),
+    "storage": Rule(
+        str,
+        optional=True,
+        pattern=r"[^\x00]+",
+        what="a folder path or null",
+        doc="the sweep's folder is `<storage>/<name>/` (a shared path on a cluster)",
+    ),
+    "search.type": Rule(
+        str,
+        choices=SEARCH_TYPES,
+        doc="grid: every grid point; random: draws; asha: draws stopped early by Ray Tune's "
+        "ASHAScheduler",
+    ),
+    "search.num_samples": Rule(
+        int,
+        low=1,
+        optional=True,
+        doc="draws; for grid, repeats of the grid, each with new seeds; none: 1 for grid, else 10",
+    ),
+    "search.metric": Rule(
+        str,
+        choices=tuple(METRICS),
+        doc="what ranks trials, at a trial's last epoch: val_acc (max) or val_loss (min)",
+    ),
+    "search.max_concurrent": Rule(
+        int, low=0, doc="trials at once; 0: as many as the resources allow"
+    ),
+    "search.grace_period": Rule(int, low=1, doc="asha: epochs every trial gets, <= train.epochs"),
+    "search.reduction_factor": Rule(
+        int, low=2, doc="asha: keeps the best 1/reduction_factor at each rung"
+    ),
+    "search.brackets": Rule(int, low=1, doc="asha"),
+    "search.max_failures": Rule(int, low=0, doc="retries of a trial that raises"),
+    "search.seed": Rule(int, low=0, high=2**32 - 1, doc="seeds the draws"),
+    "resources.cpu": Rule(float, low=0.0, low_open=True, doc="CPUs per trial"),
+    "resources.gpu": Rule(
+        float,
+        low=0.0,
+        doc="GPUs per trial; 0.25 packs four trials on a GPU. Without a GPU, trials run on the CPU",
+    ),
+    "mlflow.tracking_uri": Rule(
+        str,
+        optional=True,
+        pattern=TRACKING_URI_PATTERN,
+        what=TRACKING_URI_WHAT + " or null",
+        doc="none: `$MLFLOW_TRACKING_URI`, else `sqlite:///mlflow.db` in the working directory",
+    ),
 }
-RESOURCE_RULES = {
-    "cpu": ("a number > 0", lambda v: _num(v) and v > 0),
-    "gpu": ("a number >= 0 (a fraction shares a GPU)", lambda v: _num(v) and v >= 0),
-}
 
 
-def is_int(v: Any) -> bool:
-    """An integer that is not a bool (YAML's true is an int to Python)."""
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _section(doc: dict[str, Any], name: str, rules: dict, cls: type) -> Any:
-    given = doc.get(name) or {}
-    if not isinstance(given, dict):
-        raise ConfigError(f"{name} must be a mapping; got {given!r}")
-    for key, value in given.items():
-        if key not in rules:
-            raise unknown_key_error(f"{name}.{key}", [f"{name}.{k}" for k in rules])
-        allowed, ok = rules[key]
-        if not ok(value):
-            raise ConfigError(f"{name}.{key} must be {allowed}; got {value!r}")
-    return cls(**given)
+def sweep_defaults() -> dict[str, Any]:
+    """Each SWEEP_RULES key's default, for docs/config.md."""
+    out = {"name": None, "storage": DEFAULT_STORAGE, "mlflow.tracking_uri": None}
+    for name, cls in (("search", Search), ("resources", Resources)):
+        out |= {f"{name}.{f.name}": f.default for f in fields(cls)}
+    return out
 
 
 def _check_distribution(key: str, spec: Any, search_type: str) -> dict[str, Any]:
-    """One ``space`` entry: exactly one distribution whose values the key's rule accepts."""
+    """One ``space`` entry: exactly one distribution, every value of which the key's rule
+    accepts (its bounds; for grid and choice each value)."""
     if key not in RULES:
         raise unknown_key_error(f"space.{key}", [f"space.{k}" for k in RULES])
     if not isinstance(spec, dict) or len(spec) != 1:
         raise ConfigError(
             f"space.{key} must be one distribution, e.g. {{choice: [a, b]}} or "
-            f"{{loguniform: [1e-4, 1e-1]}}; got {spec!r}"
+            f"{{loguniform: [1e-4, 1e-1]}}; got {shown(spec)}"
         )
-    (kind, args), rule = next(iter(spec.items())), RULES[key]
+    (kind, args), rule, label = next(iter(spec.items())), RULES[key], f"space.{key}"
     if kind not in DISTRIBUTIONS:
         raise ConfigError(
-            f"space.{key}: unknown distribution {kind}; use one of {', '.join(DISTRIBUTIONS)}"
+            f"{label}: unknown distribution {one_line(str(kind))}; use one of "
+            f"{', '.join(DISTRIBUTIONS)}"
         )
     if search_type == "grid" and kind != "grid":
         raise ConfigError(
-            f"space.{key}: a grid search needs explicit values ({{grid: [...]}}), not {kind}; "
+            f"{label}: a grid search needs explicit values ({{grid: [...]}}), not {kind}; "
             "use search.type random or asha to sample"
         )
     if key == "train.epochs" and search_type == "asha":
@@ -144,37 +179,54 @@ def _check_distribution(key: str, spec: Any, search_type: str) -> dict[str, Any]
             "space.train.epochs cannot be searched with asha: its max_t is train.epochs"
         )
     if not isinstance(args, list) or not args:
-        raise ConfigError(f"space.{key}.{kind} must be a non-empty list; got {args!r}")
+        raise ConfigError(f"{label}.{kind} must be a non-empty list; got {shown(args)}")
     if kind in DISCRETE:
-        return {kind: [rule.check(f"space.{key}", v) for v in args]}
+        return {kind: [rule.check(label, v) for v in args]}
     n_args = 3 if kind.startswith("q") else 2
-    if len(args) != n_args or rule.choices or rule.kind is bool:
+    if len(args) != n_args or rule.choices or rule.kind not in (int, float):
         form = "[low, high, step]" if n_args == 3 else "[low, high]"
-        raise ConfigError(f"space.{key}.{kind} must be {form} of a numeric key; got {args!r}")
+        raise ConfigError(f"{label}.{kind} must be {form} of a numeric key; got {shown(args)}")
     if kind == "randint" and rule.kind is not int:
-        raise ConfigError(f"space.{key}: randint is for integer keys; use uniform or loguniform")
+        raise ConfigError(f"{label}: randint is for integer keys; use uniform or loguniform")
     if kind != "randint" and rule.kind is int:
-        raise ConfigError(f"space.{key} takes integers: use randint or choice, not {kind}")
-    low, high = (rule.check(f"space.{key}", v) for v in args[:2])
+        raise ConfigError(f"{label} takes integers: use randint or choice, not {kind}")
+    low, high = (rule.check(label, v) for v in args[:2])
     if not low < high:
-        raise ConfigError(f"space.{key}.{kind} needs low < high; got {args!r}")
+        raise ConfigError(f"{label}.{kind} needs low < high; got {shown(args)}")
     if "log" in kind and low <= 0:
-        raise ConfigError(f"space.{key}.{kind} needs low > 0 for a log scale; got {low!r}")
-    if n_args == 3 and not (_num(args[2]) and args[2] > 0):
-        raise ConfigError(f"space.{key}.{kind}: the step must be a number > 0; got {args[2]!r}")
-    return {kind: [low, high, *args[2:]]}
+        raise ConfigError(f"{label}.{kind} needs low > 0 for a log scale; got {shown(low)}")
+    if n_args == 2:
+        return {kind: [low, high]}
+    q = STEP.check(f"{label}.{kind} step", args[2])
+    if not all(math.isclose(x / q, round(x / q)) for x in (low, high)):
+        raise ConfigError(
+            f"{label}.{kind} needs low and high that are multiples of the step {q:g} "
+            f"(draws are rounded to it); got {shown(args)}"
+        )
+    return {kind: [low, high, q]}
 
 
-def _possible(key: str, trial: TrialConfig, space: dict[str, dict[str, Any]]) -> set[Any]:
-    """Every value ``key`` can take in this sweep."""
-    if key in space:
-        return set(next(iter(space[key].values())))
-    return {trial.flat()[key]}
+def reachable(key: str, trial: TrialConfig, space: dict[str, dict[str, Any]]) -> list[Any]:
+    """The values of ``key`` a rule must hold for: each of a grid or choice, both ends of a
+    range, or the fixed value. Rules here are monotonic in each key, so these corners do."""
+    if key not in space:
+        return [trial.flat()[key]]
+    ((kind, args),) = space[key].items()
+    return list(dict.fromkeys(args if kind in DISCRETE else args[:2]))
 
 
-def _check_together(trial: TrialConfig, space: dict[str, dict[str, Any]]) -> None:
+def _check_corners(trial: TrialConfig, space: dict[str, dict[str, Any]]) -> None:
+    """The rules over several keys (trainers.config.TOGETHER), on every corner of the space."""
+    flat = trial.flat()
+    for rule in TOGETHER:
+        if any(k in space for k in rule.keys):
+            for values in itertools.product(*(reachable(k, trial, space) for k in rule.keys)):
+                rule.check({**flat, **dict(zip(rule.keys, values))}, " (a corner of space)")
+
+
+def _check_dependencies(trial: TrialConfig, space: dict[str, dict[str, Any]]) -> None:
     for key, (parent, needs) in DEPENDS_ON.items():
-        if key in space and not _possible(parent, trial, space) & set(needs):
+        if key in space and not set(reachable(parent, trial, space)) & set(needs):
             raise ConfigError(
                 f"space.{key} is searched but {parent} is never {' or '.join(needs)}; "
                 f"set {parent} to {needs[0]} or search it too"
@@ -184,28 +236,20 @@ def _check_together(trial: TrialConfig, space: dict[str, dict[str, Any]]) -> Non
 def sweep_spec(doc: dict[str, Any], name: str | None = None) -> SweepSpec:
     """Validate a whole sweep config document; raise ConfigError at the first mistake."""
     trial = trainer_config(doc)
-    search = _section(doc, "search", SEARCH_RULES, Search)
+    search = Search(**check_mapping("search", doc.get("search"), SWEEP_RULES))
     search.num_samples = search.num_samples or (1 if search.type == "grid" else 10)
-    resources = _section(doc, "resources", RESOURCE_RULES, Resources)
+    resources = Resources(**check_mapping("resources", doc.get("resources"), SWEEP_RULES))
+    mlflow = check_mapping("mlflow", doc.get("mlflow"), SWEEP_RULES)
     space_doc = doc.get("space") or {}
     if not isinstance(space_doc, dict):
         raise ConfigError(
             "space must map trainer keys to distributions, e.g. train.lr: {loguniform: [1e-4, 1]}"
         )
     space = {str(k): _check_distribution(str(k), v, search.type) for k, v in space_doc.items()}
-    _check_together(trial, space)
-    name = name or doc.get("name")
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise ConfigError(
-            f"name must be letters, digits, '_', '.' or '-' (at most 64); got {name!r}; "
-            "set name: in the config or pass --name"
-        )
-    storage = doc.get("storage") or DEFAULT_STORAGE
-    mlflow = doc.get("mlflow") or {}
-    if not isinstance(storage, str):
-        raise ConfigError(f"storage must be a folder path; got {storage!r}")
-    if not isinstance(mlflow, dict) or set(mlflow) - {"tracking_uri"}:
-        raise ConfigError(f"mlflow takes one key, tracking_uri; got {mlflow!r}")
+    _check_dependencies(trial, space)
+    _check_corners(trial, space)
+    name = SWEEP_RULES["name"].check("name", name or doc.get("name"))
+    storage = SWEEP_RULES["storage"].check("storage", doc.get("storage")) or DEFAULT_STORAGE
     if search.type == "asha" and search.grace_period > trial.train.epochs:
         raise ConfigError(
             f"search.grace_period must be <= train.epochs ({trial.train.epochs}); "
@@ -222,3 +266,26 @@ def sweep_spec(doc: dict[str, Any], name: str | None = None) -> SweepSpec:
         storage=Path(storage).expanduser(),
         tracking_uri=mlflow.get("tracking_uri"),
     )
+
+
+def check_data(spec: SweepSpec) -> None:
+    """Every check that reads the data, for each corner of the searched data keys: the data
+    loads and splits, and the largest batch size fits the smallest training split. Reads,
+    writes nothing: call it before the sweep's first write."""
+    from trainers.data import cross_validation_folds, load_dataset  # numpy, pandas, sklearn
+
+    searched = [k for k in spec.space if k.startswith("data.")]
+    corners = {}  # the distinct data configs at the corners, each loaded once
+    for values in itertools.product(*(reachable(k, spec.trial, spec.space) for k in searched)):
+        data = trial_config(apply_sets(spec.sections, dict(zip(searched, values)))).data
+        corners[json.dumps(asdict(data), sort_keys=True)] = data
+    smallest = min(
+        len(fold.train.y)
+        for data in corners.values()
+        for fold in cross_validation_folds(load_dataset(data), data.folds, data.seed)
+    )
+    largest = max(reachable("train.batch_size", spec.trial, spec.space))
+    if largest > smallest:
+        raise ConfigError(
+            f"train.batch_size must be <= the training split ({smallest} examples); got {largest}"
+        )

@@ -23,12 +23,10 @@ import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import yaml
-
 from sweeps import config as config_file
 from sweeps.layout import DEFAULT_DB, SweepFolder
-from sweeps.spec import is_int
-from trainers.config import ConfigError, unknown_key_error
+from sweeps.spec import TRACKING_URI_PATTERN, TRACKING_URI_WHAT, SweepSpec, sweep_spec
+from trainers.rules import ConfigError, Rule, shown, unknown_key_error
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES, SLURM_DIR = ROOT / "configs" / "clusters", ROOT / "slurm"
@@ -76,22 +74,19 @@ class Profile:
 
 _NAME, _WORD = r"[A-Za-z0-9_.-]{1,64}", r"[A-Za-z0-9_.+/@=-]{1,200}"
 _PATH = r"/[A-Za-z0-9_./+,=@~-]*"  # absolute, and plain enough for #SBATCH lines
+_SIZE = r"(\d+[KMGT]?)?"
 
 
-def _match(pattern: str, v: object) -> bool:
-    return isinstance(v, str) and re.fullmatch(pattern, v) is not None
+def _at_least(n: int) -> Rule:
+    return Rule(int, low=n)
 
 
-def _at_least(n: int) -> tuple:
-    return f"an integer >= {n}", lambda v: is_int(v) and v >= n
+def _text(what: str, pattern: str) -> Rule:
+    return Rule(str, pattern=pattern, what=what)
 
 
-def _text(what: str, pattern: str) -> tuple:
-    return what, lambda v: _match(pattern, v)
-
-
-RULES = {  # key -> (what it must be, check); one message template for every key
-    "mode": ("one of " + ", ".join(MODES), lambda v: v in MODES),
+RULES: dict[str, Rule] = {  # a profile's keys, and the command line's overrides of them
+    "mode": Rule(str, choices=MODES),
     "partition": _text("a partition name (letters, digits, _ . -)", _NAME),
     "head_partition": _text("a partition name or empty", f"({_NAME})?"),
     "nodes": _at_least(1),
@@ -99,54 +94,47 @@ RULES = {  # key -> (what it must be, check); one message template for every key
     "cpus_per_node": _at_least(1),
     "gpus_per_node": _at_least(0),
     "gres": _text("a GRES name like gpu or gpu:v100-sxm2", r"\w+(:[\w.-]+)?"),
-    "max_gpus_per_job": (
-        "a mapping partition -> integer",
-        lambda v: isinstance(v, dict) and all(_match(_NAME, k) and is_int(n) for k, n in v.items()),
-    ),
+    "max_gpus_per_job": Rule(
+        dict,
+        keys=Rule(str, pattern=_NAME),
+        items=Rule(int, low=0),
+        what="a mapping partition -> integer",
+    ),  # fmt: skip
     "time": _text("[D-]HH:MM:SS, e.g. 04:00:00", r"(\d+-)?\d{1,2}:[0-5]\d:[0-5]\d"),
-    "mem": _text("empty or a size like 32G", r"(\d+[KMGT]?)?"),
+    "mem": _text("empty or a size like 32G", _SIZE),
     "head_cpus": _at_least(1),
-    "head_mem": _text("empty or a size like 8G", r"(\d+[KMGT]?)?"),
-    "modules": (
-        "a list of module names",
-        lambda v: isinstance(v, list) and all(_match(_WORD, m) for m in v),
-    ),
+    "head_mem": _text("empty or a size like 8G", _SIZE),
+    "modules": Rule(list, items=Rule(str, pattern=_WORD), what="a list of module names"),
     "conda_env": _text("an environment name or path, or empty", f"({_WORD})?"),
     "venv": _text("empty or an absolute path", f"({_PATH})?"),
     "python": _text("empty, a command or an absolute path", f"({_WORD})?"),
     "trials_per_gpu": _at_least(1),
     "signal_seconds": _at_least(10),
     "max_restarts": _at_least(0),
-    "mlflow_tracking_uri": _text("empty or a URI without spaces", r"\S*"),
-    "ray_tmp": _text("an absolute path of at most 40 characters", rf"(?=.{{1,40}}$){_PATH}"),
+    "mlflow_tracking_uri": _text(f"empty or {TRACKING_URI_WHAT}", f"({TRACKING_URI_PATTERN})?"),
+    "ray_tmp": _text("an absolute path of at most 40 characters", rf"(?=.{{1,40}}\Z){_PATH}"),
 }
-
-
-def check(key: str, value: object, label: str) -> object:
-    allowed, ok = RULES[key]
-    if not ok(value):
-        raise ConfigError(f"{label} must be {allowed}; got {value!r}")
-    return value
 
 
 def load_profile(name: str) -> Profile:
     """A profile by name (configs/clusters/NAME.yaml) or by the path of a YAML file."""
     path = Path(name) if name.endswith((".yaml", ".yml")) else PROFILES / f"{name}.yaml"
-    if not path.is_file():
+    if not path.exists():
         known = ", ".join(sorted(p.stem for p in PROFILES.glob("*.yaml")))
-        raise ConfigError(f"unknown cluster profile {name!r}; known: {known} (or a .yaml path)")
-    try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"{path}: not a readable YAML profile ({type(err).__name__})") from None
+        raise ConfigError(
+            f"unknown cluster profile {shown(name)}; known: {known} (or a .yaml path)"
+        )
+    doc = config_file.read_yaml(path, "cluster profile") or {}
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: a profile must be a YAML mapping of settings")
     keys = [f.name for f in fields(Profile)]
+    values = {}
     for key, value in doc.items():
         if key not in keys:
             raise ConfigError(f"profile {path.stem}: {unknown_key_error(str(key), keys)}")
-        check(key, "" if value is None else value, f"profile {path.stem}: {key}")
-    return Profile(**{k: ("" if v is None else v) for k, v in doc.items()})
+        value = "" if value is None else value
+        values[key] = RULES[key].check(f"profile {path.stem}: {key}", value)
+    return Profile(**values)
 
 
 @dataclass
@@ -173,16 +161,44 @@ def seconds(hms: str) -> int:
 
 def plan(args: argparse.Namespace, cwd: Path | None = None) -> Job:
     """Check the sweep config, the profile and the options; raise ConfigError at the first
-    mistake. Writes nothing."""
-    from sweeps.spec import sweep_spec
-
+    mistake (every input mistake before the machine's state: the folder, sbatch). Writes
+    nothing."""
     cwd = (cwd or Path.cwd()).resolve()
     config = (cwd / args.config).resolve()
     spec = sweep_spec(config_file.load(config, args.set), name=args.name)
+    prof = _profile(args)
+    _check_options(args, prof, spec, cwd)
+    trial, sets = _trial_resources(args.set, prof, spec)
+    _check_environment(args, spec)
+    uri = spec.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or prof.mlflow_tracking_uri
+    return Job(
+        mode=prof.mode,
+        name=spec.name,
+        folder=spec.folder,
+        workdir=cwd,
+        command=["run", str(config), "--name", spec.name, "--resume", *_sets(sets)],
+        profile=prof,
+        python=prof.python or ("python" if prof.conda_env or prof.venv else sys.executable),
+        tracking_uri=uri or f"sqlite:///{cwd}/{DEFAULT_DB}",
+        trial=trial,
+        resume=_resume_command(args, prof, spec, config, cwd),
+    )
+
+
+OPTIONS = ("mode", "partition", "nodes", "workers", "cpus_per_node", "gpus_per_node", "time")
+
+
+def _profile(args: argparse.Namespace) -> Profile:
+    """The profile with the command line's options applied, each checked by its rule."""
     prof = load_profile(args.profile)
-    for key in ("mode", "partition", "nodes", "workers", "cpus_per_node", "gpus_per_node", "time"):
-        if getattr(args, key, None) is not None:
-            setattr(prof, key, check(key, getattr(args, key), "--" + key.replace("_", "-")))
+    for key in OPTIONS:
+        if (value := getattr(args, key, None)) is not None:
+            setattr(prof, key, RULES[key].check("--" + key.replace("_", "-"), value))
+    return prof
+
+
+def _check_options(args: argparse.Namespace, prof: Profile, spec: SweepSpec, cwd: Path) -> None:
+    """The rules between options, profile and config."""
     workers, folder = prof.mode == "workers", spec.folder
     gpus_per_job = prof.gpus_per_node * (1 if workers else prof.nodes)
     cap = prof.max_gpus_per_job.get(prof.partition, gpus_per_job)
@@ -194,21 +210,20 @@ def plan(args: argparse.Namespace, cwd: Path | None = None) -> Job:
         (gpus_per_job > cap, f"partition {prof.partition} allows {cap} GPU(s) per job, not "
          f"{gpus_per_job}: use --mode workers, or another partition"),
         (not all(re.fullmatch(_PATH, str(d)) for d in (folder, cwd)), f"the sweep folder "
-         f"{folder} or working directory {cwd} has characters SLURM options cannot take"),
-        (not args.resume and any(f.exists() for f in (spec.files.tuner_state, spec.files.config)),
-         f"{folder} holds sweep {spec.name} already; continue it with "
-         "--resume, or pick another --name"),
-        (not args.dry_run and not shutil.which("sbatch"), "sbatch not found: run `sweep "
-         "submit` where SLURM is (a login node)"),
-        (not (SLURM_DIR / "ray.sh").is_file(), f"{SLURM_DIR}/ray.sh is missing: install the "
-         "project from its checkout (pip install -e .)"),
+         f"{shown(str(folder))} or working directory {shown(str(cwd))} has characters SLURM "
+         "options cannot take"),
     ]  # fmt: skip
     for mistake, message in refuse:
         if mistake:
             raise ConfigError(message)
 
-    # Trial resources: GPU nodes and a config asking for no GPU -> trials share the GPUs.
-    given, sets = {item.partition("=")[0].strip() for item in args.set}, list(args.set)
+
+def _trial_resources(
+    given_sets: list[str], prof: Profile, spec: SweepSpec
+) -> tuple[dict[str, float], list[str]]:
+    """Each trial's resources, and the --set overrides the driver gets: on GPU nodes a config
+    asking for no GPU shares them; workers mode retries trials a leaving worker failed."""
+    given, sets = {item.partition("=")[0].strip() for item in given_sets}, list(given_sets)
     cpu, gpu = spec.resources.cpu, spec.resources.gpu
     if prof.gpus_per_node and gpu == 0 and "resources.gpu" not in given:
         gpu = round(1 / prof.trials_per_gpu, 4)
@@ -220,21 +235,42 @@ def plan(args: argparse.Namespace, cwd: Path | None = None) -> Job:
         raise ConfigError(f"a trial asks for {cpu:g} CPU, {gpu:g} GPU; a node has "
                           f"{prof.cpus_per_node} CPU, {prof.gpus_per_node} GPU: no trial could "
                           "run (change resources, --cpus-per-node or --gpus-per-node)")  # fmt: skip
-    if workers and spec.search.max_failures < WORKERS_MIN_FAILURES:
+    if prof.mode == "workers" and spec.search.max_failures < WORKERS_MIN_FAILURES:
         sets.append(f"search.max_failures={WORKERS_MIN_FAILURES}")
-    command = ["run", str(config), "--name", spec.name, "--resume"]
-    command += [a for s in sets for a in ("--set", s)]
+    return {"cpu": cpu, "gpu": gpu}, sets
 
-    python = prof.python or ("python" if prof.conda_env or prof.venv else sys.executable)
-    uri = spec.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or prof.mlflow_tracking_uri
+
+def _check_environment(args: argparse.Namespace, spec: SweepSpec) -> None:
+    """What the input cannot fix: a sweep already in the folder, no SLURM here."""
+    if not args.resume and any(f.exists() for f in (spec.files.tuner_state, spec.files.config)):
+        raise ConfigError(
+            f"{spec.folder} holds sweep {spec.name} already; continue it with --resume, "
+            "or pick another --name"
+        )
+    if not args.dry_run and not shutil.which("sbatch"):
+        raise ConfigError("sbatch not found: run `sweep submit` where SLURM is (a login node)")
+    if not (SLURM_DIR / "ray.sh").is_file():
+        raise ConfigError(
+            f"{SLURM_DIR}/ray.sh is missing: install the project from its checkout "
+            "(pip install -e .)"
+        )
+
+
+def _sets(sets: list[str]) -> list[str]:
+    return [a for s in sets for a in ("--set", s)]
+
+
+def _resume_command(
+    args: argparse.Namespace, prof: Profile, spec: SweepSpec, config: Path, cwd: Path
+) -> str:
+    """The command that resumes this sweep, every option spelt out, for messages."""
+    workers = prof.mode == "workers"
     count = ["--workers", str(prof.workers)] if workers else ["--nodes", str(prof.nodes)]
     resume = ["sweep", "submit", str(config), "--profile", args.profile, "--mode", prof.mode]
     resume += [*count, "--gpus-per-node", str(prof.gpus_per_node), "--cpus-per-node"]
     resume += [str(prof.cpus_per_node), "--time", prof.time, "--partition", prof.partition]
-    resume += ["--name", spec.name, *(a for s in args.set for a in ("--set", s)), "--resume"]
-    return Job(prof.mode, spec.name, folder, cwd, command, prof, python,
-               uri or f"sqlite:///{cwd}/{DEFAULT_DB}", {"cpu": cpu, "gpu": gpu},
-               f"cd {shlex.quote(str(cwd))} && {shlex.join(resume)}")  # fmt: skip
+    resume += ["--name", spec.name, *_sets(args.set), "--resume"]
+    return f"cd {shlex.quote(str(cwd))} && {shlex.join(resume)}"
 
 
 def _sbatch(options: dict[str, object]) -> list[str]:
@@ -316,9 +352,7 @@ def render(job: Job) -> str:
         step = {"nodes": p.nodes - 1, "ntasks": p.nodes - 1, "ntasks-per-node": 1}
         step |= {"cpus-per-task": p.cpus_per_node, **gres, "kill-on-bad-exit": 0}
         flags = " ".join(f"--{k}={v}" for k, v in step.items())
-        out += [f'srun {flags} --exclude="$SLURMD_NODENAME" \\']
-        out += [f'  bash {ray_sh} worker "$RAY_ADDRESS" &', "RAY_SRUN_PID=$!"]
-        out += [f"ray_wait_nodes {p.nodes}"]
+        out += [f"ray_other_nodes {flags}", f"ray_wait_nodes {p.nodes}"]
     out += [
         "",
         "# command",
@@ -368,8 +402,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``sweep submit``."""
-    from sweeps.cli import add_set_argument
-
     s = sub.add_parser("submit", help="run a sweep as SLURM job(s), Ray over their nodes")
     s.add_argument("config", help="YAML sweep config, e.g. configs/digits_asha.yaml")
     s.add_argument("--profile", required=True, help="cluster profile: discovery, local, or a path")
@@ -381,7 +413,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--cpus-per-node", type=int, help="CPUs per node or per worker job")
     s.add_argument("--time", help="each job's time limit, [D-]HH:MM:SS")
     s.add_argument("--partition", help="partition of the job, or of the worker jobs")
-    add_set_argument(s, "resources.gpu=0.5")
+    config_file.add_set_argument(s, "resources.gpu=0.5")
     s.add_argument("--name", help="the sweep's name (default: name in the config)")
     s.add_argument("--resume", action="store_true", help="continue the sweep in its folder")
     s.add_argument("--dry-run", action="store_true", help="print the job script, submit nothing")

@@ -66,12 +66,87 @@ def test_number_of_trials():
         ),
         ({"resources": {"gpu": -1}}, "resources.gpu must be a number >= 0"),
         ({"name": "../evil"}, "name must be letters"),
-        ({"mlflow": {"uri": "x"}}, "mlflow takes one key"),
+        ({"mlflow": {"uri": "x"}}, "unknown key mlflow.uri; did you mean mlflow.tracking_uri?"),
+        # every value a distribution can produce, and the rules over keys on the space's corners
+        (
+            {"space": {"data.val_fraction": {"uniform": [0.85, 0.9]}}},
+            "data.val_fraction + data.test_fraction must be < 1 to leave a training split; "
+            "got 0.85 + 0.2 (a corner of space)",
+        ),
+        (
+            {"space": {"train.lr": {"quniform": [0.01, 0.02, 0.1]}}},
+            "space.train.lr.quniform needs low and high that are multiples of the step 0.1 "
+            "(draws are rounded to it); got [0.01, 0.02, 0.1]",
+        ),
+        (
+            {"space": {"train.lr": {"qloguniform": [0.1, 1, 0]}}},
+            "space.train.lr.qloguniform step must be a number > 0; got 0",
+        ),
+        (
+            {"space": {"data.source": {"choice": ["digits", "csv"]}}},
+            "data.path is required for data.source csv (a corner of space)",
+        ),
+        (
+            {
+                "space": {
+                    "train.optimizer": {"choice": ["sgd", "nesterov"]},
+                    "train.momentum": {"uniform": [0, 0.9]},
+                }
+            },
+            "train.momentum must be > 0 for train.optimizer nesterov; got 0 (a corner of space)",
+        ),
+        (
+            {"train": {"epochs": 5}, "space": {"train.warmup_epochs": {"randint": [0, 5]}}},
+            "train.warmup_epochs must be < train.epochs (5); got 5 (a corner of space)",
+        ),
+        (
+            {"space": {"train.seed": {"grid": [1, 2**32]}}},
+            "space.train.seed must be an integer in [0, 4294967295]; got 4294967296",
+        ),
+        (
+            {"space": {"data.val_fraction": {"choice": [0.1, 1.5]}}},
+            "space.data.val_fraction must be a number in (0, 1); got 1.5",
+        ),
+        ({"train": {"seed": 99999999999999999999}}, "train.seed must be an integer in [0, "),
+        ({"data": {"seed": 4294967296}}, "data.seed must be an integer in [0, 4294967295]"),
+        ({"search": {"seed": -1}}, "search.seed must be an integer in [0, 4294967295]"),
+        ({"name": "evil\n"}, r"set name: in the config or pass --name); got 'evil\n'"),
+        ({"mlflow": {"tracking_uri": "file:///tmp/x"}}, "mlflow.tracking_uri must be an MLflow"),
+        ({"mlflow": {"tracking_uri": 5}}, "mlflow.tracking_uri must be an MLflow store URI"),
+        ({"mlflow": {"tracking_uri": "foo://bar"}}, "mlflow.tracking_uri must be an MLflow"),
+        ({"space": {"train.l\nr": {"choice": [1]}}}, r"unknown key space.train.l\nr;"),
     ],
 )
 def test_bad_sweep_configs(extra, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("{", r"\{")):
+    with pytest.raises(ConfigError) as err:
         spec(**extra)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "space",
+    [
+        {"data.val_fraction": {"uniform": [0.5, 0.75]}},  # 0.75 + 0.2 < 1
+        {"train.lr": {"quniform": [0.1, 0.5, 0.1]}},  # 0.3 / 0.1 is 2.9999999999999996
+        {"train.lr": {"qloguniform": [0.001, 0.1, 0.001]}},
+        {"train.optimizer": {"choice": ["sgd", "nesterov"]}, "train.momentum": {"grid": [0.5]}},
+        {"train.seed": {"randint": [0, 2**32 - 1]}},
+    ],
+)
+def test_spaces_whose_corners_all_hold_are_accepted(space):
+    spec(space=space)
+
+
+def test_numbers_as_people_write_them():
+    sets = parse_sets(["train.lr=1e-3", "space.train.lambda={loguniform: [1e-4, 1E-1]}"])
+    assert sets["train.lr"] == 0.001
+    assert spec(**apply_sets({}, sets)).space == {"train.lambda": {"loguniform": [1e-4, 0.1]}}
+    assert parse_sets(["x=1e", "y=e5", "z=1_000", "w=-2.5e+3"]) == {
+        "x": "1e",
+        "y": "e5",
+        "z": 1000,
+        "w": -2500.0,
+    }
 
 
 def test_momentum_may_be_searched_when_the_optimizer_is_searched_too():

@@ -8,10 +8,16 @@ same kind of one-line answer naming the key and what is allowed.
 
 from __future__ import annotations
 
-import difflib
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
+
+from trainers.rules import (  # noqa: F401  (ConfigError, unknown_key_error: imported from here)
+    ConfigError,
+    Rule,
+    Together,
+    check_mapping,
+    unknown_key_error,
+)
 
 SOURCES = ("digits", "npz", "csv", "parquet", "cifar10", "synthetic")
 LOSSES = ("softmax", "hinge", "squared_hinge")
@@ -19,10 +25,6 @@ OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
 REGULARIZERS = ("l2", "l1", "elastic", "none")
 SCHEDULES = ("constant", "step", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
-
-
-class ConfigError(ValueError):
-    """A user mistake in a config, an override or an input file; the message is one line."""
 
 
 @dataclass
@@ -94,136 +96,130 @@ def _attr(key: str) -> str:
 
 
 # ---------------------------------------------------------------- rules
-@dataclass(frozen=True)
-class Rule:
-    """What one key accepts: a type, optionally a set of names or an interval."""
-
-    kind: type
-    choices: tuple[str, ...] = ()
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    optional: bool = False
-
-    def describe(self) -> str:
-        if self.choices:
-            return "one of " + ", ".join(self.choices)
-        what = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[
-            self.kind
-        ]
-        if self.low is not None and self.high is not None:
-            lo, hi = "(" if self.low_open else "[", ")" if self.high_open else "]"
-            what += f" in {lo}{self.low:g}, {self.high:g}{hi}"
-        elif self.low is not None:
-            what += f" {'>' if self.low_open else '>='} {self.low:g}"
-        return what
-
-    def check(self, key: str, value: Any) -> Any:
-        """Return the value (ints widened to float where a number is asked) or raise."""
-        if value is None and self.optional:
-            return None
-        ok_type = isinstance(value, self.kind) and not (
-            self.kind is not bool and isinstance(value, bool)
-        )
-        if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value, ok_type = float(value), True
-        if ok_type and self.kind is float and not math.isfinite(value):
-            ok_type = False
-        if ok_type and self.choices and value not in self.choices:
-            ok_type = False
-        if ok_type and self.low is not None:
-            ok_type = value > self.low if self.low_open else value >= self.low
-        if ok_type and self.high is not None:
-            ok_type = ok_type and (value < self.high if self.high_open else value <= self.high)
-        if not ok_type:
-            raise ConfigError(f"{key} must be {self.describe()}; got {value!r}")
-        return value
-
-
-def _choice(names: tuple[str, ...]) -> Rule:
-    return Rule(str, choices=names)
-
-
+SEED = Rule(int, low=0, high=2**32 - 1)  # what numpy's and scikit-learn's seeds take
 FRACTION = Rule(float, low=0.0, high=1.0, low_open=True, high_open=True)
 POSITIVE_INT = Rule(int, low=1)
+POSITIVE = Rule(float, low=0.0, low_open=True)
+FILE_SOURCES = ("npz", "csv", "parquet", "cifar10")
 
 RULES: dict[str, Rule] = {
-    "data.source": _choice(SOURCES),
-    "data.path": Rule(str, optional=True),
-    "data.label_column": Rule(str),
-    "data.val_fraction": FRACTION,
-    "data.test_fraction": FRACTION,
-    "data.folds": POSITIVE_INT,
-    "data.seed": Rule(int, low=0),
-    "data.standardize": Rule(bool),
-    "data.n_samples": Rule(int, low=2),
-    "data.n_features": POSITIVE_INT,
-    "data.n_classes": Rule(int, low=2),
-    "model.loss": _choice(LOSSES),
-    "model.margin": Rule(float, low=0.0, low_open=True),
-    "train.epochs": POSITIVE_INT,
-    "train.batch_size": POSITIVE_INT,
-    "train.lr": Rule(float, low=0.0, low_open=True),
-    "train.optimizer": _choice(OPTIMIZERS),
-    "train.momentum": Rule(float, low=0.0, high=1.0, high_open=True),
-    "train.reg": _choice(REGULARIZERS),
-    "train.lambda": Rule(float, low=0.0),
-    "train.elastic_beta": Rule(float, low=0.0),
-    "train.schedule": _choice(SCHEDULES),
-    "train.step_size": POSITIVE_INT,
-    "train.gamma": Rule(float, low=0.0, high=1.0, low_open=True),
-    "train.warmup_epochs": Rule(int, low=0),
-    "train.seed": Rule(int, low=0),
-    "train.device": _choice(DEVICES),
+    "data.source": Rule(str, choices=SOURCES, doc="where the examples come from"),
+    "data.path": Rule(
+        str, optional=True, what="a path", doc="the file (npz, csv, parquet) or folder (cifar10)"
+    ),
+    "data.label_column": Rule(
+        str,
+        what="a column name",
+        doc="csv/parquet: the column with labels 0..C-1; every other column is a feature",
+    ),
+    "data.val_fraction": replace(FRACTION, doc="share of all examples in the validation split"),
+    "data.test_fraction": replace(FRACTION, doc="share in the test split; val + test < 1"),
+    "data.folds": replace(
+        POSITIVE_INT,
+        doc="k > 1: k-fold cross-validation over train+val; a trial's metric is the mean "
+        "over folds",
+    ),
+    "data.seed": replace(SEED, doc="seeds the split and synthetic data"),
+    "data.standardize": Rule(
+        bool, doc="zero mean, unit variance, with statistics of the training split only"
+    ),
+    "data.n_samples": Rule(int, low=2, high=10**7, doc="synthetic: examples"),
+    "data.n_features": Rule(int, low=1, high=10**5, doc="synthetic: features"),
+    "data.n_classes": Rule(int, low=2, high=10**4, doc="synthetic: classes"),
+    "model.loss": Rule(
+        str,
+        choices=LOSSES,
+        doc="L_i = -log softmax(s)_{y_i}; or sum over j != y_i of max(0, s_j - s_{y_i} + "
+        "margin) (squared term by term)",
+    ),
+    "model.margin": replace(POSITIVE, doc="the hinge margin"),
+    "train.epochs": replace(POSITIVE_INT, doc="passes over the training split"),
+    "train.batch_size": replace(
+        POSITIVE_INT, doc="minibatch size; at most the size of the training split"
+    ),
+    "train.lr": replace(POSITIVE, doc="base learning rate"),
+    "train.optimizer": Rule(
+        str,
+        choices=OPTIMIZERS,
+        doc="sgd: w -= lr g; momentum: v = rho v + g, w -= lr v; nesterov; adam",
+    ),
+    "train.momentum": Rule(
+        float,
+        low=0.0,
+        high=1.0,
+        high_open=True,
+        doc="rho, for momentum and nesterov (nesterov needs rho > 0)",
+    ),
+    "train.reg": Rule(
+        str,
+        choices=REGULARIZERS,
+        doc="R(W): sum W^2; sum abs(W); sum(beta W^2 + abs(W)); nothing. Never the bias",
+    ),
+    "train.lambda": Rule(
+        float, low=0.0, doc="regularization strength: loss = data loss + lambda R(W)"
+    ),
+    "train.elastic_beta": Rule(float, low=0.0, doc="beta of the elastic net"),
+    "train.schedule": Rule(
+        str,
+        choices=SCHEDULES,
+        doc="per-epoch decay: step lr_0 gamma^floor(t / step_size); cosine 0.5 lr_0 "
+        "(1 + cos(pi t / T))",
+    ),
+    "train.step_size": replace(POSITIVE_INT, doc="step: epochs between decays"),
+    "train.gamma": Rule(float, low=0.0, high=1.0, low_open=True, doc="step: decay factor"),
+    "train.warmup_epochs": Rule(
+        int,
+        low=0,
+        doc="linear warm-up, lr_0 (t + 1) / (W + 1), shorter than train.epochs; the schedule "
+        "then runs over the remaining epochs",
+    ),
+    "train.seed": replace(SEED, doc="seeds the initial weights and the minibatch order"),
+    "train.device": Rule(str, choices=DEVICES, doc="auto takes the GPU when there is one"),
 }
 
-
-def unknown_key_error(key: str, known: list[str] | tuple[str, ...]) -> ConfigError:
-    """One line for a misspelt key, suggesting the nearest known one."""
-    near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    hint = f"; did you mean {near[0]}?" if near else f"; known keys: {', '.join(known)}"
-    return ConfigError(f"unknown key {key}{hint}")
+# Rules that tie keys together; a sweep checks them on every corner of its space too.
+TOGETHER = (
+    Together(
+        ("data.val_fraction", "data.test_fraction"),
+        lambda val, test: val + test < 1.0,
+        "data.val_fraction + data.test_fraction must be < 1 to leave a training split; "
+        "got {0:g} + {1:g}",
+        doc="`data.val_fraction` + `data.test_fraction` < 1, to leave a training split",
+    ),
+    Together(
+        ("data.source", "data.path"),
+        lambda source, path: source not in FILE_SOURCES or bool(path),
+        "data.path is required for data.source {0}",
+        doc="`data.path` is set for the sources read from files: " + ", ".join(FILE_SOURCES),
+    ),
+    Together(
+        ("train.optimizer", "train.momentum"),
+        lambda optimizer, momentum: optimizer != "nesterov" or momentum > 0,
+        "train.momentum must be > 0 for train.optimizer nesterov; got {1:g}",
+        doc="`train.momentum` > 0 when `train.optimizer` is nesterov",
+    ),
+    Together(
+        ("train.warmup_epochs", "train.epochs"),
+        lambda warmup, epochs: warmup < epochs,
+        "train.warmup_epochs must be < train.epochs ({1}); got {0}",
+        doc="`train.warmup_epochs` < `train.epochs`",
+    ),
+)
 
 
 def trial_config(sections: dict[str, Any]) -> TrialConfig:
     """Build and validate a TrialConfig from nested ``{"data": {...}, "model": ..., ...}``."""
     if not isinstance(sections, dict):
         raise ConfigError("a config must be a mapping with sections data, model and train")
-    built = {}
-    for name, cls in SECTIONS.items():
-        given = sections.get(name) or {}
-        if not isinstance(given, dict):
-            raise ConfigError(f"{name} must be a mapping of keys to values; got {given!r}")
-        values = {}
-        for key, value in given.items():
-            dotted = f"{name}.{key}"
-            if dotted not in RULES:
-                raise unknown_key_error(dotted, list(RULES))
-            values[_attr(str(key))] = RULES[dotted].check(dotted, value)
-        built[name] = cls(**values)
     for name in sections:
         if name not in SECTIONS:
             raise unknown_key_error(str(name), list(SECTIONS))
+    built = {}
+    for name, cls in SECTIONS.items():
+        values = check_mapping(name, sections.get(name), RULES)
+        built[name] = cls(**{_attr(k): v for k, v in values.items()})
     cfg = TrialConfig(**built)
-    _check_together(cfg)
+    flat = cfg.flat()
+    for rule in TOGETHER:
+        rule.check(flat)
     return cfg
-
-
-def _check_together(cfg: TrialConfig) -> None:
-    """Rules that tie several keys together."""
-    d = cfg.data
-    if d.val_fraction + d.test_fraction >= 1.0:
-        raise ConfigError(
-            "data.val_fraction + data.test_fraction must be < 1 to leave a training split; "
-            f"got {d.val_fraction:g} + {d.test_fraction:g}"
-        )
-    if d.source in ("npz", "csv", "parquet", "cifar10") and not d.path:
-        raise ConfigError(f"data.path is required for data.source {d.source}")
-    if cfg.train.optimizer == "nesterov" and cfg.train.momentum == 0:
-        raise ConfigError("train.momentum must be > 0 for train.optimizer nesterov; got 0")
-    if cfg.train.warmup_epochs >= cfg.train.epochs:
-        raise ConfigError(
-            f"train.warmup_epochs must be < train.epochs ({cfg.train.epochs}); "
-            f"got {cfg.train.warmup_epochs}"
-        )

@@ -22,6 +22,9 @@ from sklearn.preprocessing import StandardScaler
 
 from trainers.config import ConfigError, DataConfig
 
+MAX_BYTES = 8 << 30  # the most a data file may hold (an npz: once unpacked): it is read whole
+MAX_LABEL = 2**31 - 1
+
 
 @dataclass
 class Split:
@@ -126,8 +129,11 @@ def _checked(
             f"{where}: {xname} has {bad.sum()} NaN or infinite values (or beyond float32) in "
             f"column(s) {cols}; fill or drop them"
         )
-    numeric = y.dtype.kind in "biuf"
-    bad = ~(np.isfinite(y) & (y == np.round(y)) & (y >= 0)) if numeric else np.ones(len(y), bool)
+    if y.dtype.kind in "biuf":  # a label beyond int32 (1e300, say) is no class number
+        with np.errstate(invalid="ignore"):
+            bad = ~(np.isfinite(y) & (y == np.round(y)) & (y >= 0) & (y <= MAX_LABEL))
+    else:
+        bad = np.ones(len(y), bool)
     if bad.any():
         eg = y[bad][:1].tolist()[0]
         raise ConfigError(
@@ -183,14 +189,32 @@ def _split(pool: Split, fractions: list[float], seed: int, where: str) -> list[S
 
 # ---------------------------------------------------------------- sources
 def _path(cfg: DataConfig, folder: bool = False) -> Path:
+    """data.path, checked to be a folder (cifar10) or a regular file of at most MAX_BYTES: a
+    FIFO or /dev/zero would be read until the kernel stops the process."""
     if not cfg.path:
         raise ConfigError(f"data.path is required for data.source {cfg.source}")
     path = Path(cfg.path).expanduser()
     if not path.exists():
         raise ConfigError(f"data.path: no such {'folder' if folder else 'file'}: {path}")
-    if path.is_dir() != folder:
-        raise ConfigError(f"data.path: {path} is {'not ' if folder else ''}a folder")
+    if folder and not path.is_dir():
+        raise ConfigError(f"data.path: {path} is not a folder; {cfg.source} reads a folder")
+    return path if folder else _regular_file(path, "data.path: ")
+
+
+def _regular_file(path: Path, label: str = "") -> Path:
+    if not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file"
+        raise ConfigError(f"{label}{path} is {kind}; give a data file")
+    if (size := path.stat().st_size) > MAX_BYTES:
+        raise ConfigError(
+            f"{label}{path} holds {_size(size)}, more than the {_size(MAX_BYTES)} a trial reads "
+            "into memory; use a smaller file"
+        )
     return path
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def _synthetic(cfg: DataConfig) -> tuple[str, list[Split]]:
@@ -222,10 +246,18 @@ def _npz(cfg: DataConfig) -> tuple[str, list[Split]]:
             f"data.path: {path} is not an npz file (a zip of arrays, as np.savez writes)"
         )
     try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
+        with zipfile.ZipFile(path) as z:  # a small zip can unpack to any size
+            unpacked = sum(info.file_size for info in z.infolist())
+        if unpacked <= MAX_BYTES:
+            with np.load(path, allow_pickle=False) as f:
+                arrays = {k: f[k] for k in f.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise ConfigError(f"data.path: cannot read {path} as npz: {_one_line(e)}") from None
+    if unpacked > MAX_BYTES:
+        raise ConfigError(
+            f"data.path: {path} unpacks to {_size(unpacked)}, more than the "
+            f"{_size(MAX_BYTES)} a trial reads into memory"
+        )
     if set(_SPLIT_KEYS) <= arrays.keys():
         keys = [_SPLIT_KEYS[i : i + 2] for i in (0, 2, 4)]
     elif {"X", "y"} <= arrays.keys():
@@ -293,8 +325,9 @@ class _CifarUnpickler(pickle.Unpickler):
 
 
 def _cifar_batch(file: Path) -> Split:
-    if not file.is_file():
+    if not file.exists():
         raise ConfigError(f"data.path: CIFAR-10 folder {file.parent} has no file {file.name}")
+    _regular_file(file, "data.path: ")
     try:
         with open(file, "rb") as f:
             batch = _CifarUnpickler(f, encoding="bytes").load()
