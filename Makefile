@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format clean
+.PHONY: demo test test-fast tools lint format clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,16 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/sweep run configs/digits_asha.yaml --name demo-$$(date +%Y%m%d-%H%M%S)
 
-test: $(STAMP)
+# Tools the tests call and pip cannot install: shellcheck (lints the rendered job scripts).
+tools:
+	command -v shellcheck >/dev/null || { apt-get update -qq && apt-get install -y -qq shellcheck; }
+
+test: $(STAMP) tools
 	$(BIN)/python -m pytest
+
+# The tests that need neither Ray nor a server nor SLURM (seconds, not minutes).
+test-fast: $(STAMP) tools
+	$(BIN)/python -m pytest -m "not slow and not slurm"
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

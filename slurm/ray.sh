@@ -134,8 +134,10 @@ ray_publish_address() {
     sweeps_fail "cannot write the head's address to $ADDRESS_FILE"
 }
 
-# sweeps_workers_submitted FOLDER: check and log the worker array's job id (WORKERS_JOB).
-sweeps_workers_submitted() {
+# sweeps_submit_workers FOLDER <SCRIPT: sbatch the worker array's script (on stdin); check and
+# log its job id (WORKERS_JOB, cancelled by sweeps_cleanup).
+sweeps_submit_workers() {
+  WORKERS_JOB=$(sbatch --parsable)
   WORKERS_JOB=${WORKERS_JOB%%;*}
   [[ $WORKERS_JOB =~ ^[0-9]+$ ]] || sweeps_fail "the worker jobs were not submitted"
   sweeps_log "worker jobs: array $WORKERS_JOB, logs in $1/worker-${WORKERS_JOB}_<n>.out"

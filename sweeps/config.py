@@ -29,20 +29,21 @@ class Loader(yaml.SafeLoader):
     refuses a key given twice in one mapping (YAML would keep the last silently)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: dict[Any, int] = {}
+        seen: dict[Any, int] = {}  # key -> the line it was first given on
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden
                 continue
             key = self.construct_object(key_node, deep=True)
             try:
-                first = seen.setdefault(key, key_node.start_mark.line + 1)
+                first = seen.get(key)
             except TypeError:  # an unhashable key: SafeLoader says so itself
                 continue
-            if first != key_node.start_mark.line + 1:
+            if first is not None:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {shown(key)} (first at line {first})",
                     key_node.start_mark,
                 )  # fmt: skip
+            seen[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep)
 
 

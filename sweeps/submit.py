@@ -334,15 +334,13 @@ def render(job: Job) -> str:
             "ray_head --num-cpus=0 --num-gpus=0",
             f"ray_publish_address {q(address)}",
             "# the worker jobs: each joins when it starts, leaves when it ends; cancelled at exit",
-            "WORKERS_JOB=$(sbatch --parsable <<'WORKER_JOB'",
+            f"sweeps_submit_workers {q(str(job.folder))} <<'WORKER_JOB'",
             "#!/bin/bash",
             f"# a Ray worker of sweep {job.name}, submitted by its head job",
             *_sbatch(worker),
             *_setup(job),
             f"exec bash {ray_sh} worker {q(address)} 0",
             "WORKER_JOB",
-            ")",
-            f"sweeps_workers_submitted {q(str(job.folder))}",
         ]
     else:
         other = ", one worker on each other node" if p.nodes > 1 else ""

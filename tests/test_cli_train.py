@@ -58,6 +58,7 @@ def files(tmp_path):
     np.savez(tmp_path / "nan.npz", X=bad_x, y=y)
     np.savez(tmp_path / "tiny_class.npz", X=X, y=np.where(np.arange(60) == 0, 3, y))
     (tmp_path / "garbage.npz").write_text("not a zip")
+    (tmp_path / "huge_label.csv").write_text("a,label\n" + "1,0\n2,1\n" * 5 + "3,1e300\n")
     return tmp_path
 
 
@@ -81,6 +82,16 @@ CASES = [
     (["data.source=npz", "data.path={tmp}/nan.npz"], "NaN"),
     (["data.source=npz", "data.path={tmp}/tiny_class.npz"], "class 3"),
     (["data.source=npz"], "data.path is required for data.source npz"),
+    (["train.seed=99999999999999999999"], r"train.seed must be an integer in \[0, 4294967295\]"),
+    (["data.seed=4294967296"], r"data.seed must be an integer in \[0, 4294967295\]; got 4294"),
+    (
+        ["data.source=csv", "data.path={tmp}/huge_label.csv"],
+        r"labels 0..C-1; 1 are not, e.g. 1e\+300",
+    ),
+    (["data.source=csv", "data.path=/dev/zero"], "/dev/zero is not a regular file"),
+    (["data.source=csv", "data.path={tmp}"], "is a folder; give a data file"),
+    (["train.optimizer=nesterov", "train.momentum=0"], "train.momentum must be > 0 for"),
+    (["train.warmup_epochs=30"], r"train.warmup_epochs must be < train.epochs \(30\); got 30"),
 ]
 
 
@@ -95,7 +106,7 @@ def test_bad_input(files, capsys, sets, message, monkeypatch):
     assert err.startswith("error: ") and err.count("\n") == 1
     assert re.search(message, err), err
     assert sorted(p.name for p in files.iterdir()) == sorted(
-        ["ok.npz", "float_labels.npz", "nan.npz", "tiny_class.npz", "garbage.npz"]
+        ["ok.npz", "float_labels.npz", "nan.npz", "tiny_class.npz", "garbage.npz", "huge_label.csv"]
     )  # nothing written
 
 

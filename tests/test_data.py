@@ -343,3 +343,42 @@ def test_bad_input_raises_one_line_config_error(tmp_path, source, write, extra, 
 def test_synthetic_with_too_few_features():
     with pytest.raises(ConfigError, match=r"data\.n_features must be >= 3 for 5 synthetic classes"):
         load_dataset(DataConfig(source="synthetic", n_features=2, n_classes=5))
+
+
+# ---------------------------------------------------------------- what a data file may be
+def test_labels_beyond_any_class_number_are_one_line(tmp_path):
+    (tmp_path / "t.csv").write_text("a,label\n" + "1,0\n2,1\n" * 5 + "3,1e300\n")
+    with pytest.raises(ConfigError, match=r"labels 0..C-1; 1 are not, e.g. 1e\+300$"):
+        load_dataset(DataConfig(source="csv", path=str(tmp_path / "t.csv")))
+
+
+@pytest.mark.parametrize(
+    ("source", "path", "message"),
+    [
+        ("csv", "/dev/zero", "data.path: /dev/zero is not a regular file; give a data file"),
+        ("npz", "{tmp}/fifo", "fifo is not a regular file; give a data file"),
+        ("parquet", "{tmp}", "is a folder; give a data file"),
+        ("cifar10", "{tmp}/fifo", "fifo is not a folder; cifar10 reads a folder"),
+        ("cifar10", "{tmp}/c", "c/data_batch_1 is not a regular file; give a data file"),
+    ],
+)
+def test_data_path_must_be_a_regular_file_or_a_folder(tmp_path, source, path, message):
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "c").mkdir()
+    os.mkfifo(tmp_path / "c" / "data_batch_1")
+    with pytest.raises(ConfigError) as err:
+        load_dataset(DataConfig(source=source, path=path.format(tmp=tmp_path)))
+    assert message in str(err.value)
+
+
+def test_what_a_trial_reads_is_bounded(tmp_path, monkeypatch):
+    import trainers.data as data
+
+    monkeypatch.setattr(data, "MAX_BYTES", 1 << 20)
+    (tmp_path / "big.csv").write_text("a,label\n" + "1.0,0\n2.0,1\n" * 100_000)
+    with pytest.raises(ConfigError, match=r"big.csv holds 1.\d MiB, more than the 1.0 MiB a"):
+        load_dataset(DataConfig(source="csv", path=str(tmp_path / "big.csv")))
+    np.savez_compressed(tmp_path / "zeros.npz", X=np.zeros((2 << 20, 1)), y=np.zeros(2))
+    assert (tmp_path / "zeros.npz").stat().st_size < 1 << 20  # small, but unpacks to 16 MiB
+    with pytest.raises(ConfigError, match=r"zeros.npz unpacks to 16.0 MiB, more than the 1.0"):
+        load_dataset(DataConfig(source="npz", path=str(tmp_path / "zeros.npz")))

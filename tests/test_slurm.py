@@ -274,41 +274,54 @@ def dry_run(capsys, monkeypatch, tmp_path, *args: str) -> str:
 
 @pytest.fixture(scope="session")
 def shellcheck() -> str:
-    """shellcheck, installed through apt if missing (as the harness installs slurm-wlm)."""
-    if not shutil.which("shellcheck") and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        for cmd in (
-            ["apt-get", "update", "-qq"],
-            ["apt-get", "install", "-y", "-qq", "shellcheck"],
-        ):
-            subprocess.run(cmd, env=env, capture_output=True, timeout=600)
-    if not shutil.which("shellcheck"):
-        pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
-    return shutil.which("shellcheck")
+    """shellcheck, which `make test` installs through apt when missing: a check that cannot
+    run fails rather than skips."""
+    path = shutil.which("shellcheck")
+    assert path, "shellcheck is not installed: `make test` installs it (apt-get install shellcheck)"
+    return path
+
+
+def _lint_args(profile_name: str, mode: str, count: int) -> list[str]:
+    """Options for one profile x mode x node count, on GPU nodes, in a partition that allows
+    the job's GPUs (a multi-node job on Discovery needs multigpu)."""
+    prof = sub.load_profile(profile_name)
+    args = ["--profile", profile_name, "--mode", mode, "--gpus-per-node", "1"]
+    args += ["--workers" if mode == "workers" else "--nodes", str(count)]
+    gpus = 1 if mode == "workers" else count
+    caps = prof.max_gpus_per_job
+    if caps.get(prof.partition, gpus) < gpus:
+        args += ["--partition", max(caps, key=caps.get)]
+    return args
 
 
 LINT_CASES = [
-    ("local", ()),
-    ("local", ("--nodes", "2", "--gpus-per-node", "1")),
-    ("local", ("--mode", "workers", "--gpus-per-node", "1")),
-    ("discovery", ()),
-    ("discovery", ("--mode", "single-job", "--partition", "multigpu", "--nodes", "2")),
+    (profile.stem, mode, count)
+    for profile in sorted(sub.PROFILES.glob("*.yaml"))
+    for mode in sub.MODES
+    for count in (1, 2)
 ]
 
 
-@pytest.mark.parametrize(("profile_name", "args"), LINT_CASES)
+@pytest.mark.parametrize(("profile_name", "mode", "count"), LINT_CASES)
 def test_dry_run_scripts_pass_bash_n_and_shellcheck(
-    capsys, monkeypatch, tmp_path, shellcheck, profile_name, args
+    capsys, monkeypatch, tmp_path, shellcheck, profile_name, mode, count
 ):
-    text = dry_run(capsys, monkeypatch, tmp_path, "--profile", profile_name, *args)
+    """Every profile x mode x node count: bash -n, and shellcheck both as a user runs it on
+    the script alone (-S warning) and following the sourced slurm/ray.sh (-x)."""
+    text = dry_run(capsys, monkeypatch, tmp_path, *_lint_args(profile_name, mode, count))
     scripts = {"job.sbatch": text}
     inner = re.search(r"<<'WORKER_JOB'\n(.*?)\nWORKER_JOB\n", text, re.S)
+    assert bool(inner) == (mode == "workers")
     if inner:
         scripts["worker.sbatch"] = inner[1] + "\n"
     for name, body in scripts.items():
         path = tmp_path / name
         path.write_text(body)
-        for cmd in (["bash", "-n", str(path)], [shellcheck, "-x", str(path)]):
+        for cmd in (
+            ["bash", "-n", str(path)],
+            [shellcheck, "-S", "warning", str(path)],
+            [shellcheck, "-x", str(path)],
+        ):
             cp = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
             assert cp.returncode == 0, f"{' '.join(cmd)}:\n{cp.stdout}{cp.stderr}\n{body}"
     assert not (tmp_path / "runs").exists()  # a dry run writes nothing
@@ -349,7 +362,8 @@ def test_single_job_script_key_lines(capsys, monkeypatch, tmp_path):
         "#SBATCH --time=02:00:00",
         f"#SBATCH --output={tmp_path}/runs/digits_asha/slurm-%j.out",
         'ray_head --num-cpus="$(slurm_cpus)" --num-gpus="$(slurm_gpus)"',
-        "RAY_SRUN_PID=$!",
+        "ray_other_nodes --nodes=1 --ntasks=1 --ntasks-per-node=1 --cpus-per-task=2 "
+        "--gres=gpu:1 --kill-on-bad-exit=0",
         "ray_wait_nodes 2",
         "export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1",
         "sweeps_trap_signals",
@@ -363,7 +377,6 @@ def test_single_job_script_key_lines(capsys, monkeypatch, tmp_path):
     )
     assert f"export PYTHON={sys.executable} " in text
     assert lines[-1].startswith("sweeps_finish 3 'cd ")
-    assert "srun --nodes=1 --ntasks=1 --ntasks-per-node=1 --cpus-per-task=2 --gres=gpu:1" in text
 
 
 def test_workers_script_key_lines(capsys, monkeypatch, tmp_path):
@@ -432,6 +445,32 @@ def test_a_busy_slot_is_skipped():
         assert bash("ray_ports 0; echo $RAY_PORT", SLURM_JOB_ID="5").endswith(str(first + 100))
 
 
+def test_shell_starts_the_other_nodes_and_the_worker_array(tmp_path):
+    """ray_other_nodes and sweeps_submit_workers, against a fake srun and sbatch that record
+    what they were given."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (
+        ("srun", f'echo "$@" > {tmp_path}/srun.args'),
+        ("sbatch", f'echo "$@" > {tmp_path}/sbatch.args; cat > {tmp_path}/array.sh; echo "77;c1"'),
+    ):
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    out = bash(
+        "ray_other_nodes --nodes=1 --ntasks=1; wait $RAY_SRUN_PID; echo srun=$RAY_SRUN_PID; "
+        "sweeps_submit_workers /f <<'W'\n#!/bin/bash\necho worker\nW\necho job=$WORKERS_JOB",
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+        SLURMD_NODENAME="n1",
+        RAY_ADDRESS="10.0.0.1:20000",
+    )
+    assert re.search(r"^srun=\d+$", out, re.M) and out.endswith("job=77"), out
+    assert (tmp_path / "srun.args").read_text() == (
+        f"--nodes=1 --ntasks=1 --exclude=n1 bash {ROOT}/slurm/ray.sh worker 10.0.0.1:20000\n"
+    )
+    assert (tmp_path / "sbatch.args").read_text() == "--parsable\n"
+    assert (tmp_path / "array.sh").read_text() == "#!/bin/bash\necho worker\n"
+
+
 def test_every_profile_key_is_documented_and_the_profiles_load():
     doc = (ROOT / "docs/slurm.md").read_text()
     assert [key for key in sub.RULES if f"| `{key}` |" not in doc] == []
@@ -449,11 +488,20 @@ def test_unknown_profile_key_is_refused(tmp_path):
 
 
 # ---------------------------------------------------------------- refused input
+BAD_PROFILES = {  # file name -> its bytes
+    "latin1.yaml": "partition: d\xe9bug\n".encode("latin-1"),
+    "twice.yaml": b"partition: debug\nnodes: 1\npartition: gpu\n",
+    "uri.yaml": b"mlflow_tracking_uri: file:///tmp/x\n",
+}
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--name", "x; touch /tmp/pwned"], "name must be letters, digits"),
+        (["--name", "evil\n"], "pass --name); got 'evil\\n'"),
         (["--partition", "x; touch /tmp/pwned"], "--partition must be a partition name"),
+        (["--partition", "gpu\n"], "--partition must be a partition name"),
         (["--time", "1:00:00; touch /tmp/pwned"], "--time must be [D-]HH:MM:SS"),
         (["--set", "name=x;touch /tmp/pwned"], "name must be letters, digits"),
         (["--profile", "nope"], "unknown cluster profile 'nope'; known: discovery, local"),
@@ -464,19 +512,36 @@ def test_unknown_profile_key_is_refused(tmp_path):
         (["--mode", "swarm"], "--mode must be one of single-job, workers"),
         (["--gpus-per-node", "2", "--profile", "discovery"], "partition gpu allows 1 GPU(s)"),
         (["--set", "resources.cpu=4"], "a trial asks for 4 CPU, 0 GPU; a node has 2 CPU"),
+        (["--profile", "{bad}/latin1.yaml"], "latin1.yaml: not UTF-8 text (byte 0xe9 at offset"),
+        (
+            ["--profile", "{bad}/twice.yaml"],
+            "at line 3: duplicate key 'partition' (first at line 1)",
+        ),
+        (["--profile", "{bad}/uri.yaml"], "profile uri: mlflow_tracking_uri must be empty or an"),
+        (["--profile", "/dev/zero.yaml"], "/dev/zero.yaml"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     capsys, monkeypatch, tmp_path, args, message
 ):
-    monkeypatch.chdir(tmp_path)
+    """Every input mistake is reported before the machine's state is looked at: no sbatch on
+    the PATH here, and still each mistake's own message."""
+    bad = tmp_path / "profiles"
+    bad.mkdir()
+    for name, data in BAD_PROFILES.items():
+        (bad / name).write_bytes(data)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
     pwned = Path("/tmp/pwned")
     pwned.unlink(missing_ok=True)
+    args = [a.format(bad=bad) for a in args]
     argv = ["submit", str(ROOT / "configs/digits_asha.yaml"), "--profile", "local", *args]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
-    assert list(tmp_path.iterdir()) == [] and not pwned.exists()
+    assert list(work.iterdir()) == [] and not pwned.exists()
 
 
 def test_missing_sbatch_is_one_line_exit_2_and_writes_nothing(capsys, monkeypatch, tmp_path):

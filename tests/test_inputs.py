@@ -1,0 +1,156 @@
+"""Hostile input at the command line: each mistake is one `error:` line, exit code 2, and
+nothing written (no runs/ folder, no mlflow.db), before any Ray or MLflow start."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sweeps import config as config_file
+from sweeps.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP = str(Path(sys.executable).with_name("sweep"))
+DIGITS = str(ROOT / "configs/digits.yaml")
+ASHA = str(ROOT / "configs/digits_asha.yaml")
+
+CONFIGS = {  # file name -> bytes
+    "latin1.yaml": "train:\n  lr: 0.1\n  device: c\xe9pu\n".encode("latin-1"),
+    "twice.yaml": b"train:\n  lr: 0.1\n  epochs: 3\n  lr: 0.2\n",
+    "sections_twice.yaml": b"train: {lr: 0.1}\nmodel: {loss: hinge}\ntrain: {epochs: 2}\n",
+    "big.yaml": b"# " + b"x" * (config_file.MAX_CONFIG_BYTES + 1) + b"\n",
+    "newline_key.yaml": b'train: {"l\\nr": 0.1}\n',
+}
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch):
+    """An empty working directory; the bad files live beside it, in tmp_path/in."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name, data in CONFIGS.items():
+        (inputs / name).write_bytes(data)
+    os.mkfifo(inputs / "fifo.yaml")
+    (inputs / "folder.yaml").mkdir()
+    (inputs / "labels.csv").write_text("a,b,label\n1,2,0\n3,4,1\n5,6,1e300\n")
+    os.mkfifo(inputs / "fifo.csv")
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    return cwd
+
+
+def one_error_line(capsys, argv: list[str], work: Path) -> str:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert captured.err.endswith("\n") and captured.out == ""
+    assert list(work.iterdir()) == []  # no runs/, no mlflow.db
+    return lines[0]
+
+
+FILE_CASES = [
+    ("latin1.yaml", "latin1.yaml: not UTF-8 text (byte 0xe9 at offset 28); save the config "
+     "file as UTF-8"),
+    ("twice.yaml", "twice.yaml: not valid YAML at line 4: duplicate key 'lr' (first at line 2)"),
+    ("sections_twice.yaml", "not valid YAML at line 3: duplicate key 'train' (first at line 1)"),
+    ("big.yaml", "big.yaml: larger than 1 MiB; not a config file"),
+    ("fifo.yaml", "fifo.yaml: not a regular file; give a YAML config file"),
+    ("folder.yaml", "folder.yaml: not a regular file; give a YAML config file"),
+    ("newline_key.yaml", r"error: unknown key train.l\nr; did you mean train.lr?"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["train", "run"])
+@pytest.mark.parametrize(("name", "message"), FILE_CASES)
+def test_bad_config_files(work, capsys, command, name, message):
+    line = one_error_line(capsys, [command, str(work.parent / "in" / name)], work)
+    assert message in line, line
+
+
+def test_dev_zero_as_a_config(work, capsys):
+    assert "/dev/zero: not a regular file" in one_error_line(capsys, ["train", "/dev/zero"], work)
+
+
+RUN_CASES = [
+    (["--name", "evil\n"], "name must be letters, digits, '_', '.' or '-' (at most 64, the "
+     "first a letter or digit; set name: in the config or pass --name); got 'evil\\n'"),
+    (["--set", "train.l\nr=0.1"], r"error: unknown key train.l\nr; did you mean train.lr?"),
+    (["--set", "space.data.val_fraction={uniform: [0.85, 0.9]}", "--set",
+      "data.test_fraction=0.2"], "data.val_fraction + data.test_fraction must be < 1 to leave "
+     "a training split; got 0.85 + 0.2 (a corner of space)"),
+    (["--set", "space.train.lr={quniform: [0.01, 0.02, 0.1]}"], "space.train.lr.quniform "
+     "needs low and high that are multiples of the step 0.1"),
+    (["--set", "train.seed=99999999999999999999"], "error: train.seed must be an integer in "
+     "[0, 4294967295]; got 99999999999999999999"),
+    (["--set", "data.seed=4294967296"], "data.seed must be an integer in [0, 4294967295]"),
+    (["--set", "data.source=csv", "--set", "data.path={in}/labels.csv", "--set",
+      "space.data.path={choice: [/nonexistent.csv]}"],
+     "error: data.path: no such file: /nonexistent.csv"),
+    (["--set", "data.source=csv", "--set", "data.path={in}/labels.csv"],
+     "column 'label' must be labels 0..C-1; 1 are not, e.g. 1e+300"),
+    (["--set", "data.source=csv", "--set", "data.path={in}/fifo.csv"],
+     "fifo.csv is not a regular file; give a data file"),
+    (["--set", "data.source=csv", "--set", "data.path=/dev/zero"],
+     "error: data.path: /dev/zero is not a regular file; give a data file"),
+    (["--set", "data.source=csv", "--set", "data.path={in}"], "in is a folder; give a data file"),
+    (["--set", "data.source=cifar10", "--set", "data.path={in}/labels.csv"],
+     "labels.csv is not a folder; cifar10 reads a folder"),
+    (["--set", "space.train.batch_size={choice: [32, 5000]}"],
+     "train.batch_size must be <= the training split (1077 examples); got 5000"),
+    (["--set", "space.data.val_fraction={choice: [0.2, 0.7]}", "--set",
+      "space.train.batch_size={choice: [64, 256]}"],
+     "train.batch_size must be <= the training split (179 examples); got 256"),
+    (["--set", "mlflow.tracking_uri=file:///tmp/x"], "mlflow.tracking_uri must be an MLflow"),
+    (["--set", "train.lr={grid: [1], grid: [2]}"], "--set train.lr: not valid YAML at line 1: "
+     "duplicate key 'grid'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("sets", "message"), RUN_CASES)
+def test_bad_sweep_input_is_refused_before_anything_is_written(work, capsys, sets, message):
+    sets = [s.replace("{in}", str(work.parent / "in")) for s in sets]
+    line = one_error_line(capsys, ["run", ASHA, "--dry-run", *sets], work)
+    assert message in line, line
+
+
+def test_numbers_written_1e_minus_3_are_numbers(work, capsys):
+    assert main(["run", ASHA, "--dry-run", "--set", "train.lr=1e-3", "--set",
+                 "space.train.lambda={loguniform: [1e-4, 1E-2]}"]) == 0  # fmt: skip
+    assert 'train.lambda: {"loguniform": [0.0001, 0.01]}' in capsys.readouterr().out
+    doc = config_file.load(DIGITS, ["train.lr=1e-3"])
+    assert config_file.trainer_config(doc).train.lr == 0.001
+
+
+@pytest.fixture
+def busy_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "-1"], "error: --port must be an integer in [1, 65535]; got -1"),
+        (["--port", "65536"], "error: --port must be an integer in [1, 65535]; got 65536"),
+        (["--port", "BUSY"], "cannot listen on 127.0.0.1:BUSY (Address already in use); pick"),
+        (["--tracking-uri", "foo://bar"], "error: --tracking-uri must be an MLflow store URI"),
+    ],
+)
+def test_sweep_ui_checks_the_port_before_starting_mlflow(tmp_path, busy_port, args, message):
+    args = [a.replace("BUSY", str(busy_port)) for a in args]
+    done = subprocess.run(
+        [SWEEP, "ui", *args], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    message = message.replace("BUSY", str(busy_port))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [done.stderr.strip()] and message in done.stderr
+    assert list(tmp_path.iterdir()) == []  # no mlflow.db
