@@ -23,7 +23,7 @@ CONFIGS = {  # file name -> bytes
     "latin1.yaml": "train:\n  lr: 0.1\n  device: c\xe9pu\n".encode("latin-1"),
     "twice.yaml": b"train:\n  lr: 0.1\n  epochs: 3\n  lr: 0.2\n",
     "sections_twice.yaml": b"train: {lr: 0.1}\nmodel: {loss: hinge}\ntrain: {epochs: 2}\n",
-    "big.yaml": b"# " + b"x" * (config_file.MAX_CONFIG_BYTES + 1) + b"\n",
+    "big.yaml": b"# " + b"x" * (2 << 20) + b"\n",  # 2 MiB
     "newline_key.yaml": b'train: {"l\\nr": 0.1}\n',
 }
 
