@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from trainers.config import ConfigError, TrialConfig, trial_config
 from trainers.data import Dataset, prepare
@@ -143,7 +142,7 @@ def scores_gradient(scores: torch.Tensor, y: torch.Tensor, cols: Columns) -> tor
     correct class gets minus the sum of the wrong classes' terms.
     """
     n = scores.shape[0]
-    onehot = F.one_hot(y, scores.shape[2]).to(scores.dtype)[:, None, :]  # (N, 1, C)
+    onehot = torch.zeros_like(scores[:, :1]).scatter_(2, y[:, None, None], 1.0)  # (N, 1, C)
     soft = hinge = None
     if cols.any_softmax:
         soft = torch.softmax(scores, dim=2) - onehot
@@ -194,18 +193,19 @@ def optimizer_step(
     w -= lr v, or w -= lr (g + rho v) for nesterov (sgd is rho = 0, so v = g).
     adam as torch.optim.Adam: m, s moving averages of g and g^2, bias-corrected, t = adam_t.
     """
+    # each family gives a direction d and a (K, 1) step size a; then w -= a d, in one pass
     sgd = adam = None
     if cols.any_sgd:
         v = state["v"].mul_(cols.rho).add_(grad)
-        direction = v * cols.keep_v + grad * cols.keep_g if cols.any_nesterov else v
-        sgd = direction * lr
+        sgd = v * cols.keep_v + grad * cols.keep_g if cols.any_nesterov else v
     if cols.any_adam:
         (b1, b2), m, s = ADAM_BETAS, state["m"], state["s"]
         m.lerp_(grad, 1 - b1)
         s.mul_(b2).addcmul_(grad, grad, value=1 - b2)
         denom = (s.sqrt() / math.sqrt(1 - b2**adam_t)).add_(ADAM_EPS)
-        adam = (lr / (1 - b1**adam_t)) * m / denom
-    param.sub_(_pick(adam, sgd, cols.adam))
+        adam = m / denom
+    size = _pick(lr / (1 - b1**adam_t), lr, cols.adam) if cols.any_adam else lr
+    param.addcmul_(_pick(adam, sgd, cols.adam), -size)
 
 
 # ---------------------------------------------------------------- one fold
