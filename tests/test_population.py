@@ -100,6 +100,7 @@ def test_mixed_optimizers_and_epochs_in_one_population(datasets):
     for k, W in frozen.items():  # a finished configuration's weights no longer move
         assert torch.equal(pop.folds[0].W[:, k], W)
     assert pop.done and pop.finished() == list(range(len(cfgs)))
+    assert pop.step() == {}
     for k, cfg in enumerate(cfgs):
         trial = Trial(cfg, datasets)
         trial.run()
