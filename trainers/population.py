@@ -1,0 +1,568 @@
+"""A population: K configurations trained together on one device as one batched step.
+
+A linear classifier is one matrix product, so K configurations that share the data and the
+batch size can share every read of it: their weights are stacked into one (D, K*C) matrix and
+the forward pass and the weight gradient of all K become one matrix product each over the
+shared batch. Everything else stays per configuration, as (K, 1) columns that broadcast
+against (..., K, C) tensors: the loss and its margin, the regularizer, lambda and elastic beta,
+the optimizer (sgd, momentum, nesterov, adam; mixed freely) with its rho, the learning rate and
+its schedule, the seed of the initial weights, the number of epochs.
+
+The math is the single trainer's (``trainers.loop.Trial``), with analytic gradients in place of
+autograd; tests/test_population.py checks each configuration against a Trial, epoch by epoch.
+What the configurations share:
+- the data (``data.*``) and ``train.batch_size`` and ``train.device``, else ConfigError;
+- the minibatch order: one permutation per epoch drawn exactly as a Trial draws it, from the
+  population's ``order_seed`` (by default the first configuration's ``train.seed``). A
+  configuration whose ``train.seed`` equals the order seed sees exactly the batches its Trial
+  would; the others keep their own initial weights but see the population's order.
+
+Configurations end on their own: one that diverges (non-finite loss) is frozen, its columns
+zeroed so that nothing non-finite lingers, and reports its last finite metrics flagged
+``diverged``, as Trial.step does; one that has run its ``train.epochs`` is frozen too. Frozen
+configurations still ride along in the matrix products until ``remove`` compacts them away.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Hashable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainers.config import ConfigError, TrialConfig, trial_config
+from trainers.data import Dataset, prepare
+from trainers.loop import Trial, resolve_device
+from trainers.model import LinearClassifier
+from trainers.schedule import lr_factor
+
+CHECKPOINT_FILE = "population.pt"
+ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, which trainers/schedule.py uses
+ADAM_EPS = 1e-8
+MEASURE_ELEMENTS = 2**24  # scores held at once when measuring a whole split: 64 MB in fp32
+
+
+# ---------------------------------------------------------------- per-configuration columns
+@dataclass(frozen=True)
+class Columns:
+    """Each configuration's hyperparameters as a (K, 1) tensor, so that it broadcasts against
+    (..., K, C); and which code paths the population needs at all (host booleans, so that a
+    population of softmax-only momentum configurations computes no hinge and no Adam)."""
+
+    softmax: torch.Tensor  # bool: softmax cross-entropy, else multiclass hinge
+    squared: torch.Tensor  # bool: squared hinge
+    margin: torch.Tensor
+    lam: torch.Tensor  # lambda
+    quad: torch.Tensor  # R(W) = quad * sum W^2 + absw * sum |W|
+    absw: torch.Tensor
+    rho: torch.Tensor  # momentum; 0 for sgd and adam
+    # the step's direction is keep_v * v + keep_g * g: (1, 0) heavy ball, (rho, 1) nesterov
+    keep_v: torch.Tensor
+    keep_g: torch.Tensor
+    adam: torch.Tensor  # bool
+    any_softmax: bool
+    any_hinge: bool
+    any_squared: bool
+    any_quad: bool
+    any_abs: bool
+    any_sgd: bool
+    any_nesterov: bool
+    any_adam: bool
+
+
+def columns(cfgs: Sequence[TrialConfig], device: torch.device) -> Columns:
+    """The Columns of ``cfgs``, in their order."""
+
+    def col(values: list, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.tensor(values, dtype=dtype, device=device).reshape(-1, 1)  # (K, 1)
+
+    m = [c.model for c in cfgs]
+    t = [c.train for c in cfgs]
+    rho = [0.0 if x.optimizer in ("sgd", "adam") else x.momentum for x in t]
+    nesterov = [x.optimizer == "nesterov" for x in t]
+    quad = [{"l2": 1.0, "elastic": x.elastic_beta}.get(x.reg, 0.0) for x in t]
+    absw = [1.0 if x.reg in ("l1", "elastic") else 0.0 for x in t]
+    adam = [x.optimizer == "adam" for x in t]
+    return Columns(
+        softmax=col([x.loss == "softmax" for x in m], torch.bool),
+        squared=col([x.loss == "squared_hinge" for x in m], torch.bool),
+        margin=col([x.margin for x in m]),
+        lam=col([x.lambda_ for x in t]),
+        quad=col(quad),
+        absw=col(absw),
+        rho=col(rho),
+        keep_v=col([r if n else 1.0 for r, n in zip(rho, nesterov)]),
+        keep_g=col([1.0 if n else 0.0 for n in nesterov]),
+        adam=col(adam, torch.bool),
+        any_softmax=any(x.loss == "softmax" for x in m),
+        any_hinge=any(x.loss != "softmax" for x in m),
+        any_squared=any(x.loss == "squared_hinge" for x in m),
+        any_quad=any(q != 0 for q, x in zip(quad, t) if x.lambda_ != 0),
+        any_abs=any(a != 0 for a, x in zip(absw, t) if x.lambda_ != 0),
+        any_sgd=not all(adam),
+        any_nesterov=any(nesterov),
+        any_adam=any(adam),
+    )
+
+
+def _pick(a: torch.Tensor | None, b: torch.Tensor | None, use_a: torch.Tensor) -> torch.Tensor:
+    """Each configuration's value from computation a or b, of which only the needed ran."""
+    if a is None or b is None:
+        return a if b is None else b
+    return torch.where(use_a, a, b)
+
+
+# ---------------------------------------------------------------- losses and their gradients
+def example_losses(scores: torch.Tensor, y: torch.Tensor, cols: Columns) -> torch.Tensor:
+    """Each example's data loss under each configuration's loss, as trainers/losses.py defines
+    them (the hinge SUMS over the wrong classes). scores (N, K, C), y (N,) -> (N, K)."""
+    label = y[:, None, None].expand(-1, scores.shape[1], 1)  # (N, K, 1)
+    correct = scores.gather(2, label)  # (N, K, 1)
+    soft = hinge = None
+    if cols.any_softmax:
+        soft = torch.logsumexp(scores, dim=2) - correct.squeeze(2)  # (N, K)
+    if cols.any_hinge:
+        terms = torch.clamp(scores - correct + cols.margin, min=0.0)  # (N, K, C)
+        if cols.any_squared:
+            terms = torch.where(cols.squared, terms * terms, terms)
+        hinge = terms.scatter(2, label, 0.0).sum(dim=2)  # the correct class adds nothing
+    return _pick(soft, hinge, cols.softmax[:, 0])
+
+
+def scores_gradient(scores: torch.Tensor, y: torch.Tensor, cols: Columns) -> torch.Tensor:
+    """d(mean over the batch of the data loss)/d scores, per configuration: (N, K, C).
+
+    softmax: (p - onehot) / N. hinge: 1 for each wrong class with s_j - s_y + margin >= 0
+    (torch's clamp passes the gradient at 0), 2 * max(0, s_j - s_y + margin) when squared; the
+    correct class gets minus the sum of the wrong classes' terms.
+    """
+    n = scores.shape[0]
+    onehot = torch.zeros_like(scores[:, :1]).scatter_(2, y[:, None, None], 1.0)  # (N, 1, C)
+    soft = hinge = None
+    if cols.any_softmax:
+        soft = torch.softmax(scores, dim=2) - onehot
+    if cols.any_hinge:
+        correct = scores.gather(2, y[:, None, None].expand(-1, scores.shape[1], 1))
+        violation = scores - correct + cols.margin  # (N, K, C)
+        g = (violation >= 0).to(scores.dtype)
+        if cols.any_squared:
+            g = torch.where(cols.squared, 2.0 * torch.clamp(violation, min=0.0), g)
+        g = g * (1.0 - onehot)  # wrong classes only
+        hinge = g - onehot * g.sum(dim=2, keepdim=True)
+    return _pick(soft, hinge, cols.softmax) / n
+
+
+def penalty(W: torch.Tensor, cols: Columns) -> torch.Tensor:
+    """R(W) of each configuration (trainers/regularizers.py): W (D, K, C) -> (K,)."""
+    squares = (W * W).sum(dim=(0, 2))
+    absolute = W.abs().sum(dim=(0, 2))
+    return cols.quad[:, 0] * squares + cols.absw[:, 0] * absolute
+
+
+def add_penalty_gradient(grad: torch.Tensor, W: torch.Tensor, cols: Columns) -> None:
+    """grad += lambda * dR/dW, in place; W and grad (D, K, C). The bias is never penalized."""
+    if cols.any_quad:
+        grad.addcmul_(W, 2.0 * cols.lam * cols.quad)
+    if cols.any_abs:
+        grad.addcmul_(W.sign(), cols.lam * cols.absw)
+
+
+# ---------------------------------------------------------------- optimizers
+def new_state(param: torch.Tensor, cols: Columns) -> dict[str, torch.Tensor]:
+    """Zeroed optimizer buffers shaped like ``param``: what the population's optimizers need."""
+    names = (["v"] if cols.any_sgd else []) + (["m", "s"] if cols.any_adam else [])
+    return {name: torch.zeros_like(param) for name in names}
+
+
+def optimizer_step(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    state: dict[str, torch.Tensor],
+    cols: Columns,
+    lr: torch.Tensor,
+    adam_t: int,
+) -> None:
+    """One step of each configuration's optimizer, in place; param, grad (..., K, C), lr (K, 1).
+
+    sgd / momentum / nesterov as torch.optim.SGD with dampening 0: v = rho v + g, then
+    w -= lr v, or w -= lr (g + rho v) for nesterov (sgd is rho = 0, so v = g).
+    adam as torch.optim.Adam: m, s moving averages of g and g^2, bias-corrected, t = adam_t.
+    """
+    # each family gives a direction d and a (K, 1) step size a; then w -= a d, in one pass
+    sgd = adam = None
+    if cols.any_sgd:
+        v = state["v"].mul_(cols.rho).add_(grad)
+        sgd = v * cols.keep_v + grad * cols.keep_g if cols.any_nesterov else v
+    if cols.any_adam:
+        (b1, b2), m, s = ADAM_BETAS, state["m"], state["s"]
+        m.lerp_(grad, 1 - b1)
+        s.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        denom = (s.sqrt() / math.sqrt(1 - b2**adam_t)).add_(ADAM_EPS)
+        adam = m / denom
+    size = _pick(lr / (1 - b1**adam_t), lr, cols.adam) if cols.any_adam else lr
+    param.addcmul_(_pick(adam, sgd, cols.adam), -size)
+
+
+# ---------------------------------------------------------------- one fold
+class Fold:
+    """One data set (one fold) on the device, with the population's weights for it.
+
+    W (D, K, C) is one contiguous (D, K*C) matrix: configuration k owns columns k*C..k*C+C-1.
+    """
+
+    def __init__(
+        self,
+        data: Dataset,
+        cfgs: Sequence[TrialConfig],
+        cols: Columns,
+        device: torch.device,
+        order_seed: int,
+    ) -> None:
+        self.data, self.device = data, device
+        self.X = torch.as_tensor(data.train.X, device=device)  # (N, D)
+        self.y = torch.as_tensor(data.train.y, device=device)  # (N,)
+        self.X_val = torch.as_tensor(data.val.X, device=device)
+        self.y_val = torch.as_tensor(data.val.y, device=device)
+        D, C = self.X.shape[1], data.n_classes
+        # each configuration starts exactly as its own LinearClassifier would
+        inits = [
+            LinearClassifier(D, C, torch.Generator().manual_seed(c.train.seed)).W.detach()
+            for c in cfgs
+        ]
+        self.W = torch.stack(inits, dim=1).to(device).contiguous()  # (D, K, C)
+        self.b = torch.zeros(len(cfgs), C, device=device)  # (K, C)
+        self.state = {"W": new_state(self.W, cols), "b": new_state(self.b, cols)}
+        self.order = torch.Generator(device=device).manual_seed(order_seed)
+
+    def scores(self, X: torch.Tensor) -> torch.Tensor:
+        """(N, D) -> (N, K, C): one matrix product for the whole population."""
+        K, C = self.b.shape
+        return torch.addmm(self.b.view(-1), X, self.W.view(-1, K * C)).view(-1, K, C)
+
+    def train_epoch(self, cols: Columns, lr: torch.Tensor, batch_size: int, adam_t: int) -> int:
+        """One pass over a fresh permutation; returns the Adam step count after it."""
+        n = len(self.y)
+        perm = torch.randperm(n, device=self.device, generator=self.order)
+        for start in range(0, n, batch_size):
+            idx = perm[start : start + batch_size]
+            X, y = self.X.index_select(0, idx), self.y.index_select(0, idx)  # (B, D), (B,)
+            dscores = scores_gradient(self.scores(X), y, cols)  # (B, K, C)
+            grad_W = (X.T @ dscores.view(len(y), -1)).view_as(self.W)  # (D, K, C)
+            add_penalty_gradient(grad_W, self.W, cols)
+            adam_t += 1
+            optimizer_step(self.W, grad_W, self.state["W"], cols, lr, adam_t)
+            optimizer_step(self.b, dscores.sum(dim=0), self.state["b"], cols, lr, adam_t)
+        return adam_t
+
+    def measure(self, X: torch.Tensor, y: torch.Tensor, cols: Columns) -> dict[str, torch.Tensor]:
+        """Data loss, total loss and accuracy of every configuration on a split: each (K,)."""
+        K, C = self.b.shape
+        rows = max(1, MEASURE_ELEMENTS // max(1, K * C))
+        loss = torch.zeros(K, device=self.device)
+        hits = torch.zeros(K, device=self.device)
+        for start in range(0, len(y), rows):
+            s, t = self.scores(X[start : start + rows]), y[start : start + rows]  # (n, K, C)
+            loss += example_losses(s, t, cols).sum(dim=0)
+            hits += (s.argmax(dim=2) == t[:, None]).sum(dim=0)
+        loss /= len(y)
+        total = loss + cols.lam[:, 0] * penalty(self.W, cols)
+        return {"loss": loss, "total_loss": total, "acc": hits / len(y)}
+
+    def split_tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if split == "train":
+            return self.X, self.y
+        if split == "val":
+            return self.X_val, self.y_val
+        part = getattr(self.data, split)
+        return torch.as_tensor(part.X, device=self.device), torch.as_tensor(
+            part.y, device=self.device
+        )
+
+    def compact(self, keep: torch.Tensor) -> None:
+        """Keep only the configurations at positions ``keep`` (K',)."""
+        self.W = self.W.index_select(1, keep)
+        self.b = self.b.index_select(0, keep)
+        self.state = {
+            p: {k: t.index_select(-2, keep) for k, t in s.items()} for p, s in self.state.items()
+        }
+
+    def zero(self, k: int) -> None:
+        """Frozen for good: zero configuration k's weights and buffers so nothing non-finite
+        stays in the shared products (its lr is 0 from now on)."""
+        self.W[:, k] = 0.0
+        self.b[k] = 0.0
+        for s in self.state.values():
+            for t in s.values():
+                t[..., k, :] = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"W": self.W, "b": self.b, "state": self.state, "order_rng": self.order.get_state()}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.W = saved["W"].to(self.device)
+        self.b = saved["b"].to(self.device)
+        self.state = {
+            p: {k: t.to(self.device) for k, t in s.items()} for p, s in saved["state"].items()
+        }
+        self.order.set_state(saved["order_rng"].cpu())
+
+
+# ---------------------------------------------------------------- the population
+def _check_shared(cfgs: Sequence[TrialConfig]) -> None:
+    """What the configurations of one population must share, one line per mistake."""
+    if not cfgs:
+        raise ConfigError("a population needs at least one configuration")
+    first = cfgs[0]
+    for i, cfg in enumerate(cfgs[1:], start=1):
+        for key, value in asdict(cfg.data).items():
+            if value != getattr(first.data, key):
+                raise ConfigError(
+                    f"data.{key} must be the same for every configuration of a population; "
+                    f"configuration {i} has {value!r}, the first {getattr(first.data, key)!r}"
+                )
+        for key in ("batch_size", "device"):
+            value, want = getattr(cfg.train, key), getattr(first.train, key)
+            if value != want:
+                raise ConfigError(
+                    f"train.{key} must be the same for every configuration of a population "
+                    f"(they share each batch); configuration {i} has {value!r}, the first {want!r}"
+                )
+
+
+class Population:
+    """K configurations trained in lockstep: ``step()`` trains one epoch of every configuration
+    still running and returns each one's metrics, keyed by its id, as Trial.step would.
+
+    ids: the caller's names for the configurations (str or int; default 0..K-1), stable
+    across ``remove``. order_seed: seeds the shared minibatch order (default: the first
+    configuration's train.seed).
+    """
+
+    def __init__(
+        self,
+        cfgs: Sequence[TrialConfig],
+        datasets: list[Dataset] | None = None,
+        ids: Sequence[Hashable] | None = None,
+        order_seed: int | None = None,
+    ) -> None:
+        _check_shared(cfgs)
+        self.cfgs = list(cfgs)
+        self.ids = list(range(len(cfgs)) if ids is None else ids)
+        if len(self.ids) != len(self.cfgs) or len(set(self.ids)) != len(self.ids):
+            raise ValueError(f"ids must be {len(cfgs)} distinct names; got {self.ids!r}")
+        self.device = resolve_device(cfgs[0].train.device)
+        self.order_seed = cfgs[0].train.seed if order_seed is None else order_seed
+        self.datasets = datasets if datasets is not None else prepare(cfgs[0].data)
+        self.batch_size = cfgs[0].train.batch_size
+        smallest = min(len(ds.train.y) for ds in self.datasets)
+        if self.batch_size > smallest:
+            raise ConfigError(
+                f"train.batch_size must be <= the training split ({smallest} examples); "
+                f"got {self.batch_size}"
+            )
+        self.cols = columns(self.cfgs, self.device)
+        self.folds = [
+            Fold(ds, self.cfgs, self.cols, self.device, self.order_seed) for ds in self.datasets
+        ]
+        self.adam_t = 0  # optimizer steps taken; shared, as every configuration steps together
+        self.epochs_run = [0] * len(cfgs)
+        self.diverged = [False] * len(cfgs)
+        self.history: list[list[dict[str, Any]]] = [[] for _ in cfgs]
+        # fallback if epoch 1 diverges, as in Trial
+        self.last_finite = self._measure([c.train.lr for c in cfgs], [0] * len(cfgs), 0.0)
+
+    # ------------------------------------------------------------ training
+    def running(self, k: int) -> bool:
+        return not self.diverged[k] and self.epochs_run[k] < self.cfgs[k].train.epochs
+
+    @property
+    def done(self) -> bool:
+        return not any(self.running(k) for k in range(len(self.ids)))
+
+    def finished(self) -> list[Hashable]:
+        """Ids of the configurations that will not train again (all epochs run, or diverged)."""
+        return [i for k, i in enumerate(self.ids) if not self.running(k)]
+
+    def train_epoch(self) -> tuple[list[int], list[float]]:
+        """Train one epoch of every running configuration (training only, no metrics); returns
+        their positions and every configuration's lr. The others ride along with lr 0."""
+        active = [k for k in range(len(self.ids)) if self.running(k)]
+        lrs = [0.0] * len(self.ids)
+        for k in active:
+            cfg = self.cfgs[k].train
+            lrs[k] = cfg.lr * lr_factor(self.epochs_run[k], cfg)
+        if active:
+            lr = torch.tensor(lrs, device=self.device).reshape(-1, 1)  # (K, 1)
+            adam_t = self.adam_t
+            for fold in self.folds:
+                adam_t = fold.train_epoch(self.cols, lr, self.batch_size, self.adam_t)
+            self.adam_t = adam_t
+        for k in active:
+            self.epochs_run[k] += 1
+        return active, lrs
+
+    def step(self) -> dict[Hashable, dict[str, Any]]:
+        """Train one epoch; the metrics of each configuration that trained, by id.
+
+        A configuration whose loss turns non-finite is frozen and returns its last finite
+        metrics flagged ``diverged`` (Trial.step's rule). ``epoch_seconds`` is the epoch's
+        wall time shared out over the configurations that trained.
+        """
+        start = time.perf_counter()
+        active, lrs = self.train_epoch()
+        if not active:
+            return {}
+        measured = self._measure(lrs, self.epochs_run, 0.0)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = (time.perf_counter() - start) / len(active)
+        out = {}
+        for k in active:
+            metrics = {**measured[k], "epoch_seconds": seconds}
+            if not all(math.isfinite(metrics[key]) for key in ("train_total_loss", "val_loss")):
+                self.diverged[k] = True
+                for fold in self.folds:
+                    fold.zero(k)
+                metrics = {**self.last_finite[k], "epoch": self.epochs_run[k], "diverged": True}
+            else:
+                self.last_finite[k] = metrics
+            self.history[k].append(metrics)
+            out[self.ids[k]] = metrics
+        return out
+
+    def _measure(self, lrs: list[float], epochs: list[int], seconds: float) -> list[dict]:
+        """Trial.measure's metrics for every configuration, averaged over folds."""
+        per_fold = [
+            (f.measure(f.X, f.y, self.cols), f.measure(f.X_val, f.y_val, self.cols))
+            for f in self.folds
+        ]
+        keys = [("train", "loss"), ("train", "total_loss"), ("train", "acc")]
+        keys += [("val", "loss"), ("val", "acc")]
+        table = torch.stack(
+            [
+                torch.stack([(tr if split == "train" else va)[key] for tr, va in per_fold])
+                .to(torch.float64)  # a Trial averages Python floats
+                .mean(dim=0)
+                for split, key in keys
+            ]
+        ).tolist()  # one transfer: (5, K)
+        return [
+            {
+                "epoch": epochs[k],
+                **{f"{split}_{key}": table[j][k] for j, (split, key) in enumerate(keys)},
+                "lr": lrs[k],
+                "epoch_seconds": seconds,
+                "diverged": False,
+            }
+            for k in range(len(self.ids))
+        ]
+
+    def final(self, id_: Hashable) -> dict[str, Any]:
+        """Trial.final for one configuration: its last finite metrics, epochs run, diverged."""
+        k = self._position(id_)
+        return {
+            **self.last_finite[k],
+            "epochs_run": self.epochs_run[k],
+            "diverged": self.diverged[k],
+        }
+
+    def evaluate(self, split: str, id_: Hashable) -> dict[str, float]:
+        """Trial.evaluate for one configuration: loss and accuracy on train, val or test."""
+        k = self._position(id_)
+        scores = [f.measure(*f.split_tensors(split), self.cols) for f in self.folds]
+        loss = sum(s["loss"][k].item() for s in scores) / len(scores)
+        acc = sum(s["acc"][k].item() for s in scores) / len(scores)
+        return {f"{split}_loss": loss, f"{split}_acc": acc}
+
+    # ------------------------------------------------------------ stopping
+    def _position(self, id_: Hashable) -> int:
+        try:
+            return self.ids.index(id_)
+        except ValueError:
+            raise KeyError(f"no configuration {id_!r} in this population") from None
+
+    def keep(self, ids: Sequence[Hashable]) -> None:
+        """Keep only these configurations (in the population's order); the others' weights,
+        optimizer state and hyperparameters are dropped, so they cost nothing from now on."""
+        positions = sorted(self._position(i) for i in set(ids))
+        index = torch.tensor(positions, dtype=torch.long, device=self.device)
+        for fold in self.folds:
+            fold.compact(index)
+        for name in ("cfgs", "ids", "epochs_run", "diverged", "history", "last_finite"):
+            values = getattr(self, name)
+            setattr(self, name, [values[k] for k in positions])
+        self.cols = columns(self.cfgs, self.device)
+
+    def remove(self, ids: Sequence[Hashable]) -> None:
+        """Drop these configurations (stopped early, finished or diverged)."""
+        gone = {self.ids[self._position(i)] for i in ids}
+        self.keep([i for i in self.ids if i not in gone])
+
+    # ------------------------------------------------------------ checkpoints
+    def save(self, directory: str | Path) -> Path:
+        """Everything needed to continue exactly, in one file written atomically."""
+        path = Path(directory) / CHECKPOINT_FILE
+        state = {
+            "configs": [c.to_dict() for c in self.cfgs],
+            "ids": self.ids,
+            "order_seed": self.order_seed,
+            "adam_t": self.adam_t,
+            "epochs_run": self.epochs_run,
+            "diverged": self.diverged,
+            "history": self.history,
+            "last_finite": self.last_finite,
+            "folds": [f.state_dict() for f in self.folds],
+        }
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)  # a kill mid-write leaves the previous checkpoint intact
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path, datasets: list[Dataset] | None = None) -> Population:
+        """Rebuild a population from ``save``; it continues as if never interrupted."""
+        state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        cfgs = [trial_config(c) for c in state["configs"]]
+        pop = cls(cfgs, datasets, ids=state["ids"], order_seed=state["order_seed"])
+        for fold, saved in zip(pop.folds, state["folds"]):
+            fold.load_state_dict(saved)
+        for name in ("adam_t", "epochs_run", "diverged", "history", "last_finite"):
+            setattr(pop, name, state[name])
+        return pop
+
+    def export(self, id_: Hashable, directory: str | Path) -> Path:
+        """Write one configuration as a single-trial checkpoint (trainers.loop.Trial.save), so
+        that Trial.load and trainers.loop.evaluate read it. Export a configuration in the
+        epoch it finishes: frozen ones keep still, but their momentum / Adam buffers go on
+        moving with the population. A diverged configuration's weights were zeroed when it
+        diverged; its checkpoint says diverged."""
+        k = self._position(id_)
+        cfg, rho = self.cfgs[k], self.cols.rho[k].item()
+        trial = Trial(cfg, self.datasets)
+        for fold, trainer in zip(self.folds, trial.trainers):
+            params = {"W": trainer.model.W, "b": trainer.model.b}
+            with torch.no_grad():
+                params["W"].copy_(fold.W[:, k])
+                params["b"].copy_(fold.b[k])
+            if self.epochs_run[k]:  # torch's optimizers keep no state before their first step
+                for name, p in params.items():
+                    buffers = {n: t[..., k, :].clone() for n, t in fold.state[name].items()}
+                    if cfg.train.optimizer == "adam":
+                        step = torch.tensor(float(self.adam_t))
+                        saved = {"step": step, "exp_avg": buffers["m"], "exp_avg_sq": buffers["s"]}
+                        trainer.optimizer.state[p] = saved
+                    elif rho != 0:
+                        trainer.optimizer.state[p] = {"momentum_buffer": buffers["v"]}
+            with warnings.catch_warnings():  # "scheduler stepped before optimizer": on purpose
+                warnings.simplefilter("ignore")
+                for _ in range(self.epochs_run[k]):
+                    trainer.scheduler.step()
+            trainer.order.set_state(fold.order.get_state())
+        trial.epoch, trial.diverged = self.epochs_run[k], self.diverged[k]
+        trial.history, trial.last_finite = list(self.history[k]), self.last_finite[k]
+        return trial.save(directory)
