@@ -105,5 +105,5 @@ def test_cross_validation_reports_the_mean_over_folds():
     trial = Trial(cfg)
     assert len(trial.trainers) == 3
     trial.run()
-    per_fold = [t.measure(t.X_val, t.y_val)["acc"] for t in trial.trainers]
+    per_fold = [t.metrics(t.X_val, t.y_val)[2].item() for t in trial.trainers]
     assert trial.history[-1]["val_acc"] == pytest.approx(sum(per_fold) / 3)
