@@ -19,12 +19,11 @@ import torch
 from trainers.config import ConfigError, TrialConfig, trial_config
 from trainers.data import Dataset, prepare
 from trainers.losses import data_loss, data_loss_grad
-from trainers.model import init_params, scores
+from trainers.model import init_params, scores, unflatten
 from trainers.regularizers import penalty, penalty_grad
 from trainers.schedule import FlatOptimizer, lr_factor
 
 CHECKPOINT_FILE = "trial.pt"
-PARTS = (slice(0, -1), -1)  # W and b in the trainer's (D + 1, C) parameters, in torch.optim order
 EpochCallback = Callable[[dict[str, Any], "Trial"], None]
 
 
@@ -54,8 +53,10 @@ class Trainer:
         self.X_val = torch.as_tensor(data.val.X, device=device)
         self.y_val = torch.as_tensor(data.val.y, device=device)
         init = torch.Generator().manual_seed(cfg.train.seed)
-        self.params = init_params(self.X.shape[1], data.n_classes, init).to(device)  # (D+1, C)
+        self.params = init_params(self.X.shape[1], data.n_classes, init).to(device)  # flat
         self.grad = torch.zeros_like(self.params)
+        self.W, self.b = unflatten(self.params, self.X.shape[1])  # views: (D, C), (C,)
+        self.grad_W, self.grad_b = unflatten(self.grad, self.X.shape[1])
         self.optimizer = FlatOptimizer(self.params, cfg.train)
         self.order = torch.Generator(device=device).manual_seed(cfg.train.seed)
         self.perm = torch.empty(len(self.y), dtype=torch.long, device=device)  # read by the graph
@@ -67,7 +68,7 @@ class Trainer:
         t = self.cfg.train
         lr = t.lr * lr_factor(self.epoch, t)
         self.optimizer.lr.fill_(lr)
-        torch.randperm(len(self.y), generator=self.order, device=self.device, out=self.perm)
+        self._shuffle()
         if self.device.type == "cuda":
             if self.graph is None:
                 self.graph = self._capture()
@@ -77,6 +78,11 @@ class Trainer:
         self.epoch += 1
         return lr
 
+    def _shuffle(self) -> None:
+        """This epoch's order into ``perm``: drawn on the device from the trainer's generator,
+        outside the graph, so the generator's state is what a checkpoint saves."""
+        torch.randperm(len(self.y), generator=self.order, out=self.perm)
+
     def _batch_starts(self) -> range:
         return range(0, len(self.y), self.cfg.train.batch_size)
 
@@ -84,18 +90,19 @@ class Trainer:
         """The minibatch steps starting at ``starts`` of the current permutation: all the work
         of an epoch, on the device only (what the CUDA graph records)."""
         m, t = self.cfg.model, self.cfg.train
-        bs, W = t.batch_size, self.params[:-1]
+        bs, W = t.batch_size, self.W
         penalized = t.reg != "none" and t.lambda_ > 0
         y = self.y.index_select(0, self.perm)  # (N,) labels in this epoch's order
         for start in starts:
             idx = self.perm[start : start + bs]
             x, labels = self.X.index_select(0, idx), y[start : start + bs]  # (B, D), (B,)
             # d(data loss)/d scores, times B: the 1/B goes into alpha and the mean below
-            dscores = data_loss_grad(m.loss, scores(self.params, x), labels, m.margin)
-            reg = penalty_grad(t.reg, W, t.elastic_beta) if penalized else self.grad[:-1]
+            dscores = data_loss_grad(m.loss, scores(W, self.b, x), labels, m.margin)  # (B, C)
+            reg = penalty_grad(t.reg, W, t.elastic_beta) if penalized else self.grad_W
             beta = t.lambda_ if penalized else 0.0  # beta 0: addmm ignores its input
-            torch.addmm(reg, x.T, dscores, beta=beta, alpha=1.0 / len(idx), out=self.grad[:-1])
-            torch.mean(dscores, dim=0, out=self.grad[-1])  # the bias: never penalized
+            # grad W^T = lambda R'(W)^T + dscores^T x / B, written in the (C, D) layout
+            torch.addmm(reg.T, dscores.T, x, beta=beta, alpha=1.0 / len(idx), out=self.grad_W.T)
+            torch.mean(dscores, dim=0, out=self.grad_b)  # the bias: never penalized
             self.optimizer.step(self.grad)
 
     def _state(self) -> list[torch.Tensor]:
@@ -127,9 +134,9 @@ class Trainer:
         """(data loss, total loss, accuracy) on a whole split, as a device tensor of 3: the
         caller reads all of an epoch's metrics in one transfer."""
         m, t = self.cfg.model, self.cfg.train
-        s = scores(self.params, X)  # (N, C)
+        s = scores(self.W, self.b, X)  # (N, C)
         loss = data_loss(m.loss, s, y, m.margin)
-        total = loss + t.lambda_ * penalty(t.reg, self.params[:-1], t.elastic_beta)
+        total = loss + t.lambda_ * penalty(t.reg, self.W, t.elastic_beta)
         acc = (s.argmax(dim=1) == y).to(s.dtype).mean()
         return torch.stack([loss, total, acc])
 
@@ -146,20 +153,21 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """In the layout torch.optim and LambdaLR write (W and b as parameters 0 and 1), so
         that checkpoints of the earlier, torch.optim trainer resume here too."""
-        per_param = [
-            {k: v if k == "step" else v[part].clone() for k, v in self.optimizer.state.items()}
-            for part in PARTS
-        ]
+        d = self.X.shape[1]
+        per_param = [{} for _ in range(2)]
+        for name, value in self.optimizer.state.items():
+            for i, part in enumerate(unflatten(value, d) if name != "step" else (value, value)):
+                per_param[i][name] = part.clone(memory_format=torch.contiguous_format)
         return {
-            "model": {"W": self.params[:-1].clone(), "b": self.params[-1].clone()},
+            "model": {"W": self.W.contiguous(), "b": self.b.clone()},
             "optimizer": {"state": dict(enumerate(per_param))},
             "scheduler": {"last_epoch": self.epoch},
             "order_rng": self.order.get_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.params[:-1].copy_(state["model"]["W"])
-        self.params[-1].copy_(state["model"]["b"])
+        self.W.copy_(state["model"]["W"])
+        self.b.copy_(state["model"]["b"])
         # torch.optim keeps no buffer before the first step: zero is the same state
         saved = state["optimizer"]["state"]
         for name, value in self.optimizer.state.items():
@@ -168,11 +176,16 @@ class Trainer:
                 if 0 in saved:
                     value.copy_(saved[0]["step"])
                 continue
-            for i, part in enumerate(PARTS):
+            for i, part in enumerate(unflatten(value, self.X.shape[1])):
                 if saved.get(i, {}).get(name) is not None:
-                    value[part].copy_(saved[i][name])
+                    part.copy_(saved[i][name])
         self.epoch = state["scheduler"]["last_epoch"]
-        self.order.set_state(state["order_rng"].cpu())
+        order = state["order_rng"].cpu()
+        # A CPU generator's state and a CUDA one's differ in size: a checkpoint moved to the
+        # other kind of device (a GPU trial evaluated on a laptop) keeps this trainer's seed,
+        # and its later permutations are not those of the device it was trained on.
+        if order.numel() == self.order.get_state().numel():
+            self.order.set_state(order)
 
 
 class Trial:
@@ -279,10 +292,19 @@ class Trial:
         return path
 
     @classmethod
-    def load(cls, directory: str | Path, datasets: list[Dataset] | None = None) -> Trial:
-        """Rebuild a trial from ``save``; it continues as if never interrupted."""
+    def load(
+        cls,
+        directory: str | Path,
+        datasets: list[Dataset] | None = None,
+        device: str | None = None,
+    ) -> Trial:
+        """Rebuild a trial from ``save``; it continues as if never interrupted. ``device``
+        overrides the saved train.device (``auto``: look at a GPU trial where there is none)."""
         state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-        trial = cls(trial_config(state["config"]), datasets)
+        config = state["config"]
+        if device is not None:
+            config = {**config, "train": {**config["train"], "device": device}}
+        trial = cls(trial_config(config), datasets)
         for trainer, saved in zip(trial.trainers, state["trainers"]):
             trainer.load_state_dict(saved)
         trial.epoch, trial.diverged = state["epoch"], state["diverged"]
@@ -291,5 +313,6 @@ class Trial:
 
 
 def evaluate(checkpoint: str | Path, split: str = "test") -> dict[str, float]:
-    """The final look: a saved trial's loss and accuracy on ``split``."""
-    return Trial.load(checkpoint).evaluate(split)
+    """The final look: a saved trial's loss and accuracy on ``split``, on the GPU if there is
+    one and on the CPU otherwise, whatever device trained it."""
+    return Trial.load(checkpoint, device="auto").evaluate(split)

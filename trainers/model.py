@@ -1,7 +1,10 @@
 """The linear classifier: scores s = xW + b with W of shape (D, C).
 
-The trainer keeps W and b in one tensor of shape (D + 1, C), W in rows 0..D-1 and b in row D,
-so that an optimizer step is one kernel over one tensor rather than a loop over parameters.
+The trainer keeps W and b in one flat tensor, W transposed (C rows of D) then b, so that an
+optimizer step is one kernel over one tensor, and so that both of a step's matrix products
+read W and write its gradient in the layout BLAS is fastest with for C much smaller than D
+(on 2 CPU cores, x @ W from a (C, D) W is about twice as fast as from a (D, C) one, and the
+gradient's product about five times).
 """
 
 from __future__ import annotations
@@ -10,16 +13,25 @@ import torch
 
 
 def init_params(n_features: int, n_classes: int, generator: torch.Generator) -> torch.Tensor:
-    """(D + 1, C): W small and random, as the course's classifier starts (0.001 * randn), large
-    enough to break the hinge's ties, small enough not to saturate softmax; b zero."""
-    params = torch.zeros(n_features + 1, n_classes)
-    params[:n_features] = 0.001 * torch.randn(n_features, n_classes, generator=generator)
+    """Flat (C * D + C,): W small and random, as the course's classifier starts (0.001 * randn),
+    large enough to break the hinge's ties, small enough not to saturate softmax; b zero."""
+    params = torch.zeros(n_classes * (n_features + 1))
+    W, _ = unflatten(params, n_features)
+    W.copy_(0.001 * torch.randn(n_features, n_classes, generator=generator))
     return params
 
 
-def scores(params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def unflatten(params: torch.Tensor, n_features: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Views (W (D, C), b (C,)) into flat parameters, or into anything of their layout (the
+    gradient, the optimizer's buffers). ``W.T`` is contiguous."""
+    n_classes = params.numel() // (n_features + 1)
+    split = n_classes * n_features
+    return params[:split].view(n_classes, n_features).T, params[split:]
+
+
+def scores(W: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """s = xW + b for a batch x (N, D); returns (N, C)."""
-    return torch.addmm(params[-1], x, params[:-1])
+    return torch.addmm(b, x, W)
 
 
 class LinearClassifier(torch.nn.Module):
@@ -28,9 +40,9 @@ class LinearClassifier(torch.nn.Module):
 
     def __init__(self, n_features: int, n_classes: int, generator: torch.Generator) -> None:
         super().__init__()
-        params = init_params(n_features, n_classes, generator)
-        self.W = torch.nn.Parameter(params[:-1].clone())  # (D, C)
-        self.b = torch.nn.Parameter(params[-1].clone())  # (C,)
+        W, b = unflatten(init_params(n_features, n_classes, generator), n_features)
+        self.W = torch.nn.Parameter(W.contiguous())  # (D, C)
+        self.b = torch.nn.Parameter(b.clone())  # (C,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.addmm(self.b, x, self.W)  # (N, C)
+        return scores(self.W, self.b, x)  # (N, C)
