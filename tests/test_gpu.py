@@ -77,6 +77,16 @@ def test_cuda_gives_the_cpu_metrics(loss, reg, optimizer):
     assert_close(gpu.history, cpu.history)
 
 
+def test_graph_replay_equals_eager_steps_on_cuda():
+    kw = {"optimizer": "adam", "lr": 0.01, "loss": "hinge", "reg": "elastic"}
+    graphed, eager = Trial(config("cuda", **kw)), Trial(config("cuda", **kw))
+    eager.trainers[0].use_graph = False
+    graphed.run()
+    eager.run()
+    assert graphed.trainers[0].graph is not None and eager.trainers[0].graph is None
+    assert_close(graphed.history, eager.history)
+
+
 def test_cuda_folds_give_the_cpu_metrics():
     folds = {**DATA, "folds": 3}
     gpu = Trial(trial_config({"data": folds, "train": {"epochs": 4, "device": "cuda"}}))

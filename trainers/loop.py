@@ -61,6 +61,7 @@ class Trainer:
         self.order = torch.Generator(device=device).manual_seed(cfg.train.seed)
         self.perm = torch.empty(len(self.y), dtype=torch.long, device=device)  # read by the graph
         self.epoch = 0  # epochs trained; the schedule's position
+        self.use_graph = device.type == "cuda"  # False: eager steps (to compare, or debug)
         self.graph: torch.cuda.CUDAGraph | None = None
 
     def train_epoch(self) -> float:
@@ -69,7 +70,7 @@ class Trainer:
         lr = t.lr * lr_factor(self.epoch, t)
         self.optimizer.lr.fill_(lr)
         self._shuffle()
-        if self.device.type == "cuda":
+        if self.use_graph:
             if self.graph is None:
                 self.graph = self._capture()
             self.graph.replay()
