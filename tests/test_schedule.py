@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from trainers.config import TrainConfig
-from trainers.schedule import build_optimizer, build_scheduler, lr_factor
+from trainers.schedule import FlatOptimizer, build_optimizer, build_scheduler, lr_factor
 
 
 def lrs(cfg: TrainConfig) -> list[float]:
@@ -66,3 +66,24 @@ def test_plain_sgd_ignores_momentum_and_nesterov_looks_ahead():
     assert sgd.param_groups[0]["momentum"] == 0.0
     nag = build_optimizer([torch.nn.Parameter(torch.zeros(1))], TrainConfig(optimizer="nesterov"))
     assert nag.param_groups[0]["nesterov"] and nag.param_groups[0]["momentum"] == 0.9
+
+
+@pytest.mark.parametrize("rule", ["sgd", "momentum", "nesterov", "adam"])
+def test_flat_optimizer_steps_as_torch_optim(rule):
+    """The trainer's FlatOptimizer against torch.optim on the same gradients, the lr changed
+    between steps as the schedule changes it between epochs."""
+    cfg = TrainConfig(optimizer=rule, lr=0.1, momentum=0.8)
+    gen = torch.Generator().manual_seed(0)
+    start = torch.randn(12, generator=gen, dtype=torch.float64)
+    ref = torch.nn.Parameter(start.clone())
+    torch_opt = build_optimizer([ref], cfg)
+    flat = FlatOptimizer(start.clone(), cfg)
+    for k in range(6):
+        lr = 0.1 * lr_factor(k // 2, TrainConfig(schedule="step", step_size=1, gamma=0.5))
+        torch_opt.param_groups[0]["lr"] = lr
+        flat.lr.fill_(lr)
+        grad = torch.randn(12, generator=gen, dtype=torch.float64)
+        ref.grad = grad.clone()
+        torch_opt.step()
+        flat.step(grad)
+        assert torch.allclose(flat.params, ref.detach(), rtol=1e-12, atol=1e-12), k

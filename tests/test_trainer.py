@@ -1,5 +1,10 @@
 """The training loop: accuracy, determinism, divergence, exact checkpoint-resume."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from trainers.config import trial_config
@@ -105,5 +110,25 @@ def test_cross_validation_reports_the_mean_over_folds():
     trial = Trial(cfg)
     assert len(trial.trainers) == 3
     trial.run()
-    per_fold = [t.measure(t.X_val, t.y_val)["acc"] for t in trial.trainers]
+    per_fold = [t.metrics(t.X_val, t.y_val)[2].item() for t in trial.trainers]
     assert trial.history[-1]["val_acc"] == pytest.approx(sum(per_fold) / 3)
+
+
+def test_cuda_refused_in_one_line_where_none_is_visible():
+    """With every GPU hidden (as on a CPU node, or a GPU machine with CUDA_VISIBLE_DEVICES
+    empty), ``train.device: cuda`` is one error line and exit code 2; runs anywhere."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(root)}
+    args = ["train", str(root / "configs/digits.yaml"), "--set", "train.device=cuda"]
+    done = subprocess.run(
+        [sys.executable, "-m", "sweeps.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr == (
+        "error: train.device is cuda but no CUDA GPU is visible here; use auto or cpu\n"
+    )
+    assert done.stdout == ""

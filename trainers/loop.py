@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +18,10 @@ import torch
 
 from trainers.config import ConfigError, TrialConfig, trial_config
 from trainers.data import Dataset, prepare
-from trainers.losses import data_loss
-from trainers.model import LinearClassifier
-from trainers.regularizers import penalty
-from trainers.schedule import build_optimizer, build_scheduler
+from trainers.losses import data_loss, data_loss_grad
+from trainers.model import init_params, scores, unflatten
+from trainers.regularizers import penalty, penalty_grad
+from trainers.schedule import FlatOptimizer, lr_factor
 
 CHECKPOINT_FILE = "trial.pt"
 EpochCallback = Callable[[dict[str, Any], "Trial"], None]
@@ -37,7 +37,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Trainer:
-    """One linear classifier trained on one Dataset (one fold), everything on ``device``."""
+    """One linear classifier trained on one Dataset (one fold), everything on ``device``.
+
+    The fast path (docs/performance.md): the splits stay on the device; each epoch draws one
+    device permutation, gathers each batch with index_select, and steps with the closed-form
+    gradient and a FlatOptimizer, so an epoch never waits for the host. On CUDA the epoch's
+    steps are captured once in a CUDA graph and replayed every epoch; the lr, a device tensor,
+    is set between epochs. Metrics are device tensors, read by the caller once per epoch.
+    """
 
     def __init__(self, cfg: TrialConfig, data: Dataset, device: torch.device) -> None:
         self.cfg, self.data, self.device = cfg, data, device
@@ -46,38 +53,93 @@ class Trainer:
         self.X_val = torch.as_tensor(data.val.X, device=device)
         self.y_val = torch.as_tensor(data.val.y, device=device)
         init = torch.Generator().manual_seed(cfg.train.seed)
-        self.model = LinearClassifier(self.X.shape[1], data.n_classes, init).to(device)
-        self.optimizer = build_optimizer(self.model.parameters(), cfg.train)
-        self.scheduler = build_scheduler(self.optimizer, cfg.train)
+        self.params = init_params(self.X.shape[1], data.n_classes, init).to(device)  # flat
+        self.grad = torch.zeros_like(self.params)
+        self.W, self.b = unflatten(self.params, self.X.shape[1])  # views: (D, C), (C,)
+        self.grad_W, self.grad_b = unflatten(self.grad, self.X.shape[1])
+        self.optimizer = FlatOptimizer(self.params, cfg.train)
         self.order = torch.Generator(device=device).manual_seed(cfg.train.seed)
-
-    def objective(self, scores: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(data loss, data loss + lambda * R(W)) of a batch's scores."""
-        m, t = self.cfg.model, self.cfg.train
-        loss = data_loss(m.loss, scores, y, m.margin)
-        return loss, loss + t.lambda_ * penalty(t.reg, self.model.W, t.elastic_beta)
+        self.perm = torch.empty(len(self.y), dtype=torch.long, device=device)  # read by the graph
+        self.epoch = 0  # epochs trained; the schedule's position
+        self.use_graph = device.type == "cuda"  # False: eager steps (to compare, or debug)
+        self.graph: torch.cuda.CUDAGraph | None = None
 
     def train_epoch(self) -> float:
         """One pass over a fresh device-side permutation; returns the lr it used."""
-        lr = self.optimizer.param_groups[0]["lr"]
-        n, bs = len(self.y), self.cfg.train.batch_size
-        perm = torch.randperm(n, device=self.device, generator=self.order)
-        for start in range(0, n, bs):
-            idx = perm[start : start + bs]
-            _, total = self.objective(self.model(self.X[idx]), self.y[idx])
-            self.optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            self.optimizer.step()
-        self.scheduler.step()
+        t = self.cfg.train
+        lr = t.lr * lr_factor(self.epoch, t)
+        self.optimizer.lr.fill_(lr)
+        self._shuffle()
+        if self.use_graph:
+            if self.graph is None:
+                self.graph = self._capture()
+            self.graph.replay()
+        else:
+            self._steps(self._batch_starts())
+        self.epoch += 1
         return lr
 
+    def _shuffle(self) -> None:
+        """This epoch's order into ``perm``: drawn on the device from the trainer's generator,
+        outside the graph, so the generator's state is what a checkpoint saves."""
+        torch.randperm(len(self.y), generator=self.order, out=self.perm)
+
+    def _batch_starts(self) -> range:
+        return range(0, len(self.y), self.cfg.train.batch_size)
+
+    def _steps(self, starts: Sequence[int]) -> None:
+        """The minibatch steps starting at ``starts`` of the current permutation: all the work
+        of an epoch, on the device only (what the CUDA graph records)."""
+        m, t = self.cfg.model, self.cfg.train
+        bs, W = t.batch_size, self.W
+        penalized = t.reg != "none" and t.lambda_ > 0
+        y = self.y.index_select(0, self.perm)  # (N,) labels in this epoch's order
+        for start in starts:
+            idx = self.perm[start : start + bs]
+            x, labels = self.X.index_select(0, idx), y[start : start + bs]  # (B, D), (B,)
+            # d(data loss)/d scores, times B: the 1/B goes into alpha and the mean below
+            dscores = data_loss_grad(m.loss, scores(W, self.b, x), labels, m.margin)  # (B, C)
+            reg = penalty_grad(t.reg, W, t.elastic_beta) if penalized else self.grad_W
+            beta = t.lambda_ if penalized else 0.0  # beta 0: addmm ignores its input
+            # grad W^T = lambda R'(W)^T + dscores^T x / B, written in the (C, D) layout
+            torch.addmm(reg.T, dscores.T, x, beta=beta, alpha=1.0 / len(idx), out=self.grad_W.T)
+            torch.mean(dscores, dim=0, out=self.grad_b)  # the bias: never penalized
+            self.optimizer.step(self.grad)
+
+    def _state(self) -> list[torch.Tensor]:
+        """Every tensor a step changes."""
+        return [self.params, self.grad, *self.optimizer.state.values()]
+
+    def _capture(self) -> torch.cuda.CUDAGraph:
+        """Record one epoch of steps as a CUDA graph reading ``perm`` and the lr tensor.
+
+        Capture needs one eager run of each step shape first (cuBLAS and the allocator set up
+        on a side stream); that run's effect on the weights and the optimizer is undone.
+        """
+        starts = self._batch_starts()
+        saved = [s.clone() for s in self._state()]
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            self._steps(sorted({starts[0], starts[-1]}))  # a full batch and the last one
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        for state, before in zip(self._state(), saved):
+            state.copy_(before)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._steps(starts)
+        return graph
+
     @torch.no_grad()
-    def measure(self, X: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        """Data loss, total loss and accuracy of the current weights on a whole split."""
-        scores = self.model(X)  # (N, C)
-        loss, total = self.objective(scores, y)
-        acc = (scores.argmax(dim=1) == y).float().mean()
-        return {"loss": loss.item(), "total_loss": total.item(), "acc": acc.item()}
+    def metrics(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(data loss, total loss, accuracy) on a whole split, as a device tensor of 3: the
+        caller reads all of an epoch's metrics in one transfer."""
+        m, t = self.cfg.model, self.cfg.train
+        s = scores(self.W, self.b, X)  # (N, C)
+        loss = data_loss(m.loss, s, y, m.margin)
+        total = loss + t.lambda_ * penalty(t.reg, self.W, t.elastic_beta)
+        acc = (s.argmax(dim=1) == y).to(s.dtype).mean()
+        return torch.stack([loss, total, acc])
 
     def split_tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         if split == "train":
@@ -90,22 +152,41 @@ class Trainer:
         )
 
     def state_dict(self) -> dict[str, Any]:
+        """In the layout torch.optim and LambdaLR write (W and b as parameters 0 and 1), so
+        that checkpoints of the earlier, torch.optim trainer resume here too."""
+        d = self.X.shape[1]
+        per_param = [{} for _ in range(2)]
+        for name, value in self.optimizer.state.items():
+            for i, part in enumerate(unflatten(value, d) if name != "step" else (value, value)):
+                per_param[i][name] = part.clone(memory_format=torch.contiguous_format)
         return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "model": {"W": self.W.contiguous(), "b": self.b.clone()},
+            "optimizer": {"state": dict(enumerate(per_param))},
+            "scheduler": {"last_epoch": self.epoch},
             "order_rng": self.order.get_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.order.set_state(state["order_rng"].cpu())
-
-
-def _mean(dicts: list[dict[str, float]]) -> dict[str, float]:
-    return {k: sum(d[k] for d in dicts) / len(dicts) for k in dicts[0]}
+        self.W.copy_(state["model"]["W"])
+        self.b.copy_(state["model"]["b"])
+        # torch.optim keeps no buffer before the first step: zero is the same state
+        saved = state["optimizer"]["state"]
+        for name, value in self.optimizer.state.items():
+            value.zero_()
+            if name == "step":
+                if 0 in saved:
+                    value.copy_(saved[0]["step"])
+                continue
+            for i, part in enumerate(unflatten(value, self.X.shape[1])):
+                if saved.get(i, {}).get(name) is not None:
+                    part.copy_(saved[i][name])
+        self.epoch = state["scheduler"]["last_epoch"]
+        order = state["order_rng"].cpu()
+        # A CPU generator's state and a CUDA one's differ in size: a checkpoint moved to the
+        # other kind of device (a GPU trial evaluated on a laptop) keeps this trainer's seed,
+        # and its later permutations are not those of the device it was trained on.
+        if order.numel() == self.order.get_state().numel():
+            self.order.set_state(order)
 
 
 class Trial:
@@ -130,20 +211,27 @@ class Trial:
         )  # fallback if epoch 1 diverges
 
     def measure(self, lr: float, seconds: float) -> dict[str, Any]:
-        """The per-epoch metrics, averaged over folds."""
-        train = _mean([t.measure(t.X, t.y) for t in self.trainers])
-        val = _mean([t.measure(t.X_val, t.y_val) for t in self.trainers])
+        """The per-epoch metrics, averaged over folds: one read from the device for all."""
+        train, val = self._mean_over_folds(["train", "val"])
         return {
             "epoch": self.epoch,
-            "train_loss": train["loss"],
-            "train_total_loss": train["total_loss"],
-            "train_acc": train["acc"],
-            "val_loss": val["loss"],
-            "val_acc": val["acc"],
+            "train_loss": train[0],
+            "train_total_loss": train[1],
+            "train_acc": train[2],
+            "val_loss": val[0],
+            "val_acc": val[2],
             "lr": lr,
             "epoch_seconds": seconds,
             "diverged": False,
         }
+
+    def _mean_over_folds(self, splits: list[str]) -> list[list[float]]:
+        """(loss, total loss, accuracy) of each split, averaged over folds, in one transfer."""
+        per_fold = [
+            torch.stack([t.metrics(*t.split_tensors(split)) for split in splits])
+            for t in self.trainers
+        ]
+        return torch.stack(per_fold).mean(dim=0).tolist()
 
     def step(self) -> dict[str, Any]:
         """Train one epoch on every fold and return its metrics.
@@ -156,9 +244,7 @@ class Trial:
         for trainer in self.trainers:
             lr = trainer.train_epoch()
         self.epoch += 1
-        metrics = self.measure(lr, 0.0)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
+        metrics = self.measure(lr, 0.0)  # waits for the device: the epoch's one read
         metrics["epoch_seconds"] = time.perf_counter() - start
         finite = all(math.isfinite(metrics[k]) for k in ("train_total_loss", "val_loss"))
         if not finite:
@@ -186,8 +272,8 @@ class Trial:
 
     def evaluate(self, split: str) -> dict[str, float]:
         """Loss and accuracy on ``split`` (train, val or test), averaged over folds."""
-        scores = _mean([t.measure(*t.split_tensors(split)) for t in self.trainers])
-        return {f"{split}_loss": scores["loss"], f"{split}_acc": scores["acc"]}
+        loss, _, acc = self._mean_over_folds([split])[0]
+        return {f"{split}_loss": loss, f"{split}_acc": acc}
 
     # ---------------------------------------------------------------- checkpoints
     def save(self, directory: str | Path) -> Path:
@@ -207,10 +293,19 @@ class Trial:
         return path
 
     @classmethod
-    def load(cls, directory: str | Path, datasets: list[Dataset] | None = None) -> Trial:
-        """Rebuild a trial from ``save``; it continues as if never interrupted."""
+    def load(
+        cls,
+        directory: str | Path,
+        datasets: list[Dataset] | None = None,
+        device: str | None = None,
+    ) -> Trial:
+        """Rebuild a trial from ``save``; it continues as if never interrupted. ``device``
+        overrides the saved train.device (``auto``: look at a GPU trial where there is none)."""
         state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-        trial = cls(trial_config(state["config"]), datasets)
+        config = state["config"]
+        if device is not None:
+            config = {**config, "train": {**config["train"], "device": device}}
+        trial = cls(trial_config(config), datasets)
         for trainer, saved in zip(trial.trainers, state["trainers"]):
             trainer.load_state_dict(saved)
         trial.epoch, trial.diverged = state["epoch"], state["diverged"]
@@ -219,5 +314,6 @@ class Trial:
 
 
 def evaluate(checkpoint: str | Path, split: str = "test") -> dict[str, float]:
-    """The final look: a saved trial's loss and accuracy on ``split``."""
-    return Trial.load(checkpoint).evaluate(split)
+    """The final look: a saved trial's loss and accuracy on ``split``, on the GPU if there is
+    one and on the CPU otherwise, whatever device trained it."""
+    return Trial.load(checkpoint, device="auto").evaluate(split)

@@ -15,3 +15,14 @@ def penalty(name: str, weights: torch.Tensor, elastic_beta: float = 0.5) -> torc
     if name == "elastic":
         return (elastic_beta * weights * weights + weights.abs()).sum()
     return weights.new_zeros(())
+
+
+def penalty_grad(name: str, weights: torch.Tensor, elastic_beta: float = 0.5) -> torch.Tensor:
+    """dR/dW for ``penalty``, in closed form (the slope of |w| at 0 taken as 0, as autograd)."""
+    if name == "l2":
+        return 2.0 * weights
+    if name == "l1":
+        return weights.sign()
+    if name == "elastic":
+        return weights.sign().add_(weights, alpha=2.0 * elastic_beta)
+    return torch.zeros_like(weights)

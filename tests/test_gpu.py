@@ -1,0 +1,151 @@
+"""The trainer on a CUDA GPU: the same numbers as on the CPU, deterministic, resumable.
+
+    PYTHONPATH=. python -m pytest -p no:cacheprovider -m gpu tests/test_gpu.py
+
+(bench/gpu_check.sh runs it.) Imports only torch and trainers, never Ray, MLflow or sweeps,
+so it runs on a GPU machine that has nothing but torch and the scientific stack. On CUDA the
+trainer replays each epoch from a CUDA graph; these tests are what checks that path.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from trainers.config import LOSSES, OPTIMIZERS, REGULARIZERS, TrialConfig, trial_config
+from trainers.loop import Trial
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+]
+ROOT = Path(__file__).resolve().parents[1]
+DATA = {"source": "synthetic", "n_samples": 3000, "n_features": 40, "n_classes": 5}
+COMPARED = ("train_loss", "train_total_loss", "train_acc", "val_loss", "val_acc", "lr")
+
+
+def config(device: str, **train: Any) -> TrialConfig:
+    model = {"loss": train.pop("loss", "softmax")}
+    base = {"epochs": 5, "batch_size": 64, "lr": 0.05, "schedule": "cosine", "lambda": 0.01}
+    train = {**base, **train, "device": device}
+    return trial_config({"data": DATA, "model": model, "train": train})
+
+
+def same_permutations(gpu: Trial, cpu: Trial, epochs: int) -> None:
+    """Make the GPU trial shuffle as the CPU one does (the two devices' generators differ), so
+    that only the arithmetic differs between them."""
+    for g, c in zip(gpu.trainers, cpu.trainers):
+        order = torch.Generator().manual_seed(c.cfg.train.seed)
+        perms = iter([torch.randperm(len(c.y), generator=order) for _ in range(epochs)])
+        g._shuffle = lambda g=g, perms=perms: g.perm.copy_(next(perms))
+
+
+def assert_close(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
+    assert len(got) == len(want)
+    for epoch, (a, b) in enumerate(zip(got, want), start=1):
+        for key in COMPARED:
+            tol = {"abs": 2.5e-3} if key.endswith("acc") else {"rel": 1e-3, "abs": 1e-6}
+            assert a[key] == pytest.approx(b[key], **tol), f"epoch {epoch} {key}"
+
+
+def without_time(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if k != "epoch_seconds"}
+
+
+CASES = [(loss, reg, "momentum") for loss, reg in itertools.product(LOSSES, REGULARIZERS)]
+CASES += [("softmax", "l2", opt) for opt in OPTIMIZERS if opt != "momentum"]
+
+
+@pytest.mark.parametrize(("loss", "reg", "optimizer"), CASES)
+def test_cuda_gives_the_cpu_metrics(loss, reg, optimizer):
+    lr = 0.005 if optimizer == "adam" else 0.05
+    kw = {"loss": loss, "reg": reg, "optimizer": optimizer, "lr": lr}
+    gpu, cpu = Trial(config("cuda", **kw)), Trial(config("cpu", **kw))
+    assert gpu.device.type == "cuda" and gpu.trainers[0].X.is_cuda
+    same_permutations(gpu, cpu, epochs=5)
+    gpu.run()
+    cpu.run()
+    assert gpu.trainers[0].graph is not None  # the epochs were replayed from a CUDA graph
+    assert_close(gpu.history, cpu.history)
+
+
+def test_graph_replay_equals_eager_steps_on_cuda():
+    kw = {"optimizer": "adam", "lr": 0.01, "loss": "hinge", "reg": "elastic"}
+    graphed, eager = Trial(config("cuda", **kw)), Trial(config("cuda", **kw))
+    eager.trainers[0].use_graph = False
+    graphed.run()
+    eager.run()
+    assert graphed.trainers[0].graph is not None and eager.trainers[0].graph is None
+    assert_close(graphed.history, eager.history)
+
+
+def test_cuda_folds_give_the_cpu_metrics():
+    folds = {**DATA, "folds": 3}
+    gpu = Trial(trial_config({"data": folds, "train": {"epochs": 4, "device": "cuda"}}))
+    cpu = Trial(trial_config({"data": folds, "train": {"epochs": 4, "device": "cpu"}}))
+    same_permutations(gpu, cpu, epochs=4)
+    gpu.run()
+    cpu.run()
+    assert all(t.graph is not None for t in gpu.trainers)
+    assert_close(gpu.history, cpu.history)
+
+
+def test_same_seed_same_metrics_on_cuda():
+    a, b, c = (Trial(config("cuda", seed=s)).run() for s in (1, 1, 2))
+    assert without_time(a) == without_time(b)
+    assert a["val_loss"] != c["val_loss"]
+
+
+def test_resume_on_cuda_equals_uninterrupted(tmp_path):
+    kw = {"epochs": 8, "schedule": "step", "step_size": 3, "optimizer": "adam", "lr": 0.01}
+    full = Trial(config("cuda", **kw)).run()
+    first = Trial(config("cuda", **kw))
+    for _ in range(3):
+        first.step()
+    first.save(tmp_path)
+    del first
+    resumed = Trial.load(tmp_path)  # the device generator's state comes back with it
+    assert resumed.device.type == "cuda" and resumed.epoch == 3
+    final = resumed.run()
+    assert len(resumed.history) == 8
+    assert without_time(final) == without_time(full)
+
+
+def test_cuda_checkpoint_evaluated_where_there_is_no_gpu(tmp_path):
+    trial = Trial(config("cuda"))
+    trial.run()
+    trial.save(tmp_path)
+    on_gpu = trial.evaluate("test")
+    code = (
+        "import json, sys, torch\n"
+        "from trainers.loop import evaluate\n"
+        "assert not torch.cuda.is_available()\n"
+        f"scores = evaluate({str(tmp_path)!r}, 'test')\n"
+        "assert not any(m in sys.modules for m in ('ray', 'mlflow', 'sweeps'))\n"
+        "print(json.dumps(scores))\n"
+    )
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    on_cpu = json.loads(done.stdout.splitlines()[-1])
+    assert on_cpu.keys() == on_gpu.keys() == {"test_loss", "test_acc"}
+    assert on_cpu["test_loss"] == pytest.approx(on_gpu["test_loss"], rel=1e-4)
+    assert on_cpu["test_acc"] == pytest.approx(on_gpu["test_acc"], abs=1e-3)
+
+
+def test_divergence_guard_on_cuda():
+    trial = Trial(config("cuda", lr=1e30, optimizer="sgd", schedule="constant", epochs=20))
+    final = trial.run()
+    assert final["diverged"] is True and final["epochs_run"] < 20
+    for key in ("train_loss", "val_loss", "val_acc"):
+        assert torch.isfinite(torch.tensor(final[key]))
