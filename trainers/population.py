@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -542,27 +541,24 @@ class Population:
         moving with the population. A diverged configuration's weights were zeroed when it
         diverged; its checkpoint says diverged."""
         k = self._position(id_)
-        cfg, rho = self.cfgs[k], self.cols.rho[k].item()
+        cfg = self.cfgs[k]
+        names = {"m": "exp_avg", "s": "exp_avg_sq", "v": "momentum_buffer"}
         trial = Trial(cfg, self.datasets)
         for fold, trainer in zip(self.folds, trial.trainers):
-            params = {"W": trainer.model.W, "b": trainer.model.b}
-            with torch.no_grad():
-                params["W"].copy_(fold.W[:, k])
-                params["b"].copy_(fold.b[k])
-            if self.epochs_run[k]:  # torch's optimizers keep no state before their first step
-                for name, p in params.items():
-                    buffers = {n: t[..., k, :].clone() for n, t in fold.state[name].items()}
-                    if cfg.train.optimizer == "adam":
-                        step = torch.tensor(float(self.adam_t))
-                        saved = {"step": step, "exp_avg": buffers["m"], "exp_avg_sq": buffers["s"]}
-                        trainer.optimizer.state[p] = saved
-                    elif rho != 0:
-                        trainer.optimizer.state[p] = {"momentum_buffer": buffers["v"]}
-            with warnings.catch_warnings():  # "scheduler stepped before optimizer": on purpose
-                warnings.simplefilter("ignore")
-                for _ in range(self.epochs_run[k]):
-                    trainer.scheduler.step()
-            trainer.order.set_state(fold.order.get_state())
+            per_param = []  # the torch.optim layout Trainer.load_state_dict reads: W, then b
+            for name in ("W", "b"):
+                buffers = {names[n]: t[..., k, :].clone() for n, t in fold.state[name].items()}
+                if cfg.train.optimizer == "adam":
+                    buffers["step"] = torch.tensor(float(self.adam_t))
+                per_param.append(buffers if self.epochs_run[k] else {})
+            trainer.load_state_dict(
+                {
+                    "model": {"W": fold.W[:, k], "b": fold.b[k]},
+                    "optimizer": {"state": dict(enumerate(per_param))},
+                    "scheduler": {"last_epoch": self.epochs_run[k]},
+                    "order_rng": fold.order.get_state(),
+                }
+            )
         trial.epoch, trial.diverged = self.epochs_run[k], self.diverged[k]
         trial.history, trial.last_finite = list(self.history[k]), self.last_finite[k]
         return trial.save(directory)
