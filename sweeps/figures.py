@@ -100,18 +100,21 @@ def stopped_curves(
     fig = Figure(figsize=(9, 4.8), layout="constrained")
     ax = fig.subplots()
     style = _crowded(curves["trial_id"].nunique())
-    by_trial = {t: c.sort_values("epoch") for t, c in curves.groupby("trial_id")}
+    points = curves[["trial_id", "epoch", metric]].dropna().sort_values(["trial_id", "epoch"])
+    ids = points["trial_id"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])  # each trial's first row
+    xy = np.split(points[["epoch", metric]].to_numpy(float), starts[1:])
+    by_trial = dict(zip(ids[starts], xy))
+    outcome_of = status.to_dict()
     for outcome, colour in STATUS_COLOURS.items():
-        ids = [t for t in by_trial if status.get(t) == outcome]
-        if not ids:
+        segments = [s for t, s in by_trial.items() if outcome_of.get(t) == outcome]
+        if not segments:
             continue
-        segments = [by_trial[t][["epoch", metric]].dropna().to_numpy() for t in ids]
         ax.add_collection(
-            LineCollection(segments, colors=colour, label=f"{outcome} ({len(ids)})", **style)
+            LineCollection(segments, colors=colour, label=f"{outcome} ({len(segments)})", **style)
         )
-        ends = np.array([s[-1] for s in segments if len(s)])
-        if len(ends):
-            ax.scatter(ends[:, 0], ends[:, 1], s=10, color=colour, zorder=3)
+        ends = np.array([s[-1] for s in segments])
+        ax.scatter(ends[:, 0], ends[:, 1], s=10, color=colour, zorder=3)
     for rung in rungs:
         ax.axvline(rung, color="black", ls=":", lw=0.8)
     ax.autoscale()
@@ -308,7 +311,7 @@ def parallel_coordinates(
 def _unit_scale(values: pd.Series, log: bool) -> tuple[pd.Series, tuple[list[float], list[str]]]:
     """Values mapped to [0, 1] for a parallel axis, with tick positions and labels."""
     numeric = pd.to_numeric(values, errors="coerce")
-    if numeric.notna().all() and values.nunique() > 0:
+    if numeric.notna().any() and numeric.notna().sum() == values.notna().sum():
         v = np.log10(numeric) if log else numeric.astype(float)
         v = v.where(np.isfinite(v))
         low, high = v.min(), v.max()
@@ -318,9 +321,10 @@ def _unit_scale(values: pd.Series, log: bool) -> tuple[pd.Series, tuple[list[flo
             return scaled, ([], [])
         real = [10**low, 10**high] if log else [low, high]
         return scaled, ([0.0, 1.0] if span else [0.0], [format_value(r) for r in real])
-    levels = sorted(values.astype(str).unique())
+    text = values.map(str)
+    levels = sorted(text.unique())
     pos = {lv: (i / (len(levels) - 1) if len(levels) > 1 else 0.5) for i, lv in enumerate(levels)}
-    return values.astype(str).map(pos), (list(pos.values()), levels)
+    return text.map(pos), (list(pos.values()), levels)
 
 
 def importance_bars(
