@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from sweeps import figures as figs
 from sweeps.history import trials_page_url, ui_base
+from sweeps.importance import importance
 from sweeps.naming import format_value, run_name, short_key
 
 if TYPE_CHECKING:
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 TOP = 5  # trials in the top-trials curves
 SPREAD = 6  # learning rates shown side by side
 TABLE_TOP = 10  # rows of the best-trials table
-MIN_IMPORTANCE = 12  # trials with a metric needed before importance is computed
 
 
 @dataclass
@@ -375,71 +375,9 @@ def parallel(data: SweepData) -> Section:
 
 
 # ---------------------------------------------------------------- (6) importance
-@dataclass
-class Importance:
-    keys: list[str]
-    mean: list[float]  # drop in held-out R² when the key is shuffled, over folds and repeats
-    std: list[float]
-    n: int  # trials it rests on
-    r2: float  # the forest's held-out R²
-    folds: int
-
-
-def importance(data: SweepData) -> Importance | str:
-    """How much of the metric's variance each searched hyperparameter explains: a random
-    forest predicts the metric from the searched values, and scikit-learn's permutation
-    importance measures the drop in held-out R² when one key is shuffled, over K folds.
-    A string says why it was not computed."""
-    from sklearn.ensemble import RandomForestRegressor
-    from sklearn.inspection import permutation_importance
-    from sklearn.metrics import r2_score
-    from sklearn.model_selection import KFold
-
-    keys, t = searched(data), data.table
-    rows = t[(t["status"] != "error") & np.isfinite(t[data.metric].astype(float))]
-    if not keys:
-        return "Importance needs a hyperparameter searched with more than one value."
-    if len(rows) < MIN_IMPORTANCE:
-        return (
-            f"Importance is not computed: it needs at least {MIN_IMPORTANCE} trials with a "
-            f"metric, and this sweep has {len(rows)}; from so few, a forest's importances "
-            "are noise."
-        )
-    logs = log_keys(data)
-    X = np.column_stack([_encode(rows[k], k in logs) for k in keys])
-    y = rows[data.metric].to_numpy(float)
-    folds = min(5, len(rows) // 4)
-    drops, predicted = [], np.empty_like(y)
-    for train, test in KFold(folds, shuffle=True, random_state=0).split(X):
-        forest = RandomForestRegressor(n_estimators=100, min_samples_leaf=2, random_state=0)
-        forest.fit(X[train], y[train])
-        predicted[test] = forest.predict(X[test])
-        found = permutation_importance(
-            forest, X[test], y[test], scoring="r2", n_repeats=5, random_state=0
-        )
-        drops.append(found.importances)  # (keys, repeats)
-    every = np.concatenate(drops, axis=1)
-    r2 = float(r2_score(y, predicted))
-    if r2 <= 0:
-        return (
-            f"Importance is not shown: on {len(rows)} trials a random forest predicts the "
-            f"metric no better than its mean (held-out R² {r2:.2f}), so no hyperparameter's "
-            "share of the variance can be told."
-        )
-    mean, std = list(every.mean(axis=1)), list(every.std(axis=1))
-    return Importance(keys, mean, std, len(rows), r2, folds)
-
-
-def _encode(values: pd.Series, log: bool) -> np.ndarray:
-    number = pd.to_numeric(values, errors="coerce")
-    if number.notna().all():
-        return np.log10(number.to_numpy(float)) if log else number.to_numpy(float)
-    return values.astype(str).astype("category").cat.codes.to_numpy(float)
-
-
 def importance_section(data: SweepData) -> Section:
     sec = Section("Which hyperparameters matter")
-    found = importance(data)
+    found = importance(data.table, searched(data), log_keys(data), data.metric)
     if isinstance(found, str):
         sec.html = f"<p>{html.escape(found)}</p>"
         return sec

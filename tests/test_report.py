@@ -308,9 +308,10 @@ def test_a_thousand_trials_are_reported_in_under_30_s(tmp_path):
 
 
 def test_importance_refuses_with_too_few_trials():
-    from sweeps.sections import importance
+    from sweeps.importance import importance
 
-    found = importance(synthetic(8))
+    data = synthetic(8)
+    found = importance(data.table, ["train.lr"], ["train.lr"], data.metric)
     assert isinstance(found, str) and "at least 12 trials" in found
 
 
