@@ -40,6 +40,8 @@ def label_of(key: str) -> str:
         "train.lambda": "regularisation strength λ",
         "train.batch_size": "batch size (examples)",
         "train.momentum": "momentum ρ",
+        "model.loss": "loss",
+        "train.schedule": "lr schedule",
     }
     return f"{names[key]} ({short_key(key)})" if key in names else key
 

@@ -179,6 +179,9 @@ def read_needed_curves(data: SweepData) -> pd.DataFrame:
 def write_report(data: SweepData, out: Path) -> Path:
     """Write the figures (PNG) and the page (figures embedded) into ``out``; returns the page."""
     out.mkdir(parents=True, exist_ok=True)
+    if (out / "index.html").exists():  # an earlier report: drop figures this one may not draw
+        for old in out.glob("*.png"):
+            old.unlink()
     parts = []
     for sec in sections.sections(data):
         parts.append(f"<section><h2>{html.escape(sec.title)}</h2>{sec.html}")

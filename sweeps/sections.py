@@ -274,9 +274,12 @@ def loss_curves(data: SweepData) -> Section:
         sec.html = "<p>The learning rate was not searched: no comparison of rates.</p>"
         return sec
     labels = [(s, _spread_label(by_id.loc[s], data)) for s in spread]
+    diverged = (
+        " and the lowest rate that diverged" if (data.table["status"] == "diverged").any() else ""
+    )
     caption = (
         f"{len(spread)} trials across the learning rates tried, lowest to highest, with the "
-        "chosen one and the lowest rate that diverged: too small a rate barely lowers the loss, "
+        f"chosen one{diverged}: too small a rate barely lowers the loss, "
         "a good one lowers it steadily, too large a rate makes it oscillate, and a diverging one "
         "stops where its loss stopped being finite. Each panel has its own loss scale."
     )
@@ -414,7 +417,7 @@ def cost(data: SweepData) -> Section:
         ("wall time", _duration(wall)),
         ("summed trial time (the epochs' training and measuring)", _duration(trial_s)),
         ("summed trial time, start to end (with loading and checkpoints)", _duration(held)),
-        ("trials training at once, on average", _f(trial_s / wall, 2)),
+        ("trials running at once, on average (start to end / wall)", _f(held / wall, 2)),
         ("resources per trial (sweep.yaml)", f"{res.cpu:g} CPU, {res.gpu:g} GPU"),
         ("CPU-hours (summed trial time × CPUs per trial)", _g(trial_s * res.cpu / 3600)),
         ("GPU-hours (summed trial time × GPUs per trial)", _g(trial_s * res.gpu / 3600)),
