@@ -24,7 +24,8 @@ import pandas as pd
 import yaml
 
 from sweeps import sections
-from sweeps.history import (
+from sweeps.layout import DEFAULT_STORAGE, SweepFolder
+from sweeps.readback import (
     SweepRuns,
     log_report,
     param_value,
@@ -33,7 +34,6 @@ from sweeps.history import (
     run_url,
     ui_base,
 )
-from sweeps.layout import DEFAULT_STORAGE, SweepFolder
 from sweeps.spec import SweepSpec, sweep_spec
 from trainers.config import ConfigError
 from trainers.metrics import FINAL

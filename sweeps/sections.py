@@ -18,9 +18,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from sweeps import figures as figs
-from sweeps.history import trials_page_url, ui_base
 from sweeps.importance import importance
 from sweeps.naming import format_value, run_name, short_key
+from sweeps.readback import trials_page_url, ui_base
 
 if TYPE_CHECKING:
     from sweeps.report import SweepData

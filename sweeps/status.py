@@ -19,9 +19,9 @@ from pathlib import Path
 
 import yaml
 
-from sweeps.history import RunInfo, SweepRuns, param_value, read_sweep
 from sweeps.layout import DEFAULT_STORAGE, SweepFolder
 from sweeps.naming import run_name
+from sweeps.readback import RunInfo, SweepRuns, param_value, read_sweep
 from trainers.config import ConfigError
 
 ENDED = ("completed", "early_stopped", "diverged", "error")  # a trial's final outcomes

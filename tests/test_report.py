@@ -18,8 +18,8 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from sklearn.datasets import make_classification
 
-from sweeps.history import artifact_paths, latest_trials_page, run_url, trials_page_url
 from sweeps.naming import format_value, run_name
+from sweeps.readback import artifact_paths, latest_trials_page, run_url, trials_page_url
 from sweeps.report import SweepData, find_folder, load, write_report
 from sweeps.sections import lr_spread, rungs, sections, top_trials
 from sweeps.spec import sweep_spec
