@@ -115,6 +115,42 @@ def check_port_free(port: int) -> None:
             ) from None
 
 
+# ---------------------------------------------------------------- `sweep report`, `sweep status`
+# (issue 10: the HTML report and where sweeps stand; the work is in sweeps.report, .status)
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write a sweep's HTML report and file it on its MLflow parent run."""
+    from sweeps.report import report
+
+    out = Path(args.out) if args.out else None
+    page = report(args.sweep, out, args.storage, args.tracking_uri, log=not args.no_log)
+    print(f"report: {page}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Every sweep's state, progress and best metric; or one sweep's detail."""
+    from sweeps.status import show
+
+    print(show(args.name, args.storage, args.tracking_uri))
+    return 0
+
+
+def add_report_parsers(sub: argparse._SubParsersAction) -> None:
+    report = sub.add_parser("report", help="write a sweep's HTML report (figures embedded)")
+    report.add_argument("sweep", help="the sweep's name (under --storage) or its folder")
+    report.add_argument("--out", help="folder for the page and figures (default: SWEEP/report)")
+    report.add_argument("--storage", default="runs", help="folder holding sweeps (default runs)")
+    report.add_argument("--tracking-uri", help="default: the sweep's, as `sweep run` resolves it")
+    report.add_argument("--no-log", action="store_true", help="do not file it on the MLflow run")
+    report.set_defaults(func=cmd_report)
+
+    status = sub.add_parser("status", help="where each sweep stands (or one sweep, by name)")
+    status.add_argument("name", nargs="?", help="one sweep's detail (default: every sweep)")
+    status.add_argument("--storage", default="runs", help="folder holding sweeps (default runs)")
+    status.add_argument("--tracking-uri", help="default: each sweep's, as `sweep run` resolves it")
+    status.set_defaults(func=cmd_status)
+
+
 def describe(spec: Any) -> str:
     """What --dry-run prints: the resolved search and space, and the number of trials."""
     s = spec.search
@@ -165,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else ./mlflow.db")
     ui.set_defaults(func=cmd_ui)
 
+    add_report_parsers(sub)  # `sweep report`, `sweep status` (issue 10)
     from sweeps.submit import add_parser as add_submit_parser  # `sweep submit`: SLURM jobs
 
     add_submit_parser(sub)

@@ -1,0 +1,227 @@
+"""Every MLflow call of the report and of ``sweep status``: reading a sweep back, and filing the
+report on its parent run.
+
+The sweep driver writes MLflow (sweeps.tracking); this module only reads what it wrote, plus one
+write after the fact: the report's files as artifacts of the parent run. It works from any
+machine that reaches the store (a login node while the sweep runs as a SLURM job).
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pandas as pd
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+DEFAULT_UI = "http://127.0.0.1:5000"  # where `sweep ui` serves a local store
+PAGE = 1000  # runs per search page
+READERS = 4  # metric histories read at once (a server answers them in parallel)
+
+
+@dataclass
+class RunInfo:
+    """What reports need of one MLflow run."""
+
+    run_id: str
+    status: str  # MLflow's: RUNNING, FINISHED, FAILED, KILLED
+    start_ms: int
+    end_ms: int | None
+    tags: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)  # the latest value of each
+
+    @classmethod
+    def of(cls, run: Run) -> RunInfo:
+        info, data = run.info, run.data
+        return cls(
+            info.run_id,
+            info.status,
+            info.start_time,
+            info.end_time,
+            dict(data.tags),
+            dict(data.params),
+            dict(data.metrics),
+        )
+
+
+@dataclass
+class SweepRuns:
+    """A sweep as MLflow holds it: the parent run and one child run per trial."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent: RunInfo
+    trials: dict[str, RunInfo]  # trial id -> its run
+
+
+def read_sweep(
+    tracking_uri: str, experiment: str, parent_id: str | None = None
+) -> SweepRuns | None:
+    """The sweep's parent (``parent_id``, else the experiment's latest) and its children; None
+    when the store has no such experiment or parent run."""
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    parent = _get(client, parent_id) if parent_id else None
+    if parent is None:
+        parent = latest_parent(client, [found.experiment_id])
+    if parent is None:
+        return None
+    query = f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    children = [RunInfo.of(r) for r in _search(client, [found.experiment_id], query)]
+    trials = {r.tags.get("sweep.trial_id", r.run_id): r for r in children}
+    return SweepRuns(tracking_uri, found.experiment_id, RunInfo.of(parent), trials)
+
+
+def latest_parent(client: MlflowClient, experiment_ids: list[str]) -> Run | None:
+    """The most recently started sweep (parent run) in these experiments."""
+    if not experiment_ids:
+        return None
+    runs = client.search_runs(
+        experiment_ids,
+        "tags.`sweep.role` = 'parent'",
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
+    return runs[0] if runs else None
+
+
+def read_curves(tracking_uri: str, runs: dict[str, str], keys: tuple[str, ...]) -> pd.DataFrame:
+    """Per-epoch curves of the given trials: one row per (trial_id, epoch), a column per key.
+
+    ``runs`` maps trial id -> run id. One request per run and key: ask only for what is drawn.
+    """
+    client = MlflowClient(tracking_uri)
+    jobs = [(trial, run_id, key) for trial, run_id in runs.items() for key in keys]
+
+    def fetch(job: tuple[str, str, str]) -> list[tuple[str, int, str, float]]:
+        trial, run_id, key = job
+        return [(trial, m.step, key, m.value) for m in client.get_metric_history(run_id, key)]
+
+    with ThreadPoolExecutor(READERS) as pool:
+        points = [p for batch in pool.map(fetch, jobs) for p in batch]
+    long = pd.DataFrame(points, columns=["trial_id", "epoch", "key", "value"])
+    wide = long.pivot_table(index=["trial_id", "epoch"], columns="key", values="value")
+    wide = wide.reset_index().rename_axis(columns=None)
+    for key in keys:  # a key nobody logged is still a column
+        if key not in wide:
+            wide[key] = float("nan")
+    return wide[["trial_id", "epoch", *keys]]
+
+
+def log_report(tracking_uri: str, run_id: str, folder: Path, artifact_path: str = "report") -> None:
+    """File the report's page and figures on the sweep's parent run (under ``report/``)."""
+    MlflowClient(tracking_uri).log_artifacts(run_id, str(folder), artifact_path)
+
+
+def artifact_paths(tracking_uri: str, run_id: str, path: str) -> list[str]:
+    """The artifacts under ``path`` of a run."""
+    return [a.path for a in MlflowClient(tracking_uri).list_artifacts(run_id, path)]
+
+
+def param_value(text: str | None) -> Any:
+    """An MLflow param (a string) back to the int, float or string that was logged."""
+    if text is None:
+        return math.nan
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+# ---------------------------------------------------------------- links into the MLflow UI
+def ui_base(tracking_uri: str) -> str:
+    """The UI's address: a tracking server serves its own UI; a local store, `sweep ui`'s."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return tracking_uri.rstrip("/")
+    return DEFAULT_UI
+
+
+def run_url(base: str, experiment_id: str, run_id: str) -> str:
+    """One run's page in the MLflow UI."""
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def trials_page_url(
+    base: str, experiment_id: str, parent_id: str, metric: str = "val_acc", ascending: bool = False
+) -> str:
+    """The experiment's training-runs page showing this sweep's trials, best first, as charts.
+
+    MLflow 3 nests child runs under a collapsed parent unless the runs are filtered or sorted
+    (other than by date); a filter on the parent id lists the trials flat, and the chart view
+    draws the curves of the first ten at once.
+    """
+    query = {
+        "searchFilter": f"tags.`mlflow.parentRunId` = '{parent_id}'",
+        "orderByKey": f"metrics.`{metric}`",
+        "orderByAsc": str(ascending).lower(),
+        "compareRunsMode": "CHART",
+    }
+    return f"{base}/#/experiments/{experiment_id}/runs?{urlencode(query)}"
+
+
+def latest_trials_page(
+    tracking_uri: str,
+    experiment: str | None = None,
+    base: str | None = None,
+    metric: str = "val_acc",
+    ascending: bool = False,
+) -> str | None:
+    """For `sweep ui`: the trials page of the latest sweep (named ``experiment``, else the
+    latest of all); None when the store holds no sweep."""
+    client = MlflowClient(tracking_uri)
+    if experiment is None:
+        ids = [e.experiment_id for e in _all_experiments(client)]
+    else:
+        found = client.get_experiment_by_name(experiment)
+        ids = [found.experiment_id] if found else []
+    parent = latest_parent(client, ids)
+    if parent is None:
+        return None
+    return trials_page_url(
+        base or ui_base(tracking_uri),
+        parent.info.experiment_id,
+        parent.info.run_id,
+        metric,
+        ascending,
+    )
+
+
+# ---------------------------------------------------------------- helpers
+def _get(client: MlflowClient, run_id: str) -> Run | None:
+    try:
+        return client.get_run(run_id)
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+
+
+def _search(client: MlflowClient, experiment_ids: list[str], query: str) -> list[Run]:
+    found, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, query, max_results=PAGE, page_token=token)
+        found += list(page)
+        token = page.token
+        if not token:
+            return found
+
+
+def _all_experiments(client: MlflowClient) -> list:
+    found, token = [], None
+    while True:
+        page = client.search_experiments(max_results=PAGE, page_token=token)
+        found += list(page)
+        token = page.token
+        if not token:
+            return found

@@ -1,0 +1,226 @@
+"""`sweep report`: one self-contained HTML page (and its PNG figures) that shows a sweep.
+
+It answers, without reading a table: which configuration was chosen and why, how the learning
+rate and lambda trade fit for validation accuracy, what ASHA stopped and when, which
+hyperparameters matter, and what the sweep cost. It reads the sweep's folder (sweep.yaml,
+results.csv) and its MLflow runs (per-epoch curves), writes ``report/index.html`` (figures
+embedded: it opens from disk, with no server and no network) beside ``report/*.png``, and files
+them on the sweep's MLflow parent run under ``report/``. What the page shows: sweeps.sections.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from sweeps import sections
+from sweeps.layout import DEFAULT_STORAGE, SweepFolder
+from sweeps.readback import (
+    SweepRuns,
+    log_report,
+    param_value,
+    read_curves,
+    read_sweep,
+    run_url,
+    ui_base,
+)
+from sweeps.spec import SweepSpec, sweep_spec
+from trainers.config import ConfigError
+from trainers.metrics import FINAL
+
+ENDED_OK = ("completed", "early_stopped")  # outcomes a trial can be chosen from
+METRIC_LABELS = {"val_acc": "validation accuracy (fraction)", "val_loss": "validation loss"}
+
+
+@dataclass
+class SweepData:
+    """Everything the report shows, read from the folder and MLflow (or built by a test)."""
+
+    spec: SweepSpec
+    table: pd.DataFrame  # results.csv's columns: one row per trial
+    curves: pd.DataFrame  # trial_id, epoch, and per-epoch metrics (trainers.metrics.CURVES)
+    runs: SweepRuns | None = None  # the MLflow runs: links, test results, wall time
+    finished: bool = True  # results.csv exists: the sweep ran to its end
+    notes: list[str] = field(default_factory=list)  # what could not be read, said on the page
+
+    @property
+    def metric(self) -> str:
+        """The results column the sweep ranks by."""
+        return f"final_{self.spec.search.metric}"
+
+    @property
+    def metric_label(self) -> str:
+        return METRIC_LABELS.get(self.spec.search.metric, self.spec.search.metric)
+
+    @property
+    def ranked(self) -> pd.DataFrame:
+        """Trials that can be chosen, best first."""
+        t = self.table
+        ok = t[t["status"].isin(ENDED_OK) & np.isfinite(t[self.metric].astype(float))]
+        return ok.sort_values(self.metric, ascending=self.spec.search.mode == "min")
+
+    @property
+    def chosen(self) -> str | None:
+        """The chosen trial: the one the parent run names, else the best ranked."""
+        if self.runs is not None and self.runs.parent.tags.get("best.trial_id"):
+            return self.runs.parent.tags["best.trial_id"]
+        return None if self.ranked.empty else str(self.ranked.iloc[0]["trial_id"])
+
+    def link(self, trial_id: str) -> str:
+        """The trial id as HTML, linked to its MLflow run page where the run is known."""
+        text = html.escape(trial_id)
+        run = self.runs.trials.get(trial_id) if self.runs else None
+        if run is None:
+            return text
+        url = run_url(ui_base(self.runs.tracking_uri), self.runs.experiment_id, run.run_id)
+        return f'<a href="{html.escape(url)}">{text}</a>'
+
+
+# ---------------------------------------------------------------- entry points
+def report(
+    target: str | Path,
+    out: Path | None = None,
+    storage: str | Path = DEFAULT_STORAGE,
+    tracking_uri: str | None = None,
+    log: bool = True,
+) -> Path:
+    """Read the sweep ``target`` (its folder, or its name under ``storage``), write its report
+    into ``out`` (default ``<folder>/report``) and file it on the MLflow parent run; returns the
+    page's path. ``tracking_uri`` defaults to the sweep's, resolved as ``sweep run`` does."""
+    folder = find_folder(str(target), storage)
+    data = load(folder, tracking_uri)
+    out = Path(out) if out is not None else folder.root / "report"
+    page = write_report(data, out)
+    if log and data.runs is not None:
+        log_report(data.runs.tracking_uri, data.runs.parent.run_id, out)
+    return page
+
+
+def find_folder(target: str, storage: str | Path = DEFAULT_STORAGE) -> SweepFolder:
+    """A sweep folder from a path to it, or from its name under ``storage``."""
+    as_path = SweepFolder(Path(target).expanduser().resolve())
+    if as_path.config.exists():
+        return as_path
+    by_name = SweepFolder.of(storage, target)
+    if by_name.config.exists():
+        return by_name
+    raise ConfigError(
+        f"no sweep {target}: neither {as_path.config} nor {by_name.config} exists; "
+        "pass the sweep's folder, or its name and --storage"
+    )
+
+
+def load(folder: SweepFolder, tracking_uri: str | None = None) -> SweepData:
+    """The sweep's config, results (results.csv, else what MLflow holds so far) and curves."""
+    from sweeps.tracking import resolve_tracking_uri
+
+    doc = yaml.safe_load(folder.config.read_text())
+    spec = sweep_spec(doc)
+    uri = tracking_uri or resolve_tracking_uri(spec.tracking_uri, Path.cwd())
+    state = json.loads(folder.state.read_text()) if folder.state.exists() else {}
+    runs = read_sweep(uri, spec.name, state.get("parent"))
+    notes = [] if runs else [f"The MLflow store {uri} holds no runs of this sweep: no curves."]
+    finished = folder.results.exists()
+    if finished:
+        table = pd.read_csv(folder.results)
+        table["error"] = table["error"].fillna("")
+    elif runs is not None:
+        table = table_from_runs(runs, list(spec.space))
+    else:
+        raise ConfigError(f"sweep {spec.name} has no {folder.results.name} and no MLflow runs")
+    data = SweepData(spec, table, pd.DataFrame(columns=["trial_id", "epoch"]), runs, finished)
+    data.notes = notes
+    if runs is not None:
+        data.curves = read_needed_curves(data)
+    return data
+
+
+def table_from_runs(runs: SweepRuns, keys: list[str]) -> pd.DataFrame:
+    """results.csv's columns from the child runs, for a sweep still running or interrupted."""
+    rows = []
+    for trial_id, run in runs.trials.items():
+        status = "running" if run.status == "RUNNING" else run.tags.get("sweep.status", "")
+        row: dict[str, Any] = {"trial_id": trial_id, "status": status}
+        row |= {k: param_value(run.params.get(k)) for k in keys}
+        row["epochs_run"] = int(run.tags.get("sweep.epochs_run", 0) or 0)
+        row |= {f"final_{k}": run.metrics.get(k, math.nan) for k in FINAL}
+        row["error"] = run.tags.get("sweep.error", "").split("\n")[0]
+        rows.append(row)
+    columns = ["trial_id", "status", *keys, "epochs_run", *(f"final_{k}" for k in FINAL), "error"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def read_needed_curves(data: SweepData) -> pd.DataFrame:
+    """Only the curves drawn: the losses of the trials shown; of every trial, its seconds per
+    epoch (the cost) and, for ASHA, the metric. MLflow answers one request per run and key."""
+    runs = data.runs
+    assert runs is not None
+    every = {t: r.run_id for t, r in runs.trials.items()}
+    shown = {t: every[t] for t in sections.shown_trials(data) if t in every}
+    metric = data.spec.search.metric
+    of_all = ("epoch_seconds", metric) if data.spec.search.type == "asha" else ("epoch_seconds",)
+    of_shown = tuple(k for k in ("train_loss", "val_loss", metric) if k not in of_all)
+    curves = read_curves(runs.tracking_uri, every, of_all)
+    more = read_curves(runs.tracking_uri, shown, of_shown)
+    return curves.merge(more, on=["trial_id", "epoch"], how="outer")
+
+
+# ---------------------------------------------------------------- the page
+def write_report(data: SweepData, out: Path) -> Path:
+    """Write the figures (PNG) and the page (figures embedded) into ``out``; returns the page."""
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "index.html").exists():  # an earlier report: drop figures this one may not draw
+        for old in out.glob("*.png"):
+            old.unlink()
+    parts = []
+    for sec in sections.sections(data):
+        parts.append(f"<section><h2>{html.escape(sec.title)}</h2>{sec.html}")
+        for shown in sec.figures:
+            path = out / f"{shown.stem}.png"
+            shown.figure.savefig(path, dpi=100)
+            encoded = base64.b64encode(path.read_bytes()).decode()
+            caption = html.escape(shown.caption)
+            parts.append(
+                f"<figure><img src='data:image/png;base64,{encoded}' alt='{caption}' "
+                f"data-file='{path.name}'><figcaption>{caption}</figcaption></figure>"
+            )
+        parts.append("</section>")
+    spec = data.spec
+    state = "finished" if data.finished else "<b>not finished</b>: the best so far"
+    header = (
+        f"<h1>Sweep {html.escape(spec.name)}</h1><p class='meta'>{spec.search.type} search, "
+        f"{len(data.table)} of {spec.num_trials()} trials recorded, {state}; ranked by "
+        f"{html.escape(data.metric_label)} ({spec.search.mode}); written "
+        f"{time.strftime('%Y-%m-%d %H:%M')}</p>"
+    )
+    page = out / "index.html"
+    title = html.escape(f"Sweep {spec.name}")
+    page.write_text(PAGE.format(title=title, body=header + "".join(parts)))
+    return page
+
+
+PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 1250px; margin: 2em auto;
+       padding: 0 1em; color: #222; }}
+h1 {{ margin-bottom: 0.2em; }} .meta, .note, figcaption {{ color: #555; font-size: 0.92em; }}
+section {{ border-top: 1px solid #ddd; margin-top: 2em; }}
+figure {{ margin: 1.2em 0; }} img {{ max-width: 100%; height: auto; }}
+table {{ border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }}
+td, th {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }}
+th {{ background: #f3f3f3; }} .alarm {{ color: #a00; font-weight: bold; }}
+</style></head>
+<body>{body}</body></html>
+"""

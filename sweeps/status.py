@@ -1,0 +1,272 @@
+"""`sweep status [NAME]`: where each sweep stands, from its folder and its MLflow runs only.
+
+It starts nothing and needs neither Ray nor the data, so it answers from a login node while the
+sweep runs elsewhere as a SLURM job; where the folder holds a job's log (``slurm-<id>.out``) it
+asks SLURM (squeue, else sacct) for that job's state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from sweeps.layout import DEFAULT_STORAGE, SweepFolder
+from sweeps.naming import run_name
+from sweeps.readback import RunInfo, SweepRuns, param_value, read_sweep
+from trainers.config import ConfigError
+
+ENDED = ("completed", "early_stopped", "diverged", "error")  # a trial's final outcomes
+OUTCOMES = ("running", *ENDED, "interrupted")
+SLURM_LOG = re.compile(r"^slurm-(\d+)\.out$")
+SLURM_LIVE = (
+    "PENDING",
+    "RUNNING",
+    "CONFIGURING",
+    "COMPLETING",
+    "REQUEUED",
+    "RESIZING",
+    "SUSPENDED",
+)
+LAST = 5  # trials in the detail's "last trials"
+
+
+@dataclass
+class Status:
+    """One sweep's standing."""
+
+    name: str
+    folder: SweepFolder
+    state: str  # running, interrupted, completed, failed, not started, unknown
+    planned: int | None
+    metric: str
+    mode: str
+    space: list[str]
+    runs: SweepRuns | None = None
+    slurm: str | None = None  # "job 123: RUNNING"
+    problem: str = ""  # why something could not be read
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Trials per outcome (running ones included; planned but not started last)."""
+        trials = self.runs.trials.values() if self.runs else []
+        found = {o: sum(_outcome(r) == o for r in trials) for o in OUTCOMES}
+        if self.planned is not None:
+            found["not started"] = max(0, self.planned - len(trials))
+        return {k: v for k, v in found.items() if v}
+
+    @property
+    def ended(self) -> int:
+        return sum(n for o, n in self.counts.items() if o in ENDED)
+
+    @property
+    def best(self) -> tuple[str, RunInfo] | None:
+        """The best trial so far by its latest metric (diverged and failed ones left out)."""
+        if self.runs is None:
+            return None
+        scored = [
+            (t, r)
+            for t, r in self.runs.trials.items()
+            if _outcome(r) not in ("diverged", "error")
+            and math.isfinite(r.metrics.get(self.metric, math.nan))
+        ]
+        if not scored:
+            return None
+        sign = 1 if self.mode == "max" else -1
+        return max(scored, key=lambda tr: sign * tr[1].metrics[self.metric])
+
+    def last_event_ms(self) -> int | None:
+        if self.runs is None:
+            return None
+        times = [self.runs.parent.start_ms]
+        times += [r.end_ms or r.start_ms for r in self.runs.trials.values()]
+        return max(t for t in times if t)
+
+
+def _outcome(run: RunInfo) -> str:
+    return "running" if run.status == "RUNNING" else run.tags.get("sweep.status", "unknown")
+
+
+# ---------------------------------------------------------------- reading
+def sweep_folders(storage: str | Path) -> list[SweepFolder]:
+    """Every sweep under ``storage`` (a folder holding a sweep.yaml), by name."""
+    root = Path(storage).expanduser()
+    if not root.is_dir():
+        return []
+    return [SweepFolder(p.resolve()) for p in sorted(root.iterdir()) if (p / "sweep.yaml").exists()]
+
+
+def status_of(folder: SweepFolder, tracking_uri: str | None = None) -> Status:
+    """A sweep's standing from its folder, its MLflow runs and (if any) its SLURM job."""
+    from sweeps.spec import sweep_spec
+    from sweeps.tracking import resolve_tracking_uri
+
+    doc = yaml.safe_load(folder.config.read_text()) or {}
+    search = doc.get("search") or {}
+    metric = search.get("metric", "val_acc")
+    st = Status(
+        name=folder.name,
+        folder=folder,
+        state="unknown",
+        planned=None,
+        metric=metric,
+        mode="min" if metric == "val_loss" else "max",
+        space=list(doc.get("space") or {}),
+        slurm=slurm_state(folder),
+    )
+    try:
+        st.planned = sweep_spec(doc).num_trials()
+    except ConfigError as err:
+        st.problem = f"sweep.yaml: {err}"
+    uri = tracking_uri or resolve_tracking_uri(
+        (doc.get("mlflow") or {}).get("tracking_uri"), Path.cwd()
+    )
+    state = json.loads(folder.state.read_text()) if folder.state.exists() else {}
+    try:
+        st.runs = read_sweep(uri, doc.get("name", folder.name), state.get("parent"))
+    except Exception as err:  # an unreachable server or a locked store: say so, go on
+        text = str(err).strip()
+        st.problem = f"MLflow {uri}: {text.splitlines()[0] if text else type(err).__name__}"
+        return st
+    st.state = _state(st, folder)
+    return st
+
+
+def _state(st: Status, folder: SweepFolder) -> str:
+    if st.runs is None:
+        return "not started"
+    parent = st.runs.parent
+    if parent.status == "RUNNING":
+        if st.slurm and not any(s in st.slurm for s in SLURM_LIVE) and "unknown" not in st.slurm:
+            return "interrupted"  # its job is gone without closing the run (killed hard)
+        return "running"
+    tagged = parent.tags.get("sweep.status", "")
+    if tagged == "completed" and not folder.results.exists():
+        return "interrupted"
+    return tagged or ("completed" if folder.results.exists() else "interrupted")
+
+
+def slurm_state(folder: SweepFolder) -> str | None:
+    """``job ID: STATE`` of the sweep's latest SLURM job (from its ``slurm-ID.out`` log), or
+    None when it never ran under SLURM; ``unknown`` where squeue and sacct cannot say."""
+    ids = [
+        int(m.group(1)) for p in folder.root.glob("slurm-*.out") if (m := SLURM_LOG.match(p.name))
+    ]
+    if not ids:
+        return None
+    job = str(max(ids))
+    for cmd in (
+        ["squeue", "-h", "-j", job, "-o", "%T"],
+        ["sacct", "-n", "-X", "-j", job, "-o", "State"],
+    ):
+        if shutil.which(cmd[0]) is None:
+            continue
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=15)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        found = done.stdout.strip().splitlines()
+        if done.returncode == 0 and found and found[0].strip():
+            return f"job {job}: {found[0].strip()}"
+    return f"job {job}: unknown"
+
+
+# ---------------------------------------------------------------- printing
+def format_overview(statuses: list[Status]) -> str:
+    """One line per sweep: state, progress, best metric so far, SLURM job."""
+    head = ("SWEEP", "STATE", "PROGRESS", "BEST", "SLURM")
+    rows = [head]
+    for s in statuses:
+        best = s.best
+        planned = "?" if s.planned is None else str(s.planned)
+        rows.append(
+            (
+                s.name,
+                s.state,
+                f"{s.ended}/{planned}",
+                f"{s.metric} {best[1].metrics[s.metric]:.4f}" if best else "-",
+                s.slurm or "-",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines += [f"{s.name}: {s.problem}" for s in statuses if s.problem]
+    return "\n".join(lines)
+
+
+def format_detail(s: Status, now_ms: float | None = None) -> str:
+    """One sweep: state, counts per outcome, best config so far, the last trials."""
+    now_ms = time.time() * 1000 if now_ms is None else now_ms
+    planned = "?" if s.planned is None else s.planned
+    lines = [
+        f"sweep {s.name}: {s.state}, {s.ended}/{planned} trials ended",
+        f"  folder: {s.folder.root}",
+    ]
+    if s.slurm:
+        lines.append(f"  SLURM: {s.slurm}")
+    if s.problem:
+        lines.append(f"  problem: {s.problem}")
+    if s.runs is None:
+        return "\n".join(lines)
+    last = s.last_event_ms()
+    if last:
+        lines.append(f"  last trial event: {_ago((now_ms - last) / 1000)} ago")
+    lines.append("  trials: " + ", ".join(f"{n} {o}" for o, n in s.counts.items()))
+    best = s.best
+    if best:
+        trial, run = best
+        lines.append(
+            f"  best so far: {s.metric} {run.metrics[s.metric]:.4f}, trial {trial} "
+            f"({run_name(_params(run, s.space))}, {_outcome(run)})"
+        )
+    recent = sorted(s.runs.trials.items(), key=lambda tr: tr[1].end_ms or now_ms, reverse=True)
+    lines.append(f"  last {min(LAST, len(recent))} trials:")
+    for trial, run in recent[:LAST]:
+        value = run.metrics.get(s.metric, math.nan)
+        epochs = run.tags.get("sweep.epochs_run", "-")
+        lines.append(
+            f"    {trial}  {_outcome(run):<13} epochs {epochs:>3}  {s.metric} {value:.4f}  "
+            f"{run_name(_params(run, s.space))}"
+        )
+    report = s.folder.root / "report" / "index.html"
+    if report.exists():
+        lines.append(f"  report: {report}")
+    return "\n".join(lines)
+
+
+def _params(run: RunInfo, keys: list[str]) -> dict[str, object]:
+    return {k: param_value(run.params[k]) for k in keys if k in run.params}
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def show(
+    name: str | None, storage: str | Path = DEFAULT_STORAGE, tracking_uri: str | None = None
+) -> str:
+    """What `sweep status` prints: every sweep under ``storage``, or one sweep's detail."""
+    # A tracking server that is down must not hold the terminal through MLflow's retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    if name is None:
+        folders = sweep_folders(storage)
+        if not folders:
+            return f"no sweeps under {Path(storage).expanduser()}/"
+        return format_overview([status_of(f, tracking_uri) for f in folders])
+    from sweeps.report import find_folder
+
+    return format_detail(status_of(find_folder(name, storage), tracking_uri))

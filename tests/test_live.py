@@ -1,0 +1,143 @@
+"""The live view: redrawn in place in a real terminal (tmux), plain lines in a pipe, and its
+sums (progress, best, time left) with a clock the test sets."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sweeps.live import LiveView
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from browser import ensure_installed  # noqa: E402
+
+OUTCOMES = ["completed", "early_stopped", "diverged", "error"]
+DRIVER = """
+import sys, time
+from sweeps.live import LiveView
+n, pause = int(sys.argv[1]), float(sys.argv[2])
+with LiveView(n, name="demo", summary_every=1.0) as view:
+    for i in range(n):
+        trial = f"t_{i:05d}"
+        params = {"model.loss": ["softmax", "hinge"][i % 2], "train.lr": 10 ** (-3 + i / 2)}
+        view.started(trial, params)
+        for epoch in (1, 2, 3):
+            view.result(trial, {"epoch": epoch, "val_acc": 0.3 + 0.05 * i + 0.01 * epoch})
+            time.sleep(pause)
+        outcome = OUTCOMES[i % 4]
+        view.ended(trial, outcome, {"epoch": 3, "val_acc": 0.33 + 0.05 * i})
+    print("printed while the view is live")
+print("driver done")
+""".replace("OUTCOMES", repr(OUTCOMES))
+
+
+def driver(tmp_path: Path) -> Path:
+    path = tmp_path / "driver.py"
+    path.write_text(DRIVER)
+    return path
+
+
+def test_in_a_pipe_one_line_per_trial_end_and_summaries(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(driver(tmp_path)), "8", "0.15"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "\x1b[" not in done.stdout  # no terminal codes in a log
+    ends = [ln for ln in lines if ln.startswith("[")]
+    assert [ln.split("]")[0] for ln in ends] == [f"[{k}/8" for k in range(1, 9)]
+    assert "t_00002 diverged after 3 epochs" in ends[2] and "t_00003 failed" in ends[3]
+    assert "t_00001 stopped early" in ends[1] and "hinge lr=3.2e-3" in ends[1]
+    summaries = [ln for ln in lines if ln.startswith("sweep demo:")]
+    assert len(summaries) >= 2  # periodic (every second) and a last one
+    assert summaries[-1].startswith("sweep demo: 8/8 ended, 0 running, 2 completed")
+    assert "best val_acc 0.5800: t_00005" in summaries[-1] and "elapsed" in summaries[-1]
+    assert lines[-1] == "driver done"
+
+
+@pytest.mark.slow
+def test_in_a_terminal_it_redraws_in_place(tmp_path):
+    tmux = ensure_installed("tmux", "tmux")
+    session = f"live{int(time.time() * 1000) % 100000}"
+    log = tmp_path / "done"
+    cmd = f"{sys.executable} {driver(tmp_path)} 10 0.25; touch {log}; sleep 60"
+    subprocess.run(
+        [tmux, "new-session", "-d", "-s", session, "-x", "110", "-y", "40", cmd], check=True
+    )
+
+    def screen(history: bool = False) -> str:
+        extra = ["-S", "-"] if history else []
+        return subprocess.run(
+            [tmux, "capture-pane", "-p", "-t", session, *extra],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+    try:
+        seen = []
+        deadline = time.monotonic() + 120
+        while not log.exists() and time.monotonic() < deadline:
+            text = screen()
+            found = re.search(r"(\d+)/10 trials ended", text)
+            if found:
+                seen.append((int(found.group(1)), text))
+            time.sleep(0.4)
+        final = screen(history=True)
+    finally:
+        subprocess.run([tmux, "kill-session", "-t", session], check=False)
+    progress = [k for k, _ in seen]
+    assert progress == sorted(progress) and progress[0] < 10 and len(set(progress)) >= 3
+    middle = next(text for k, text in seen if 0 < k < 10)
+    assert middle.count("trials ended") == 1  # one panel, redrawn in place, not scrolled
+    assert "running trial" in middle and "best val_acc" in middle and "left" in middle
+    # the whole scrollback holds the panel once: it was redrawn, never printed again
+    assert final.count("trials ended") == 1 and "10/10 trials ended" in final
+    assert "3 completed  3 stopped early  2 diverged  2 failed" in final
+    assert "printed while the view is live" in final and "driver done" in final
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_best_and_time_left_from_the_events():
+    clock, out = Clock(), io.StringIO()
+    view = LiveView(
+        10,
+        metric="val_loss",
+        mode="min",
+        stream=out,
+        interactive=False,
+        summary_every=1e9,
+        prior={"completed": 2},
+        clock=clock,
+    )
+    assert view.eta() is None and "estimated after the first" in view.summary()
+    view.started("a", {"train.lr": 0.1})
+    view.started("b", {"train.lr": 0.2})
+    clock.now += 30
+    view.ended("a", "completed", {"epoch": 5, "val_loss": 0.5})
+    view.ended("b", "diverged", {"epoch": 2, "val_loss": 0.1})  # diverged: never the best
+    assert view.done == 4 and view.best[:2] == (0.5, "a")
+    assert view.eta() == pytest.approx(6 / (2 / 30))  # 6 left at 2 trials per 30 s
+    assert "4/10 ended" in view.summary() and "~1:30 left" in view.summary()
+    assert (
+        out.getvalue().splitlines()[0]
+        == "[ 3/10] a completed after 5 epochs, val_loss 0.5000  lr=0.1"
+    )
+    with pytest.raises(ValueError, match="outcome must be one of"):
+        view.ended("c", "finished")

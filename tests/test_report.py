@@ -1,0 +1,386 @@
+"""`sweep report` on real sweeps of each search type, read back as a user would: the figures'
+artists (one line or point per trial), the page in a real headless Chromium, the artifacts on
+the MLflow parent run; and a 1,000-trial report against the clock."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from matplotlib.collections import LineCollection
+from mlflow.tracking import MlflowClient
+from PIL import Image
+from sklearn.datasets import make_classification
+
+from sweeps.naming import format_value, run_name
+from sweeps.readback import artifact_paths, latest_trials_page, run_url, trials_page_url
+from sweeps.report import SweepData, find_folder, load, write_report
+from sweeps.sections import lr_spread, rungs, sections, top_trials
+from sweeps.spec import sweep_spec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from browser import Chromium  # noqa: E402
+
+SWEEP = str(Path(sys.executable).with_name("sweep"))
+BASE = {"epochs": 4, "batch_size": 32, "optimizer": "sgd", "schedule": "constant"}
+CONFIGS = {
+    "grid": {  # 3 x 2 grid, two rates diverge: the heatmap and the diverged markers
+        "search": {"type": "grid"},
+        "space": {
+            "train.lr": {"grid": [0.001, 0.1, 1.0e30]},
+            "train.lambda": {"grid": [1.0e-4, 1.0e-2]},
+        },
+    },
+    "random": {
+        "search": {"type": "random", "num_samples": 6, "seed": 3},
+        "space": {
+            "train.lr": {"loguniform": [1.0e-3, 1.0]},
+            "train.lambda": {"loguniform": [1.0e-5, 1.0e-1]},
+            "model.loss": {"choice": ["softmax", "hinge"]},
+        },
+    },
+    "asha": {
+        "train": {**BASE, "epochs": 9},
+        "search": {"type": "asha", "num_samples": 8, "grace_period": 1, "reduction_factor": 3},
+        "space": {
+            "train.lr": {"loguniform": [1.0e-4, 10.0]},
+            "model.loss": {"choice": ["softmax", "hinge"]},
+        },
+    },
+}
+
+
+def make_data(folder: Path) -> None:
+    X, y = make_classification(
+        n_samples=300, n_features=8, n_informative=6, n_classes=3, random_state=0
+    )
+    np.savez(folder / "good.npz", X=X.astype("float32"), y=y)
+    np.savez(folder / "bad.npz", X=X.astype("float32"), y=y + 0.5)  # labels not integers
+
+
+def run_sweep(folder: Path, name: str, sections_: dict) -> subprocess.CompletedProcess:
+    doc = {"name": name, "data": {"source": "npz", "path": str(folder / "good.npz")}, "train": BASE}
+    doc |= sections_
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump(doc))
+    return subprocess.run(
+        [SWEEP, "run", f"{name}.yaml"], cwd=folder, capture_output=True, text=True, timeout=900
+    )
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("reports")
+    make_data(folder)
+    return folder
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def swept(request, workdir):
+    """A finished real sweep of one search type and its report written by `sweep report`."""
+    kind = request.param
+    done = run_sweep(workdir, kind, CONFIGS[kind])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    made = subprocess.run(
+        [SWEEP, "report", kind], cwd=workdir, capture_output=True, text=True, timeout=600
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
+    page = workdir / "runs" / kind / "report" / "index.html"
+    assert f"report: {page}" in made.stdout
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    data = load(find_folder(kind, workdir / "runs"), uri)
+    return kind, page, data, uri
+
+
+def figures_of(data: SweepData) -> dict:
+    return {shown.stem: shown.figure for sec in sections(data) for shown in sec.figures}
+
+
+def marks(ax) -> int:
+    """Points drawn per trial in a scatter: every collection but the chosen trial's star."""
+    return sum(len(c.get_offsets()) for c in ax.collections if c.get_gid() != "chosen")
+
+
+def segments(ax) -> int:
+    return sum(len(c.get_segments()) for c in ax.collections if isinstance(c, LineCollection))
+
+
+@pytest.mark.slow
+def test_every_figure_is_written_and_holds_each_trial(swept):
+    kind, page, data, _ = swept
+    n = len(data.table)
+    figs = figures_of(data)
+    expected = {"loss_top", "loss_by_lr", "metric_vs_lr", "parallel", "outcomes"}
+    expected |= {"grid": {"metric_vs_lam", "heatmap"}, "random": {"metric_vs_lam"}}.get(kind, set())
+    expected |= {"asha_rungs", "asha_curves"} if kind == "asha" else set()
+    assert expected <= set(figs), set(figs)
+    assert {p.stem for p in page.parent.glob("*.png")} == set(figs)  # each written as a PNG
+
+    for stem in (s for s in figs if s.startswith("metric_vs_")):
+        ax = figs[stem].axes[0]
+        assert marks(ax) == n  # one point per trial, diverged and failed ones included
+        assert ax.get_xscale() == "log" and ax.get_xlabel() and ax.get_ylabel() and ax.get_title()
+        assert ax.get_legend() is not None
+    assert segments(figs["parallel"].axes[0]) == n  # one polyline per trial
+
+    top = top_trials(data)
+    for ax in figs["loss_top"].axes[:2]:
+        assert [line.get_gid() for line in ax.get_lines()] == top
+        assert ax.get_yscale() == "log" and "epoch" in ax.get_xlabel()
+    spread = lr_spread(data)
+    panels = [ax for ax in figs["loss_by_lr"].axes if ax.get_visible()]
+    assert len(panels) == len(spread) >= 2
+    for ax, trial in zip(panels, spread):
+        assert [line.get_gid() for line in ax.get_lines()] == [trial, trial]  # train, val
+    lrs = data.table.set_index("trial_id").loc[spread, "train.lr"]
+    assert list(lrs) == sorted(lrs)  # low to high
+    if data.chosen in set(data.table[data.table["status"] != "error"]["trial_id"]):
+        assert data.chosen in spread
+
+    if kind == "grid":
+        image = figs["heatmap"].axes[0].images[0]
+        assert image.get_array().shape == (2, 3)  # lambda x lr
+        assert (data.table["status"] == "diverged").sum() == 2
+        diverged_cell = [t.get_text() for t in figs["heatmap"].axes[0].texts]
+        assert diverged_cell.count("diverged") == 2  # lr=1e30 for both lambdas
+    if kind == "asha":
+        assert segments(figs["asha_curves"].axes[0]) == n  # each curve ends where it stopped
+        stopped = data.table[data.table["status"] == "early_stopped"]
+        assert len(stopped) >= 1
+        bars = figs["asha_rungs"].axes[0].patches
+        assert len(bars) == 2 * len(rungs(data)) == 2 * 3  # rungs 1, 3, 9
+        assert bars[0].get_height() == n  # every trial reached the first rung
+
+
+@pytest.mark.slow
+def test_page_opens_in_chromium_with_every_image(swept, tmp_path):
+    kind, page, data, _ = swept
+    text = page.read_text()
+    pngs = sorted(p.name for p in page.parent.glob("*.png"))
+    assert text.count("src='data:image/png;base64,") == len(pngs)  # embedded, not linked
+    assert "http://" not in text.replace("http://127.0.0.1:5000/#/", "")  # no other address
+    with Chromium() as browser:
+        browser.open(page.as_uri())
+        images = browser.evaluate(
+            "Array.from(document.images).map(i => [i.dataset.file, i.complete, i.naturalWidth])"
+        )
+        assert sorted(f for f, _, _ in images) == pngs
+        assert all(complete and width > 0 for _, complete, width in images), images
+        assert browser.errors() == []
+        links = browser.evaluate("Array.from(document.links).map(a => a.href)")
+        shot = tmp_path / f"{kind}.png"
+        browser.screenshot(shot)
+    run_links = [a for a in links if "/runs/" in a and "searchFilter" not in a]
+    for run in data.runs.trials.values():  # every trial links to its MLflow run
+        assert run_url("http://127.0.0.1:5000", data.runs.experiment_id, run.run_id) in run_links
+    with Image.open(shot) as im:
+        assert im.height > 2000  # the whole page, not the first screen
+        colours = im.convert("RGB").resize((200, 400)).getcolors(maxcolors=100_000)
+        assert colours is not None and len(colours) > 50  # not blank
+
+
+@pytest.mark.slow
+def test_report_files_are_artifacts_of_the_parent_run(swept):
+    kind, page, data, uri = swept
+    parent = data.runs.parent.run_id
+    filed = {Path(p).name for p in artifact_paths(uri, parent, "report")}
+    assert filed == {p.name for p in page.parent.iterdir()}
+    assert "index.html" in filed
+
+
+@pytest.mark.slow
+def test_chosen_config_section_says_what_and_why(swept):
+    kind, page, data, _ = swept
+    text = page.read_text()
+    chosen = data.chosen
+    assert chosen == str(data.ranked.iloc[0]["trial_id"])
+    assert f">{chosen}</a>" in text and "test accuracy" in text
+    test_acc = data.runs.parent.metrics["best_test_acc"]
+    assert f"{test_acc:.4f}" in text
+    if kind == "random":  # the loss was searched: one row per loss, each with its test result
+        assert "softmax or hinge" in text
+        for loss in data.ranked["model.loss"].unique():
+            assert f"{data.runs.parent.metrics[f'best_{loss}_test_acc']:.4f}" in text
+    if kind == "grid":
+        assert "2 trial(s) diverged, all with a learning rate of 1e30 or more" in text
+
+
+@pytest.mark.slow
+def test_a_sweep_where_every_trial_failed_says_so_in_words(workdir):
+    done = run_sweep(
+        workdir,
+        "allbad",
+        {
+            "search": {"type": "grid", "max_failures": 0},
+            "space": {"data.path": {"grid": [str(workdir / "bad.npz")]}},
+        },
+    )
+    assert done.returncode == 1
+    made = subprocess.run([SWEEP, "report", "allbad"], cwd=workdir, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    text = (workdir / "runs/allbad/report/index.html").read_text()
+    assert "No trial finished" in text and "labels" in text  # the first error, in words
+    assert "<img" not in text and not list((workdir / "runs/allbad/report").glob("*.png"))
+
+
+def test_report_of_an_unknown_sweep_is_one_error_line(tmp_path):
+    done = subprocess.run([SWEEP, "report", "nope"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: no sweep nope") and len(done.stderr.splitlines()) == 1
+    assert not any(tmp_path.iterdir())
+
+
+def synthetic(n: int, seed: int = 0) -> SweepData:
+    """An ASHA sweep of ``n`` trials whose accuracy is set by the learning rate, with curves."""
+    rng = np.random.default_rng(seed)
+    doc = {
+        "name": "big",
+        "data": {"source": "digits"},
+        "train": {"epochs": 27},
+        "search": {"type": "asha", "num_samples": n, "grace_period": 1, "reduction_factor": 3},
+        "space": {
+            "train.lr": {"loguniform": [1e-4, 10.0]},
+            "train.lambda": {"loguniform": [1e-5, 1e-1]},
+            "model.loss": {"choice": ["softmax", "hinge"]},
+            "train.batch_size": {"choice": [32, 64, 128]},
+        },
+    }
+    lr = 10 ** rng.uniform(-4, 1, n)
+    acc = 0.95 - 0.08 * (np.log10(lr) + 1.5) ** 2 + rng.normal(0, 0.01, n)
+    epochs = rng.choice([1, 3, 9, 27], n, p=[0.6, 0.25, 0.1, 0.05])
+    status = np.where(epochs == 27, "completed", "early_stopped").astype(object)
+    status[lr > 5] = "diverged"
+    status[rng.choice(n, min(10, n // 4), replace=False)] = "error"
+    table = pd.DataFrame(
+        {
+            "trial_id": [f"big_{i:05d}" for i in range(n)],
+            "status": status,
+            "train.lr": lr,
+            "train.lambda": 10 ** rng.uniform(-5, -1, n),
+            "model.loss": rng.choice(["softmax", "hinge"], n),
+            "train.batch_size": rng.choice([32, 64, 128], n),
+            "epochs_run": epochs,
+            "final_val_acc": np.where(status == "error", np.nan, acc),
+            "final_val_loss": 1 - acc,
+            "final_train_acc": acc + 0.02,
+            "final_train_loss": 0.98 - acc,
+            "error": "",
+        }
+    )
+    has_curve = table[table["status"] != "error"]
+    rows = [
+        (t, e, 1.5 / e, 1.6 / e, a * (1 - 0.5 / e), 0.01)
+        for t, k, a in zip(
+            has_curve["trial_id"], has_curve["epochs_run"], has_curve["final_val_acc"]
+        )
+        for e in range(1, k + 1)
+    ]
+    curves = pd.DataFrame(
+        rows, columns=["trial_id", "epoch", "train_loss", "val_loss", "val_acc", "epoch_seconds"]
+    )
+    return SweepData(sweep_spec(doc), table, curves)
+
+
+def test_a_thousand_trials_are_reported_in_under_30_s(tmp_path):
+    data = synthetic(1000)
+    start = time.perf_counter()
+    page = write_report(data, tmp_path / "report")
+    seconds = time.perf_counter() - start
+    print(f"report of 1,000 trials written in {seconds:.1f} s")
+    assert seconds < 30
+    assert page.stat().st_size < 5_000_000
+    figs = figures_of(data)
+    assert segments(figs["parallel"].axes[0]) == 1000
+    assert marks(figs["metric_vs_lr"].axes[0]) == 1000
+    assert segments(figs["asha_curves"].axes[0]) == 990  # the 10 failed trials logged no epoch
+    importance = figs["importance"].axes[0]
+    bars = {
+        t.get_text(): p.get_width()
+        for t, p in zip(importance.get_yticklabels(), importance.patches)
+    }
+    assert max(bars, key=bars.get) == "learning rate (lr)"  # the metric was made from lr alone
+    assert "990 trials" in page.read_text()  # the importance note says what it rests on
+
+
+def test_importance_refuses_with_too_few_trials():
+    from sweeps.importance import importance
+
+    data = synthetic(8)
+    found = importance(data.table, ["train.lr"], ["train.lr"], data.metric)
+    assert isinstance(found, str) and "at least 12 trials" in found
+
+
+def test_run_names_read_like_the_searched_values():
+    params = {
+        "train.lr": 0.0312,
+        "model.loss": "hinge",
+        "train.lambda": 4.5e-5,
+        "train.batch_size": np.int64(128),
+    }
+    assert run_name(params) == "hinge lr=0.031 lam=4.5e-5 bs=128"
+    assert run_name({"train.lr": 1e30, "data.path": "/a/b/good.npz"}) == "lr=1e30 data=good.npz"
+    assert [format_value(v) for v in (730.2, 0.5, 0.004, 12345.0, 3)] == [
+        "730",
+        "0.5",
+        "4e-3",
+        "1.2e4",
+        "3",
+    ]
+    assert run_name({}) == "base config"
+
+
+def test_trials_page_url_filters_to_the_sweeps_children():
+    url = trials_page_url("http://h:5000", "7", "abc", "val_loss", ascending=True)
+    assert url.startswith("http://h:5000/#/experiments/7/runs?")
+    assert "searchFilter=tags.%60mlflow.parentRunId%60+%3D+%27abc%27" in url
+    assert "orderByKey=metrics.%60val_loss%60" in url and "orderByAsc=true" in url
+    assert "compareRunsMode=CHART" in url
+
+
+@pytest.mark.slow
+def test_the_trials_page_lists_every_trial_in_the_mlflow_ui(swept, tmp_path):
+    """The address `sweep ui` prints opens MLflow 3's training-runs page with the trials
+    listed flat (not under a collapsed parent), checked in a real browser."""
+    from tests.mlflow_server import free_port, serving
+
+    kind, _, data, uri = swept
+    if kind != "asha":
+        pytest.skip("one sweep is enough")
+    port = free_port()
+    mlflow = str(Path(sys.executable).with_name("mlflow"))
+    cmd = [
+        mlflow,
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    with serving(cmd, port, tmp_path) as base:
+        url = latest_trials_page(uri, None, base=base)
+        assert url is not None and f"/experiments/{data.runs.experiment_id}/runs?" in url
+        with Chromium(1400, 1000) as browser:
+            browser.open(url)
+            deadline, shown = time.monotonic() + 60, set()
+            while time.monotonic() < deadline and shown != set(data.runs.trials):
+                text = browser.evaluate("document.body.innerText") or ""
+                shown = {t for t in data.runs.trials if t in text}
+                time.sleep(0.5)
+            assert shown == set(data.runs.trials)
+            assert "Training runs" in browser.evaluate("document.body.innerText")
+
+
+def test_latest_trials_page_is_none_for_an_empty_store(tmp_path):
+    uri = f"sqlite:///{tmp_path}/empty.db"
+    MlflowClient(uri).create_experiment("other")
+    assert latest_trials_page(uri) is None
+    assert latest_trials_page(uri, "missing") is None
