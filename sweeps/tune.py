@@ -7,11 +7,13 @@ driver (this module's callback runs there), so one process writes the store.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +22,16 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables; w
 # Keeping few checkpoints forces frequent state snapshots; Ray warns each time. We accept it.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
-import pandas as pd  # noqa: E402
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
 from ray.tune.search.basic_variant import BasicVariantGenerator  # noqa: E402
 
 from sweeps.config import apply_sets  # noqa: E402
+from sweeps.layout import SweepFolder  # noqa: E402
 from sweeps.results import first_error_line, outcome  # noqa: E402
 from sweeps.spec import SweepSpec  # noqa: E402
-from sweeps.tracking import SweepTracker  # noqa: E402
+from sweeps.sync import Recorder  # noqa: E402
 from trainers.config import trial_config  # noqa: E402
 from trainers.data import Dataset, prepare  # noqa: E402
 from trainers.loop import Trial  # noqa: E402
@@ -37,8 +39,8 @@ from trainers.loop import Trial  # noqa: E402
 SEED_KEY = "train.seed"
 
 
-def can_resume(spec: SweepSpec) -> bool:
-    return spec.files.tuner_state.exists()
+def can_resume(files: SweepFolder) -> bool:
+    return files.tuner_state.exists()
 
 
 # ---------------------------------------------------------------- search space
@@ -96,37 +98,40 @@ def trainable(config: dict[str, Any], sections: dict[str, Any], cpus: float) -> 
 
 # ---------------------------------------------------------------- driver-side callback
 class TrackingCallback(tune.Callback):
-    """Forwards trial events to MLflow through a SweepTracker and prints a line per trial.
+    """Forwards trial events to the sweep's Recorder (folder, then MLflow); a line per trial.
 
-    Pickled with the tuner state: it keeps only how to reopen the tracker, whose run ids live
-    in a state file, so a restored sweep continues the same MLflow runs.
+    Ray pickles it into tuner.pkl and, on resume, uses that copy. So it carries nothing: a
+    folder moved since would send the events to the old place. It writes through the
+    recorder that ``fit`` installs for the time of the run, in this (the driver's) process.
     """
 
-    def __init__(self, tracking_uri: str, experiment: str, state_file: Path, spec: SweepSpec):
-        self.args = (tracking_uri, experiment, state_file)
-        self.sections, self.epochs = spec.sections, spec.trial.train.epochs
-        self._tracker: SweepTracker | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_tracker": None}
+    active: tuple[Recorder, SweepSpec] | None = None
 
     @property
-    def tracker(self) -> SweepTracker:
-        if self._tracker is None:
-            self._tracker = SweepTracker(*self.args)
-        return self._tracker
+    def recorder(self) -> Recorder:
+        if TrackingCallback.active is None:
+            raise RuntimeError("TrackingCallback outside fit()")
+        return TrackingCallback.active[0]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:  # tuner.pkl of an older version
+        pass
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.tracker.trial_started(trial.trial_id, resolved_config(self.sections, trial.config))
+        spec = TrackingCallback.active[1]
+        config = resolved_config(spec.sections, trial.config)
+        self.recorder.trial_started(trial.trial_id, dict(trial.config), config)
 
     def on_trial_result(self, iteration, trials, trial, result: dict, **info: Any) -> None:
-        self.tracker.trial_result(trial.trial_id, result)
+        self.recorder.trial_result(trial.trial_id, result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         metrics = trial.last_result or {}
-        epochs = trial.config.get("train.epochs", self.epochs)
+        epochs = trial.config.get("train.epochs", TrackingCallback.active[1].trial.train.epochs)
         end = outcome(metrics, epochs, error=None)
-        self.tracker.trial_ended(trial.trial_id, end, int(metrics.get("epoch", 0)))
+        self.recorder.trial_ended(trial.trial_id, end, int(metrics.get("epoch", 0)))
         print(
             f"  trial {trial.trial_id}: {end} after {metrics.get('epoch', 0)} epochs, "
             f"val_acc {metrics.get('val_acc', float('nan')):.4f}",
@@ -137,35 +142,27 @@ class TrackingCallback(tune.Callback):
         # Ray writes the error to the trial's local folder before calling back.
         error = Path(trial.error_file).read_text() if trial.error_file else "unknown error"
         epochs = int((trial.last_result or {}).get("epoch", 0))
-        self.tracker.trial_ended(trial.trial_id, "error", epochs, error=str(error))
+        self.recorder.trial_ended(trial.trial_id, "error", epochs, error=str(error))
         print(f"  trial {trial.trial_id}: FAILED: {first_error_line(error)}", flush=True)
 
 
+@contextlib.contextmanager
+def _recording(recorder: Recorder, spec: SweepSpec) -> Iterator[None]:
+    TrackingCallback.active = (recorder, spec)
+    try:
+        yield
+    finally:
+        TrackingCallback.active = None
+
+
 # ---------------------------------------------------------------- driver
-@dataclass
-class TrialRecord:
-    """What the driver needs of one finished (or interrupted) trial, free of Ray types."""
-
-    trial_id: str
-    params: dict[str, Any]  # the sampled values of the searched keys
-    history: pd.DataFrame | None  # one row per reported epoch
-    error: Any
-    checkpoint: Path | None  # the latest checkpoint folder
-
-
-def collect(grid: Any) -> list[TrialRecord]:
-    """The trials of a ResultGrid, with the ids and configs that the public Result lacks."""
-    trials = grid._experiment_analysis.trials  # same order as the grid's results
-    return [
-        TrialRecord(
-            trial_id=trial.trial_id,
-            params=dict(trial.config),
-            history=result.metrics_dataframe,
-            error=result.error,
-            checkpoint=Path(result.checkpoint.path) if result.checkpoint else None,
-        )
-        for trial, result in zip(trials, grid)
-    ]
+def checkpoints(grid: Any) -> dict[str, Path]:
+    """Each trial's latest checkpoint folder, by trial id, from the public Result fields."""
+    return {
+        result.metrics["trial_id"]: Path(result.checkpoint.path)
+        for result in grid
+        if result.checkpoint is not None and "trial_id" in result.metrics
+    }
 
 
 def connect() -> dict[str, float]:
@@ -184,10 +181,17 @@ def shutdown() -> None:
     ray.shutdown()
 
 
-def fit(spec: SweepSpec, callback: TrackingCallback, resources: dict[str, float], resume: bool):
-    """Run (or resume) the sweep to its end; returns Ray's ResultGrid.
+def fit(
+    spec: SweepSpec,
+    files: SweepFolder,
+    recorder: Recorder,
+    resources: dict[str, float],
+    resume: bool,
+) -> Any:
+    """Run (or resume) the sweep in ``files`` to its end; returns Ray's ResultGrid.
 
-    On resume Ray restores the callback pickled with the tuner, which reopens the same runs.
+    A resume restores Ray's state from the folder where it lies now (Ray takes its storage
+    path and experiment name from the path it restores), so a moved folder goes on in place.
     """
     wrapped = tune.with_resources(
         tune.with_parameters(trainable, sections=spec.sections, cpus=resources["cpu"]),
@@ -195,9 +199,16 @@ def fit(spec: SweepSpec, callback: TrackingCallback, resources: dict[str, float]
     )
     if resume:
         tuner = tune.Tuner.restore(
-            str(spec.files.ray), trainable=wrapped, resume_unfinished=True, resume_errored=True
+            str(files.ray), trainable=wrapped, resume_unfinished=True, resume_errored=True
         )
+    else:
+        tuner = new_tuner(spec, files, wrapped)
+    with _recording(recorder, spec):
         return tuner.fit()
+
+
+def new_tuner(spec: SweepSpec, files: SweepFolder, wrapped: Any) -> tune.Tuner:
+    """A Tuner for a new sweep, its state saved in ``files.ray``."""
     s = spec.search
     if s.type == "asha":
         scheduler = ASHAScheduler(
@@ -209,7 +220,7 @@ def fit(spec: SweepSpec, callback: TrackingCallback, resources: dict[str, float]
         )
     else:
         scheduler = FIFOScheduler()
-    tuner = tune.Tuner(
+    return tune.Tuner(
         wrapped,
         param_space=search_space(spec),
         tune_config=tune.TuneConfig(
@@ -221,9 +232,9 @@ def fit(spec: SweepSpec, callback: TrackingCallback, resources: dict[str, float]
             reuse_actors=True,  # ~0.2 s per trial instead of ~1 s, and the data stays loaded
         ),
         run_config=tune.RunConfig(
-            name=spec.files.ray.name,  # Ray syncs over files it finds beside its folder
-            storage_path=str(spec.folder),
-            callbacks=[callback],
+            name=files.ray.name,  # Ray syncs over files it finds beside its folder
+            storage_path=str(files.root),
+            callbacks=[TrackingCallback()],
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
             # Two, not one: Ray deletes the older checkpoint before its state snapshot names
             # the newer, so with one a SIGKILL in between leaves the state pointing at nothing.
@@ -231,4 +242,3 @@ def fit(spec: SweepSpec, callback: TrackingCallback, resources: dict[str, float]
             verbose=0,
         ),
     )
-    return tuner.fit()
