@@ -8,12 +8,13 @@ driver (this module's callback runs there), so one process writes the store.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import json
 import os
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -96,22 +97,39 @@ def trainable(config: dict[str, Any], sections: dict[str, Any], cpus: float) -> 
     trial.run(report)
 
 
-# ---------------------------------------------------------------- driver-side callback
+# ---------------------------------------------------------------- driver-side objects
+# Ray pickles the callback and the search algorithm into tuner.pkl and, on resume, uses those
+# copies: anything they kept from the first start (the folder's path, above all) would be
+# stale once the folder moved. So they keep nothing, and read the run's own from here, set by
+# ``fit`` for the time of the run, in this (the driver's) process.
+@dataclass
+class _Run:
+    recorder: Recorder
+    spec: SweepSpec
+    files: SweepFolder
+
+
+_active: _Run | None = None
+
+
+def _run() -> _Run:
+    if _active is None:
+        raise RuntimeError("used outside tune.fit()")
+    return _active
+
+
+@contextlib.contextmanager
+def _running(run: _Run) -> Iterator[None]:
+    global _active
+    _active = run
+    try:
+        yield
+    finally:
+        _active = None
+
+
 class TrackingCallback(tune.Callback):
-    """Forwards trial events to the sweep's Recorder (folder, then MLflow); a line per trial.
-
-    Ray pickles it into tuner.pkl and, on resume, uses that copy. So it carries nothing: a
-    folder moved since would send the events to the old place. It writes through the
-    recorder that ``fit`` installs for the time of the run, in this (the driver's) process.
-    """
-
-    active: tuple[Recorder, SweepSpec] | None = None
-
-    @property
-    def recorder(self) -> Recorder:
-        if TrackingCallback.active is None:
-            raise RuntimeError("TrackingCallback outside fit()")
-        return TrackingCallback.active[0]
+    """Forwards trial events to the sweep's Recorder (folder, then MLflow); a line per trial."""
 
     def __getstate__(self) -> dict[str, Any]:
         return {}
@@ -120,18 +138,19 @@ class TrackingCallback(tune.Callback):
         pass
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        spec = TrackingCallback.active[1]
-        config = resolved_config(spec.sections, trial.config)
-        self.recorder.trial_started(trial.trial_id, dict(trial.config), config)
+        run = _run()
+        config = resolved_config(run.spec.sections, trial.config)
+        run.recorder.trial_started(trial.trial_id, dict(trial.config), config)
 
     def on_trial_result(self, iteration, trials, trial, result: dict, **info: Any) -> None:
-        self.recorder.trial_result(trial.trial_id, result)
+        _run().recorder.trial_result(trial.trial_id, result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run = _run()
         metrics = trial.last_result or {}
-        epochs = trial.config.get("train.epochs", TrackingCallback.active[1].trial.train.epochs)
+        epochs = trial.config.get("train.epochs", run.spec.trial.train.epochs)
         end = outcome(metrics, epochs, error=None)
-        self.recorder.trial_ended(trial.trial_id, end, int(metrics.get("epoch", 0)))
+        run.recorder.trial_ended(trial.trial_id, end, int(metrics.get("epoch", 0)))
         print(
             f"  trial {trial.trial_id}: {end} after {metrics.get('epoch', 0)} epochs, "
             f"val_acc {metrics.get('val_acc', float('nan')):.4f}",
@@ -139,20 +158,38 @@ class TrackingCallback(tune.Callback):
         )
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        recorder = _run().recorder
+        if trial.trial_id not in recorder.history.trials:  # its actor failed to start
+            self.on_trial_start(iteration, trials, trial)
         # Ray writes the error to the trial's local folder before calling back.
         error = Path(trial.error_file).read_text() if trial.error_file else "unknown error"
         epochs = int((trial.last_result or {}).get("epoch", 0))
-        self.recorder.trial_ended(trial.trial_id, "error", epochs, error=str(error))
+        recorder.trial_ended(trial.trial_id, "error", epochs, error=str(error))
         print(f"  trial {trial.trial_id}: FAILED: {first_error_line(error)}", flush=True)
 
 
-@contextlib.contextmanager
-def _recording(recorder: Recorder, spec: SweepSpec) -> Iterator[None]:
-    TrackingCallback.active = (recorder, spec)
-    try:
-        yield
-    finally:
-        TrackingCallback.active = None
+class Variants(BasicVariantGenerator):
+    """Ray's generator of trials, restorable from a moved folder. Ray 2.60 moves the trials it
+    restores to the folder it restores from, but the trials this generator has yet to make
+    keep the storage of the folder it was saved in, and fail to write there."""
+
+    def restore_from_dir(self, dirpath: str) -> None:
+        super().restore_from_dir(dirpath)
+        repoint_unmade_trials(self, _run().files.ray)
+
+
+def repoint_unmade_trials(generator: BasicVariantGenerator, experiment: Path) -> None:
+    """The one use of Ray's private generator state (the moved-folder test fails if it goes):
+    each trial iterator's spec, and the specs of the variants it has drawn and not yet made
+    into trials, hold the StorageContext those trials get; point each at ``experiment`` the
+    way Ray's TuneController does for the trials it restores."""
+    for iterator in generator._iterators:
+        drawn = iterator.variants.iterable if iterator.variants is not None else []
+        for spec in [iterator.unresolved_spec, *(spec for _, spec in drawn)]:
+            storage = copy.copy(spec["storage"])
+            storage.storage_fs_path = str(experiment.parent)
+            storage.experiment_dir_name = experiment.name
+            spec["storage"] = storage
 
 
 # ---------------------------------------------------------------- driver
@@ -203,7 +240,7 @@ def fit(
         )
     else:
         tuner = new_tuner(spec, files, wrapped)
-    with _recording(recorder, spec):
+    with _running(_Run(recorder, spec, files)):
         return tuner.fit()
 
 
@@ -228,7 +265,7 @@ def new_tuner(spec: SweepSpec, files: SweepFolder, wrapped: Any) -> tune.Tuner:
             mode=s.mode,
             num_samples=s.num_samples,
             scheduler=scheduler,
-            search_alg=BasicVariantGenerator(random_state=s.seed, max_concurrent=s.max_concurrent),
+            search_alg=Variants(random_state=s.seed, max_concurrent=s.max_concurrent),
             reuse_actors=True,  # ~0.2 s per trial instead of ~1 s, and the data stays loaded
         ),
         run_config=tune.RunConfig(
