@@ -26,7 +26,7 @@ from sweeps.lock import SweepLock
 from sweeps.results import first_error_line, format_table, trial_row, write_csv
 from sweeps.spec import SweepSpec
 from sweeps.sync import Recorder, load_saved, sync  # noqa: F401 (load_saved: `sweep resume`)
-from sweeps.tracking import SweepTracker, check_store, read_state, resolve_tracking_uri
+from sweeps.tracking import SweepTracker, read_state, usable_store
 from trainers.config import ConfigError
 from trainers.data import prepare
 from trainers.loop import Trial
@@ -65,8 +65,7 @@ def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False) -> int:
     # A driver started in the background by a job script inherits SIGINT ignored: restore it.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     files = spec.files
-    tracking_uri = resolve_tracking_uri(spec.tracking_uri, Path.cwd())
-    check_store(tracking_uri)
+    tracking_uri = usable_store(spec.tracking_uri, Path.cwd())
     lock = SweepLock(files)
     try:
         history = None

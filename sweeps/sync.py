@@ -17,7 +17,7 @@ from sweeps.config import load_document
 from sweeps.history import RESULT_KEYS, HistoryFile, SweepHistory
 from sweeps.layout import DEFAULT_STORAGE, SweepFolder
 from sweeps.lock import SweepLock
-from sweeps.tracking import SweepTracker, check_store, resolve_tracking_uri
+from sweeps.tracking import SweepTracker, usable_store
 from trainers.config import ConfigError
 
 
@@ -110,8 +110,7 @@ def sync_folder(name: str, storage: str | Path, tracking_uri: str | None) -> int
         key, configured = "--tracking-uri", tracking_uri
     else:
         key, configured = "mlflow.tracking_uri", (doc.get("mlflow") or {}).get("tracking_uri")
-    uri = resolve_tracking_uri(configured, Path.cwd(), key)
-    check_store(uri, key)
+    uri = usable_store(configured, Path.cwd(), key)
     lock = SweepLock(files)
     lock.take()
     try:

@@ -70,6 +70,15 @@ def resolve_tracking_uri(configured: Any, workdir: Path, key: str = "mlflow.trac
     return f"sqlite:///{workdir.resolve()}/{DEFAULT_DB}"
 
 
+def usable_store(configured: Any, workdir: Path, key: str = "mlflow.tracking_uri") -> str:
+    """``resolve_tracking_uri``, then ``check_store``; errors name where the URI came from."""
+    uri = resolve_tracking_uri(configured, workdir, key)
+    if (configured is None or configured == "") and os.environ.get("MLFLOW_TRACKING_URI"):
+        key = "$MLFLOW_TRACKING_URI"
+    check_store(uri, key)
+    return uri
+
+
 def _absolute(uri: str, base: Path) -> str:
     if uri.startswith("sqlite:///"):
         path = uri[len("sqlite:///") :]
