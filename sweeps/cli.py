@@ -151,6 +151,28 @@ def add_report_parsers(sub: argparse._SubParsersAction) -> None:
     status.set_defaults(func=cmd_status)
 
 
+# ---------------------------------------------------------------- sweep sync (folder records)
+def cmd_sync(args: argparse.Namespace) -> int:
+    """Copy a sweep from its folder into an MLflow store; run twice, one copy."""
+    from sweeps.sync import sync_folder
+
+    return sync_folder(args.name, args.storage, args.tracking_uri)
+
+
+def add_sync_parser(sub: Any) -> None:
+    sync = sub.add_parser(
+        "sync", help="copy a sweep from its folder into an MLflow store (only what it lacks)"
+    )
+    sync.add_argument("name")
+    sync.add_argument("--storage", default="runs", help="folder holding the sweep (default runs)")
+    sync.add_argument(
+        "--tracking-uri",
+        help="the store to copy into (default: the sweep's own: its config's, else "
+        "$MLFLOW_TRACKING_URI, else ./mlflow.db)",
+    )
+    sync.set_defaults(func=cmd_sync)
+
+
 def describe(spec: Any) -> str:
     """What --dry-run prints: the resolved search and space, and the number of trials."""
     s = spec.search
@@ -201,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else ./mlflow.db")
     ui.set_defaults(func=cmd_ui)
 
-    add_report_parsers(sub)  # `sweep report`, `sweep status` (issue 10)
+    add_report_parsers(sub)  # `sweep report`, `sweep status`
+    add_sync_parser(sub)
     from sweeps.submit import add_parser as add_submit_parser  # `sweep submit`: SLURM jobs
 
     add_submit_parser(sub)

@@ -7,6 +7,9 @@ file is named in one place. It imports neither Ray nor MLflow (a login node read
 
 from __future__ import annotations
 
+import os
+import socket
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +38,25 @@ class SweepFolder:
 
     @property
     def state(self) -> Path:
-        """MLflow run ids (parent, trial -> run), so a resume continues the same runs."""
+        """MLflow run ids (parent, trial -> run) in the sweep's store: a cache, so a resume
+        reopens its runs without a search; runs are found again by their tags without it."""
         return self.root / "mlflow_runs.json"
+
+    @property
+    def history(self) -> Path:
+        """The sweep's own record, appended by the driver before each MLflow write: the sweep's
+        id and experiment, each trial's config, every reported epoch, each end. MLflow is a
+        copy of it (``sweep sync`` rebuilds the copy), so losing the store loses nothing."""
+        return self.root / "history.jsonl"
+
+    @property
+    def lock(self) -> Path:
+        """Locked (fcntl) by the one driver or sync working on the sweep; says who holds it."""
+        return self.root / "sweep.lock"
+
+    def staging(self) -> Path:
+        """Where a new sweep's folder is made, locked, before its rename to ``root``."""
+        return self.root.with_name(f".{self.name}.new-{socket.gethostname()}-{os.getpid()}")
 
     @property
     def results(self) -> Path:
@@ -66,3 +86,19 @@ class SweepFolder:
     def head_address(self) -> Path:
         """Workers mode: the Ray head's address, published for the worker jobs."""
         return self.root / "ray-head-address"
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why ``folder`` cannot be made (or written in), or None. Nothing is left behind: it
+    tries a temporary folder in the nearest existing ancestor, since permission bits mislead
+    (root passes every os.access check, /proc refuses anyway)."""
+    ancestor = Path(folder).resolve()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"{ancestor} is a file, not a folder"
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=ancestor, prefix=".sweeps-probe-"))
+    except OSError as err:
+        return f"cannot write in {ancestor} ({err.strerror})"
+    return None

@@ -1,8 +1,10 @@
 """Running a sweep end to end, on the driver.
 
-config -> spec (validated, nothing written yet) -> output folder and MLflow parent run ->
-Ray Tune trials (each reported to MLflow by the callback) -> results.csv -> the best
-config's one look at the test split -> the parent run closed with the best config.
+config -> spec (validated) -> every check that writes nothing: the tracking store answers,
+the storage can be written, the data fits, Ray can hold a trial -> the sweep folder, locked
+for the driver's life (one driver per sweep) -> the store given what the folder's record has
+and it lacks -> Ray Tune trials (each event recorded in the folder, then in MLflow) ->
+results.csv -> the best config's one look at the test split -> the parent run closed.
 """
 
 from __future__ import annotations
@@ -14,41 +16,22 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from sweeps import tune
-from sweeps.layout import DEFAULT_STORAGE, SweepFolder
-from sweeps.results import first_error_line, format_table, outcome, trial_row, write_csv
-from sweeps.spec import SweepSpec
-from sweeps.tracking import SweepTracker, resolve_tracking_uri
+from sweeps.history import HistoryFile, SweepHistory
+from sweeps.layout import SweepFolder, unwritable
+from sweeps.lock import SweepLock
+from sweeps.results import first_error_line, format_table, trial_row, write_csv
+from sweeps.spec import SweepSpec, check_data
+from sweeps.sync import Recorder, load_saved, sync  # noqa: F401 (load_saved: `sweep resume`)
+from sweeps.tracking import SweepTracker, read_state, usable_store
 from trainers.config import ConfigError
-from trainers.data import prepare
 from trainers.loop import Trial
 
 EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
-
-
-def preflight(spec: SweepSpec, resume: bool) -> bool:
-    """Every check that needs the disk or the data, before anything is written.
-
-    Returns whether there is a Ray state to resume: ``--resume`` on a sweep that never got
-    that far starts it, so a requeued SLURM job can always pass ``--resume``.
-    """
-    folder = spec.folder
-    can_resume = tune.can_resume(spec)
-    if not resume and folder.exists():
-        raise ConfigError(
-            f"{folder} already exists; continue it with --resume, or pick another --name"
-        )
-    sizes = spec.space.get("train.batch_size", {}).values()
-    largest = max([spec.trial.train.batch_size, *(v for args in sizes for v in args)])
-    smallest_train = min(len(ds.train.y) for ds in prepare(spec.trial.data))
-    if largest > smallest_train:
-        raise ConfigError(
-            f"train.batch_size must be <= the training split ({smallest_train} examples); "
-            f"got {largest}"
-        )
-    return can_resume
+ELIGIBLE = ("completed", "early_stopped")  # outcomes a best config can come from
 
 
 def sweep_params(spec: SweepSpec) -> dict[str, Any]:
@@ -64,87 +47,165 @@ def sweep_params(spec: SweepSpec) -> dict[str, Any]:
 
 
 def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False) -> int:
-    """Run or resume a sweep; returns the exit code."""
+    """Run or resume a sweep; returns the exit code. With ``resume``, a sweep whose folder
+    holds no Ray state yet starts, so a requeued SLURM job can always pass ``--resume``."""
     # A driver started in the background by a job script inherits SIGINT ignored: restore it.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    resume = preflight(spec, resume)
-    tracking_uri = resolve_tracking_uri(spec.tracking_uri, Path.cwd())
-    folder, files = spec.folder, spec.files
-    folder.mkdir(parents=True, exist_ok=True)
+    files = spec.files
+    tracking_uri = usable_store(spec.tracking_uri, Path.cwd())
+    lock = SweepLock(files)
+    try:
+        history = None
+        if files.root.exists():
+            claim(files, lock, resume)
+            history = HistoryFile(files.history).read(spec.name)  # damaged: refused now
+            read_state(files.state)
+        elif why := unwritable(files.root):
+            raise ConfigError(f"storage: {why}; set storage to a folder you can write")
+        resources = None
+        if history is None or not history.completed:  # a completed sweep needs no Ray
+            check_data(spec)  # every corner of the searched data keys
+            resources = trial_resources(spec, tune.connect(), local="RAY_ADDRESS" not in os.environ)
+        if not lock.held and not lock.create():
+            claim(files, lock, resume)  # another driver made the folder since we looked
+        return drive(spec, doc, files, tracking_uri, resources)
+    finally:
+        tune.shutdown()
+        lock.release()
+
+
+def claim(files: SweepFolder, lock: SweepLock, resume: bool) -> None:
+    """Lock an existing sweep folder to resume it; anything else is refused."""
+    if resume:
+        lock.take()
+        return
+    if files.lock.exists():  # say "already running" rather than "already exists" if so
+        lock.take()
+        lock.release()
+    raise ConfigError(
+        f"{files.root} already exists; continue it with --resume, or pick another --name"
+    )
+
+
+def drive(
+    spec: SweepSpec,
+    doc: dict[str, Any],
+    files: SweepFolder,
+    tracking_uri: str,
+    resources: dict[str, float] | None,
+) -> int:
+    """The locked part: records brought into MLflow, Ray's trials, the end of the sweep."""
     if not files.config.exists():
         files.config.write_text(yaml.safe_dump({**doc, "name": spec.name}))
-    tracker = SweepTracker(tracking_uri, spec.name, files.state)
-    tracker.start_sweep(sweep_params(spec))
-    print(f"sweep {spec.name}: {spec.num_trials()} trials, results in {folder}", flush=True)
-    print(f"MLflow: {tracking_uri} (experiment {spec.name})", flush=True)
-
+    record = HistoryFile(files.history)
+    history = record.read(spec.name)
+    tracker = SweepTracker(tracking_uri, history.experiment, files.state)
+    if history.started:
+        sync(history, tracker, files.best())  # a store deleted, moved or new gets the sweep
+    if history.completed:  # (then no Ray was started: resources is None)
+        print(f"sweep {spec.name} is complete, nothing to run; results in {files.results}")
+        return 0
+    recorder = Recorder(history, record, tracker)
+    fresh = not tune.can_resume(files)
+    recorder.start_sweep(sweep_params(spec), fresh=fresh)
+    print(f"sweep {spec.name}: {spec.num_trials()} trials, results in {files.root}", flush=True)
+    print(f"MLflow: {tracking_uri} (experiment {history.experiment})", flush=True)
     try:
-        resources = trial_resources(spec, tune.connect(), local="RAY_ADDRESS" not in os.environ)
         # SIGTERM (a scheduler's kill, `kill`) ends the sweep the way Ctrl-C does: state saved.
         # Installed after ray.init, which puts in a handler of its own that just exits.
         signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
-        callback = tune.TrackingCallback(tracking_uri, spec.name, files.state, spec)
-        records = tune.collect(tune.fit(spec, callback, resources, resume))
+        grid = tune.fit(spec, files, recorder, resources, resume=not fresh)
     except KeyboardInterrupt:
-        tracker.end_sweep("interrupted")
-        print(f"interrupted; continue with: sweep resume {spec.name}", flush=True)
-        return EXIT_INTERRUPTED
-    finally:
-        tune.shutdown()
-    # The callback's tracker recorded every trial's end; a fresh one reads what it wrote.
-    tracker = SweepTracker(tracking_uri, spec.name, files.state)
-    return finish(spec, tracker, records)
+        return interrupted(spec, recorder)
+    return finish(spec, files, recorder, tune.checkpoints(grid))
 
 
 def trial_resources(spec: SweepSpec, cluster: dict[str, float], local: bool) -> dict[str, float]:
-    """Per-trial resources; on a local Ray without GPUs, GPU trials fall back to the CPU.
-
-    On a cluster (RAY_ADDRESS set) GPU workers may join later, so the request stands.
-    """
-    gpu = spec.resources.gpu
+    """Per-trial resources. A local Ray is one node: a trial it cannot hold is refused (it
+    would wait forever), except GPU trials without a GPU, which fall back to the CPU. On a
+    cluster (RAY_ADDRESS set) nodes may join later, so the request stands."""
+    cpu, gpu = spec.resources.cpu, spec.resources.gpu
     if local and gpu > 0 and cluster.get("GPU", 0) == 0:
         print("no GPU in this Ray cluster: trials run on the CPU", flush=True)
         gpu = 0.0
-    return {"cpu": spec.resources.cpu, "gpu": gpu}
+    for key, want in (("cpu", cpu), ("gpu", gpu)):
+        have = cluster.get(key.upper(), 0)
+        if local and want > have:
+            raise ConfigError(
+                f"resources.{key} must be <= the {have:g} {key.upper()}s of this machine's Ray "
+                f"(no trial could start); got {want:g}"
+            )
+    return {"cpu": cpu, "gpu": gpu}
 
 
-def finish(spec: SweepSpec, tracker: SweepTracker, records: list[tune.TrialRecord]) -> int:
-    """results.csv, the test split for the best config, the parent run closed."""
-    files, search = spec.files, spec.search
-    # Ray marks every trial TERMINATED after a Ctrl-C, SIGTERM or SIGUSR1, so ask MLflow:
-    # a trial never started, or whose run is still open, means the sweep did not finish.
-    still_open = set(tracker.open_runs()) - {tracker.parent}
-    if still_open or len(tracker.trials) < spec.num_trials():
-        tracker.end_sweep("interrupted")
-        print(f"interrupted; continue with: sweep resume {spec.name}", flush=True)
-        return EXIT_INTERRUPTED
-    epochs = spec.trial.train.epochs
-    rows = []
-    for r in records:
-        last = r.history.iloc[-1].to_dict() if r.history is not None and len(r.history) else {}
-        status = outcome(last, int(r.params.get("train.epochs", epochs)), r.error)
-        rows.append(trial_row(r.trial_id, r.params, r.history, status, r.error))
-    table = write_csv(rows, search.metric, search.mode, files.results)
-    print(format_table(table, list(spec.space)), flush=True)
-
-    eligible = table[table["status"].isin(["completed", "early_stopped"])]
+# ---------------------------------------------------------------- the end of a sweep
+def finish(
+    spec: SweepSpec, files: SweepFolder, recorder: Recorder, checkpoints: dict[str, Path]
+) -> int:
+    """After Ray returns: interrupted, failed (no trial finished), or completed with a best."""
+    history = recorder.history
+    # Ray marks every trial TERMINATED after a Ctrl-C, SIGTERM or SIGUSR1, so ask the record:
+    # a trial never started, or started and never ended, means the sweep did not finish.
+    if not history.finished(spec.num_trials()):
+        return interrupted(spec, recorder)
+    table = write_results(spec, files, history)
+    eligible = table[table["status"].isin(ELIGIBLE)]
     if eligible.empty:
-        first = next((r.error for r in records if r.error is not None), None)
-        why = first_error_line(first) if first is not None else "every trial diverged"
-        tracker.end_sweep("failed")
-        print(f"error: no trial finished; first error: {why}", flush=True)
-        return EXIT_FAILED
+        return failed(recorder, history)
+    best = look_at_test(files, choose(spec, eligible), history, checkpoints)
+    recorder.end_sweep("completed", best=best, artifact_dir=files.best())
+    print(f"results: {files.results}; compare runs with: sweep ui", flush=True)
+    return 0
 
-    # The chosen config, and where the loss is searched the best of each loss, so the
-    # course's question (softmax or hinge?) is answered too: one look at test for each.
+
+def interrupted(spec: SweepSpec, recorder: Recorder) -> int:
+    recorder.end_sweep("interrupted")
+    print(f"interrupted; continue with: sweep resume {spec.name}", flush=True)
+    return EXIT_INTERRUPTED
+
+
+def failed(recorder: Recorder, history: SweepHistory) -> int:
+    first = next((t.end["error"] for t in history.trials.values() if t.end["error"]), None)
+    why = first_error_line(first) if first is not None else "every trial diverged"
+    recorder.end_sweep("failed")
+    print(f"error: no trial finished; first error: {why}", flush=True)
+    return EXIT_FAILED
+
+
+def write_results(spec: SweepSpec, files: SweepFolder, history: SweepHistory) -> pd.DataFrame:
+    """results.csv from the folder's record, best first; the top of it printed."""
+    rows = [
+        trial_row(trial_id, t.params, pd.DataFrame(t.results), t.end["outcome"], t.end["error"])
+        for trial_id, t in history.trials.items()
+    ]
+    table = write_csv(rows, spec.search.metric, spec.search.mode, files.results)
+    print(format_table(table, list(spec.space)), flush=True)
+    return table
+
+
+def choose(spec: SweepSpec, eligible: pd.DataFrame) -> dict[str, pd.Series]:
+    """The chosen config, and where the loss is searched the best of each loss, so the
+    course's question (softmax or hinge?) is answered too: one look at test for each."""
     chosen = {"best": eligible.iloc[0]}
     if "model.loss" in spec.space:
         chosen |= {loss: group.iloc[0] for loss, group in eligible.groupby("model.loss")}
-    metrics, best_trial = {}, None
+    return chosen
+
+
+def look_at_test(
+    files: SweepFolder,
+    chosen: dict[str, pd.Series],
+    history: SweepHistory,
+    checkpoints: dict[str, Path],
+) -> dict[str, Any]:
+    """Each chosen trial's model copied into the folder and measured once on the test split;
+    the best config with every label's validation and test metrics."""
+    metrics: dict[str, float] = {}
+    best: dict[str, Any] = {}
     for label, row in chosen.items():
-        record = next(r for r in records if r.trial_id == row["trial_id"])
+        trial_id = row["trial_id"]
         target = files.best(label)
-        shutil.copytree(record.checkpoint, target, dirs_exist_ok=True)
+        shutil.copytree(checkpoints[trial_id], target, dirs_exist_ok=True)
         trained = Trial.load(target)
         test = trained.evaluate("test")
         prefix = "" if label == "best" else f"{label}_"
@@ -153,29 +214,15 @@ def finish(spec: SweepSpec, tracker: SweepTracker, records: list[tune.TrialRecor
             f"{prefix}val_loss": float(row["final_val_loss"]),
         }
         metrics |= {f"{prefix}{k}": v for k, v in test.items()}
-        params = ", ".join(
-            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.params.items()
+        params = history.trials[trial_id].params
+        shown = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
         )
-        print(f"{label} trial {record.trial_id}: {params or 'the base config'}")
+        print(f"{label} trial {trial_id}: {shown or 'the base config'}")
         print(
             f"  val_acc {row['final_val_acc']:.4f}  test_acc {test['test_acc']:.4f}  "
             f"test_loss {test['test_loss']:.4f}"
         )
         if label == "best":
-            best_trial = (record, trained)
-    record, trained = best_trial
-    tracker.end_sweep(
-        "completed",
-        best={"trial_id": record.trial_id, "config": trained.cfg.flat(), "metrics": metrics},
-        artifact_dir=files.best(),
-    )
-    print(f"results: {files.results}; compare runs with: sweep ui", flush=True)
-    return 0
-
-
-def load_saved(name: str, storage: str = DEFAULT_STORAGE) -> dict[str, Any]:
-    """The config document a sweep was started with, for ``sweep resume NAME``."""
-    path = SweepFolder.of(storage, name).config
-    if not path.exists():
-        raise ConfigError(f"no sweep named {name} under {storage}/ ({path} is missing)")
-    return yaml.safe_load(path.read_text())
+            best = {"trial_id": trial_id, "config": trained.cfg.flat()}
+    return best | {"metrics": metrics}

@@ -1,24 +1,31 @@
 """Every MLflow call of the project: one parent run per sweep, one nested child run per trial.
 
-Used only from the sweep driver process (one writer, so a SQLite store is safe). It speaks to
-MLflow through ``MlflowClient`` with explicit run ids, never the fluent global-state API, and
-keeps those ids in a JSON state file so that a resumed sweep continues the same runs.
+Used from one process at a time per sweep (the driver, or ``sweep sync``, holding the sweep's
+lock), so a SQLite store is safe. It speaks to MLflow through ``MlflowClient`` with explicit
+run ids, never the fluent global-state API. Runs are found again by their tags (``sweep.id`` on
+the parent, ``sweep.trial_id`` on each child), so every write is "log what is missing": a
+resumed sweep continues the same runs, and a sweep copied twice into a store is there once.
+The ids are also kept in a JSON state file, a cache of the sweep's own store.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from sweeps.layout import DEFAULT_DB
+from sweeps.layout import DEFAULT_DB, unwritable
+from trainers.config import ConfigError
 from trainers.metrics import CURVES
 
 TRIAL_STATUS = {  # outcome -> MLflow run status
@@ -31,164 +38,319 @@ TRIAL_STATUS = {  # outcome -> MLflow run status
 EXPERIMENT_KIND = "mlflow.experimentKind"
 SWEEP_STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 BATCH = 100  # MLflow: at most 100 params or tags per log_batch
+METRIC_BATCH = 1000  # MLflow: at most 1000 metrics per log_batch
 PARAM_MAX = 6000  # MLflow: param values up to 6000 characters
 TAG_MAX = 8000  # MLflow: tag values up to 8000 characters
 ERROR_MAX = 5000  # characters of an error's full text kept in the sweep.error tag
 NOTHING = -1  # "no epoch logged yet"
+SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+URI_FORMS = "sqlite:///PATH, a path ending in .db, or http(s)://HOST[:PORT]"
+PROBE_TIMEOUT_S = 5  # a store that has not answered by then is reported, not retried
+WHY = {  # urllib3's cause of a failed request -> words
+    "NewConnectionError": "connection refused",
+    "ConnectTimeoutError": f"no answer within {PROBE_TIMEOUT_S} s",
+    "ReadTimeoutError": f"no answer within {PROBE_TIMEOUT_S} s",
+    "NameResolutionError": "unknown host",
+}
 
 
-def resolve_tracking_uri(configured: str | None, workdir: Path) -> str:
-    """The sweep config's ``mlflow.tracking_uri``, else $MLFLOW_TRACKING_URI, else a SQLite
-    database in ``workdir``. Relative paths in the configured URI are made absolute against
-    ``workdir`` (the environment's against the current directory): trials and the UI run
-    elsewhere. A bare path ending in .db/.sqlite means a SQLite database."""
-    if configured:
-        return _absolute(configured, workdir)
+def resolve_tracking_uri(configured: Any, workdir: Path, key: str = "mlflow.tracking_uri") -> str:
+    """The sweep config's ``mlflow.tracking_uri`` (``key`` names where it came from), else
+    $MLFLOW_TRACKING_URI, else a SQLite database in ``workdir``. Relative paths in the
+    configured URI are made absolute against ``workdir`` (the environment's against the
+    current directory): trials and the UI run elsewhere. A bare path ending in .db/.sqlite
+    means a SQLite database. Any other form is a ConfigError naming ``key``."""
+    if configured is not None and configured != "":
+        if not isinstance(configured, str):
+            raise ConfigError(f"{key} must be {URI_FORMS}; got {configured!r}")
+        return _checked(_absolute(configured, workdir), key, configured)
     if os.environ.get("MLFLOW_TRACKING_URI"):
-        return _absolute(os.environ["MLFLOW_TRACKING_URI"], Path.cwd())
+        env = os.environ["MLFLOW_TRACKING_URI"]
+        return _checked(_absolute(env, Path.cwd()), "$MLFLOW_TRACKING_URI", env)
     return f"sqlite:///{workdir.resolve()}/{DEFAULT_DB}"
+
+
+def usable_store(configured: Any, workdir: Path, key: str = "mlflow.tracking_uri") -> str:
+    """``resolve_tracking_uri``, then ``check_store``; errors name where the URI came from."""
+    uri = resolve_tracking_uri(configured, workdir, key)
+    if (configured is None or configured == "") and os.environ.get("MLFLOW_TRACKING_URI"):
+        key = "$MLFLOW_TRACKING_URI"
+    check_store(uri, key)
+    return uri
 
 
 def _absolute(uri: str, base: Path) -> str:
     if uri.startswith("sqlite:///"):
         path = uri[len("sqlite:///") :]
         return uri if path.startswith("/") else f"sqlite:///{base.resolve() / path}"
-    if "://" in uri or uri.startswith(("file:", "databricks")):
-        return uri  # a server, a database or an explicit file URI: leave it as given
+    if "://" in uri or uri.startswith("file:"):
+        return uri  # a server or a file URI: checked as given
     path = (base / Path(uri).expanduser()).resolve()
-    return f"sqlite:///{path}" if path.suffix in (".db", ".sqlite", ".sqlite3") else str(path)
+    return f"sqlite:///{path}" if path.suffix in SQLITE_SUFFIXES else uri
+
+
+def _checked(uri: str, key: str, given: str) -> str:
+    parts = urlsplit(uri)
+    if parts.scheme == "sqlite" and len(uri) > len("sqlite:///"):
+        return uri
+    if parts.scheme in ("http", "https") and parts.hostname:
+        with contextlib.suppress(ValueError):  # a port out of range or not a number
+            parts.port  # noqa: B018
+            return uri
+    hint = ""
+    if parts.scheme in ("", "file"):
+        hint = " (a folder is a file store, which MLflow 3 refuses)"
+    raise ConfigError(f"{key} must be {URI_FORMS}; got {given!r}{hint}")
+
+
+def check_store(uri: str, key: str = "mlflow.tracking_uri") -> None:
+    """Ask the store, within a few seconds and without writing to it, whether it can take the
+    sweep: a SQLite file that can be written (or made), a server that answers."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///") :].split("?")[0])
+        why = None
+        if db.exists():
+            try:
+                with open(db, "r+b"):  # opened for writing, nothing written
+                    pass
+            except OSError as err:
+                why = err.strerror
+        elif not db.parent.is_dir():
+            why = f"no folder {db.parent}"
+        else:
+            why = unwritable(db.parent)  # SQLite makes the file there
+        if why:
+            raise ConfigError(f"{key}: cannot use the SQLite store {db}: {why}")
+        return
+    fast = {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(PROBE_TIMEOUT_S),
+    }
+    with _environ(**fast):
+        try:
+            MlflowClient(uri).search_experiments(max_results=1)
+        except MlflowException as err:
+            raise ConfigError(
+                f"{key}: no MLflow server answers at {uri} ({_why(err)}); start it or fix the URI"
+            ) from None
+
+
+def _why(err: MlflowException) -> str:
+    text = str(err)
+    cause = re.search(r"Caused by (\w+)", text)
+    if cause and cause.group(1) in WHY:
+        return WHY[cause.group(1)]
+    return text.strip().splitlines()[0][:200] if text.strip() else type(err).__name__
+
+
+@contextlib.contextmanager
+def _environ(**values: str) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """The state file's run ids ({} when there is none); a damaged one is a ConfigError."""
+    if not path.exists():
+        return {}
+    try:
+        state = json.loads(path.read_text())
+        if not (isinstance(state, dict) and isinstance(state.get("trials", {}), dict)):
+            raise ValueError(path)
+    except (ValueError, UnicodeDecodeError):
+        raise ConfigError(
+            f"{path} is damaged (not the JSON of the sweep's MLflow run ids); delete it and "
+            "try again: the runs are found again by their tags"
+        ) from None
+    return state
 
 
 class SweepTracker:
-    """All MLflow writes of one sweep: one parent run, one nested child run per trial.
+    """All MLflow writes of one sweep in one store: a parent run, a nested child run per trial.
 
-    Run ids persist in ``state_file`` (JSON ``{"experiment_id", "parent", "trials":
-    {trial_id: run_id}}``, written atomically) so a resumed sweep reopens its runs.
+    The parent is found by the state file's id, else by its ``sweep.id`` tag, else made; the
+    children by their parent and ``sweep.trial_id`` tag. With ``state_file`` the ids are kept
+    there (JSON ``{"experiment_id", "parent", "trials": {trial_id: run_id}}``, written
+    atomically); ``sweep sync`` into another store passes none.
     """
 
-    def __init__(self, tracking_uri: str, experiment: str, state_file: Path) -> None:
+    def __init__(self, tracking_uri: str, experiment: str, state_file: Path | None = None) -> None:
         # over HTTP, set_terminated prints two "View run" lines per run to stdout
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.client = MlflowClient(tracking_uri)
         self.experiment = experiment
-        self.state_file = Path(state_file)
-        found = self.client.get_experiment_by_name(experiment)
-        if found is not None:
-            self.experiment_id = found.experiment_id
-        else:  # a local SQLite store keeps artifacts beside its database, not in the cwd
-            location = None
-            if tracking_uri.startswith("sqlite:///"):
-                db_dir = Path(tracking_uri[len("sqlite:///") :].split("?")[0]).resolve().parent
-                location = (db_dir / "mlartifacts" / re.sub(r"[^\w.-]", "_", experiment)).as_uri()
-            self.experiment_id = self.client.create_experiment(experiment, location)
-            # The MLflow 3 UI opens an experiment on its GenAI pages unless told otherwise.
-            self.client.set_experiment_tag(
-                self.experiment_id, EXPERIMENT_KIND, "custom_model_development"
-            )
-        state = json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
+        self.state_file = Path(state_file) if state_file else None
+        state = read_state(self.state_file) if self.state_file else {}
+        self.experiment_id = self._experiment_id(tracking_uri)
         self.parent: str | None = state.get("parent")
-        self.trials: dict[str, str] = dict(state.get("trials", {}))
+        self.trials: dict[str, str] = dict(state.get("trials", {}))  # trial id -> run id
+        self.ended: dict[str, str] = {}  # trial id -> outcome, for runs no longer RUNNING
         self.last_epoch: dict[str, int] = {}  # run id -> last epoch logged
+        self.created = 0  # runs this tracker made
+        self.logged = 0  # epochs (all their curves) this tracker logged
+
+    def _experiment_id(self, tracking_uri: str) -> str:
+        found = self.client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            return found.experiment_id
+        location = None  # a local SQLite store keeps artifacts beside its database, not the cwd
+        if tracking_uri.startswith("sqlite:///"):
+            db_dir = Path(tracking_uri[len("sqlite:///") :].split("?")[0]).resolve().parent
+            name = re.sub(r"[^\w.-]", "_", self.experiment)
+            location = (db_dir / "mlartifacts" / name).as_uri()
+        experiment_id = self.client.create_experiment(self.experiment, location)
+        # The MLflow 3 UI opens an experiment on its GenAI pages unless told otherwise.
+        self.client.set_experiment_tag(experiment_id, EXPERIMENT_KIND, "custom_model_development")
+        return experiment_id
 
     # ------------------------------------------------------------------ the sweep
-    def start_sweep(self, params: dict[str, str | int | float]) -> str:
-        """Create the parent run and log ``params``, or reopen the parent of a resumed sweep."""
-        if self.parent and self._exists(self.parent):
-            self.client.update_run(self.parent, status="RUNNING")
-            self._log_tags(self.parent, {"sweep.status": "running"})
-        else:  # first start, or the state names a run this store does not have
-            tags = {"sweep.role": "parent", "sweep.status": "running"}
-            run = self.client.create_run(self.experiment_id, tags=tags, run_name=self.experiment)
-            self.parent = run.info.run_id
-            self.trials = {}
-            self._save()
-        self._log_new_params(self.parent, params)
+    def open_sweep(self, params: dict[str, Any], sweep_id: str = "") -> str:
+        """Find the sweep's parent run in this store, or create it; log params it lacks.
+        Its status is left as it is (a new one is RUNNING)."""
+        run = self._active(self.parent) if self.parent else None
+        if run is not None and sweep_id and run.data.tags.get("sweep.id", sweep_id) != sweep_id:
+            run = None  # the state names another sweep's run
+        if run is None and sweep_id:
+            run = self._find_parent(sweep_id)
+        if run is None:
+            tags = {"sweep.role": "parent", "sweep.status": "running", "sweep.id": sweep_id}
+            run = self.client.create_run(
+                self.experiment_id,
+                tags={k: v for k, v in tags.items() if v},
+                run_name=self.experiment,
+            )
+            self.created += 1
+        elif sweep_id:
+            self._set_tags(run, {"sweep.id": sweep_id})
+        self.parent = run.info.run_id
+        self._read_children()
+        self._save()
+        self._log_new_params(self.parent, params, run.data.params)
         return self.parent
+
+    def start_sweep(self, params: dict[str, Any], sweep_id: str = "") -> str:
+        """``open_sweep``, then mark it RUNNING: a driver works on it."""
+        parent = self.open_sweep(params, sweep_id)
+        self.client.update_run(parent, status="RUNNING")
+        self._log_tags(parent, {"sweep.status": "running"})
+        return parent
 
     def end_sweep(
         self, status: str, best: dict[str, Any] | None = None, artifact_dir: Path | None = None
     ) -> None:
         """Record the best trial on the parent, end every child still RUNNING (KILLED,
         sweep.status=interrupted), then end the parent: completed -> FINISHED,
-        failed -> FAILED, interrupted -> KILLED."""
+        failed -> FAILED, interrupted -> KILLED. Writes only what the store lacks."""
         parent = self._parent()
+        run = self.client.get_run(parent)
         if best is not None:
-            self.client.log_dict(parent, best, "best_config.json")
-            tags = {"best.trial_id": best.get("trial_id", "")}
-            tags |= {f"best.{k}": v for k, v in best.get("config", {}).items()}
-            self._log_tags(parent, tags)
-            now = _now()
-            metrics = [
-                Metric(f"best_{k}", float(v), now, 0)
-                for k, v in best.get("metrics", {}).items()
-                if isinstance(v, int | float) and not isinstance(v, bool)
-            ]
-            for i in range(0, len(metrics), BATCH):
-                self.client.log_batch(parent, metrics=metrics[i : i + BATCH])
-        if artifact_dir is not None:
-            self.client.log_artifacts(parent, str(artifact_dir), "best_model")
+            self._record_best(run, best, artifact_dir)
         by_run = {run_id: trial for trial, run_id in self.trials.items()}
         for run_id in self.open_runs():
             if run_id != parent:
                 trial = by_run.get(run_id)
-                if trial is None:  # a child made before a crash, missing from the state
+                if trial is None:  # a child made by another process since we looked
                     trial = self.client.get_run(run_id).data.tags.get("sweep.trial_id", run_id)
                     self.trials[trial] = run_id
                 self.trial_ended(trial, "interrupted", max(self._last(run_id), 0))
-        self._log_tags(parent, {"sweep.status": status})
-        self.client.set_terminated(parent, SWEEP_STATUS[status])
+        run = self.client.get_run(parent)
+        self._set_tags(run, {"sweep.status": status})
+        if run.info.status != SWEEP_STATUS[status] or run.info.end_time is None:
+            self.client.set_terminated(parent, SWEEP_STATUS[status])
+
+    def _record_best(self, run: Run, best: dict[str, Any], artifact_dir: Path | None) -> None:
+        parent = run.info.run_id
+        stored = {a.path for a in self.client.list_artifacts(parent)}
+        if "best_config.json" not in stored:
+            self.client.log_dict(parent, best, "best_config.json")
+        tags = {"best.trial_id": best.get("trial_id", "")}
+        self._set_tags(run, tags | {f"best.{k}": v for k, v in best.get("config", {}).items()})
+        now = _now()
+        metrics = [
+            Metric(f"best_{k}", float(v), now, 0)
+            for k, v in best.get("metrics", {}).items()
+            if isinstance(v, int | float)
+            and not isinstance(v, bool)
+            and f"best_{k}" not in run.data.metrics
+        ]
+        for i in range(0, len(metrics), METRIC_BATCH):
+            self.client.log_batch(parent, metrics=metrics[i : i + METRIC_BATCH])
+        if artifact_dir is not None and "best_model" not in stored:
+            self.client.log_artifacts(parent, str(artifact_dir), "best_model")
 
     def open_runs(self) -> list[str]:
         """Ids of this sweep's runs (parent and children) whose status is RUNNING."""
         if not self.parent:
             return []
         found = [self.parent] if self.client.get_run(self.parent).info.status == "RUNNING" else []
-        query = f"tags.`mlflow.parentRunId` = '{self.parent}' and attributes.status = 'RUNNING'"
-        token = None
-        while True:
-            page = self.client.search_runs([self.experiment_id], query, page_token=token)
-            found += [run.info.run_id for run in page]
-            token = page.token
-            if not token:
-                return found
+        running = "attributes.status = 'RUNNING'"
+        return found + [r.info.run_id for r in self._children(running)]
 
     # ------------------------------------------------------------------ the trials
+    def ensure_trial(self, trial_id: str, config: dict[str, Any]) -> str:
+        """The trial's child run, created (RUNNING) if this store lacks it; params it lacks."""
+        run_id = self.trials.get(trial_id)
+        if run_id is not None:
+            self._log_new_params(run_id, config)
+            return run_id
+        tags = {"mlflow.parentRunId": self._parent(), "sweep.trial_id": trial_id}
+        run = self.client.create_run(
+            self.experiment_id, tags=tags | {"sweep.status": "running"}, run_name=trial_id
+        )
+        run_id = self.trials[trial_id] = run.info.run_id
+        self.created += 1
+        self.last_epoch[run_id] = NOTHING
+        self._save()
+        self._log_new_params(run_id, config, {})
+        return run_id
+
     def trial_started(self, trial_id: str, config: dict[str, Any]) -> None:
         """Create the trial's child run with its config as params, or reopen it on resume."""
-        run_id = self.trials.get(trial_id)
-        if run_id is not None and self._exists(run_id):
+        known = trial_id in self.trials
+        run_id = self.ensure_trial(trial_id, config)
+        if known:
             self.client.update_run(run_id, status="RUNNING")
             self._log_tags(run_id, {"sweep.status": "running"})
             self.last_epoch[run_id] = self._read_last_epoch(run_id)
-        else:
-            tags = {
-                "mlflow.parentRunId": self._parent(),
-                "sweep.trial_id": trial_id,
-                "sweep.status": "running",
-            }
-            run = self.client.create_run(self.experiment_id, tags=tags, run_name=trial_id)
-            run_id = self.trials[trial_id] = run.info.run_id
-            self.last_epoch[run_id] = NOTHING
-            self._save()
-        self._log_new_params(run_id, config)
+        self.ended.pop(trial_id, None)
 
     def trial_result(self, trial_id: str, metrics: dict[str, Any]) -> None:
         """Log one epoch's curves at step = epoch; replayed or diverged epochs are skipped."""
+        self.log_results(trial_id, [metrics])
+
+    def log_results(self, trial_id: str, results: list[dict[str, Any]]) -> None:
+        """Log the curves of the epochs the run lacks (step = epoch), batched. A diverged
+        result repeats the last finite values: no point, a sweep.diverged tag."""
         run_id = self._child(trial_id)
-        if metrics.get("diverged"):  # it repeats the last finite values: no new point
+        last, points, diverged = self._last(run_id), [], False
+        for m in results:
+            if m.get("diverged"):
+                diverged = True
+                continue
+            epoch = int(m["epoch"])
+            if epoch <= last:
+                continue
+            at = int(m.get("time") or _now())
+            points += [
+                Metric(k, float(m[k]), at, epoch)
+                for k in CURVES
+                if isinstance(m.get(k), int | float) and not isinstance(m[k], bool)
+            ]
+            last = epoch
+            self.logged += 1
+        for i in range(0, len(points), METRIC_BATCH):
+            self.client.log_batch(run_id, metrics=points[i : i + METRIC_BATCH])
+        self.last_epoch[run_id] = last
+        if diverged:
             self._log_tags(run_id, {"sweep.diverged": "true"})
-            return
-        epoch = int(metrics["epoch"])
-        if epoch <= self._last(run_id):
-            return
-        now = _now()
-        points = [
-            Metric(k, float(metrics[k]), now, epoch)
-            for k in CURVES
-            if isinstance(metrics.get(k), int | float) and not isinstance(metrics[k], bool)
-        ]
-        self.client.log_batch(run_id, metrics=points)
-        self.last_epoch[run_id] = epoch
 
     def trial_ended(
         self, trial_id: str, outcome: str, epochs_run: int, error: str | None = None
@@ -206,11 +368,12 @@ class SweepTracker:
             tags["sweep.error"] = first if full.strip() == first else f"{first}\n\n{full}"
         self._log_tags(run_id, tags)
         self.client.set_terminated(run_id, TRIAL_STATUS[outcome])
+        self.ended[trial_id] = outcome
 
     # ------------------------------------------------------------------ helpers
     def _parent(self) -> str:
         if not self.parent:
-            raise RuntimeError("start_sweep() must be called before logging trials")
+            raise RuntimeError("open_sweep() must be called before logging trials")
         return self.parent
 
     def _child(self, trial_id: str) -> str:
@@ -218,13 +381,50 @@ class SweepTracker:
             raise KeyError(f"trial {trial_id} has no run: call trial_started() first")
         return self.trials[trial_id]
 
-    def _exists(self, run_id: str) -> bool:
+    def _active(self, run_id: str) -> Run | None:
+        """The run, unless this store lacks it or it was deleted."""
         try:
-            return self.client.get_run(run_id).info.lifecycle_stage == "active"
+            run = self.client.get_run(run_id)
         except MlflowException as e:  # only "no such run"; a server outage must not fork runs
             if e.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return False
+                return None
             raise
+        return run if run.info.lifecycle_stage == "active" else None
+
+    def _find_parent(self, sweep_id: str) -> Run | None:
+        query = f"tags.`sweep.id` = '{sweep_id}' and tags.`sweep.role` = 'parent'"
+        found = self.client.search_runs(
+            [self.experiment_id], query, max_results=1, order_by=["attributes.start_time ASC"]
+        )
+        return found[0] if found else None
+
+    def _children(self, extra: str = "") -> Iterator[Run]:
+        """The parent's child runs (oldest first), page by page."""
+        query = f"tags.`mlflow.parentRunId` = '{self._parent()}'" + (
+            f" and {extra}" if extra else ""
+        )
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id],
+                query,
+                order_by=["attributes.start_time ASC"],
+                page_token=token,
+            )
+            yield from page
+            token = page.token
+            if not token:
+                return
+
+    def _read_children(self) -> None:
+        self.trials, self.ended = {}, {}
+        for run in self._children():
+            trial = run.data.tags.get("sweep.trial_id")
+            if trial is None or trial in self.trials:  # the oldest of a trial's runs is its own
+                continue
+            self.trials[trial] = run.info.run_id
+            if run.info.status != "RUNNING":
+                self.ended[trial] = run.data.tags.get("sweep.status", "")
 
     def _last(self, run_id: str) -> int:
         if run_id not in self.last_epoch:
@@ -235,12 +435,21 @@ class SweepTracker:
         history = self.client.get_metric_history(run_id, "val_loss")
         return max((m.step for m in history), default=NOTHING)
 
-    def _log_new_params(self, run_id: str, params: dict[str, Any]) -> None:
+    def _log_new_params(
+        self, run_id: str, params: dict[str, Any], have: dict[str, str] | None = None
+    ) -> None:
         """Params are immutable in MLflow: log only keys the run does not have yet."""
-        have = self.client.get_run(run_id).data.params
+        have = self.client.get_run(run_id).data.params if have is None else have
         new = [Param(k, str(v)[:PARAM_MAX]) for k, v in params.items() if k not in have]
         for i in range(0, len(new), BATCH):
             self.client.log_batch(run_id, params=new[i : i + BATCH])
+
+    def _set_tags(self, run: Run, tags: dict[str, Any]) -> None:
+        """Log the tags whose value the run does not have already."""
+        have = run.data.tags
+        self._log_tags(
+            run.info.run_id, {k: v for k, v in tags.items() if have.get(k) != str(v)[:TAG_MAX]}
+        )
 
     def _log_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         items = [RunTag(k, str(v)[:TAG_MAX]) for k, v in tags.items()]
@@ -248,6 +457,8 @@ class SweepTracker:
             self.client.log_batch(run_id, tags=items[i : i + BATCH])
 
     def _save(self) -> None:
+        if self.state_file is None:
+            return
         state = {"experiment_id": self.experiment_id, "parent": self.parent, "trials": self.trials}
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state_file.with_name(self.state_file.name + ".tmp")

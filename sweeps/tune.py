@@ -7,10 +7,13 @@ driver (this module's callback runs there), so one process writes the store.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import functools
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,16 +23,16 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables; w
 # Keeping few checkpoints forces frequent state snapshots; Ray warns each time. We accept it.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
-import pandas as pd  # noqa: E402
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
 from ray.tune.search.basic_variant import BasicVariantGenerator  # noqa: E402
 
 from sweeps.config import apply_sets  # noqa: E402
+from sweeps.layout import SweepFolder  # noqa: E402
 from sweeps.results import first_error_line, outcome  # noqa: E402
 from sweeps.spec import SweepSpec  # noqa: E402
-from sweeps.tracking import SweepTracker  # noqa: E402
+from sweeps.sync import Recorder  # noqa: E402
 from trainers.config import trial_config  # noqa: E402
 from trainers.data import Dataset, prepare  # noqa: E402
 from trainers.loop import Trial  # noqa: E402
@@ -37,8 +40,8 @@ from trainers.loop import Trial  # noqa: E402
 SEED_KEY = "train.seed"
 
 
-def can_resume(spec: SweepSpec) -> bool:
-    return spec.files.tuner_state.exists()
+def can_resume(files: SweepFolder) -> bool:
+    return files.tuner_state.exists()
 
 
 # ---------------------------------------------------------------- search space
@@ -94,39 +97,60 @@ def trainable(config: dict[str, Any], sections: dict[str, Any], cpus: float) -> 
     trial.run(report)
 
 
-# ---------------------------------------------------------------- driver-side callback
+# ---------------------------------------------------------------- driver-side objects
+# Ray pickles the callback and the search algorithm into tuner.pkl and, on resume, uses those
+# copies: anything they kept from the first start (the folder's path, above all) would be
+# stale once the folder moved. So they keep nothing, and read the run's own from here, set by
+# ``fit`` for the time of the run, in this (the driver's) process.
+@dataclass
+class _Run:
+    recorder: Recorder
+    spec: SweepSpec
+    files: SweepFolder
+
+
+_active: _Run | None = None
+
+
+def _run() -> _Run:
+    if _active is None:
+        raise RuntimeError("used outside tune.fit()")
+    return _active
+
+
+@contextlib.contextmanager
+def _running(run: _Run) -> Iterator[None]:
+    global _active
+    _active = run
+    try:
+        yield
+    finally:
+        _active = None
+
+
 class TrackingCallback(tune.Callback):
-    """Forwards trial events to MLflow through a SweepTracker and prints a line per trial.
-
-    Pickled with the tuner state: it keeps only how to reopen the tracker, whose run ids live
-    in a state file, so a restored sweep continues the same MLflow runs.
-    """
-
-    def __init__(self, tracking_uri: str, experiment: str, state_file: Path, spec: SweepSpec):
-        self.args = (tracking_uri, experiment, state_file)
-        self.sections, self.epochs = spec.sections, spec.trial.train.epochs
-        self._tracker: SweepTracker | None = None
+    """Forwards trial events to the sweep's Recorder (folder, then MLflow); a line per trial."""
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_tracker": None}
+        return {}
 
-    @property
-    def tracker(self) -> SweepTracker:
-        if self._tracker is None:
-            self._tracker = SweepTracker(*self.args)
-        return self._tracker
+    def __setstate__(self, state: dict[str, Any]) -> None:  # tuner.pkl of an older version
+        pass
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.tracker.trial_started(trial.trial_id, resolved_config(self.sections, trial.config))
+        run = _run()
+        config = resolved_config(run.spec.sections, trial.config)
+        run.recorder.trial_started(trial.trial_id, dict(trial.config), config)
 
     def on_trial_result(self, iteration, trials, trial, result: dict, **info: Any) -> None:
-        self.tracker.trial_result(trial.trial_id, result)
+        _run().recorder.trial_result(trial.trial_id, result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run = _run()
         metrics = trial.last_result or {}
-        epochs = trial.config.get("train.epochs", self.epochs)
+        epochs = trial.config.get("train.epochs", run.spec.trial.train.epochs)
         end = outcome(metrics, epochs, error=None)
-        self.tracker.trial_ended(trial.trial_id, end, int(metrics.get("epoch", 0)))
+        run.recorder.trial_ended(trial.trial_id, end, int(metrics.get("epoch", 0)))
         print(
             f"  trial {trial.trial_id}: {end} after {metrics.get('epoch', 0)} epochs, "
             f"val_acc {metrics.get('val_acc', float('nan')):.4f}",
@@ -134,38 +158,48 @@ class TrackingCallback(tune.Callback):
         )
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        recorder = _run().recorder
+        if trial.trial_id not in recorder.history.trials:  # its actor failed to start
+            self.on_trial_start(iteration, trials, trial)
         # Ray writes the error to the trial's local folder before calling back.
         error = Path(trial.error_file).read_text() if trial.error_file else "unknown error"
         epochs = int((trial.last_result or {}).get("epoch", 0))
-        self.tracker.trial_ended(trial.trial_id, "error", epochs, error=str(error))
+        recorder.trial_ended(trial.trial_id, "error", epochs, error=str(error))
         print(f"  trial {trial.trial_id}: FAILED: {first_error_line(error)}", flush=True)
 
 
+class Variants(BasicVariantGenerator):
+    """Ray's generator of trials, restorable from a moved folder. Ray 2.60 moves the trials it
+    restores to the folder it restores from, but the trials this generator has yet to make
+    keep the storage of the folder it was saved in, and fail to write there."""
+
+    def restore_from_dir(self, dirpath: str) -> None:
+        super().restore_from_dir(dirpath)
+        repoint_unmade_trials(self, _run().files.ray)
+
+
+def repoint_unmade_trials(generator: BasicVariantGenerator, experiment: Path) -> None:
+    """The one use of Ray's private generator state (the moved-folder test fails if it goes):
+    each trial iterator's spec, and the specs of the variants it has drawn and not yet made
+    into trials, hold the StorageContext those trials get; point each at ``experiment`` the
+    way Ray's TuneController does for the trials it restores."""
+    for iterator in generator._iterators:
+        drawn = iterator.variants.iterable if iterator.variants is not None else []
+        for spec in [iterator.unresolved_spec, *(spec for _, spec in drawn)]:
+            storage = copy.copy(spec["storage"])
+            storage.storage_fs_path = str(experiment.parent)
+            storage.experiment_dir_name = experiment.name
+            spec["storage"] = storage
+
+
 # ---------------------------------------------------------------- driver
-@dataclass
-class TrialRecord:
-    """What the driver needs of one finished (or interrupted) trial, free of Ray types."""
-
-    trial_id: str
-    params: dict[str, Any]  # the sampled values of the searched keys
-    history: pd.DataFrame | None  # one row per reported epoch
-    error: Any
-    checkpoint: Path | None  # the latest checkpoint folder
-
-
-def collect(grid: Any) -> list[TrialRecord]:
-    """The trials of a ResultGrid, with the ids and configs that the public Result lacks."""
-    trials = grid._experiment_analysis.trials  # same order as the grid's results
-    return [
-        TrialRecord(
-            trial_id=trial.trial_id,
-            params=dict(trial.config),
-            history=result.metrics_dataframe,
-            error=result.error,
-            checkpoint=Path(result.checkpoint.path) if result.checkpoint else None,
-        )
-        for trial, result in zip(trials, grid)
-    ]
+def checkpoints(grid: Any) -> dict[str, Path]:
+    """Each trial's latest checkpoint folder, by trial id, from the public Result fields."""
+    return {
+        result.metrics["trial_id"]: Path(result.checkpoint.path)
+        for result in grid
+        if result.checkpoint is not None and "trial_id" in result.metrics
+    }
 
 
 def connect() -> dict[str, float]:
@@ -184,10 +218,17 @@ def shutdown() -> None:
     ray.shutdown()
 
 
-def fit(spec: SweepSpec, callback: TrackingCallback, resources: dict[str, float], resume: bool):
-    """Run (or resume) the sweep to its end; returns Ray's ResultGrid.
+def fit(
+    spec: SweepSpec,
+    files: SweepFolder,
+    recorder: Recorder,
+    resources: dict[str, float],
+    resume: bool,
+) -> Any:
+    """Run (or resume) the sweep in ``files`` to its end; returns Ray's ResultGrid.
 
-    On resume Ray restores the callback pickled with the tuner, which reopens the same runs.
+    A resume restores Ray's state from the folder where it lies now (Ray takes its storage
+    path and experiment name from the path it restores), so a moved folder goes on in place.
     """
     wrapped = tune.with_resources(
         tune.with_parameters(trainable, sections=spec.sections, cpus=resources["cpu"]),
@@ -195,9 +236,16 @@ def fit(spec: SweepSpec, callback: TrackingCallback, resources: dict[str, float]
     )
     if resume:
         tuner = tune.Tuner.restore(
-            str(spec.files.ray), trainable=wrapped, resume_unfinished=True, resume_errored=True
+            str(files.ray), trainable=wrapped, resume_unfinished=True, resume_errored=True
         )
+    else:
+        tuner = new_tuner(spec, files, wrapped)
+    with _running(_Run(recorder, spec, files)):
         return tuner.fit()
+
+
+def new_tuner(spec: SweepSpec, files: SweepFolder, wrapped: Any) -> tune.Tuner:
+    """A Tuner for a new sweep, its state saved in ``files.ray``."""
     s = spec.search
     if s.type == "asha":
         scheduler = ASHAScheduler(
@@ -209,7 +257,7 @@ def fit(spec: SweepSpec, callback: TrackingCallback, resources: dict[str, float]
         )
     else:
         scheduler = FIFOScheduler()
-    tuner = tune.Tuner(
+    return tune.Tuner(
         wrapped,
         param_space=search_space(spec),
         tune_config=tune.TuneConfig(
@@ -217,13 +265,13 @@ def fit(spec: SweepSpec, callback: TrackingCallback, resources: dict[str, float]
             mode=s.mode,
             num_samples=s.num_samples,
             scheduler=scheduler,
-            search_alg=BasicVariantGenerator(random_state=s.seed, max_concurrent=s.max_concurrent),
+            search_alg=Variants(random_state=s.seed, max_concurrent=s.max_concurrent),
             reuse_actors=True,  # ~0.2 s per trial instead of ~1 s, and the data stays loaded
         ),
         run_config=tune.RunConfig(
-            name=spec.files.ray.name,  # Ray syncs over files it finds beside its folder
-            storage_path=str(spec.folder),
-            callbacks=[callback],
+            name=files.ray.name,  # Ray syncs over files it finds beside its folder
+            storage_path=str(files.root),
+            callbacks=[TrackingCallback()],
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
             # Two, not one: Ray deletes the older checkpoint before its state snapshot names
             # the newer, so with one a SIGKILL in between leaves the state pointing at nothing.
@@ -231,4 +279,3 @@ def fit(spec: SweepSpec, callback: TrackingCallback, resources: dict[str, float]
             verbose=0,
         ),
     )
-    return tuner.fit()

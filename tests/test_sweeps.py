@@ -15,17 +15,27 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
-import yaml
-from mlflow.tracking import MlflowClient
-from sklearn.datasets import make_classification
 
 from sweeps.cli import main
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sweeping import (  # noqa: E402
+    LRS,
+    SWEEP,
+    check_complete,
+    history_steps,
+    killable_config,
+    make_data,
+    output,
+    runs_of,
+    start_sweep,
+    wait_for_trials,
+    write_config,
+)
+
 pytestmark = pytest.mark.slow
-SWEEP = str(Path(sys.executable).with_name("sweep"))
 
 
 @pytest.fixture
@@ -33,42 +43,8 @@ def workdir(tmp_path, monkeypatch):
     """An empty working directory, as a user's, with no MLflow URI set from outside."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    X, y = make_classification(
-        n_samples=300, n_features=8, n_informative=6, n_classes=3, random_state=0
-    )
-    np.savez(tmp_path / "good.npz", X=X.astype("float32"), y=y)
-    np.savez(tmp_path / "bad.npz", X=X.astype("float32"), y=y + 0.5)  # labels not integers
+    make_data(tmp_path)
     return tmp_path
-
-
-def write_config(folder: Path, name: str, **sections) -> Path:
-    doc = {
-        "name": name,
-        "data": {"source": "npz", "path": str(folder / "good.npz")},
-        "train": {"epochs": 4, "batch_size": 32, "optimizer": "sgd", "schedule": "constant"},
-        **sections,
-    }
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
-
-
-def runs_of(folder: Path, name: str, uri: str | None = None):
-    """(parent run, {trial_id: child run}) of a sweep, read back from MLflow."""
-    client = MlflowClient(uri or f"sqlite:///{folder}/mlflow.db")
-    exp = client.get_experiment_by_name(name)
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert len(parents) == 1, "exactly one parent run per sweep"
-    children = {r.data.tags["sweep.trial_id"]: r for r in runs if r not in parents}
-    assert all(
-        r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children.values()
-    )
-    return client, parents[0], children
-
-
-def history_steps(client: MlflowClient, run) -> list[int]:
-    return sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_acc"))
 
 
 def test_grid_sweep_with_a_diverging_and_a_failing_trial(workdir, capsys):
@@ -167,56 +143,9 @@ def test_every_trial_failing_exits_non_zero_with_the_first_error(workdir, capsys
     assert [r.info.status for r in children.values()] == ["FAILED"]
 
 
-def start_sweep(cfg: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [SWEEP, "run", str(cfg), *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group: Ray's processes die with it
-    )
-
-
-def wait_for_trials(state: Path, count: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    """Until the driver has opened MLflow runs for ``count`` trials."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read()
-        if state.exists() and len(json.loads(state.read_text()).get("trials", {})) >= count:
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"fewer than {count} trials started in {timeout} s")
-
-
-def check_resumed_sweep(workdir: Path, name: str, lrs: list[float], epochs: int) -> None:
-    """Same trials as an uninterrupted sweep, one MLflow run each, none RUNNING, no dupes."""
-    table = pd.read_csv(workdir / f"runs/{name}/results.csv")
-    assert sorted(table["train.lr"]) == sorted(lrs)
-    assert set(table["status"]) == {"completed"}, table[["status", "error"]].to_string()
-    client, parent, children = runs_of(workdir, name)
-    assert parent.info.status == "FINISHED"
-    assert len(children) == len(lrs)
-    for run in children.values():
-        assert run.info.status == "FINISHED"
-        assert history_steps(client, run) == list(range(1, epochs + 1))
-
-
-LRS = [0.01, 0.02, 0.03, 0.04]
-
-
-def killable_config(workdir: Path, name: str) -> Path:
-    return write_config(
-        workdir,
-        name,
-        train={"epochs": 12, "batch_size": 8, "optimizer": "sgd"},
-        search={"type": "grid", "max_concurrent": 1},
-        space={"train.lr": {"grid": LRS}},
-    )
-
-
 def test_sigkill_then_resume_continues_the_same_runs(workdir):
     cfg = killable_config(workdir, "killed")
-    proc = start_sweep(cfg)
+    proc = start_sweep("run", str(cfg))
     try:
         wait_for_trials(workdir / "runs/killed/mlflow_runs.json", 2, proc)
         time.sleep(1.0)  # the second trial is a few epochs in
@@ -227,15 +156,16 @@ def test_sigkill_then_resume_continues_the_same_runs(workdir):
 
     resumed = subprocess.run([SWEEP, "run", str(cfg), "--resume"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    check_resumed_sweep(workdir, "killed", LRS, 12)
+    check_complete(workdir, "killed", LRS, 12)
 
 
 def test_sigterm_interrupts_cleanly_and_sweep_resume_finishes(workdir):
     cfg = killable_config(workdir, "termed")
-    proc = start_sweep(cfg)
+    proc = start_sweep("run", str(cfg))
     wait_for_trials(workdir / "runs/termed/mlflow_runs.json", 2, proc)
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
+    out = output(proc)
     assert proc.returncode == 130, out
     assert "sweep resume termed" in out
     _, parent, children = runs_of(workdir, "termed")
@@ -244,7 +174,7 @@ def test_sigterm_interrupts_cleanly_and_sweep_resume_finishes(workdir):
 
     resumed = subprocess.run([SWEEP, "resume", "termed"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    check_resumed_sweep(workdir, "termed", LRS, 12)
+    check_complete(workdir, "termed", LRS, 12)
 
 
 def test_sweep_logs_to_a_real_mlflow_server(workdir):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -11,8 +12,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sweeps.tracking import SweepTracker, resolve_tracking_uri
-from trainers.config import TrialConfig
+from sweeps.tracking import SweepTracker, check_store, resolve_tracking_uri
+from trainers.config import ConfigError, TrialConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mlflow_server import mlflow_server  # noqa: E402
@@ -265,8 +266,115 @@ def test_resolve_tracking_uri_precedence(tmp_path: Path, monkeypatch: pytest.Mon
     )
     assert resolve_tracking_uri("sqlite:////abs/m.db", work) == "sqlite:////abs/m.db"
     assert resolve_tracking_uri("runs/m.db", work) == f"sqlite:///{work.resolve()}/runs/m.db"
-    assert resolve_tracking_uri("store", work) == str(work.resolve() / "store")
-    assert resolve_tracking_uri("file:///abs/store", work) == "file:///abs/store"
+    assert resolve_tracking_uri("https://host/mlflow", work) == "https://host/mlflow"
+
+
+@pytest.mark.parametrize(
+    ("given", "hint"),
+    [
+        (5, ""),
+        ("foo://bar", ""),
+        ("file:///tmp/x", "file store"),
+        ("store", "file store"),  # a folder: the old file store
+        ("sqlite://", ""),
+        ("http://", ""),
+        ("http://host:99999", ""),
+    ],
+)
+def test_tracking_uri_of_another_form_is_refused_naming_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given, hint: str
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(ConfigError) as err:
+        resolve_tracking_uri(given, tmp_path)
+    message = str(err.value)
+    assert message.startswith("mlflow.tracking_uri must be sqlite:///PATH, a path ending in .db")
+    assert f"got {given!r}" in message and hint in message and "\n" not in message
+    if isinstance(given, str):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", given)
+        with pytest.raises(ConfigError, match=r"^\$MLFLOW_TRACKING_URI must be"):
+            resolve_tracking_uri(None, tmp_path)
+
+
+def silent_server() -> socket.socket:
+    """A port that accepts connections and never answers."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(8)
+    return s
+
+
+def test_a_store_that_does_not_answer_is_reported_within_seconds(tmp_path: Path) -> None:
+    with silent_server() as silent:
+        for uri, why in [
+            ("http://127.0.0.1:9", "connection refused"),
+            (f"http://127.0.0.1:{silent.getsockname()[1]}", "no answer within 5 s"),
+        ]:
+            start = time.monotonic()
+            with pytest.raises(ConfigError) as err:
+                check_store(uri)
+            assert time.monotonic() - start < 10
+            assert str(err.value) == (
+                f"mlflow.tracking_uri: no MLflow server answers at {uri} ({why}); "
+                "start it or fix the URI"
+            )
+
+
+def test_a_sqlite_store_is_checked_without_being_made(tmp_path: Path) -> None:
+    check_store(f"sqlite:///{tmp_path}/new.db")
+    assert not (tmp_path / "new.db").exists()
+    (tmp_path / "dir.db").mkdir()
+    for path, why in [(tmp_path / "no/such.db", "no folder"), (tmp_path / "dir.db", "directory")]:
+        with pytest.raises(ConfigError, match=f"cannot use the SQLite store {path}: .*{why}"):
+            check_store(f"sqlite:///{path}")
+    with pytest.raises(ConfigError, match="cannot write in /proc"):
+        check_store("sqlite:////proc/m.db")
+
+
+def test_a_damaged_state_file_is_refused_in_one_line(uri: str, tmp_path: Path) -> None:
+    state = tmp_path / "sweep" / "tracking.json"
+    state.parent.mkdir()
+    for text in ['{"experiment_id": "1", "par', "[1, 2]", '{"trials": 3}']:
+        state.write_text(text)
+        with pytest.raises(ConfigError, match="tracking.json is damaged .*found again by their"):
+            SweepTracker(uri, "exp", state)
+
+
+def test_runs_are_found_by_their_tags_in_a_store_without_state(uri: str, tmp_path: Path) -> None:
+    first = SweepTracker(uri, "exp")  # no state file: as `sweep sync` into another store
+    parent = first.open_sweep({"a": 1}, sweep_id="s1")
+    first.ensure_trial("t1", CONFIG)
+    first.log_results("t1", [epoch_metrics(e) for e in (1, 2, 3)])
+    first.trial_ended("t1", "completed", 3)
+    again = SweepTracker(uri, "exp")
+    assert again.open_sweep({"a": 1, "b": 2}, sweep_id="s1") == parent
+    assert again.trials == first.trials and again.ended == {"t1": "completed"}
+    again.log_results("t1", [epoch_metrics(e) for e in (1, 2, 3, 4)])
+    client = MlflowClient(uri)
+    assert steps(client, first.trials["t1"]) == [1, 2, 3, 4]
+    assert client.get_run(parent).data.params == {"a": "1", "b": "2"}
+    other = SweepTracker(uri, "exp")
+    assert other.open_sweep({}, sweep_id="s2") != parent  # another sweep of the same name
+    assert (first.created, again.created, other.created) == (2, 0, 1)
+    assert again.logged == 1  # epoch 4 only
+
+
+def test_end_sweep_twice_records_the_best_once(uri: str, tmp_path: Path) -> None:
+    tr = new_tracker(uri, tmp_path)
+    parent = tr.start_sweep({})
+    best = {"trial_id": "t1", "config": CONFIG, "metrics": {"val_acc": 0.9}}
+    model = tmp_path / "ckpt"
+    model.mkdir()
+    (model / "model.pt").write_bytes(b"weights")
+    client = MlflowClient(uri)
+    tr.end_sweep("completed", best=best, artifact_dir=model)
+    run = client.get_run(parent)
+    tr.end_sweep("completed", best=best, artifact_dir=model)
+    again = client.get_run(parent)
+    assert len(client.get_metric_history(parent, "best_val_acc")) == 1
+    assert (again.info.status, again.info.end_time) == (run.info.status, run.info.end_time)
+    assert again.data.tags == run.data.tags
+    assert [a.path for a in client.list_artifacts(parent)] == ["best_config.json", "best_model"]
 
 
 @pytest.mark.slow

@@ -1,0 +1,145 @@
+"""The sweep folder's own record of a sweep (``history.jsonl``), from which MLflow is a copy.
+
+The driver appends one JSON line per event, before it writes the same to MLflow: the sweep's
+start (its id, MLflow experiment and params), each trial's start (sampled params, full
+config), every reported epoch, each trial's end, the sweep's end (status, best config).
+Reading folds the lines into the sweep's state now: what ``sweep sync`` copies into a store
+and what results.csv is made from. One process appends (the lock holder), a whole line per
+write; a last line cut short by a kill is dropped, and cut off before the next append.
+
+Why our own file rather than Ray's trial folders: Ray's result.json holds what a trial
+reported, but not how it ended (Ray marks every trial TERMINATED after a Ctrl-C), not the
+config each run was logged with, and not the sweep's end; its layout is Ray's to change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainers.config import ConfigError
+from trainers.metrics import CURVES
+
+RESULT_KEYS = ("epoch", "diverged", *CURVES)  # what a reported epoch keeps of Ray's result
+
+
+@dataclass
+class TrialHistory:
+    params: dict[str, Any]  # the sampled values of the searched keys
+    config: dict[str, Any]  # the full config, flat dotted keys
+    results: list[dict[str, Any]] = field(default_factory=list)  # epochs ascending, no repeats
+    end: dict[str, Any] | None = None  # {"outcome", "epochs_run", "error"}, once it ended
+
+    @property
+    def last_epoch(self) -> int:
+        return int(self.results[-1]["epoch"]) if self.results else 0
+
+
+@dataclass
+class SweepHistory:
+    id: str  # tags the sweep's MLflow parent run (sweep.id), so any store's copy is found
+    experiment: str  # the MLflow experiment: the sweep's name when it started, kept if moved
+    params: dict[str, Any] = field(default_factory=dict)
+    trials: dict[str, TrialHistory] = field(default_factory=dict)
+    end: dict[str, Any] | None = None  # {"status", "best"}, once it ended
+
+    @classmethod
+    def new(cls, experiment: str) -> SweepHistory:
+        return cls(id=uuid.uuid4().hex, experiment=experiment)
+
+    @property
+    def started(self) -> bool:
+        return bool(self.params) or bool(self.trials)
+
+    @property
+    def completed(self) -> bool:
+        """The sweep ended with a best config: a resume has nothing left to do."""
+        return self.end is not None and self.end["status"] == "completed"
+
+    def finished(self, num_trials: int) -> bool:
+        """Every trial of the sweep has run and ended."""
+        ended = [t for t in self.trials.values() if t.end is not None]
+        return len(ended) == len(self.trials) and len(ended) >= num_trials
+
+    def apply(self, event: dict[str, Any]) -> None:
+        """Fold one event into the state."""
+        kind = event["event"]
+        if kind == "sweep_started":
+            self.params |= event["params"]
+            self.end = None
+            if event["fresh"]:  # a new Ray experiment: trials of an aborted first try are void
+                self.trials = {}
+        elif kind == "sweep_ended":
+            self.end = {"status": event["status"], "best": event["best"]}
+        elif kind == "trial_started":
+            trial = self.trials.setdefault(
+                event["trial"], TrialHistory(event["params"], event["config"])
+            )
+            trial.end = None  # a retried trial runs again
+        elif kind == "result":
+            trial = self.trials[event["trial"]]
+            if int(event["metrics"]["epoch"]) > trial.last_epoch:  # replays after a restore
+                trial.results.append(event["metrics"])
+        elif kind == "trial_ended":
+            self.trials[event["trial"]].end = {
+                k: event[k] for k in ("outcome", "epochs_run", "error")
+            }
+        else:
+            raise ValueError(f"unknown event {kind!r}")
+
+
+class HistoryFile:
+    """``history.jsonl``: read it whole, append events one line each."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._tail_checked = False
+
+    def read(self, experiment: str) -> SweepHistory:
+        """The folded state; a new sweep (a fresh id, ``experiment``) when there is no file."""
+        if not self.path.exists():
+            return SweepHistory.new(experiment)
+        lines = self.path.read_bytes().split(b"\n")
+        history = None
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+                if history is None:
+                    history = SweepHistory(id=event["id"], experiment=event["experiment"])
+                history.apply(event)
+            except (ValueError, KeyError, TypeError):
+                if number == len(lines):  # cut short by a kill mid-write: dropped
+                    break
+                raise ConfigError(
+                    f"{self.path}: line {number} is damaged; restore the file from a backup "
+                    "or start the sweep again under a new name"
+                ) from None
+        return history or SweepHistory.new(experiment)
+
+    def append(self, event: dict[str, Any]) -> None:
+        if not self._tail_checked:
+            self._cut_partial_line()
+            self._tail_checked = True
+        with open(self.path, "ab") as f:
+            f.write((json.dumps(event, separators=(",", ":"), default=_plain) + "\n").encode())
+
+    def _cut_partial_line(self) -> None:
+        """Drop a last line left without its newline by a kill, so appends start clean."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        data = self.path.read_bytes()
+        if not data.endswith(b"\n"):
+            os.truncate(self.path, data.rfind(b"\n") + 1)
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars (Ray samples some values as numpy ints) as the Python numbers they are."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")

@@ -1,0 +1,124 @@
+"""Helpers for tests that run real sweeps (a helper, not a test module): data, configs, the
+`sweep` command as a process, and reading a sweep back from MLflow and from its folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from mlflow.tracking import MlflowClient
+from sklearn.datasets import make_classification
+
+SWEEP = str(Path(sys.executable).with_name("sweep"))
+LRS = [0.01, 0.02, 0.03, 0.04]
+
+
+def make_data(folder: Path) -> None:
+    """good.npz (3 classes, 300 rows) and bad.npz (labels that are not integers)."""
+    X, y = make_classification(
+        n_samples=300, n_features=8, n_informative=6, n_classes=3, random_state=0
+    )
+    np.savez(folder / "good.npz", X=X.astype("float32"), y=y)
+    np.savez(folder / "bad.npz", X=X.astype("float32"), y=y + 0.5)
+
+
+def write_config(folder: Path, name: str, **sections) -> Path:
+    doc = {
+        "name": name,
+        "data": {"source": "npz", "path": str(folder / "good.npz")},
+        "train": {"epochs": 4, "batch_size": 32, "optimizer": "sgd", "schedule": "constant"},
+        **sections,
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def killable_config(workdir: Path, name: str, epochs: int = 12) -> Path:
+    """Four trials one at a time, long enough to be stopped in the middle."""
+    return write_config(
+        workdir,
+        name,
+        train={"epochs": epochs, "batch_size": 8, "optimizer": "sgd"},
+        search={"type": "grid", "max_concurrent": 1},
+        space={"train.lr": {"grid": LRS}},
+    )
+
+
+def runs_of(folder: Path, name: str, uri: str | None = None):
+    """(client, parent run, {trial_id: child run}) of a sweep, read back from MLflow."""
+    client = MlflowClient(uri or f"sqlite:///{folder}/mlflow.db")
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1, "exactly one parent run per sweep"
+    children = {r.data.tags["sweep.trial_id"]: r for r in runs if r not in parents}
+    assert len(children) == len(runs) - 1, "one child run per trial"
+    assert all(
+        r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children.values()
+    )
+    return client, parents[0], children
+
+
+def history_steps(client: MlflowClient, run, key: str = "val_acc") -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+
+
+def start_sweep(*args: str) -> subprocess.Popen:
+    """`sweep ARGS...` as its own process group (Ray's processes die with it). Its output goes
+    to a file (``output(proc)``), not a pipe that could fill and block it while nobody reads."""
+    log = Path(tempfile.mkstemp(prefix="sweep-", suffix=".log", dir=Path.cwd())[1])
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [SWEEP, *args], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    proc.log = log
+    return proc
+
+
+def output(proc: subprocess.Popen) -> str:
+    return proc.log.read_text()
+
+
+def wait_for_trials(state: Path, count: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Until the driver has opened MLflow runs for ``count`` trials."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, output(proc)
+        if state.exists() and len(json.loads(state.read_text()).get("trials", {})) >= count:
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"fewer than {count} trials started in {timeout} s")
+
+
+def check_complete(
+    workdir: Path, name: str, lrs: list[float], epochs: int, folder: Path | None = None
+) -> None:
+    """Same trials as an uninterrupted sweep, one MLflow run each, none RUNNING, no dupes."""
+    table = pd.read_csv((folder or workdir / "runs" / name) / "results.csv")
+    assert sorted(table["train.lr"]) == sorted(lrs)
+    assert set(table["status"]) == {"completed"}, table[["status", "error"]].to_string()
+    client, parent, children = runs_of(workdir, name)
+    assert parent.info.status == "FINISHED"
+    assert len(children) == len(lrs)
+    for run in children.values():
+        assert run.info.status == "FINISHED"
+        assert history_steps(client, run) == list(range(1, epochs + 1))
+
+
+def epochs_trained(folder: Path) -> dict[str, list[int]]:
+    """Per trial folder of Ray, the epochs it trained (each report a line of result.json):
+    an epoch trained twice shows twice."""
+    trained = {}
+    for d in sorted((folder / "ray").iterdir()):
+        if (d / "result.json").exists():
+            lines = (d / "result.json").read_text().splitlines()
+            trained[d.name] = [json.loads(line)["epoch"] for line in lines if line]
+    return trained

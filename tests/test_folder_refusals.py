@@ -1,0 +1,153 @@
+"""`sweep run | resume | sync` refuse, as real processes, what cannot work: a tracking store of
+another form or that does not answer, storage that cannot be written, a damaged sweep folder,
+a sweep another process runs. Each: one `error:` line naming the key or file, exit code 2,
+nothing written (no folder, no database), within seconds. None of these starts Ray."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sweeping import SWEEP, make_data, write_config  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    make_data(tmp_path)
+    return tmp_path
+
+
+def refused(args: list[str], cwd: Path, *needles: str, env: dict | None = None) -> str:
+    """Run `sweep ARGS`; check one error line holding every needle, exit 2; the line."""
+    start = time.monotonic()
+    done = subprocess.run(
+        [SWEEP, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    for needle in needles:
+        assert needle in lines[0]
+    assert time.monotonic() - start < 60  # imports included, on a loaded machine
+    return lines[0]
+
+
+def nothing_written(workdir: Path) -> None:
+    assert not (workdir / "runs").exists()
+    assert not list(workdir.glob("*.db")) and not (workdir / "mlartifacts").exists()
+
+
+@pytest.mark.parametrize(
+    ("uri", "needle"),
+    [
+        ("5", "got 5"),
+        ("foo://bar", "got 'foo://bar'"),
+        ("file:///tmp/x", "file store"),
+        ("http://127.0.0.1:9", "no MLflow server answers at http://127.0.0.1:9"),
+    ],
+)
+def test_a_tracking_store_that_cannot_be_used_is_refused_first(workdir, uri, needle):
+    cfg = write_config(workdir, "uri", search={"type": "grid"})
+    refused(
+        ["run", str(cfg), "--set", f"mlflow.tracking_uri={uri}"],
+        workdir,
+        "mlflow.tracking_uri",
+        needle,
+    )
+    nothing_written(workdir)
+
+
+def test_a_server_that_never_answers_is_given_up_within_seconds(workdir):
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+        cfg = write_config(workdir, "silent", search={"type": "grid"})
+        start = time.monotonic()
+        refused(["run", str(cfg)], workdir, "$MLFLOW_TRACKING_URI", "no answer within 5 s", env=env)
+        assert time.monotonic() - start < 30  # not 261 s of retries
+    nothing_written(workdir)
+
+
+@pytest.mark.parametrize("where", ["a file", "/proc", "read-only"])
+def test_storage_that_cannot_be_written_is_refused(workdir, where):
+    if where == "a file":
+        storage, needle = workdir / "afile", "is a file"
+        storage.write_text("x")
+    elif where == "/proc":
+        storage, needle = Path("/proc/sweeps"), "cannot write in /proc"
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        storage, needle = workdir / "ro", "cannot write in"
+        storage.mkdir(mode=0o500)
+    cfg = write_config(workdir, "st", search={"type": "grid"}, storage=str(storage))
+    refused(["run", str(cfg)], workdir, "storage: ", needle)
+    nothing_written(workdir)
+    assert not (storage / "st").exists()
+
+
+def saved_sweep(workdir: Path, name: str = "saved") -> Path:
+    """A sweep folder as `sweep run` leaves it, before Ray's state: sweep.yaml."""
+    folder = workdir / "runs" / name
+    folder.mkdir(parents=True)
+    doc = yaml.safe_load(write_config(workdir, name, search={"type": "grid"}).read_text())
+    (folder / "sweep.yaml").write_text(yaml.safe_dump(doc))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("damage", "needles"),
+    [
+        (("mlflow_runs.json", '{"experiment_id": "1", "pa'), ("mlflow_runs.json is damaged",)),
+        (("sweep.yaml", ""), ("sweep.yaml is empty",)),
+        (("sweep.yaml", "- a\n- b\n"), ("sweep.yaml", "mapping")),
+        (("sweep.yaml", "name: [unclosed\n"), ("sweep.yaml", "not valid YAML")),
+        (("history.jsonl", '{"event": "sweep_started"\n{}\n'), ("history.jsonl: line 1",)),
+    ],
+)
+def test_resume_of_a_damaged_folder_is_refused(workdir, damage, needles):
+    folder = saved_sweep(workdir)
+    name, text = damage
+    (folder / name).write_text(text)
+    refused(["resume", "saved"], workdir, *needles)
+    assert not list(workdir.glob("*.db"))
+
+
+def test_resume_of_a_sweep_another_process_runs_names_it(workdir):
+    folder = saved_sweep(workdir)
+    hold = (
+        "import sys, time; from sweeps.layout import SweepFolder; from sweeps.lock import "
+        "SweepLock; SweepLock(SweepFolder.of('runs', 'saved')).take(); print('ok', flush=True); "
+        "time.sleep(60)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold], cwd=workdir, env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ok"
+        line = refused(["resume", "saved"], workdir)
+        assert line.startswith(
+            f"error: sweep saved is already running (pid {holder.pid} on {socket.gethostname()})"
+        )
+        (folder / "history.jsonl").write_text("")  # sync wants a record before it locks
+        refused(["sync", "saved"], workdir, "sweep saved is already running")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sorted(p.name for p in folder.iterdir()) == ["history.jsonl", "sweep.lock", "sweep.yaml"]
