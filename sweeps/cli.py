@@ -77,13 +77,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
     import os
     import shutil
 
-    from sweeps.spec import SWEEP_RULES
     from sweeps.tracking import resolve_tracking_uri
 
     check_port_free(PORT.check("--port", args.port))
-    uri = resolve_tracking_uri(args.tracking_uri, Path.cwd())
-    source = "--tracking-uri" if args.tracking_uri else "MLFLOW_TRACKING_URI"
-    SWEEP_RULES["mlflow.tracking_uri"].check(source, uri)
+    uri = resolve_tracking_uri(args.tracking_uri, Path.cwd(), "--tracking-uri")
     mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
     print(f"MLflow UI for {uri} at http://127.0.0.1:{args.port} (Ctrl-C stops it)", flush=True)
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")

@@ -24,8 +24,16 @@ DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint", "quniform
 DISCRETE = ("grid", "choice")
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"  # a folder, an MLflow experiment, a job name
 # The stores MLflow 3 can track to (it refuses file:// stores); a server is http(s)://.
-TRACKING_URI_PATTERN = r"(sqlite|postgresql|mysql|mssql)(\+\w+)?://\S*|https?://\S+|databricks\S*"
-TRACKING_URI_WHAT = "an MLflow store URI: http(s)://HOST:PORT, sqlite:///FILE, postgresql://..."
+_PORT = r"(6553[0-5]|655[0-2]\d|65[0-4]\d\d|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3})"
+TRACKING_URI_PATTERN = (
+    r"sqlite:///\S+|(postgresql|mysql|mssql)(\+\w+)?://\S+|databricks\S*"
+    rf"|https?://[^\s/:]+(:{_PORT})?(/\S*)?"
+    r"|[^:\s]+\.(db|sqlite3?)"  # a bare path: a SQLite file
+)
+TRACKING_URI_WHAT = (
+    "an MLflow store URI: http(s)://HOST:PORT, sqlite:///FILE, postgresql://..., "
+    "or a path ending in .db"
+)
 STEP = Rule(float, low=0.0, low_open=True)  # quniform's q
 
 # A searched key that only matters when another key takes one of these values.

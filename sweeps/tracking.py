@@ -18,7 +18,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
@@ -44,7 +43,6 @@ TAG_MAX = 8000  # MLflow: tag values up to 8000 characters
 ERROR_MAX = 5000  # characters of an error's full text kept in the sweep.error tag
 NOTHING = -1  # "no epoch logged yet"
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
-URI_FORMS = "sqlite:///PATH, a path ending in .db, or http(s)://HOST[:PORT]"
 PROBE_TIMEOUT_S = 5  # a store that has not answered by then is reported, not retried
 WHY = {  # urllib3's cause of a failed request -> words
     "NewConnectionError": "connection refused",
@@ -59,14 +57,15 @@ def resolve_tracking_uri(configured: Any, workdir: Path, key: str = "mlflow.trac
     $MLFLOW_TRACKING_URI, else a SQLite database in ``workdir``. Relative paths in the
     configured URI are made absolute against ``workdir`` (the environment's against the
     current directory): trials and the UI run elsewhere. A bare path ending in .db/.sqlite
-    means a SQLite database. Any other form is a ConfigError naming ``key``."""
+    means a SQLite database. The form is checked by the rule table (sweeps.spec)."""
+    from sweeps.spec import SWEEP_RULES
+
+    rule = SWEEP_RULES["mlflow.tracking_uri"]
     if configured is not None and configured != "":
-        if not isinstance(configured, str):
-            raise ConfigError(f"{key} must be {URI_FORMS}; got {configured!r}")
-        return _checked(_absolute(configured, workdir), key, configured)
+        return _absolute(rule.check(key, configured), workdir)
     if os.environ.get("MLFLOW_TRACKING_URI"):
-        env = os.environ["MLFLOW_TRACKING_URI"]
-        return _checked(_absolute(env, Path.cwd()), "$MLFLOW_TRACKING_URI", env)
+        env = rule.check("$MLFLOW_TRACKING_URI", os.environ["MLFLOW_TRACKING_URI"])
+        return _absolute(env, Path.cwd())
     return f"sqlite:///{workdir.resolve()}/{DEFAULT_DB}"
 
 
@@ -87,20 +86,6 @@ def _absolute(uri: str, base: Path) -> str:
         return uri  # a server or a file URI: checked as given
     path = (base / Path(uri).expanduser()).resolve()
     return f"sqlite:///{path}" if path.suffix in SQLITE_SUFFIXES else uri
-
-
-def _checked(uri: str, key: str, given: str) -> str:
-    parts = urlsplit(uri)
-    if parts.scheme == "sqlite" and len(uri) > len("sqlite:///"):
-        return uri
-    if parts.scheme in ("http", "https") and parts.hostname:
-        with contextlib.suppress(ValueError):  # a port out of range or not a number
-            parts.port  # noqa: B018
-            return uri
-    hint = ""
-    if parts.scheme in ("", "file"):
-        hint = " (a folder is a file store, which MLflow 3 refuses)"
-    raise ConfigError(f"{key} must be {URI_FORMS}; got {given!r}{hint}")
 
 
 def check_store(uri: str, key: str = "mlflow.tracking_uri") -> None:

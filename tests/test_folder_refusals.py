@@ -55,7 +55,7 @@ def nothing_written(workdir: Path) -> None:
     [
         ("5", "got 5"),
         ("foo://bar", "got 'foo://bar'"),
-        ("file:///tmp/x", "file store"),
+        ("file:///tmp/x", "got 'file:///tmp/x'"),
         ("http://127.0.0.1:9", "no MLflow server answers at http://127.0.0.1:9"),
     ],
 )

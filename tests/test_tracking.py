@@ -274,8 +274,8 @@ def test_resolve_tracking_uri_precedence(tmp_path: Path, monkeypatch: pytest.Mon
     [
         (5, ""),
         ("foo://bar", ""),
-        ("file:///tmp/x", "file store"),
-        ("store", "file store"),  # a folder: the old file store
+        ("file:///tmp/x", ""),
+        ("store", ""),  # a folder: the old file store, which MLflow 3 refuses
         ("sqlite://", ""),
         ("http://", ""),
         ("http://host:99999", ""),
@@ -288,7 +288,7 @@ def test_tracking_uri_of_another_form_is_refused_naming_the_key(
     with pytest.raises(ConfigError) as err:
         resolve_tracking_uri(given, tmp_path)
     message = str(err.value)
-    assert message.startswith("mlflow.tracking_uri must be sqlite:///PATH, a path ending in .db")
+    assert message.startswith("mlflow.tracking_uri must be an MLflow store URI")
     assert f"got {given!r}" in message and hint in message and "\n" not in message
     if isinstance(given, str):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", given)
