@@ -82,7 +82,15 @@ def cmd_ui(args: argparse.Namespace) -> int:
     check_port_free(PORT.check("--port", args.port))
     uri = resolve_tracking_uri(args.tracking_uri, Path.cwd(), "--tracking-uri")
     mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
-    print(f"MLflow UI for {uri} at http://127.0.0.1:{args.port} (Ctrl-C stops it)", flush=True)
+    base = f"http://127.0.0.1:{args.port}"
+    print(f"MLflow UI for {uri} at {base} (Ctrl-C stops it)", flush=True)
+    db = Path(uri.removeprefix("sqlite:///"))
+    if uri.startswith("sqlite:///") and db.is_file():  # (reading a missing one would make it)
+        from sweeps.readback import latest_trials_page
+
+        page = latest_trials_page(uri, base=base)
+        if page is not None:
+            print(f"the latest sweep's trials, best first: {page}", flush=True)
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     cmd = [
         mlflow,

@@ -85,8 +85,15 @@ class LiveView:
             trial["value"] = _number(metrics.get(self.metric))
         self._tick()
 
-    def ended(self, trial_id: str, outcome: str, metrics: dict[str, Any] | None = None) -> None:
-        """A trial ended: completed, early_stopped, diverged, error or interrupted."""
+    def ended(
+        self,
+        trial_id: str,
+        outcome: str,
+        metrics: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:
+        """A trial ended: completed, early_stopped, diverged, error (``error``: its one line)
+        or interrupted."""
         if outcome not in OUTCOMES:
             raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}; got {outcome!r}")
         metrics = metrics or {}
@@ -100,7 +107,7 @@ class LiveView:
             score = "" if math.isnan(value) else f", {self.metric} {value:.4f}"
             line = (
                 f"{trial_id} {WORDS[outcome]} after {epochs} epoch{'s' * (epochs != 1)}"
-                f"{score}  {run_name(trial['params'])}"
+                f"{score}  {run_name(trial['params'])}{f': {error}' if error else ''}"
             )
             self.recent = [*self.recent, line][-SHOWN_ENDED:]
             done = self.done

@@ -22,6 +22,7 @@ import yaml
 from sweeps import tune
 from sweeps.history import HistoryFile, SweepHistory
 from sweeps.layout import SweepFolder, unwritable
+from sweeps.live import LiveView
 from sweeps.lock import SweepLock
 from sweeps.results import first_error_line, format_table, trial_row, write_csv
 from sweeps.spec import SweepSpec, check_data
@@ -110,14 +111,43 @@ def drive(
     recorder.start_sweep(sweep_params(spec), fresh=fresh)
     print(f"sweep {spec.name}: {spec.num_trials()} trials, results in {files.root}", flush=True)
     print(f"MLflow: {tracking_uri} (experiment {history.experiment})", flush=True)
+    recorder.view = live_view(spec, history)
     try:
         # SIGTERM (a scheduler's kill, `kill`) ends the sweep the way Ctrl-C does: state saved.
         # Installed after ray.init, which puts in a handler of its own that just exits.
         signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
-        grid = tune.fit(spec, files, recorder, resources, resume=not fresh)
+        with recorder.view:
+            grid = tune.fit(spec, files, recorder, resources, resume=not fresh)
     except KeyboardInterrupt:
         return interrupted(spec, recorder)
-    return finish(spec, files, recorder, tune.checkpoints(grid))
+    code = finish(spec, files, recorder, tune.checkpoints(grid))
+    if code == 0:
+        write_report(files, tracking_uri)
+    return code
+
+
+def live_view(spec: SweepSpec, history: SweepHistory) -> LiveView:
+    """The terminal's view of the sweep (plain lines when output is not a terminal); on a
+    resume it counts the trials that ended before."""
+    prior: dict[str, int] = {}
+    for trial in history.trials.values():
+        if trial.end is not None:
+            prior[trial.end["outcome"]] = prior.get(trial.end["outcome"], 0) + 1
+    s = spec.search
+    return LiveView(spec.num_trials(), s.metric, s.mode, spec.name, prior=prior)
+
+
+def write_report(files: SweepFolder, tracking_uri: str) -> None:
+    """The HTML report of a completed sweep (sweep report): a failure to draw it is said, but
+    does not undo a finished sweep."""
+    from sweeps.report import report
+
+    try:
+        page = report(files.root, tracking_uri=tracking_uri)
+    except Exception as err:  # noqa: BLE001 - the sweep's results are complete either way
+        print(f"report not written ({first_error_line(err)}); retry: sweep report {files.name}")
+        return
+    print(f"report: {page}", flush=True)
 
 
 def trial_resources(spec: SweepSpec, cluster: dict[str, float], local: bool) -> dict[str, float]:

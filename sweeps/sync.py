@@ -11,21 +11,28 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sweeps.config import load_document
 from sweeps.history import RESULT_KEYS, HistoryFile, SweepHistory
 from sweeps.layout import DEFAULT_STORAGE, SweepFolder
 from sweeps.lock import SweepLock
+from sweeps.naming import run_name
+from sweeps.results import first_error_line
 from sweeps.tracking import SweepTracker, usable_store
 from trainers.config import ConfigError
 
+if TYPE_CHECKING:
+    from sweeps.live import LiveView
+
 
 class Recorder:
-    """The driver's writes: each to history.jsonl (kept folded in ``history``), then MLflow."""
+    """The driver's writes: each to history.jsonl (kept folded in ``history``), then MLflow;
+    and, when a live view watches the sweep, to it (``view``)."""
 
     def __init__(self, history: SweepHistory, file: HistoryFile, tracker: SweepTracker) -> None:
         self.history, self.file, self.tracker = history, file, tracker
+        self.view: LiveView | None = None
 
     def _record(self, event: dict[str, Any]) -> None:
         self.file.append(event)
@@ -44,7 +51,9 @@ class Recorder:
         self._record(
             {"event": "trial_started", "trial": trial_id, "params": params} | {"config": config}
         )
-        self.tracker.trial_started(trial_id, config)
+        self.tracker.trial_started(trial_id, config, run_name(params))
+        if self.view is not None:
+            self.view.started(trial_id, params)
 
     def trial_result(self, trial_id: str, metrics: dict[str, Any]) -> None:
         kept = {k: metrics[k] for k in RESULT_KEYS if k in metrics} | {
@@ -52,6 +61,8 @@ class Recorder:
         }
         self._record({"event": "result", "trial": trial_id, "metrics": kept})
         self.tracker.trial_result(trial_id, kept)
+        if self.view is not None:
+            self.view.result(trial_id, kept)
 
     def trial_ended(
         self, trial_id: str, outcome: str, epochs_run: int, error: str | None = None
@@ -61,6 +72,10 @@ class Recorder:
             | {"epochs_run": epochs_run, "error": error}
         )
         self.tracker.trial_ended(trial_id, outcome, epochs_run, error)
+        if self.view is not None:
+            results = self.history.trials[trial_id].results
+            why = first_error_line(error) if error else None
+            self.view.ended(trial_id, outcome, results[-1] if results else None, why)
 
     def end_sweep(
         self, status: str, best: dict[str, Any] | None = None, artifact_dir: Path | None = None
@@ -77,7 +92,7 @@ def sync(history: SweepHistory, tracker: SweepTracker, best_dir: Path) -> None:
     for trial_id, trial in history.trials.items():
         if trial.end is not None and tracker.ended.get(trial_id) == trial.end["outcome"]:
             continue  # ended in the store as in the folder: its curves were logged before
-        tracker.ensure_trial(trial_id, trial.config)
+        tracker.ensure_trial(trial_id, trial.config, run_name(trial.params))
         tracker.log_results(trial_id, trial.results)
         if trial.end is not None:
             tracker.trial_ended(trial_id, **trial.end)

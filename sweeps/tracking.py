@@ -280,15 +280,16 @@ class SweepTracker:
         return found + [r.info.run_id for r in self._children(running)]
 
     # ------------------------------------------------------------------ the trials
-    def ensure_trial(self, trial_id: str, config: dict[str, Any]) -> str:
-        """The trial's child run, created (RUNNING) if this store lacks it; params it lacks."""
+    def ensure_trial(self, trial_id: str, config: dict[str, Any], name: str | None = None) -> str:
+        """The trial's child run, created (RUNNING) if this store lacks it; params it lacks.
+        ``name``: the run's readable name (sweeps.naming.run_name); the id stays a tag."""
         run_id = self.trials.get(trial_id)
         if run_id is not None:
             self._log_new_params(run_id, config)
             return run_id
         tags = {"mlflow.parentRunId": self._parent(), "sweep.trial_id": trial_id}
         run = self.client.create_run(
-            self.experiment_id, tags=tags | {"sweep.status": "running"}, run_name=trial_id
+            self.experiment_id, tags=tags | {"sweep.status": "running"}, run_name=name or trial_id
         )
         run_id = self.trials[trial_id] = run.info.run_id
         self.created += 1
@@ -297,10 +298,10 @@ class SweepTracker:
         self._log_new_params(run_id, config, {})
         return run_id
 
-    def trial_started(self, trial_id: str, config: dict[str, Any]) -> None:
+    def trial_started(self, trial_id: str, config: dict[str, Any], name: str | None = None) -> None:
         """Create the trial's child run with its config as params, or reopen it on resume."""
         known = trial_id in self.trials
-        run_id = self.ensure_trial(trial_id, config)
+        run_id = self.ensure_trial(trial_id, config, name)
         if known:
             self.client.update_run(run_id, status="RUNNING")
             self._log_tags(run_id, {"sweep.status": "running"})

@@ -30,7 +30,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator  # noqa: E402
 
 from sweeps.config import apply_sets  # noqa: E402
 from sweeps.layout import SweepFolder  # noqa: E402
-from sweeps.results import first_error_line, outcome  # noqa: E402
+from sweeps.results import outcome  # noqa: E402
 from sweeps.spec import SweepSpec  # noqa: E402
 from sweeps.sync import Recorder  # noqa: E402
 from trainers.config import trial_config  # noqa: E402
@@ -129,7 +129,7 @@ def _running(run: _Run) -> Iterator[None]:
 
 
 class TrackingCallback(tune.Callback):
-    """Forwards trial events to the sweep's Recorder (folder, then MLflow); a line per trial."""
+    """Forwards trial events to the sweep's Recorder (folder, MLflow, the live view)."""
 
     def __getstate__(self) -> dict[str, Any]:
         return {}
@@ -151,11 +151,6 @@ class TrackingCallback(tune.Callback):
         epochs = trial.config.get("train.epochs", run.spec.trial.train.epochs)
         end = outcome(metrics, epochs, error=None)
         run.recorder.trial_ended(trial.trial_id, end, int(metrics.get("epoch", 0)))
-        print(
-            f"  trial {trial.trial_id}: {end} after {metrics.get('epoch', 0)} epochs, "
-            f"val_acc {metrics.get('val_acc', float('nan')):.4f}",
-            flush=True,
-        )
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         recorder = _run().recorder
@@ -165,7 +160,6 @@ class TrackingCallback(tune.Callback):
         error = Path(trial.error_file).read_text() if trial.error_file else "unknown error"
         epochs = int((trial.last_result or {}).get("epoch", 0))
         recorder.trial_ended(trial.trial_id, "error", epochs, error=str(error))
-        print(f"  trial {trial.trial_id}: FAILED: {first_error_line(error)}", flush=True)
 
 
 class Variants(BasicVariantGenerator):
