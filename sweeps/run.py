@@ -103,7 +103,7 @@ def drive(
     tracker = SweepTracker(tracking_uri, history.experiment, files.state)
     if history.started:
         sync(history, tracker, files.best())  # a store deleted, moved or new gets the sweep
-    if history.completed:  # (then no Ray was started: resources is None)
+    if history.completed:
         print(f"sweep {spec.name} is complete, nothing to run; results in {files.results}")
         return 0
     recorder = Recorder(history, record, tracker)
