@@ -26,6 +26,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from sweeps.config import apply_sets
 from sweeps.layout import SweepFolder
 from sweeps.sync import Recorder
@@ -48,10 +50,11 @@ def refit_id(trial_id: str) -> str:
     return f"refit_{trial_id}"
 
 
-def refit(files: SweepFolder, recorder: Recorder, trial_id: str) -> Model | None:
+def refit(files: SweepFolder, recorder: Recorder, trial_id: str, cpus: float) -> Model | None:
     """Retrain trial ``trial_id``'s config on train+validation, or go on with a refit cut
     short; a refit already complete in the record is not trained again. None if it diverged
-    (the caller falls back to the trial's checkpoint)."""
+    (the caller falls back to the trial's checkpoint). ``cpus``: a trial's threads, as Ray
+    gave it (more threads than cores slow these small products down many times)."""
     history = recorder.history
     source, rid, folder = history.trials[trial_id], refit_id(trial_id), files.refit(trial_id)
     record = history.refits.get(rid)
@@ -70,6 +73,7 @@ def refit(files: SweepFolder, recorder: Recorder, trial_id: str) -> Model | None
         if (folder / CHECKPOINT_FILE).exists():
             return Model(folder, "refit", note, rid)
     resumed = (folder / CHECKPOINT_FILE).exists()
+    torch.set_num_threads(max(1, int(cpus)))
     trial = Trial.load(folder, datasets) if resumed else Trial(cfg, datasets, refit=True)
     recorder.refit_started(rid, trial_id, source.params, source.config)
     since = f", from epoch {trial.epoch}" if resumed else ""

@@ -210,7 +210,7 @@ def chosen_models(
     train+validation (search.refit), else (or if the refit diverged) its own checkpoint."""
     models = {}
     for trial_id in dict.fromkeys(row["trial_id"] for row in chosen.values()):
-        model = refit(files, recorder, trial_id) if spec.search.refit else None
+        model = refit(files, recorder, trial_id, spec.resources.cpu) if spec.search.refit else None
         if model is None:
             epochs = recorder.history.trials[trial_id].last_epoch
             note = f"its checkpoint (trained on train only, epoch {epochs})"
