@@ -1,6 +1,6 @@
 """The chosen model against scikit-learn's tuned peers, on one split, in one run.
 
-    python bench/vs_sklearn.py [--trials 64] [--no-folds] [--engine trial|fused]
+    python bench/vs_sklearn.py [--trials 64] [--no-folds] [--engine trial|fused] [--keep DIR]
 
 Digits, 20% stratified test split, the rest split again 80/20 into train and validation (the
 split `sweep run` makes with data.val_fraction 0.16, test_fraction 0.2). The project's sweep
@@ -162,6 +162,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=64, help="ASHA trials per sweep")
     parser.add_argument("--no-folds", action="store_true", help="skip the 5-fold sweep")
     parser.add_argument("--engine", default="trial", choices=["trial", "fused"])
+    parser.add_argument("--keep", metavar="DIR", help="run the sweeps in DIR and keep them")
     args = parser.parse_args()
 
     ds = load_dataset(DataConfig(**DATA))  # the split the sweeps make, not standardized
@@ -171,7 +172,7 @@ def main() -> None:
           f"{os.cpu_count()} cores", flush=True)  # fmt: skip
     rows = [peer(name, X, y, ds.test.X, ds.test.y) for name in PEERS]
     notes = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=args.keep, delete=args.keep is None) as tmp:
         env_uri = os.environ.pop("MLFLOW_TRACKING_URI", None)
         for folds in (1,) if args.no_folds else (1, 5):
             found, where = project(args.trials, folds, args.engine, Path(tmp))
