@@ -13,6 +13,7 @@ with n_jobs = the machine's cores. Prints test accuracy, configurations tried an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -172,7 +173,8 @@ def main() -> None:
           f"{os.cpu_count()} cores", flush=True)  # fmt: skip
     rows = [peer(name, X, y, ds.test.X, ds.test.y) for name in PEERS]
     notes = []
-    with tempfile.TemporaryDirectory(dir=args.keep, delete=args.keep is None) as tmp:
+    kept = contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory()
+    with kept as tmp:
         env_uri = os.environ.pop("MLFLOW_TRACKING_URI", None)
         for folds in (1,) if args.no_folds else (1, 5):
             found, where = project(args.trials, folds, args.engine, Path(tmp))
