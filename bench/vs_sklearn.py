@@ -1,6 +1,6 @@
 """The chosen model against scikit-learn's tuned peers, on one split, in one run.
 
-    python bench/vs_sklearn.py [--trials 64] [--no-folds] [--engine trial|fused]
+    python bench/vs_sklearn.py [--trials 64] [--no-folds] [--engine trial|fused] [--keep DIR]
 
 Digits, 20% stratified test split, the rest split again 80/20 into train and validation (the
 split `sweep run` makes with data.val_fraction 0.16, test_fraction 0.2). The project's sweep
@@ -13,6 +13,7 @@ with n_jobs = the machine's cores. Prints test accuracy, configurations tried an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import yaml
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, SGDClassifier
@@ -73,7 +75,8 @@ SPACE = {
 
 
 def peer(name: str, X: np.ndarray, y: np.ndarray, X_test, y_test) -> dict:
-    """GridSearchCV of one scikit-learn estimator: test accuracy of its refit best model."""
+    """GridSearchCV of one scikit-learn estimator: test accuracy of its refit best model, and
+    its cross-validation accuracy (mean and std over the 5 folds) that chose it."""
     estimator, grid = PEERS[name]
     search = GridSearchCV(
         make_pipeline(StandardScaler(), estimator),
@@ -89,15 +92,19 @@ def peer(name: str, X: np.ndarray, y: np.ndarray, X_test, y_test) -> dict:
     return {
         "name": name,
         "test_acc": search.score(X_test, y_test),
-        "configs": len(ParameterGrid(grid)),
+        "val": (search.best_score_, search.cv_results_["std_test_score"][search.best_index_]),
+        "configs": str(len(ParameterGrid(grid))),
         "wall_s": wall,
         "chosen": {k.split("__")[1]: v for k, v in search.best_params_.items()},
     }
 
 
-def project(trials: int, folds: int, engine: str, workdir: Path) -> list[dict]:
-    """One `sweep run` (as a user types it): the tuned softmax and the tuned hinge."""
-    from mlflow.tracking import MlflowClient
+def project(trials: int, folds: int, engine: str, workdir: Path) -> tuple[list[dict], str]:
+    """One `sweep run` (as a user types it): the tuned softmax and the tuned hinge, read from
+    the sweep's folder (results.csv: the chosen rows and their test look) as a user would;
+    and where the sweep's wall time went (the record's per-epoch training seconds)."""
+    from sweeps.history import HistoryFile
+    from sweeps.layout import SweepFolder
 
     name = f"vs_sklearn_folds{folds}"
     doc = {
@@ -106,7 +113,8 @@ def project(trials: int, folds: int, engine: str, workdir: Path) -> list[dict]:
         "model": {"loss": "softmax"},
         "train": {"epochs": 30, "optimizer": "momentum", "reg": "l2", "schedule": "cosine"},
         "search": {"type": "asha", "num_samples": trials, "grace_period": 3,
-                   "reduction_factor": 3, "seed": SEED, "refit": True, "engine": engine},
+                   "reduction_factor": 3, "seed": SEED, "refit": True,
+                   **({"engine": engine} if engine != "trial" else {})},
         "space": SPACE,
     }  # fmt: skip
     config = workdir / f"{name}.yaml"
@@ -117,23 +125,37 @@ def project(trials: int, folds: int, engine: str, workdir: Path) -> list[dict]:
     wall = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"sweep run exited {done.returncode}:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-    client = MlflowClient(f"sqlite:///{workdir}/mlflow.db")
-    exp = client.get_experiment_by_name(name)
-    parent = client.search_runs([exp.experiment_id], "tags.`sweep.role` = 'parent'")[0]
+    files = SweepFolder.of(workdir / "runs", name)
+    table = pd.read_csv(files.results)
     label = f"sweep, ASHA{', 5-fold' if folds > 1 else ''}, refit"
-    return [
-        {
+    rows = []
+    for loss in ("softmax", "hinge"):
+        row = table[table["chosen"].fillna("").str.split().map(lambda c, loss=loss: loss in c)]
+        row = row.iloc[0]
+        spread = row["final_val_acc_std"] if folds > 1 else np.nan
+        rows.append({
             "name": f"{loss} ({label})",
-            "test_acc": parent.data.metrics[f"best_{loss}_test_acc"],
-            "configs": trials,
+            "test_acc": row["test_acc"],
+            "val": (row["final_val_acc"], spread),
+            "configs": f"{(table['model.loss'] == loss).sum()}/{trials}",
             "wall_s": wall,
-            "chosen": {
-                k: parent.data.tags.get(f"best_{loss}.{k}", "?")
-                for k in ("train.lr", "train.lambda", "train.batch_size")
-            },
-        }
-        for loss in ("softmax", "hinge")
-    ]
+            "chosen": {k: row[k] for k in ("train.lr", "train.lambda", "train.batch_size")}
+            | {"epochs_run": row["epochs_run"]},
+        })  # fmt: skip
+    history = HistoryFile(files.history).read(name)
+
+    def seconds(runs: dict) -> float:
+        return sum(r.get("epoch_seconds", 0.0) for t in runs.values() for r in t.results)
+
+    epochs = sum(len(t.results) for t in history.trials.values())
+    train_s, refit_s = seconds(history.trials), seconds(history.refits)
+    where = (
+        f"{name}: {wall:.1f} s wall; {epochs} trial-epochs trained in {train_s:.1f} s "
+        f"(summed over trials), refits {refit_s:.1f} s on the driver, the rest (Ray's start, "
+        f"scheduling, recording, data loading) {wall - refit_s - train_s / os.cpu_count():.1f} s "
+        f"if the trials filled all {os.cpu_count()} cores"
+    )
+    return rows, where
 
 
 def main() -> None:
@@ -141,6 +163,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=64, help="ASHA trials per sweep")
     parser.add_argument("--no-folds", action="store_true", help="skip the 5-fold sweep")
     parser.add_argument("--engine", default="trial", choices=["trial", "fused"])
+    parser.add_argument("--keep", metavar="DIR", help="run the sweeps in DIR and keep them")
     args = parser.parse_args()
 
     ds = load_dataset(DataConfig(**DATA))  # the split the sweeps make, not standardized
@@ -149,19 +172,26 @@ def main() -> None:
     print(f"digits: train {len(ds.train.y)}, val {len(ds.val.y)}, test {len(ds.test.y)}; "
           f"{os.cpu_count()} cores", flush=True)  # fmt: skip
     rows = [peer(name, X, y, ds.test.X, ds.test.y) for name in PEERS]
-    with tempfile.TemporaryDirectory() as tmp:
+    notes = []
+    kept = contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory()
+    with kept as tmp:
         env_uri = os.environ.pop("MLFLOW_TRACKING_URI", None)
         for folds in (1,) if args.no_folds else (1, 5):
-            rows += project(args.trials, folds, args.engine, Path(tmp))
+            found, where = project(args.trials, folds, args.engine, Path(tmp))
+            rows, notes = rows + found, notes + [where]
         if env_uri:
             os.environ["MLFLOW_TRACKING_URI"] = env_uri
 
-    print(f"\n{'model':<42} {'test acc':>8} {'configs':>8} {'wall s':>7}  chosen")
+    print(f"\n{'model':<38} {'test acc':>8} {'val/cv acc (std)':>17} {'configs':>7} "
+          f"{'wall s':>6}  chosen")  # fmt: skip
     for r in rows:
         chosen = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                            for k, v in r["chosen"].items())  # fmt: skip
-        print(f"{r['name']:<42} {r['test_acc']:>8.4f} {r['configs']:>8} {r['wall_s']:>7.1f}  "
-              f"{chosen}")  # fmt: skip
+        mean, std = r["val"]
+        val = f"{mean:.4f}" + (f" ({std:.4f})" if std == std else " (1 split)")
+        print(f"{r['name']:<38} {r['test_acc']:>8.4f} {val:>17} {r['configs']:>7} "
+              f"{r['wall_s']:>6.1f}  {chosen}")  # fmt: skip
+    print("\n" + "\n".join(notes))
 
 
 if __name__ == "__main__":

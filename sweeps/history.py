@@ -2,7 +2,8 @@
 
 The driver appends one JSON line per event, before it writes the same to MLflow: the sweep's
 start (its id, MLflow experiment and params), each trial's start (sampled params, full
-config), every reported epoch, each trial's end, the sweep's end (status, best config).
+config), every reported epoch, each trial's end, each refit of a chosen config on
+train+validation (its start, epochs and end, as a trial's), the sweep's end (status, best).
 Reading folds the lines into the sweep's state now: what ``sweep sync`` copies into a store
 and what results.csv is made from. One process appends (the lock holder), a whole line per
 write; a last line cut short by a kill is dropped, and cut off before the next append.
@@ -33,6 +34,7 @@ class TrialHistory:
     config: dict[str, Any]  # the full config, flat dotted keys
     results: list[dict[str, Any]] = field(default_factory=list)  # epochs ascending, no repeats
     end: dict[str, Any] | None = None  # {"outcome", "epochs_run", "error"}, once it ended
+    source: str | None = None  # a refit: the trial whose config it retrains
 
     @property
     def last_epoch(self) -> int:
@@ -45,6 +47,7 @@ class SweepHistory:
     experiment: str  # the MLflow experiment: the sweep's name when it started, kept if moved
     params: dict[str, Any] = field(default_factory=dict)
     trials: dict[str, TrialHistory] = field(default_factory=dict)
+    refits: dict[str, TrialHistory] = field(default_factory=dict)  # refit id -> its record
     end: dict[str, Any] | None = None  # {"status", "best"}, once it ended
 
     @classmethod
@@ -72,7 +75,7 @@ class SweepHistory:
             self.params |= event["params"]
             self.end = None
             if event["fresh"]:  # a new Ray experiment: trials of an aborted first try are void
-                self.trials = {}
+                self.trials, self.refits = {}, {}
         elif kind == "sweep_ended":
             self.end = {"status": event["status"], "best": event["best"]}
         elif kind == "trial_started":
@@ -80,16 +83,22 @@ class SweepHistory:
                 event["trial"], TrialHistory(event["params"], event["config"])
             )
             trial.end = None  # a retried trial runs again
-        elif kind == "result":
-            trial = self.trials[event["trial"]]
+        elif kind == "refit_started":
+            new = TrialHistory(event["params"], event["config"], source=event["source"])
+            refit = self.refits.setdefault(event["refit"], new)
+            refit.end = None  # a refit cut short by a kill runs again
+        elif kind in ("result", "refit_result"):
+            trial = self._run(event)
             if int(event["metrics"]["epoch"]) > trial.last_epoch:  # replays after a restore
                 trial.results.append(event["metrics"])
-        elif kind == "trial_ended":
-            self.trials[event["trial"]].end = {
-                k: event[k] for k in ("outcome", "epochs_run", "error")
-            }
+        elif kind in ("trial_ended", "refit_ended"):
+            self._run(event).end = {k: event[k] for k in ("outcome", "epochs_run", "error")}
         else:
             raise ValueError(f"unknown event {kind!r}")
+
+    def _run(self, event: dict[str, Any]) -> TrialHistory:
+        """The trial, or the refit, an event is about."""
+        return self.refits[event["refit"]] if "refit" in event else self.trials[event["trial"]]
 
 
 class HistoryFile:

@@ -67,6 +67,11 @@ class SweepFolder:
         """The chosen model's checkpoint (``best``), or the best of one loss (``softmax``)."""
         return self.root / ("best_model" if label == "best" else f"best_model_{label}")
 
+    def refit(self, trial_id: str) -> Path:
+        """The refit of trial ``trial_id`` on train+validation: its checkpoint, written each
+        epoch, so that a refit killed mid-way goes on from there on resume."""
+        return self.root / "refit" / trial_id
+
     @property
     def ray(self) -> Path:
         """Ray Tune's experiment folder: tuner state, trial folders, checkpoints."""

@@ -77,7 +77,11 @@ def read_sweep(
         return None
     query = f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
     children = [RunInfo.of(r) for r in _search(client, [found.experiment_id], query)]
-    trials = {r.tags.get("sweep.trial_id", r.run_id): r for r in children}
+    trials = {  # a refit (sweep.role=refit) is no trial of the search
+        r.tags.get("sweep.trial_id", r.run_id): r
+        for r in children
+        if r.tags.get("sweep.role") != "refit"
+    }
     return SweepRuns(tracking_uri, found.experiment_id, RunInfo.of(parent), trials)
 
 

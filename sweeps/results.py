@@ -1,4 +1,10 @@
-"""A finished sweep's results: each trial's outcome, results.csv, and the terminal table."""
+"""A finished sweep's results: each trial's outcome, results.csv, and the terminal table.
+
+With data.folds k > 1 a row also holds each fold's final validation accuracy and their
+standard deviation (``final_val_acc_std``, over folds, ddof 0 as scikit-learn's
+``std_test_score``): two configs whose means differ by less than that are within noise. Once
+the test look is taken, the chosen rows say which model had it (``chosen``, ``evaluated``,
+``test_acc``)."""
 
 from __future__ import annotations
 
@@ -6,9 +12,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from trainers.metrics import FINAL
+from trainers.metrics import FINAL, fold_keys
 
 
 def outcome(metrics: dict[str, Any] | None, epochs: int, error: Any) -> str:
@@ -43,6 +50,10 @@ def trial_row(
     row["epochs_run"] = int(last["epoch"]) if has_history else 0
     for key in FINAL:  # final_* columns
         row[f"final_{key}"] = float(last[key]) if has_history else math.nan
+    folds = fold_keys(history.columns) if has_history else []
+    if folds:
+        row["final_val_acc_std"] = float(np.std([last[k] for k in folds]))
+        row |= {f"final_{k}": float(last[k]) for k in folds}
     row["best_val_acc"] = float(history["val_acc"].max()) if has_history else math.nan
     row["best_val_loss"] = float(history["val_loss"].min()) if has_history else math.nan
     row["error"] = first_error_line(error) if error is not None else ""
@@ -53,14 +64,32 @@ def write_csv(rows: list[dict[str, Any]], metric: str, mode: str, path: Path) ->
     """results.csv, best trial first (by the final value of the sweep's metric)."""
     table = pd.DataFrame(rows)
     table = table.sort_values(f"final_{metric}", ascending=mode == "min", na_position="last")
+    _write(table, path)
+    return table
+
+
+def mark_chosen(table: pd.DataFrame, looks: dict[str, dict[str, Any]], path: Path) -> None:
+    """results.csv again, its chosen rows saying what they were chosen as (``best``, a loss),
+    which model had the test look (``evaluated``: the refit, or the trial's checkpoint) and
+    what it scored there (``test_acc``, ``test_loss``)."""
+    table = table.copy()
+    ids = table["trial_id"]
+    table["chosen"] = ids.map(lambda t: " ".join(looks[t]["labels"]) if t in looks else "")
+    table["evaluated"] = ids.map(lambda t: looks[t]["evaluated"] if t in looks else "")
+    for key in ("test_acc", "test_loss"):
+        table[key] = ids.map(lambda t, key=key: looks[t][key] if t in looks else math.nan)
+    _write(table, path)
+
+
+def _write(table: pd.DataFrame, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     table.to_csv(tmp, index=False)
-    tmp.replace(path)
-    return table
+    tmp.replace(path)  # atomic: a reader never sees half a file
 
 
 def format_table(table: pd.DataFrame, params: list[str], top: int = 10) -> str:
     """The best trials, for the terminal."""
-    cols = ["trial_id", "status", "epochs_run", *params, "final_val_acc", "final_val_loss"]
+    cols = ["trial_id", "status", "epochs_run", *params, "final_val_acc", "final_val_acc_std"]
+    cols.append("final_val_loss")
     shown = table[[c for c in cols if c in table]].head(top)
     return shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")

@@ -4,7 +4,8 @@ config -> spec (validated) -> every check that writes nothing: the tracking stor
 the storage can be written, the data fits, Ray can hold a trial -> the sweep folder, locked
 for the driver's life (one driver per sweep) -> the store given what the folder's record has
 and it lacks -> Ray Tune trials (each event recorded in the folder, then in MLflow) ->
-results.csv -> the best config's one look at the test split -> the parent run closed.
+results.csv -> the chosen config retrained on train+validation (search.refit) -> that model's
+one look at the test split -> the parent run closed.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from sweeps.history import HistoryFile, SweepHistory
 from sweeps.layout import SweepFolder, unwritable
 from sweeps.live import LiveView
 from sweeps.lock import SweepLock
-from sweeps.results import first_error_line, format_table, trial_row, write_csv
+from sweeps.refit import Model, refit
+from sweeps.results import first_error_line, format_table, mark_chosen, trial_row, write_csv
 from sweeps.spec import SweepSpec, check_data
 from sweeps.sync import Recorder, load_saved, sync  # noqa: F401 (load_saved: `sweep resume`)
 from sweeps.tracking import SweepTracker, read_state, usable_store
@@ -43,6 +45,8 @@ def sweep_params(spec: SweepSpec) -> dict[str, Any]:
         "search.num_samples": spec.search.num_samples,
         "data.source": spec.trial.data.source,
         "data.path": spec.trial.data.path or "",
+        "data.folds": spec.trial.data.folds,
+        "search.refit": spec.search.refit,
         "space": json.dumps(spec.space),
     }
 
@@ -182,7 +186,10 @@ def finish(
     eligible = table[table["status"].isin(ELIGIBLE)]
     if eligible.empty:
         return failed(recorder, history)
-    best = look_at_test(files, choose(spec, eligible), history, checkpoints)
+    chosen = choose(spec, eligible)
+    models = chosen_models(spec, files, recorder, chosen, checkpoints)
+    best = look_at_test(files, chosen, history, models)
+    mark_chosen(table, best["looks"], files.results)
     recorder.end_sweep("completed", best=best, artifact_dir=files.best())
     print(f"results: {files.results}; compare runs with: sweep ui", flush=True)
     return 0
@@ -222,21 +229,45 @@ def choose(spec: SweepSpec, eligible: pd.DataFrame) -> dict[str, pd.Series]:
     return chosen
 
 
+def chosen_models(
+    spec: SweepSpec,
+    files: SweepFolder,
+    recorder: Recorder,
+    chosen: dict[str, pd.Series],
+    checkpoints: dict[str, Path],
+) -> dict[str, Model]:
+    """The model each chosen trial's test look is taken on, by trial id: its refit on
+    train+validation (search.refit), else (or if the refit diverged) its own checkpoint."""
+    models = {}
+    for trial_id in dict.fromkeys(row["trial_id"] for row in chosen.values()):
+        model = refit(files, recorder, trial_id, spec.resources.cpu) if spec.search.refit else None
+        if model is None:
+            epochs = recorder.history.trials[trial_id].last_epoch
+            note = f"its checkpoint (trained on train only, epoch {epochs})"
+            model = Model(checkpoints[trial_id], "checkpoint", note)
+        models[trial_id] = model
+    return models
+
+
 def look_at_test(
     files: SweepFolder,
     chosen: dict[str, pd.Series],
     history: SweepHistory,
-    checkpoints: dict[str, Path],
+    models: dict[str, Model],
 ) -> dict[str, Any]:
-    """Each chosen trial's model copied into the folder and measured once on the test split;
-    the best config with every label's validation and test metrics."""
+    """Each chosen trial's model (``chosen_models``) copied into the folder and measured once
+    on the test split; the best config with every label's validation and test metrics, the
+    tags saying which model had the look, and each look (``looks``, for results.csv)."""
     metrics: dict[str, float] = {}
     best: dict[str, Any] = {}
+    tags: dict[str, str] = {}
+    looks: dict[str, dict[str, Any]] = {}
     for label, row in chosen.items():
-        trial_id = row["trial_id"]
+        trial_id, model = row["trial_id"], models[row["trial_id"]]
         target = files.best(label)
-        shutil.copytree(checkpoints[trial_id], target, dirs_exist_ok=True)
-        trained = Trial.load(target)
+        shutil.rmtree(target, ignore_errors=True)  # a resume's earlier copy may be another model
+        shutil.copytree(model.folder, target)
+        trained = Trial.load(target)  # a refit loads its train+validation scaling with it
         test = trained.evaluate("test")
         prefix = "" if label == "best" else f"{label}_"
         metrics |= {
@@ -244,7 +275,14 @@ def look_at_test(
             f"{prefix}val_loss": float(row["final_val_loss"]),
         }
         metrics |= {f"{prefix}{k}": v for k, v in test.items()}
+        tag = "best" if label == "best" else f"best_{label}"
         params = history.trials[trial_id].params
+        tags |= {f"{tag}.trial_id": trial_id, f"{tag}.evaluated": model.evaluated}
+        tags |= {f"{tag}.refit_id": model.refit_id} if model.refit_id else {}
+        tags |= {f"{tag}.{k}": v for k, v in params.items()} if label != "best" else {}
+        look = looks.setdefault(trial_id, {"labels": [], "evaluated": model.note})
+        look["labels"].append(label)
+        look |= test
         shown = ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
         )
@@ -253,6 +291,7 @@ def look_at_test(
             f"  val_acc {row['final_val_acc']:.4f}  test_acc {test['test_acc']:.4f}  "
             f"test_loss {test['test_loss']:.4f}"
         )
+        print(f"  test look on: {model.note}")
         if label == "best":
             best = {"trial_id": trial_id, "config": trained.cfg.flat()}
-    return best | {"metrics": metrics}
+    return best | {"metrics": metrics, "tags": tags, "looks": looks}

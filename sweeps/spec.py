@@ -57,6 +57,7 @@ class Search:
     brackets: int = 1  # asha
     max_failures: int = 1  # retries of a trial that raises, before it is recorded FAILED
     seed: int = 0  # seeds the draws of the search
+    refit: bool = True  # retrain the chosen config on train+validation for the test look
 
     @property
     def mode(self) -> str:
@@ -137,6 +138,13 @@ SWEEP_RULES: dict[str, Rule] = {
     "search.brackets": Rule(int, low=1, doc="asha"),
     "search.max_failures": Rule(int, low=0, doc="retries of a trial that raises"),
     "search.seed": Rule(int, low=0, high=2**32 - 1, doc="seeds the draws"),
+    "search.refit": Rule(
+        bool,
+        doc="true: after selection, the chosen config (and the best of each searched loss) is "
+        "retrained with its hyperparameters, seed and train.epochs on train+validation "
+        "together (all folds), on the driver, and that model gets the one look at test; "
+        "false: the chosen trial's checkpoint does",
+    ),
     "resources.cpu": Rule(float, low=0.0, low_open=True, doc="CPUs per trial"),
     "resources.gpu": Rule(
         float,

@@ -19,8 +19,9 @@ from sweeps.layout import DEFAULT_STORAGE, SweepFolder
 from sweeps.lock import SweepLock
 from sweeps.naming import run_name
 from sweeps.results import first_error_line
-from sweeps.tracking import SweepTracker, usable_store
+from sweeps.tracking import SweepTracker, refit_tags, usable_store
 from trainers.config import ConfigError
+from trainers.metrics import REFIT_CURVES, fold_keys
 
 if TYPE_CHECKING:
     from sweeps.live import LiveView
@@ -56,9 +57,8 @@ class Recorder:
             self.view.started(trial_id, params)
 
     def trial_result(self, trial_id: str, metrics: dict[str, Any]) -> None:
-        kept = {k: metrics[k] for k in RESULT_KEYS if k in metrics} | {
-            "time": int(time.time() * 1000)
-        }
+        keys = (*RESULT_KEYS, *fold_keys(metrics))
+        kept = {k: metrics[k] for k in keys if k in metrics} | {"time": int(time.time() * 1000)}
         self._record({"event": "result", "trial": trial_id, "metrics": kept})
         self.tracker.trial_result(trial_id, kept)
         if self.view is not None:
@@ -77,6 +77,30 @@ class Recorder:
             why = first_error_line(error) if error else None
             self.view.ended(trial_id, outcome, results[-1] if results else None, why)
 
+    # A refit (sweeps.refit) is recorded as a trial is, as a child run tagged sweep.role=refit.
+    def refit_started(
+        self, refit_id: str, source: str, params: dict[str, Any], config: dict[str, Any]
+    ) -> None:
+        self._record(
+            {"event": "refit_started", "refit": refit_id, "source": source}
+            | {"params": params, "config": config}
+        )
+        self.tracker.trial_started(refit_id, config, f"refit of {source}", refit_tags(source))
+
+    def refit_result(self, refit_id: str, metrics: dict[str, Any]) -> None:
+        """One epoch of a refit: its training curves only (it has no validation split)."""
+        keys = ("epoch", "diverged", *REFIT_CURVES)
+        kept = {k: metrics[k] for k in keys if k in metrics} | {"time": int(time.time() * 1000)}
+        self._record({"event": "refit_result", "refit": refit_id, "metrics": kept})
+        self.tracker.trial_result(refit_id, kept)
+
+    def refit_ended(self, refit_id: str, outcome: str, epochs_run: int) -> None:
+        self._record(
+            {"event": "refit_ended", "refit": refit_id, "outcome": outcome}
+            | {"epochs_run": epochs_run, "error": None}
+        )
+        self.tracker.trial_ended(refit_id, outcome, epochs_run)
+
     def end_sweep(
         self, status: str, best: dict[str, Any] | None = None, artifact_dir: Path | None = None
     ) -> None:
@@ -89,10 +113,11 @@ def sync(history: SweepHistory, tracker: SweepTracker, best_dir: Path) -> None:
     store lacks. Called by the lock holder, so no driver is running: a sweep whose record has
     no end was interrupted."""
     tracker.open_sweep(history.params, history.id)
-    for trial_id, trial in history.trials.items():
+    for trial_id, trial in [*history.trials.items(), *history.refits.items()]:
         if trial.end is not None and tracker.ended.get(trial_id) == trial.end["outcome"]:
             continue  # ended in the store as in the folder: its curves were logged before
-        tracker.ensure_trial(trial_id, trial.config, run_name(trial.params))
+        name = run_name(trial.params) if trial.source is None else f"refit of {trial.source}"
+        tracker.ensure_trial(trial_id, trial.config, name, refit_tags(trial.source))
         tracker.log_results(trial_id, trial.results)
         if trial.end is not None:
             tracker.trial_ended(trial_id, **trial.end)

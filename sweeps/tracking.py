@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from sweeps.layout import DEFAULT_DB, unwritable
 from trainers.config import ConfigError
-from trainers.metrics import CURVES
+from trainers.metrics import curve_keys
 
 TRIAL_STATUS = {  # outcome -> MLflow run status
     "completed": "FINISHED",
@@ -34,6 +34,7 @@ TRIAL_STATUS = {  # outcome -> MLflow run status
     "error": "FAILED",
     "interrupted": "KILLED",
 }
+REFIT_ROLE = "refit"  # sweep.role of a refit's run: the chosen config on train+validation
 EXPERIMENT_KIND = "mlflow.experimentKind"
 SWEEP_STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 BATCH = 100  # MLflow: at most 100 params or tags per log_batch
@@ -158,6 +159,11 @@ def read_state(path: Path) -> dict[str, Any]:
     return state
 
 
+def refit_tags(source: str | None) -> dict[str, str]:
+    """The tags that mark a child run as the refit of trial ``source`` (none for a trial)."""
+    return {"sweep.role": REFIT_ROLE, "sweep.source_trial_id": source} if source else {}
+
+
 class SweepTracker:
     """All MLflow writes of one sweep in one store: a parent run, a nested child run per trial.
 
@@ -268,6 +274,7 @@ class SweepTracker:
         ]
         for i in range(0, len(metrics), METRIC_BATCH):
             self.client.log_batch(parent, metrics=metrics[i : i + METRIC_BATCH])
+        self._set_tags(run, best.get("tags", {}))  # e.g. which model had the test look
         if artifact_dir is not None and "best_model" not in stored:
             self.client.log_artifacts(parent, str(artifact_dir), "best_model")
 
@@ -280,14 +287,21 @@ class SweepTracker:
         return found + [r.info.run_id for r in self._children(running)]
 
     # ------------------------------------------------------------------ the trials
-    def ensure_trial(self, trial_id: str, config: dict[str, Any], name: str | None = None) -> str:
-        """The trial's child run, created (RUNNING) if this store lacks it; params it lacks.
-        ``name``: the run's readable name (sweeps.naming.run_name); the id stays a tag."""
+    def ensure_trial(
+        self,
+        trial_id: str,
+        config: dict[str, Any],
+        name: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> str:
+        """The trial's child run, created (RUNNING, with ``tags``) if this store lacks it;
+        params it lacks. ``name``: the run's readable name (sweeps.naming.run_name); the id
+        stays a tag."""
         run_id = self.trials.get(trial_id)
         if run_id is not None:
             self._log_new_params(run_id, config)
             return run_id
-        tags = {"mlflow.parentRunId": self._parent(), "sweep.trial_id": trial_id}
+        tags = {"mlflow.parentRunId": self._parent(), "sweep.trial_id": trial_id, **(tags or {})}
         run = self.client.create_run(
             self.experiment_id, tags=tags | {"sweep.status": "running"}, run_name=name or trial_id
         )
@@ -298,10 +312,16 @@ class SweepTracker:
         self._log_new_params(run_id, config, {})
         return run_id
 
-    def trial_started(self, trial_id: str, config: dict[str, Any], name: str | None = None) -> None:
+    def trial_started(
+        self,
+        trial_id: str,
+        config: dict[str, Any],
+        name: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
         """Create the trial's child run with its config as params, or reopen it on resume."""
         known = trial_id in self.trials
-        run_id = self.ensure_trial(trial_id, config, name)
+        run_id = self.ensure_trial(trial_id, config, name, tags)
         if known:
             self.client.update_run(run_id, status="RUNNING")
             self._log_tags(run_id, {"sweep.status": "running"})
@@ -327,7 +347,7 @@ class SweepTracker:
             at = int(m.get("time") or _now())
             points += [
                 Metric(k, float(m[k]), at, epoch)
-                for k in CURVES
+                for k in curve_keys(m)
                 if isinstance(m.get(k), int | float) and not isinstance(m[k], bool)
             ]
             last = epoch
@@ -418,8 +438,11 @@ class SweepTracker:
         return self.last_epoch[run_id]
 
     def _read_last_epoch(self, run_id: str) -> int:
-        history = self.client.get_metric_history(run_id, "val_loss")
-        return max((m.step for m in history), default=NOTHING)
+        for key in ("val_loss", "train_loss"):  # a refit has no validation split
+            history = self.client.get_metric_history(run_id, key)
+            if history:
+                return max(m.step for m in history)
+        return NOTHING
 
     def _log_new_params(
         self, run_id: str, params: dict[str, Any], have: dict[str, str] | None = None

@@ -88,6 +88,18 @@ def standardize(ds: Dataset) -> Dataset:
     return replace(ds, train=train, val=val, test=test)
 
 
+def refit_dataset(cfg: DataConfig) -> Dataset:
+    """What a sweep's chosen config is retrained on (scikit-learn's ``refit``): train and
+    validation together as the training split, whatever data.folds (the folds' parts are the
+    same examples), standardized with statistics of that split only, so nothing comes from
+    test. No example is held out, so ``val`` is the training split itself (its metrics are
+    training metrics, not logged as validation); ``test`` is untouched but for the scaling."""
+    ds = load_dataset(cfg)
+    pool = Split(np.concatenate([ds.train.X, ds.val.X]), np.concatenate([ds.train.y, ds.val.y]))
+    ds = replace(ds, train=pool, val=pool)
+    return standardize(ds) if cfg.standardize else ds
+
+
 def prepare(cfg: DataConfig) -> list[Dataset]:
     """load_dataset -> cross_validation_folds(cfg.folds, cfg.seed) -> standardize each if
     cfg.standardize. What the trainer calls: one Dataset per fold."""

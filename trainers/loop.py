@@ -17,8 +17,9 @@ from typing import Any
 import torch
 
 from trainers.config import ConfigError, TrialConfig, trial_config
-from trainers.data import Dataset, prepare
+from trainers.data import Dataset, prepare, refit_dataset
 from trainers.losses import data_loss, data_loss_grad
+from trainers.metrics import fold_key
 from trainers.model import init_params, scores, unflatten
 from trainers.regularizers import penalty, penalty_grad
 from trainers.schedule import FlatOptimizer, lr_factor
@@ -190,12 +191,20 @@ class Trainer:
 
 
 class Trial:
-    """One configuration: a Trainer per fold (one without cross-validation), in lockstep."""
+    """One configuration: a Trainer per fold (one without cross-validation), in lockstep.
 
-    def __init__(self, cfg: TrialConfig, datasets: list[Dataset] | None = None) -> None:
-        self.cfg = cfg
+    ``refit``: trained on train+validation together (``trainers.data.refit_dataset``), as a
+    sweep retrains its chosen config; saved with the checkpoint, so that a loaded refit model
+    is measured on the test split standardized as it was trained.
+    """
+
+    def __init__(
+        self, cfg: TrialConfig, datasets: list[Dataset] | None = None, refit: bool = False
+    ) -> None:
+        self.cfg, self.refit = cfg, refit
         self.device = resolve_device(cfg.train.device)
-        datasets = datasets if datasets is not None else prepare(cfg.data)
+        if datasets is None:
+            datasets = [refit_dataset(cfg.data)] if refit else prepare(cfg.data)
         smallest = min(len(ds.train.y) for ds in datasets)
         if cfg.train.batch_size > smallest:
             raise ConfigError(
@@ -211,8 +220,12 @@ class Trial:
         )  # fallback if epoch 1 diverges
 
     def measure(self, lr: float, seconds: float) -> dict[str, Any]:
-        """The per-epoch metrics, averaged over folds: one read from the device for all."""
-        train, val = self._mean_over_folds(["train", "val"])
+        """The per-epoch metrics, averaged over folds, and with k > 1 folds each fold's
+        validation accuracy (``val_acc_fold<i>``): one read from the device for all."""
+        folds = self._per_fold(["train", "val"])  # (k, 2, 3)
+        k = len(self.trainers)
+        values = torch.cat([folds.mean(dim=0).flatten(), folds[:, 1, 2]]).tolist()
+        train, val, per_fold = values[0:3], values[3:6], values[6:] if k > 1 else []
         return {
             "epoch": self.epoch,
             "train_loss": train[0],
@@ -223,15 +236,18 @@ class Trial:
             "lr": lr,
             "epoch_seconds": seconds,
             "diverged": False,
-        }
+        } | {fold_key(i): acc for i, acc in enumerate(per_fold)}
+
+    def _per_fold(self, splits: list[str]) -> torch.Tensor:
+        """(loss, total loss, accuracy) of each split on each fold: (folds, splits, 3), on the
+        device."""
+        return torch.stack(
+            [torch.stack([t.metrics(*t.split_tensors(s)) for s in splits]) for t in self.trainers]
+        )
 
     def _mean_over_folds(self, splits: list[str]) -> list[list[float]]:
         """(loss, total loss, accuracy) of each split, averaged over folds, in one transfer."""
-        per_fold = [
-            torch.stack([t.metrics(*t.split_tensors(split)) for split in splits])
-            for t in self.trainers
-        ]
-        return torch.stack(per_fold).mean(dim=0).tolist()
+        return self._per_fold(splits).mean(dim=0).tolist()
 
     def step(self) -> dict[str, Any]:
         """Train one epoch on every fold and return its metrics.
@@ -281,6 +297,7 @@ class Trial:
         path = Path(directory) / CHECKPOINT_FILE
         state = {
             "config": self.cfg.to_dict(),
+            "refit": self.refit,
             "epoch": self.epoch,
             "diverged": self.diverged,
             "history": self.history,
@@ -305,7 +322,7 @@ class Trial:
         config = state["config"]
         if device is not None:
             config = {**config, "train": {**config["train"], "device": device}}
-        trial = cls(trial_config(config), datasets)
+        trial = cls(trial_config(config), datasets, refit=state.get("refit", False))
         for trainer, saved in zip(trial.trainers, state["trainers"]):
             trainer.load_state_dict(saved)
         trial.epoch, trial.diverged = state["epoch"], state["diverged"]

@@ -6,6 +6,9 @@ keeps their final values; each of those imports the names from here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 # Curves logged per epoch (MLflow step = epoch).
 CURVES = (
     "train_loss",  # the data loss on the whole training split
@@ -18,3 +21,24 @@ CURVES = (
 )
 # Final values kept in results.csv as final_<key>.
 FINAL = ("val_acc", "val_loss", "train_acc", "train_loss")
+# With data.folds k > 1, val_acc is the mean over folds and each fold's is a curve of its own:
+# val_acc_fold0 .. val_acc_fold{k-1}. results.csv keeps their spread as final_val_acc_std.
+FOLD_PREFIX = "val_acc_fold"
+# A refit (train+validation together) has no held-out split: it logs the training curves only.
+REFIT_CURVES = tuple(k for k in CURVES if not k.startswith("val_"))
+
+
+def fold_key(fold: int) -> str:
+    """The name of one fold's validation accuracy."""
+    return f"{FOLD_PREFIX}{fold}"
+
+
+def fold_keys(metrics: Mapping[str, Any]) -> list[str]:
+    """The per-fold validation accuracies in ``metrics``, in fold order."""
+    folds = [k for k in metrics if k.startswith(FOLD_PREFIX) and k[len(FOLD_PREFIX) :].isdigit()]
+    return sorted(folds, key=lambda k: int(k[len(FOLD_PREFIX) :]))
+
+
+def curve_keys(metrics: Mapping[str, Any]) -> list[str]:
+    """The curves of one reported epoch: CURVES, then the per-fold accuracies it has."""
+    return [*CURVES, *fold_keys(metrics)]
