@@ -10,6 +10,7 @@ times: a resume runs it first (a store deleted, moved or never reached is rebuil
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from sweeps.config import load_document
 from sweeps.history import RESULT_KEYS, HistoryFile, SweepHistory
 from sweeps.layout import DEFAULT_STORAGE, SweepFolder
 from sweeps.lock import SweepLock
-from sweeps.tracking import SweepTracker, usable_store
+from sweeps.tracking import SweepTracker, TrialNews, usable_store
 from trainers.config import ConfigError
 
 
@@ -47,9 +48,7 @@ class Recorder:
         self.tracker.trial_started(trial_id, config)
 
     def trial_result(self, trial_id: str, metrics: dict[str, Any]) -> None:
-        kept = {k: metrics[k] for k in RESULT_KEYS if k in metrics} | {
-            "time": int(time.time() * 1000)
-        }
+        kept = _kept(metrics)
         self._record({"event": "result", "trial": trial_id, "metrics": kept})
         self.tracker.trial_result(trial_id, kept)
 
@@ -67,6 +66,29 @@ class Recorder:
     ) -> None:
         self._record({"event": "sweep_ended", "status": status, "best": best})
         self.tracker.end_sweep(status, best, artifact_dir)
+
+    def trials_news(self, news: list[TrialNews]) -> None:
+        """Many trials' news at once (a fused population's report): each event recorded as the
+        methods above record it, then one MLflow write for them all (``log_trials``)."""
+        kept = []
+        for n in news:
+            if n.started:
+                self._record(
+                    {"event": "trial_started", "trial": n.trial_id, "params": n.params}
+                    | {"config": n.config}
+                )
+            results = [_kept(m) for m in n.results]
+            for m in results:
+                self._record({"event": "result", "trial": n.trial_id, "metrics": m})
+            if n.end is not None:
+                self._record({"event": "trial_ended", "trial": n.trial_id} | n.end)
+            kept.append(replace(n, results=results))
+        self.tracker.log_trials(kept)
+
+
+def _kept(metrics: dict[str, Any]) -> dict[str, Any]:
+    """What the record keeps of a reported epoch, stamped with the time it was recorded."""
+    return {k: metrics[k] for k in RESULT_KEYS if k in metrics} | {"time": int(time.time() * 1000)}
 
 
 def sync(history: SweepHistory, tracker: SweepTracker, best_dir: Path) -> None:

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -286,13 +288,7 @@ class SweepTracker:
         if run_id is not None:
             self._log_new_params(run_id, config)
             return run_id
-        tags = {"mlflow.parentRunId": self._parent(), "sweep.trial_id": trial_id}
-        run = self.client.create_run(
-            self.experiment_id, tags=tags | {"sweep.status": "running"}, run_name=trial_id
-        )
-        run_id = self.trials[trial_id] = run.info.run_id
-        self.created += 1
-        self.last_epoch[run_id] = NOTHING
+        run_id = self._new_child(trial_id)
         self._save()
         self._log_new_params(run_id, config, {})
         return run_id
@@ -315,6 +311,15 @@ class SweepTracker:
         """Log the curves of the epochs the run lacks (step = epoch), batched. A diverged
         result repeats the last finite values: no point, a sweep.diverged tag."""
         run_id = self._child(trial_id)
+        points, diverged = self._new_points(run_id, results)
+        for i in range(0, len(points), METRIC_BATCH):
+            self.client.log_batch(run_id, metrics=points[i : i + METRIC_BATCH])
+        if diverged:
+            self._log_tags(run_id, {"sweep.diverged": "true"})
+
+    def _new_points(self, run_id: str, results: list[dict[str, Any]]) -> tuple[list[Metric], bool]:
+        """The curves' points of the epochs the run lacks (counted as logged), and whether a
+        result said diverged."""
         last, points, diverged = self._last(run_id), [], False
         for m in results:
             if m.get("diverged"):
@@ -331,29 +336,66 @@ class SweepTracker:
             ]
             last = epoch
             self.logged += 1
-        for i in range(0, len(points), METRIC_BATCH):
-            self.client.log_batch(run_id, metrics=points[i : i + METRIC_BATCH])
         self.last_epoch[run_id] = last
-        if diverged:
-            self._log_tags(run_id, {"sweep.diverged": "true"})
+        return points, diverged
 
     def trial_ended(
         self, trial_id: str, outcome: str, epochs_run: int, error: str | None = None
     ) -> None:
         """Tag the outcome and end the child run with the status of TRIAL_STATUS (idempotent)."""
-        if outcome not in TRIAL_STATUS:
-            raise ValueError(f"outcome must be one of {', '.join(TRIAL_STATUS)}; got {outcome!r}")
         run_id = self._child(trial_id)
-        tags = {"sweep.status": outcome, "sweep.epochs_run": str(epochs_run)}
-        if outcome == "early_stopped":
-            tags["sweep.rung"] = str(epochs_run)
-        if error:
-            first = error.strip().splitlines()[0] if error.strip() else error
-            full = error if len(error) <= ERROR_MAX else "..." + error[-ERROR_MAX:]
-            tags["sweep.error"] = first if full.strip() == first else f"{first}\n\n{full}"
-        self._log_tags(run_id, tags)
+        self._log_tags(run_id, end_tags(outcome, epochs_run, error))
         self.client.set_terminated(run_id, TRIAL_STATUS[outcome])
         self.ended[trial_id] = outcome
+
+    # ------------------------------------------------------------------ many trials at once
+    def log_trials(self, news: list[TrialNews]) -> None:
+        """Several trials' news (a fused population's report) in the fewest writes: a run is
+        made when its trial first has news, then one log_batch per run carries the params it
+        lacks, its new curves and its end tags, and set_terminated follows for those that
+        ended; the state file is written once. A trial started again (a resume) whose run had
+        ended is RUNNING again, as in ``trial_started``."""
+        made = False
+        for n in news:
+            run_id, params, tags = self.trials.get(n.trial_id), [], {}
+            if run_id is None:
+                run_id = self._new_child(n.trial_id)
+                params, made = [Param(k, str(v)[:PARAM_MAX]) for k, v in n.config.items()], True
+            elif n.started and n.trial_id in self.ended:
+                self.client.update_run(run_id, status="RUNNING")
+                self.ended.pop(n.trial_id)
+                tags["sweep.status"] = "running"
+            points, diverged = self._new_points(run_id, n.results)
+            if diverged:
+                tags["sweep.diverged"] = "true"
+            if n.end is not None:
+                tags |= end_tags(**n.end)
+            items = [RunTag(k, str(v)[:TAG_MAX]) for k, v in tags.items()]
+            calls = max(1, *(math.ceil(len(x) / BATCH) for x in (params, items)))
+            calls = max(calls, math.ceil(len(points) / METRIC_BATCH))
+            for i in range(calls):  # each call within MLflow's limits of each kind
+                self.client.log_batch(
+                    run_id,
+                    metrics=points[i * METRIC_BATCH : (i + 1) * METRIC_BATCH],
+                    params=params[i * BATCH : (i + 1) * BATCH],
+                    tags=items[i * BATCH : (i + 1) * BATCH],
+                )
+            if n.end is not None:
+                self.client.set_terminated(run_id, TRIAL_STATUS[n.end["outcome"]])
+                self.ended[n.trial_id] = n.end["outcome"]
+        if made:
+            self._save()
+
+    def _new_child(self, trial_id: str) -> str:
+        """A new child run for the trial, RUNNING, without params yet."""
+        tags = {"mlflow.parentRunId": self._parent(), "sweep.trial_id": trial_id}
+        run = self.client.create_run(
+            self.experiment_id, tags=tags | {"sweep.status": "running"}, run_name=trial_id
+        )
+        run_id = self.trials[trial_id] = run.info.run_id
+        self.created += 1
+        self.last_epoch[run_id] = NOTHING
+        return run_id
 
     # ------------------------------------------------------------------ helpers
     def _parent(self) -> str:
@@ -449,6 +491,32 @@ class SweepTracker:
         tmp = self.state_file.with_name(self.state_file.name + ".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         os.replace(tmp, self.state_file)
+
+
+@dataclass
+class TrialNews:
+    """What one trial did since its last news (``SweepTracker.log_trials``)."""
+
+    trial_id: str
+    params: dict[str, Any]  # its sampled values of the searched keys (the folder's record)
+    config: dict[str, Any]  # its full config: the run's params
+    started: bool  # it (re)started: a run that had ended is RUNNING again
+    results: list[dict[str, Any]]  # its new epochs
+    end: dict[str, Any] | None  # {"outcome", "epochs_run", "error"} once it ended
+
+
+def end_tags(outcome: str, epochs_run: int, error: str | None = None) -> dict[str, str]:
+    """A trial's end as tags: its outcome and epochs, ASHA's rung, the error's text."""
+    if outcome not in TRIAL_STATUS:
+        raise ValueError(f"outcome must be one of {', '.join(TRIAL_STATUS)}; got {outcome!r}")
+    tags = {"sweep.status": outcome, "sweep.epochs_run": str(epochs_run)}
+    if outcome == "early_stopped":
+        tags["sweep.rung"] = str(epochs_run)
+    if error:
+        first = error.strip().splitlines()[0] if error.strip() else error
+        full = error if len(error) <= ERROR_MAX else "..." + error[-ERROR_MAX:]
+        tags["sweep.error"] = first if full.strip() == first else f"{first}\n\n{full}"
+    return tags
 
 
 def _now() -> int:
