@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import yaml
 
 from sweeps import fused
 from sweeps.spec import sweep_spec
@@ -21,6 +27,7 @@ from trainers.loop import Trial
 from trainers.metrics import CURVES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sweeping import SWEEP, history_steps, make_data, output, runs_of, start_sweep  # noqa: E402
 
 DATA = {"source": "synthetic", "n_samples": 300, "n_features": 8, "n_classes": 3}
 COMPARED = ["epoch", "diverged", *(k for k in CURVES if k != "epoch_seconds")]
@@ -217,3 +224,198 @@ def test_report_fields_carry_the_news_as_one_string():
     assert fields["epoch"] == 2 and fields["val_acc"] == 0.7
     assert fused.next_report_after(0.0) == fused.MIN_REPORT_S
     assert fused.next_report_after(2.0) == 2.0 * fused.REPORT_RATIO
+
+
+# ---------------------------------------------------------------- real sweeps (slow)
+ENV = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+FUSED = {"engine": "fused", "seed": 1}
+
+
+def sweep(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    """`sweep ARGS` as a user runs it, in ``workdir``."""
+    return subprocess.run(
+        [SWEEP, *args], cwd=workdir, env=ENV, capture_output=True, text=True, timeout=900
+    )
+
+
+def write(workdir: Path, name: str, **sections) -> Path:
+    doc = {
+        "name": name,
+        "data": {"source": "npz", "path": str(workdir / "good.npz")},
+        "train": {"epochs": 4, "batch_size": 32, "optimizer": "sgd", "schedule": "constant"},
+        **sections,
+    }
+    path = workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def finished(workdir: Path, name: str, *args: str) -> pd.DataFrame:
+    """Run a sweep to its end; its results.csv."""
+    done = sweep(workdir, "run", str(workdir / f"{name}.yaml"), *args)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return pd.read_csv(workdir / "runs" / name / "results.csv")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fused")
+    make_data(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def grid(workdir):
+    """8 configurations in 2 populations; lr 1e30 diverges."""
+    space = {
+        "train.lr": {"grid": [0.01, 0.05, 0.1, 1.0e30]},
+        "model.loss": {"grid": ["softmax", "hinge"]},
+    }
+    write(workdir, "fgrid", search={"type": "grid", **FUSED, "population_size": 4}, space=space)
+    return finished(workdir, "fgrid")
+
+
+@pytest.mark.slow
+def test_grid_every_configuration_is_a_run_with_its_curves_and_outcome(workdir, grid):
+    assert len(grid) == 8 and sorted(grid["trial_id"]) == fused.config_ids(8)
+    diverged = grid[grid["train.lr"] == 1.0e30]
+    assert set(diverged["status"]) == {"diverged"} and len(diverged) == 2
+    assert set(grid[grid["train.lr"] < 1]["status"]) == {"completed"}
+    client, parent, children = runs_of(workdir, "fgrid")
+    assert sorted(children) == fused.config_ids(8)
+    assert parent.info.status == "FINISHED" and 0 < parent.data.metrics["best_test_acc"] <= 1
+    artifacts = [a.path for a in client.list_artifacts(parent.info.run_id)]
+    assert "best_model" in artifacts and "best_config.json" in artifacts
+    assert parent.data.tags["best.trial_id"] == grid.iloc[0]["trial_id"]
+    for _, row in grid.iterrows():
+        run = children[row["trial_id"]]
+        assert run.data.tags["sweep.status"] == row["status"]
+        assert float(run.data.params["train.lr"]) == row["train.lr"]
+        assert run.data.params["model.loss"] == row["model.loss"]
+        if row["status"] == "completed":
+            assert run.info.status == "FINISHED"
+            for key in CURVES:
+                assert history_steps(client, run, key) == [1, 2, 3, 4], key
+            assert run.data.metrics["val_acc"] == pytest.approx(row["final_val_acc"])
+        else:
+            assert run.info.status == "FAILED" and run.data.tags["sweep.diverged"] == "true"
+
+
+@pytest.fixture(scope="module")
+def random_pair(workdir):
+    """A random search fused (3 populations) and the same config with one trial each."""
+    space = {
+        "train.lr": {"loguniform": [1e-3, 1e-1]},
+        "model.loss": {"choice": ["softmax", "hinge"]},
+    }
+    search = {"type": "random", "num_samples": 5, **FUSED, "population_size": 2}
+    write(workdir, "frand", search=search, space=space)
+    write(workdir, "trand", search={**search, "engine": "trial"}, space=space)
+    return finished(workdir, "frand"), finished(workdir, "trand")
+
+
+@pytest.mark.slow
+def test_random_draws_the_per_trial_engines_configurations(workdir, random_pair):
+    fused_table, trial_table = random_pair
+    assert len(fused_table) == 5 and set(fused_table["status"]) == {"completed"}
+    keys = ["train.lr", "model.loss"]
+    ours = sorted(map(tuple, fused_table[keys].values.tolist()))
+    theirs = sorted(map(tuple, trial_table[keys].values.tolist()))
+    assert ours == theirs  # the same draws from the same seed
+    client, _, children = runs_of(workdir, "frand")
+    assert len(children) == 5
+    for run in children.values():
+        assert run.info.status == "FINISHED"
+        assert history_steps(client, run) == [1, 2, 3, 4]
+
+
+@pytest.fixture(scope="module")
+def asha(workdir):
+    search = {"type": "asha", "num_samples": 9, **FUSED, "grace_period": 1, "reduction_factor": 3}
+    write(
+        workdir,
+        "fasha",
+        train={"epochs": 9, "batch_size": 32, "optimizer": "sgd", "schedule": "constant"},
+        search=search,
+        space={"train.lr": {"loguniform": [1e-5, 1e-1]}},
+    )
+    return finished(workdir, "fasha")
+
+
+@pytest.mark.slow
+def test_asha_stops_the_configurations_the_rung_rule_names(workdir, asha):
+    client, _, children = runs_of(workdir, "fasha")
+    curves = {
+        i: {m.step: m.value for m in client.get_metric_history(r.info.run_id, "val_acc")}
+        for i, r in children.items()
+    }
+    rungs = fused.Rungs(fused.Asha(1, 3, 1, 9, "val_acc", "max"), dict.fromkeys(curves, 0))
+    expected = {}
+    for epoch in range(1, 10):  # the rule replayed on the logged curves
+        alive = {i: c for i, c in curves.items() if i not in expected and epoch in c}
+        at = {i: {"epoch": epoch, "val_acc": c[epoch]} for i, c in alive.items()}
+        expected |= rungs.stopped(at)
+    assert expected and len(asha) == 9
+    for _, row in asha.iterrows():
+        run = children[row["trial_id"]]
+        if row["trial_id"] in expected:
+            assert row["status"] == "early_stopped"
+            assert row["epochs_run"] == expected[row["trial_id"]]
+            assert run.info.status == "KILLED"
+            assert run.data.tags["sweep.rung"] == str(row["epochs_run"])
+        else:
+            assert row["status"] == "completed" and row["epochs_run"] == 9
+        assert history_steps(client, run) == list(range(1, row["epochs_run"] + 1))
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_logs_every_epoch_once(workdir, monkeypatch):
+    name = "fkilled"
+    write(
+        workdir,
+        name,
+        data={"source": "digits"},
+        train={"epochs": 60, "batch_size": 8, "optimizer": "sgd", "schedule": "constant"},
+        search={"type": "grid", **FUSED, "population_size": 4, "max_concurrent": 1},
+        space={"train.lr": {"grid": [0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.007, 0.008]}},
+    )
+    monkeypatch.chdir(workdir)  # start_sweep runs in the current directory
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    proc = start_sweep("run", str(workdir / f"{name}.yaml"))
+    record = workdir / "runs" / name / "history.jsonl"
+    try:
+        deadline = time.monotonic() + 300
+        while not (record.exists() and '"event":"result"' in record.read_text()):
+            assert proc.poll() is None and time.monotonic() < deadline, output(proc)
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (workdir / "runs" / name / "results.csv").exists()
+
+    resumed = sweep(workdir, "resume", name)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    table = pd.read_csv(workdir / "runs" / name / "results.csv")
+    assert len(table) == 8 and set(table["status"]) == {"completed"}
+    client, parent, children = runs_of(workdir, name)
+    assert len(children) == 8 and parent.info.status == "FINISHED"
+    for run in children.values():
+        assert run.info.status == "FINISHED"
+        assert history_steps(client, run) == list(range(1, 61))  # each epoch once
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["search.population_size=0"], "search.population_size must be an integer >= 1; got 0"),
+        (["search.engine=fast"], "search.engine must be one of trial, fused; got 'fast'"),
+    ],
+)
+def test_bad_fused_settings_are_refused_in_one_line(tmp_path, sets, message):
+    make_data(tmp_path)
+    cfg = write(tmp_path, "bad", search={"type": "grid", **FUSED}, space={})
+    done = sweep(tmp_path, "run", str(cfg), *[x for s in sets for x in ("--set", s)])
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"error: {message}"], done.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
