@@ -80,6 +80,8 @@ class PopulationPlan:
     configs: list[dict[str, Any]]  # TrialConfig.to_dict() of each
     brackets: list[int]  # each member's ASHA bracket; all 0 without asha
     asha: Asha | None
+    metric: str  # the sweep's: each report carries the best member's, for Ray
+    mode: str
 
 
 @dataclass
@@ -122,6 +124,8 @@ def plan(spec: SweepSpec, sampled: list[dict[str, Any]]) -> Plan:
             [cfgs[i].to_dict() for i in chunk],
             [brackets[i] for i in chunk],
             asha,
+            s.metric,
+            s.mode,
         )
         for members in groups.values()
         for chunk in np.array_split(members, math.ceil(len(members) / s.population_size))

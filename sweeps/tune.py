@@ -23,6 +23,9 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, single-user Ray
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables; we print our own
 # Keeping few checkpoints forces frequent state snapshots; Ray warns each time. We accept it.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# A fused population's report writes many configurations' runs: seconds by design (its cadence
+# keeps it a small share of the sweep), not the bottleneck Ray's warning suggests.
+os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "60")
 
 import numpy as np  # noqa: E402
 import ray  # noqa: E402
@@ -130,8 +133,6 @@ def population_trainable(
     else:
         with checkpoint.as_directory() as folder:
             run = fused.PopulationRun.restore(plan, folder, datasets)
-    asha = plan.asha
-    metric, mode = (asha.metric, asha.mode) if asha else ("val_acc", "max")
     wait, since = 0.0, time.monotonic()
     while not run.done:
         run.step()
@@ -139,7 +140,7 @@ def population_trainable(
             with tempfile.TemporaryDirectory() as folder:
                 run.save(folder)
                 start = time.monotonic()
-                result = fused.report_fields(run.take_news(), metric, mode)
+                result = fused.report_fields(run.take_news(), plan.metric, plan.mode)
                 tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
             since = time.monotonic()
             wait = since - start  # the driver's work on it: the report returns after
@@ -241,6 +242,9 @@ def repoint_unmade_trials(generator: BasicVariantGenerator, experiment: Path) ->
             spec["storage"] = storage
 
 
+ENDS = ("completed", "early_stopped", "diverged")  # what a population's line counts
+
+
 class PopulationCallback(TrackingCallback):
     """A fused sweep's callback: each Ray trial is a population; its members' news are
     recorded as if each configuration were a trial of its own (a run, curves, an outcome)."""
@@ -292,9 +296,6 @@ def _member_news(
     return TrialNews(id_, plan.params[id_], plan.configs[id_], started, results, end)
 
 
-ENDS = ("completed", "early_stopped", "diverged")  # what a population's line counts
-
-
 # ---------------------------------------------------------------- driver
 def checkpoints(grid: Any) -> dict[str, Path] | fused.MemberCheckpoints:
     """Each trial's latest checkpoint folder, by trial id, from the public Result fields; in a
@@ -341,17 +342,12 @@ def fit(
     plan = None
     if spec.search.engine == "fused":  # a Ray trial per population (sweeps/fused.py)
         plan = fused.plan(spec, sample_params(spec))
-        wrapped = tune.with_resources(
-            tune.with_parameters(
-                population_trainable, populations=plan.populations, cpus=resources["cpu"]
-            ),
-            resources,
+        function = tune.with_parameters(
+            population_trainable, populations=plan.populations, cpus=resources["cpu"]
         )
     else:
-        wrapped = tune.with_resources(
-            tune.with_parameters(trainable, sections=spec.sections, cpus=resources["cpu"]),
-            resources,
-        )
+        function = tune.with_parameters(trainable, sections=spec.sections, cpus=resources["cpu"])
+    wrapped = tune.with_resources(function, resources)
     if resume:
         tuner = tune.Tuner.restore(
             str(files.ray), trainable=wrapped, resume_unfinished=True, resume_errored=True

@@ -50,7 +50,8 @@ def population_plan(lrs: list[float], asha: fused.Asha | None = None, epochs: in
     train = {**TRAIN, "epochs": epochs}
     cfgs = [trial_config({"data": DATA, "train": {**train, "lr": lr}}) for lr in lrs]
     ids = fused.config_ids(len(lrs))
-    return fused.PopulationPlan(ids, [c.to_dict() for c in cfgs], [0] * len(lrs), asha)
+    configs = [c.to_dict() for c in cfgs]
+    return fused.PopulationPlan(ids, configs, [0] * len(lrs), asha, "val_acc", "max")
 
 
 def run_to_end(run: fused.PopulationRun) -> dict[str, dict]:
@@ -224,6 +225,51 @@ def test_report_fields_carry_the_news_as_one_string():
     assert fields["epoch"] == 2 and fields["val_acc"] == 0.7
     assert fused.next_report_after(0.0) == fused.MIN_REPORT_S
     assert fused.next_report_after(2.0) == 2.0 * fused.REPORT_RATIO
+
+
+# ---------------------------------------------------------------- many runs at once (fast)
+def epochs(*numbers: int) -> list[dict]:
+    return [{"epoch": e, **dict.fromkeys(CURVES, 0.5 + e / 100)} for e in numbers]
+
+
+def test_log_trials_makes_runs_lazily_and_logs_each_epoch_once(tmp_path):
+    from sweeps.tracking import SweepTracker, TrialNews
+
+    uri, state = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "state.json"
+    tracker = SweepTracker(uri, "many", state)
+    tracker.start_sweep({}, "sweep-1")
+    config = {"train.lr": 0.1, "model.loss": "softmax"}
+
+    def news(trial, started, numbers, end=None):
+        return TrialNews(trial, {"train.lr": 0.1}, config, started, epochs(*numbers), end)
+
+    done = {"outcome": "completed", "epochs_run": 4, "error": None}
+    tracker.log_trials([news("c0", True, [1, 2]), news("c1", True, [1, 2, 3, 4], done)])
+    assert tracker.created == 3 and set(json.loads(state.read_text())["trials"]) == {"c0", "c1"}
+    tracker.log_trials([news("c0", False, [2, 3])])  # epoch 2 again: a replay
+    tracker.end_sweep("interrupted")  # c0 ends KILLED, as after Ctrl-C
+
+    again = SweepTracker(uri, "many", state)  # a resumed driver
+    again.start_sweep({}, "sweep-1")
+    again.log_trials([news("c0", True, [3, 4], done)])  # reopened, then ended
+    assert again.created == 0
+    client = again.client
+    for trial in ("c0", "c1"):
+        run = client.get_run(again.trials[trial])
+        assert run.info.status == "FINISHED" and run.data.tags["sweep.status"] == "completed"
+        assert run.data.params == {k: str(v) for k, v in config.items()}
+        for key in CURVES:
+            assert history_steps(client, run, key) == [1, 2, 3, 4], (trial, key)
+
+
+def test_sqlite_connections_commit_without_fsync(tmp_path):
+    from sqlalchemy import create_engine
+
+    from sweeps.tracking import sqlite_without_fsync
+
+    sqlite_without_fsync()
+    with create_engine(f"sqlite:///{tmp_path}/x.db").connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 0
 
 
 # ---------------------------------------------------------------- real sweeps (slow)
