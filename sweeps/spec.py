@@ -19,6 +19,7 @@ from trainers.config import RULES, TOGETHER, ConfigError, TrialConfig, trial_con
 from trainers.rules import Rule, check_mapping, one_line, shown, unknown_key_error
 
 SEARCH_TYPES = ("grid", "random", "asha")
+ENGINES = ("trial", "fused")  # one Ray trial per configuration, or populations (sweeps/fused.py)
 METRICS = {"val_acc": "max", "val_loss": "min"}
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint", "quniform", "qloguniform")
 DISCRETE = ("grid", "choice")
@@ -58,6 +59,8 @@ class Search:
     max_failures: int = 1  # retries of a trial that raises, before it is recorded FAILED
     seed: int = 0  # seeds the draws of the search
     refit: bool = True  # retrain the chosen config on train+validation for the test look
+    engine: str = "trial"  # trial: a Ray trial per configuration; fused: per population
+    population_size: int = 256  # fused: most configurations trained together in one step
 
     @property
     def mode(self) -> str:
@@ -144,6 +147,18 @@ SWEEP_RULES: dict[str, Rule] = {
         "retrained with its hyperparameters, seed and train.epochs on train+validation "
         "together (all folds), on the driver, and that model gets the one look at test; "
         "false: the chosen trial's checkpoint does",
+    ),
+    "search.engine": Rule(
+        str,
+        choices=ENGINES,
+        doc="trial: one Ray trial per configuration; fused: configurations that share the data "
+        "and batch size trained together as populations, one Ray trial each (docs/fused.md)",
+    ),
+    "search.population_size": Rule(
+        int,
+        low=1,
+        doc="fused: at most this many configurations per population; resources, "
+        "max_concurrent and max_failures then count populations",
     ),
     "resources.cpu": Rule(float, low=0.0, low_open=True, doc="CPUs per trial"),
     "resources.gpu": Rule(

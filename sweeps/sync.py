@@ -10,6 +10,7 @@ times: a resume runs it first (a store deleted, moved or never reached is rebuil
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ from sweeps.layout import DEFAULT_STORAGE, SweepFolder
 from sweeps.lock import SweepLock
 from sweeps.naming import run_name
 from sweeps.results import first_error_line
-from sweeps.tracking import SweepTracker, refit_tags, usable_store
+from sweeps.tracking import SweepTracker, TrialNews, refit_tags, usable_store
 from trainers.config import ConfigError
 from trainers.metrics import REFIT_CURVES, fold_keys
 
@@ -57,8 +58,7 @@ class Recorder:
             self.view.started(trial_id, params)
 
     def trial_result(self, trial_id: str, metrics: dict[str, Any]) -> None:
-        keys = (*RESULT_KEYS, *fold_keys(metrics))
-        kept = {k: metrics[k] for k in keys if k in metrics} | {"time": int(time.time() * 1000)}
+        kept = _kept(metrics)
         self._record({"event": "result", "trial": trial_id, "metrics": kept})
         self.tracker.trial_result(trial_id, kept)
         if self.view is not None:
@@ -106,6 +106,50 @@ class Recorder:
     ) -> None:
         self._record({"event": "sweep_ended", "status": status, "best": best})
         self.tracker.end_sweep(status, best, artifact_dir)
+
+    def trials_news(self, news: list[TrialNews]) -> None:
+        """Many trials' news at once (a fused population's report): each event recorded as the
+        methods above record it, then one MLflow write for them all (``log_trials``)."""
+        kept = []
+        for n in news:
+            if n.started:
+                self._record(
+                    {"event": "trial_started", "trial": n.trial_id, "params": n.params}
+                    | {"config": n.config}
+                )
+            results = [_kept(m) for m in n.results]
+            for m in results:
+                self._record({"event": "result", "trial": n.trial_id, "metrics": m})
+            if n.end is not None:
+                self._record({"event": "trial_ended", "trial": n.trial_id} | n.end)
+            kept.append(replace(n, results=results))
+        self.tracker.log_trials(kept)
+        if self.view is not None:
+            for n in kept:
+                self._show(n.trial_id, n.params if n.started else None, n.results, n.end)
+
+    def _show(
+        self,
+        trial_id: str,
+        params: dict[str, Any] | None,
+        results: list[dict[str, Any]],
+        end: dict[str, Any] | None,
+    ) -> None:
+        """One trial's news on the live view."""
+        if params is not None:
+            self.view.started(trial_id, params)
+        for m in results:
+            self.view.result(trial_id, m)
+        if end is not None:
+            why = first_error_line(end["error"]) if end.get("error") else None
+            last = self.history.trials[trial_id].results
+            self.view.ended(trial_id, end["outcome"], last[-1] if last else None, why)
+
+
+def _kept(metrics: dict[str, Any]) -> dict[str, Any]:
+    """What the record keeps of a reported epoch, stamped with the time it was recorded."""
+    keys = (*RESULT_KEYS, *fold_keys(metrics))
+    return {k: metrics[k] for k in keys if k in metrics} | {"time": int(time.time() * 1000)}
 
 
 def sync(history: SweepHistory, tracker: SweepTracker, best_dir: Path) -> None:

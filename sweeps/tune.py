@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,17 +23,24 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, single-user Ray
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables; we print our own
 # Keeping few checkpoints forces frequent state snapshots; Ray warns each time. We accept it.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# A fused population's report writes many configurations' runs: seconds by design (its cadence
+# keeps it a small share of the sweep), not the bottleneck Ray's warning suggests.
+os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "60")
 
+import numpy as np  # noqa: E402
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
 from ray.tune.search.basic_variant import BasicVariantGenerator  # noqa: E402
+from ray.tune.search.variant_generator import generate_variants  # noqa: E402
 
+from sweeps import fused  # noqa: E402
 from sweeps.config import apply_sets  # noqa: E402
 from sweeps.layout import SweepFolder  # noqa: E402
 from sweeps.results import outcome  # noqa: E402
 from sweeps.spec import SweepSpec  # noqa: E402
 from sweeps.sync import Recorder  # noqa: E402
+from sweeps.tracking import TrialNews  # noqa: E402
 from trainers.config import trial_config  # noqa: E402
 from trainers.data import Dataset, prepare  # noqa: E402
 from trainers.loop import Trial  # noqa: E402
@@ -60,6 +68,18 @@ def search_space(spec: SweepSpec) -> dict[str, Any]:
     if spec.search.type == "grid" and spec.search.num_samples > 1 and SEED_KEY not in space:
         space[SEED_KEY] = tune.randint(0, 2**31 - 1)  # each repeat of the grid, its own seed
     return space
+
+
+def sample_params(spec: SweepSpec) -> list[dict[str, Any]]:
+    """Every configuration of the sweep, drawn up front as the per-trial engine draws them:
+    Ray's variant generator with the search's seed, num_samples passes over the space."""
+    rng = np.random.default_rng(spec.search.seed)
+    space = {"config": search_space(spec)}
+    return [
+        resolved["config"]
+        for _ in range(spec.search.num_samples)
+        for _, resolved in generate_variants(space, random_state=rng)
+    ]
 
 
 def resolved_config(sections: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
@@ -97,6 +117,35 @@ def trainable(config: dict[str, Any], sections: dict[str, Any], cpus: float) -> 
     trial.run(report)
 
 
+def population_trainable(
+    config: dict[str, Any], populations: list[fused.PopulationPlan], cpus: float
+) -> None:
+    """One population of a fused sweep: train it epoch by epoch; report its members' news and
+    checkpoint it every so often (sweeps.fused.next_report_after), and at its end."""
+    import torch
+
+    torch.set_num_threads(max(1, int(cpus)))
+    plan = populations[config[fused.POPULATION_KEY]]
+    datasets = _datasets(json.dumps(plan.configs[0]["data"], sort_keys=True))
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        run = fused.PopulationRun.start(plan, datasets)
+    else:
+        with checkpoint.as_directory() as folder:
+            run = fused.PopulationRun.restore(plan, folder, datasets)
+    wait, since = 0.0, time.monotonic()
+    while not run.done:
+        run.step()
+        if run.done or time.monotonic() - since >= fused.next_report_after(wait):
+            with tempfile.TemporaryDirectory() as folder:
+                run.save(folder)
+                start = time.monotonic()
+                result = fused.report_fields(run.take_news(), plan.metric, plan.mode)
+                tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
+            since = time.monotonic()
+            wait = since - start  # the driver's work on it: the report returns after
+
+
 # ---------------------------------------------------------------- driver-side objects
 # Ray pickles the callback and the search algorithm into tuner.pkl and, on resume, uses those
 # copies: anything they kept from the first start (the folder's path, above all) would be
@@ -107,6 +156,7 @@ class _Run:
     recorder: Recorder
     spec: SweepSpec
     files: SweepFolder
+    plan: fused.Plan | None = None  # a fused sweep's configurations and populations
 
 
 _active: _Run | None = None
@@ -186,9 +236,67 @@ def repoint_unmade_trials(generator: BasicVariantGenerator, experiment: Path) ->
             spec["storage"] = storage
 
 
+ENDS = ("completed", "early_stopped", "diverged")  # what a population's line counts
+
+
+class PopulationCallback(TrackingCallback):
+    """A fused sweep's callback: each Ray trial is a population; its members' news are
+    recorded as if each configuration were a trial of its own (a run, curves, an outcome)."""
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        pass  # the members start with the population's first report
+
+    def on_trial_result(self, iteration, trials, trial, result: dict, **info: Any) -> None:
+        run = _run()
+        news = json.loads(result[fused.NEWS_KEY]).items()
+        run.recorder.trials_news(
+            [_member_news(run.plan, i, n["started"], n["results"], n["end"]) for i, n in news]
+        )
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run = _run()
+        index = trial.config[fused.POPULATION_KEY]
+        ids = run.plan.populations[index].ids
+        ends = [run.recorder.history.trials[i].end for i in ids if i in run.recorder.history.trials]
+        outcomes = {o: sum(e is not None and e["outcome"] == o for e in ends) for o in ENDS}
+        shown = ", ".join(f"{n} {o}" for o, n in outcomes.items() if n)
+        print(f"  population {index} ({len(ids)} configurations): {shown}", flush=True)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Every member that had not ended ends with the population's error."""
+        run = _run()
+        error = Path(trial.error_file).read_text() if trial.error_file else "unknown error"
+        index, history = trial.config[fused.POPULATION_KEY], run.recorder.history.trials
+        news = []
+        for i in run.plan.populations[index].ids:
+            if i not in history or history[i].end is None:  # never started, or not ended
+                epochs = history[i].last_epoch if i in history else 0
+                end = {"outcome": "error", "epochs_run": epochs}
+                news.append(_member_news(run.plan, i, i not in history, [], end, str(error)))
+        run.recorder.trials_news(news)  # the live view says each member failed, and why
+
+
+def _member_news(
+    plan: fused.Plan,
+    id_: str,
+    started: bool,
+    results: list[dict[str, Any]],
+    end: dict[str, Any] | None,
+    error: str | None = None,
+) -> TrialNews:
+    """One configuration's news as a trial's, with its params and config from the plan."""
+    end = None if end is None else {**end, "error": error}
+    return TrialNews(id_, plan.params[id_], plan.configs[id_], started, results, end)
+
+
 # ---------------------------------------------------------------- driver
-def checkpoints(grid: Any) -> dict[str, Path]:
-    """Each trial's latest checkpoint folder, by trial id, from the public Result fields."""
+def checkpoints(grid: Any) -> dict[str, Path] | fused.MemberCheckpoints:
+    """Each trial's latest checkpoint folder, by trial id, from the public Result fields; in a
+    fused sweep, each configuration's, made on demand from its population's."""
+    if any(fused.POPULATION_KEY in (result.config or {}) for result in grid):
+        return fused.MemberCheckpoints(
+            [Path(r.checkpoint.path) for r in grid if r.checkpoint is not None]
+        )
     return {
         result.metrics["trial_id"]: Path(result.checkpoint.path)
         for result in grid
@@ -224,24 +332,32 @@ def fit(
     A resume restores Ray's state from the folder where it lies now (Ray takes its storage
     path and experiment name from the path it restores), so a moved folder goes on in place.
     """
-    wrapped = tune.with_resources(
-        tune.with_parameters(trainable, sections=spec.sections, cpus=resources["cpu"]),
-        resources,
-    )
+    plan = None
+    if spec.search.engine == "fused":  # a Ray trial per population (sweeps/fused.py)
+        plan = fused.plan(spec, sample_params(spec))
+        function = tune.with_parameters(
+            population_trainable, populations=plan.populations, cpus=resources["cpu"]
+        )
+    else:
+        function = tune.with_parameters(trainable, sections=spec.sections, cpus=resources["cpu"])
+    wrapped = tune.with_resources(function, resources)
     if resume:
         tuner = tune.Tuner.restore(
             str(files.ray), trainable=wrapped, resume_unfinished=True, resume_errored=True
         )
     else:
-        tuner = new_tuner(spec, files, wrapped)
-    with _running(_Run(recorder, spec, files)):
+        tuner = new_tuner(spec, files, wrapped, plan)
+    with _running(_Run(recorder, spec, files, plan)):
         return tuner.fit()
 
 
-def new_tuner(spec: SweepSpec, files: SweepFolder, wrapped: Any) -> tune.Tuner:
-    """A Tuner for a new sweep, its state saved in ``files.ray``."""
+def new_tuner(
+    spec: SweepSpec, files: SweepFolder, wrapped: Any, plan: fused.Plan | None = None
+) -> tune.Tuner:
+    """A Tuner for a new sweep, its state saved in ``files.ray``; with a fused ``plan``, a
+    trial per population (FIFO: ASHA runs inside each population)."""
     s = spec.search
-    if s.type == "asha":
+    if s.type == "asha" and plan is None:
         scheduler = ASHAScheduler(
             time_attr="epoch",  # our epoch count, kept across checkpoint restores
             max_t=spec.trial.train.epochs,
@@ -251,13 +367,16 @@ def new_tuner(spec: SweepSpec, files: SweepFolder, wrapped: Any) -> tune.Tuner:
         )
     else:
         scheduler = FIFOScheduler()
+    space = search_space(spec)
+    if plan is not None:
+        space = {fused.POPULATION_KEY: tune.grid_search(list(range(len(plan.populations))))}
     return tune.Tuner(
         wrapped,
-        param_space=search_space(spec),
+        param_space=space,
         tune_config=tune.TuneConfig(
             metric=s.metric,
             mode=s.mode,
-            num_samples=s.num_samples,
+            num_samples=s.num_samples if plan is None else 1,
             scheduler=scheduler,
             search_alg=Variants(random_state=s.seed, max_concurrent=s.max_concurrent),
             reuse_actors=True,  # ~0.2 s per trial instead of ~1 s, and the data stays loaded
@@ -265,7 +384,7 @@ def new_tuner(spec: SweepSpec, files: SweepFolder, wrapped: Any) -> tune.Tuner:
         run_config=tune.RunConfig(
             name=files.ray.name,  # Ray syncs over files it finds beside its folder
             storage_path=str(files.root),
-            callbacks=[TrackingCallback()],
+            callbacks=[TrackingCallback() if plan is None else PopulationCallback()],
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
             # Two, not one: Ray deletes the older checkpoint before its state snapshot names
             # the newer, so with one a SIGKILL in between leaves the state pointing at nothing.

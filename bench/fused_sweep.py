@@ -1,0 +1,167 @@
+"""Fused trials end to end: whole sweeps with `search.engine: fused`, Ray and MLflow included.
+
+    python bench/fused_sweep.py [grid] [asha] [random] [--no-baseline]
+
+grid:   configs/digits_fused.yaml, 256 configurations x 30 epochs, engine fused against one
+        Ray trial per configuration (skipped with --no-baseline): wall times, their ratio,
+        the best configuration of each, and the share of the fused sweep's wall time spent
+        in MLflow writes (the Recorder's tracker calls, timed in the driver).
+asha:   configs/digits_asha.yaml (64 trials) with engine fused.
+random: 2,048 random configurations on digits, 10 epochs each, engine fused; checks that
+        every configuration is its own MLflow run.
+
+Each sweep is the `sweep run` command in a fresh temporary folder (its own mlflow.db); the wall
+time is the command's, interpreter start and imports included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+RANDOM_2048 = [
+    "search.type=random",
+    "search.num_samples=2048",
+    "search.population_size=1024",  # two populations: one per core
+    "train.epochs=10",
+    "space={model.loss: {choice: [softmax, hinge]}, train.lr: {loguniform: [1.0e-3, 0.3]}, "
+    "train.lambda: {loguniform: [1.0e-5, 1.0e-1]}, train.momentum: {uniform: [0.5, 0.95]}, "
+    "train.schedule: {choice: [step, cosine]}}",
+]
+CASES = {  # name -> (config, --set overrides)
+    "grid": ("configs/digits_fused.yaml", []),
+    "asha": ("configs/digits_asha.yaml", ["search.engine=fused"]),
+    "random": ("configs/digits_fused.yaml", RANDOM_2048),
+}
+# every SweepTracker method the Recorder and sync call
+TRACKER_CALLS = ("open_sweep", "start_sweep", "end_sweep", "ensure_trial", "trial_started")
+TRACKER_CALLS += ("trial_result", "log_results", "trial_ended", "log_trials")
+
+
+def timed_tracker(totals: dict[str, float]) -> None:
+    """Time SweepTracker's public writes, the outermost call only (some call others)."""
+    from sweeps.tracking import SweepTracker
+
+    depth = [0]
+
+    def wrap(method):
+        @functools.wraps(method)
+        def timed(*args, **kwargs):
+            depth[0] += 1
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+                if depth[0] == 0:
+                    totals["mlflow_s"] += time.perf_counter() - start
+                    totals["calls"] += 1
+
+        return timed
+
+    for name in TRACKER_CALLS:
+        setattr(SweepTracker, name, wrap(getattr(SweepTracker, name)))
+
+
+def child(out: Path, argv: list[str]) -> int:
+    """In the sweep's own process: run the CLI with the tracker timed; write the totals."""
+    totals = {"mlflow_s": 0.0, "calls": 0}
+    timed_tracker(totals)
+    from sweeps.cli import main
+
+    try:
+        return main(argv)
+    finally:
+        out.write_text(json.dumps(totals))
+
+
+def sweep(case: str, engine: str | None = None) -> dict:
+    """One sweep as a command in a fresh folder: wall time, MLflow time, results, runs."""
+    config, sets = CASES[case]
+    sets = sets + ([f"search.engine={engine}"] if engine else [])
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "totals.json"
+        overrides = [a for s in sets for a in ("--set", s)]
+        args = ["run", str(ROOT / config), "--name", "bench", *overrides]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        start = time.perf_counter()
+        command = [sys.executable, __file__, "--child", str(out), *args]
+        done = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            tail = done.stdout[-2000:] + done.stderr[-2000:]
+            raise SystemExit(f"{case} ({engine or 'config'}) failed:\n{tail}")
+        totals = json.loads(out.read_text())
+        table = pd.read_csv(Path(tmp) / "runs/bench/results.csv")
+        return {
+            "wall_s": wall,
+            **totals,
+            "table": table,
+            "runs": mlflow_children(Path(tmp) / "mlflow.db"),
+        }
+
+
+def mlflow_children(db: Path) -> int:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("bench")
+    runs = client.search_runs([exp.experiment_id], "tags.`sweep.trial_id` != ''", max_results=50000)
+    return len(runs)
+
+
+def best(table: pd.DataFrame) -> dict:
+    row = table.iloc[0]
+    return {k: row[k] for k in table.columns if k.startswith(("model.", "train."))} | {
+        "final_val_acc": round(float(row["final_val_acc"]), 4)
+    }
+
+
+def line(name: str, r: dict) -> str:
+    share = r["mlflow_s"] / r["wall_s"]
+    return (
+        f"{name}: {r['wall_s']:.1f} s end to end, {len(r['table'])} configurations, "
+        f"{r['runs']} MLflow runs; MLflow writes {r['mlflow_s']:.1f} s "
+        f"({share:.0%} of the wall time, {r['calls']} tracker calls)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("cases", nargs="*", default=list(CASES), help=", ".join(CASES))
+    parser.add_argument("--no-baseline", action="store_true", help="grid: skip the per-trial run")
+    args = parser.parse_args()
+    if unknown := set(args.cases) - set(CASES):
+        parser.error(f"unknown case {', '.join(sorted(unknown))}; use {', '.join(CASES)}")
+    print(f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f} at the start")
+    for case in args.cases:
+        fused = sweep(case, "fused")
+        print(line(f"{case} fused", fused), flush=True)
+        if case == "grid":
+            print(f"  best: {best(fused['table'])}")
+            if not args.no_baseline:
+                trial = sweep(case, "trial")
+                print(line(f"{case} trial", trial), flush=True)
+                print(f"  best: {best(trial['table'])}")
+                print(f"  fused is {trial['wall_s'] / fused['wall_s']:.1f}x sooner")
+        if case == "random":
+            ok = fused["runs"] == len(fused["table"]) == 2048
+            print(f"  every configuration its own MLflow run: {ok}")
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        sys.exit(child(Path(sys.argv[2]), sys.argv[3:]))
+    main()
