@@ -346,14 +346,13 @@ def test_trials_page_url_filters_to_the_sweeps_children():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("swept", ["asha"], indirect=True)  # one sweep is enough
 def test_the_trials_page_lists_every_trial_in_the_mlflow_ui(swept, tmp_path):
     """The address `sweep ui` prints opens MLflow 3's training-runs page with the trials
     listed flat (not under a collapsed parent), checked in a real browser."""
     from tests.mlflow_server import free_port, serving
 
-    kind, _, data, uri = swept
-    if kind != "asha":
-        pytest.skip("one sweep is enough")
+    _, _, data, uri = swept
     port = free_port()
     mlflow = str(Path(sys.executable).with_name("mlflow"))
     cmd = [
