@@ -50,7 +50,7 @@ def state(uri: str) -> dict:
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("exp").experiment_id])
     return {
-        r.info.run_name: (
+        r.data.tags.get("sweep.trial_id", r.info.run_name): (
             r.info.status,
             r.data.tags.get("sweep.status"),
             [

@@ -37,6 +37,7 @@ import torch
 from trainers.config import ConfigError, TrialConfig, trial_config
 from trainers.data import Dataset, prepare
 from trainers.loop import Trial, resolve_device
+from trainers.metrics import fold_key
 from trainers.model import LinearClassifier
 from trainers.schedule import lr_factor
 
@@ -435,21 +436,24 @@ class Population:
         return out
 
     def _measure(self, lrs: list[float], epochs: list[int], seconds: float) -> list[dict]:
-        """Trial.measure's metrics for every configuration, averaged over folds."""
+        """Trial.measure's metrics for every configuration, averaged over folds, and with
+        k > 1 folds each fold's validation accuracy (``val_acc_fold<i>``)."""
         per_fold = [
             (f.measure(f.X, f.y, self.cols), f.measure(f.X_val, f.y_val, self.cols))
             for f in self.folds
         ]
         keys = [("train", "loss"), ("train", "total_loss"), ("train", "acc")]
         keys += [("val", "loss"), ("val", "acc")]
-        table = torch.stack(
-            [
-                torch.stack([(tr if split == "train" else va)[key] for tr, va in per_fold])
-                .to(torch.float64)  # a Trial averages Python floats
-                .mean(dim=0)
-                for split, key in keys
-            ]
-        ).tolist()  # one transfer: (5, K)
+        rows = [
+            torch.stack([(tr if split == "train" else va)[key] for tr, va in per_fold])
+            .to(torch.float64)  # a Trial averages Python floats
+            .mean(dim=0)
+            for split, key in keys
+        ]
+        if len(self.folds) > 1:
+            rows += [va["acc"].to(torch.float64) for _, va in per_fold]
+        table = torch.stack(rows).tolist()  # one transfer: (5 [+ folds], K)
+        folds = range(len(self.folds) if len(self.folds) > 1 else 0)
         return [
             {
                 "epoch": epochs[k],
@@ -458,6 +462,7 @@ class Population:
                 "epoch_seconds": seconds,
                 "diverged": False,
             }
+            | {fold_key(i): table[len(keys) + i][k] for i in folds}
             for k in range(len(self.ids))
         ]
 
