@@ -9,6 +9,8 @@ times: a resume runs it first (a store deleted, moved or never reached is rebuil
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,14 +24,23 @@ from trainers.config import ConfigError
 
 
 class Recorder:
-    """The driver's writes: each to history.jsonl (kept folded in ``history``), then MLflow."""
+    """The driver's writes: each to history.jsonl (kept folded in ``history``), then MLflow.
+
+    A trial's events reach MLflow from a thread of their own (``TrialWrites``): the driver's
+    loop, which starts trials and answers their reports, never waits for the store (a SQLite
+    commit waits for the disk, a server for the network). The record is written first, in
+    the driver's thread, so a kill loses nothing that ``sync`` cannot bring into MLflow
+    later; ``end_sweep`` waits for the writes queued before it.
+    """
 
     def __init__(self, history: SweepHistory, file: HistoryFile, tracker: SweepTracker) -> None:
         self.history, self.file, self.tracker = history, file, tracker
+        self.mlflow = TrialWrites(tracker)
 
-    def _record(self, event: dict[str, Any]) -> None:
-        self.file.append(event)
-        self.history.apply(event)
+    def _record(self, *events: dict[str, Any]) -> None:
+        self.file.append(*events)
+        for event in events:
+            self.history.apply(event)
 
     def start_sweep(self, params: dict[str, Any], fresh: bool) -> None:
         """``fresh``: Ray starts a new experiment, so earlier trials (if any) are void."""
@@ -44,14 +55,17 @@ class Recorder:
         self._record(
             {"event": "trial_started", "trial": trial_id, "params": params} | {"config": config}
         )
-        self.tracker.trial_started(trial_id, config)
+        self.mlflow.put(trial_id, config=config)
 
-    def trial_result(self, trial_id: str, metrics: dict[str, Any]) -> None:
-        kept = {k: metrics[k] for k in RESULT_KEYS if k in metrics} | {
-            "time": int(time.time() * 1000)
-        }
-        self._record({"event": "result", "trial": trial_id, "metrics": kept})
-        self.tracker.trial_result(trial_id, kept)
+    def trial_results(self, trial_id: str, epochs: list[dict[str, Any]]) -> None:
+        """One report of a trial: its epochs (oldest first), an event each, in one write to
+        the record. ``time`` is when the epoch ended, else now."""
+        now = int(time.time() * 1000)
+        kept = [
+            {k: m[k] for k in RESULT_KEYS if k in m} | {"time": m.get("time", now)} for m in epochs
+        ]
+        self._record(*({"event": "result", "trial": trial_id, "metrics": k} for k in kept))
+        self.mlflow.put(trial_id, results=kept)
 
     def trial_ended(
         self, trial_id: str, outcome: str, epochs_run: int, error: str | None = None
@@ -60,13 +74,78 @@ class Recorder:
             {"event": "trial_ended", "trial": trial_id, "outcome": outcome}
             | {"epochs_run": epochs_run, "error": error}
         )
-        self.tracker.trial_ended(trial_id, outcome, epochs_run, error)
+        self.mlflow.put(
+            trial_id, end={"outcome": outcome, "epochs_run": epochs_run, "error": error}
+        )
 
     def end_sweep(
         self, status: str, best: dict[str, Any] | None = None, artifact_dir: Path | None = None
     ) -> None:
         self._record({"event": "sweep_ended", "status": status, "best": best})
+        self.mlflow.wait()
         self.tracker.end_sweep(status, best, artifact_dir)
+
+
+class TrialWrites:
+    """Trial events written to MLflow in a thread, in order. When the store falls behind,
+    the events queued meanwhile are merged per trial (``merge``), so a trial that started,
+    reported and ended costs three calls (make the run; params, curves and tags; end it)
+    rather than one or two per event. The first error stops the writes: later ones are
+    dropped (``sync`` brings them in on resume) and every later ``put`` or ``wait`` raises it."""
+
+    def __init__(self, tracker: SweepTracker) -> None:
+        self.tracker = tracker
+        self.queue: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        self.error: Exception | None = None
+        threading.Thread(target=self._run, name="mlflow-writes", daemon=True).start()
+
+    def put(self, trial_id: str, **event: Any) -> None:
+        """One of a trial's events: config=..., results=[...] or end={...}."""
+        self._raise()
+        self.queue.put((trial_id, event))
+
+    def wait(self) -> None:
+        """Until every event put so far is written."""
+        self.queue.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        while True:
+            events = [self.queue.get()]
+            while not self.queue.empty():
+                events.append(self.queue.get())
+            try:
+                for trial_id, write in merge(events):
+                    if self.error is None:
+                        self.tracker.write_trial(trial_id, **write)
+            except Exception as err:
+                self.error = err
+            finally:
+                for _ in events:
+                    self.queue.task_done()
+
+
+def merge(events: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """Trial events (in order) as fewer writes, each {config?, results, end?} of one trial:
+    a trial's events go into its latest write unless that one has ended, or the event is a
+    new start after anything. Writes keep each trial's order of events."""
+    writes: list[tuple[str, dict[str, Any]]] = []
+    open_write: dict[str, dict[str, Any]] = {}
+    for trial_id, event in events:
+        write = open_write.get(trial_id)
+        if write is None or write.get("end") is not None or "config" in event:
+            write = open_write[trial_id] = {"results": []}
+            writes.append((trial_id, write))
+        if "config" in event:
+            write["config"] = event["config"]
+        write["results"] += event.get("results", [])
+        if "end" in event:
+            write["end"] = event["end"]
+    return writes
 
 
 def sync(history: SweepHistory, tracker: SweepTracker, best_dir: Path) -> None:
