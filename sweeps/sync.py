@@ -9,6 +9,8 @@ times: a resume runs it first (a store deleted, moved or never reached is rebuil
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -30,15 +32,24 @@ if TYPE_CHECKING:
 
 class Recorder:
     """The driver's writes: each to history.jsonl (kept folded in ``history``), then MLflow;
-    and, when a live view watches the sweep, to it (``view``)."""
+    and, when a live view watches the sweep, to it (``view``).
+
+    A trial's events reach MLflow from a thread of their own (``TrialWrites``): the driver's
+    loop, which starts trials and answers their reports, never waits for the store (a SQLite
+    commit waits for the disk, a server for the network). The record is written first, in
+    the driver's thread, so a kill loses nothing that ``sync`` cannot bring into MLflow
+    later; ``end_sweep`` (and a refit) waits for the writes queued before it.
+    """
 
     def __init__(self, history: SweepHistory, file: HistoryFile, tracker: SweepTracker) -> None:
         self.history, self.file, self.tracker = history, file, tracker
+        self.mlflow = TrialWrites(tracker)
         self.view: LiveView | None = None
 
-    def _record(self, event: dict[str, Any]) -> None:
-        self.file.append(event)
-        self.history.apply(event)
+    def _record(self, *events: dict[str, Any]) -> None:
+        self.file.append(*events)
+        for event in events:
+            self.history.apply(event)
 
     def start_sweep(self, params: dict[str, Any], fresh: bool) -> None:
         """``fresh``: Ray starts a new experiment, so earlier trials (if any) are void."""
@@ -53,16 +64,20 @@ class Recorder:
         self._record(
             {"event": "trial_started", "trial": trial_id, "params": params} | {"config": config}
         )
-        self.tracker.trial_started(trial_id, config, run_name(params))
+        self.mlflow.put(trial_id, config=config, name=run_name(params))
         if self.view is not None:
             self.view.started(trial_id, params)
 
-    def trial_result(self, trial_id: str, metrics: dict[str, Any]) -> None:
-        kept = _kept(metrics)
-        self._record({"event": "result", "trial": trial_id, "metrics": kept})
-        self.tracker.trial_result(trial_id, kept)
+    def trial_results(self, trial_id: str, epochs: list[dict[str, Any]]) -> None:
+        """One report of a trial: its epochs (oldest first), an event each, in one write to
+        the record. ``time`` is when the epoch ended, else now."""
+        now = int(time.time() * 1000)
+        kept = [_kept(m) | {"time": m.get("time", now)} for m in epochs]
+        self._record(*({"event": "result", "trial": trial_id, "metrics": k} for k in kept))
+        self.mlflow.put(trial_id, results=kept)
         if self.view is not None:
-            self.view.result(trial_id, kept)
+            for m in kept:
+                self.view.result(trial_id, m)
 
     def trial_ended(
         self, trial_id: str, outcome: str, epochs_run: int, error: str | None = None
@@ -71,7 +86,9 @@ class Recorder:
             {"event": "trial_ended", "trial": trial_id, "outcome": outcome}
             | {"epochs_run": epochs_run, "error": error}
         )
-        self.tracker.trial_ended(trial_id, outcome, epochs_run, error)
+        self.mlflow.put(
+            trial_id, end={"outcome": outcome, "epochs_run": epochs_run, "error": error}
+        )
         if self.view is not None:
             results = self.history.trials[trial_id].results
             why = first_error_line(error) if error else None
@@ -85,6 +102,7 @@ class Recorder:
             {"event": "refit_started", "refit": refit_id, "source": source}
             | {"params": params, "config": config}
         )
+        self.mlflow.wait()  # the trials' writes first: one writer at a time
         self.tracker.trial_started(refit_id, config, f"refit of {source}", refit_tags(source))
 
     def refit_result(self, refit_id: str, metrics: dict[str, Any]) -> None:
@@ -105,6 +123,7 @@ class Recorder:
         self, status: str, best: dict[str, Any] | None = None, artifact_dir: Path | None = None
     ) -> None:
         self._record({"event": "sweep_ended", "status": status, "best": best})
+        self.mlflow.wait()
         self.tracker.end_sweep(status, best, artifact_dir)
 
     def trials_news(self, news: list[TrialNews]) -> None:
@@ -150,6 +169,69 @@ def _kept(metrics: dict[str, Any]) -> dict[str, Any]:
     """What the record keeps of a reported epoch, stamped with the time it was recorded."""
     keys = (*RESULT_KEYS, *fold_keys(metrics))
     return {k: metrics[k] for k in keys if k in metrics} | {"time": int(time.time() * 1000)}
+
+
+class TrialWrites:
+    """Trial events written to MLflow in a thread, in order. When the store falls behind,
+    the events queued meanwhile are merged per trial (``merge``), so a trial that started,
+    reported and ended costs three calls (make the run; params, curves and tags; end it)
+    rather than one or two per event. The first error stops the writes: later ones are
+    dropped (``sync`` brings them in on resume) and every later ``put`` or ``wait`` raises it."""
+
+    def __init__(self, tracker: SweepTracker) -> None:
+        self.tracker = tracker
+        self.queue: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        self.error: Exception | None = None
+        threading.Thread(target=self._run, name="mlflow-writes", daemon=True).start()
+
+    def put(self, trial_id: str, **event: Any) -> None:
+        """One of a trial's events: config=... (and its run's name=...), results=[...] or
+        end={...}."""
+        self._raise()
+        self.queue.put((trial_id, event))
+
+    def wait(self) -> None:
+        """Until every event put so far is written."""
+        self.queue.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        while True:
+            events = [self.queue.get()]
+            while not self.queue.empty():
+                events.append(self.queue.get())
+            try:
+                for trial_id, write in merge(events):
+                    if self.error is None:
+                        self.tracker.write_trial(trial_id, **write)
+            except Exception as err:
+                self.error = err
+            finally:
+                for _ in events:
+                    self.queue.task_done()
+
+
+def merge(events: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """Trial events (in order) as fewer writes, each {config?, results, end?} of one trial:
+    a trial's events go into its latest write unless that one has ended, or the event is a
+    new start after anything. Writes keep each trial's order of events."""
+    writes: list[tuple[str, dict[str, Any]]] = []
+    open_write: dict[str, dict[str, Any]] = {}
+    for trial_id, event in events:
+        write = open_write.get(trial_id)
+        if write is None or write.get("end") is not None or "config" in event:
+            write = open_write[trial_id] = {"results": []}
+            writes.append((trial_id, write))
+        if "config" in event:
+            write["config"], write["name"] = event["config"], event.get("name")
+        write["results"] += event.get("results", [])
+        if "end" in event:
+            write["end"] = event["end"]
+    return writes
 
 
 def sync(history: SweepHistory, tracker: SweepTracker, best_dir: Path) -> None:

@@ -6,17 +6,25 @@ run ids, never the fluent global-state API. Runs are found again by their tags (
 the parent, ``sweep.trial_id`` on each child), so every write is "log what is missing": a
 resumed sweep continues the same runs, and a sweep copied twice into a store is there once.
 The ids are also kept in a JSON state file, a cache of the sweep's own store.
+
+MLflow is imported when first needed, not with this module: importing it and making a new
+SQLite store's tables take seconds, which ``usable_store`` starts in a thread while the
+driver starts Ray (``_Prepared``).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import json
 import math
 import os
 import re
+import shutil
 import sqlite3
+import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,7 +53,7 @@ REFIT_ROLE = "refit"  # sweep.role of a refit's run: the chosen config on train+
 EXPERIMENT_KIND = "mlflow.experimentKind"
 SWEEP_STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 BATCH = 100  # MLflow: at most 100 params or tags per log_batch
-METRIC_BATCH = 1000  # MLflow: at most 1000 metrics per log_batch
+METRIC_BATCH = 1000  # MLflow: at most 1000 metrics, params and tags together per log_batch
 PARAM_MAX = 6000  # MLflow: param values up to 6000 characters
 TAG_MAX = 8000  # MLflow: tag values up to 8000 characters
 ERROR_MAX = 5000  # characters of an error's full text kept in the sweep.error tag
@@ -58,7 +66,6 @@ WHY = {  # urllib3's cause of a failed request -> words
     "ReadTimeoutError": f"no answer within {PROBE_TIMEOUT_S} s",
     "NameResolutionError": "unknown host",
 }
-
 
 def resolve_tracking_uri(configured: Any, workdir: Path, key: str = "mlflow.tracking_uri") -> str:
     """The sweep config's ``mlflow.tracking_uri`` (``key`` names where it came from), else
@@ -83,6 +90,7 @@ def usable_store(configured: Any, workdir: Path, key: str = "mlflow.tracking_uri
     if (configured is None or configured == "") and os.environ.get("MLFLOW_TRACKING_URI"):
         key = "$MLFLOW_TRACKING_URI"
     check_store(uri, key)
+    _Prepared.start(uri)
     return uri
 
 
@@ -99,8 +107,8 @@ def _absolute(uri: str, base: Path) -> str:
 def check_store(uri: str, key: str = "mlflow.tracking_uri") -> None:
     """Ask the store, within a few seconds and without writing to it, whether it can take the
     sweep: a SQLite file that can be written (or made), a server that answers."""
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///") :].split("?")[0])
+    db = _sqlite_file(uri)
+    if db is not None:
         why = None
         if db.exists():
             try:
@@ -119,6 +127,9 @@ def check_store(uri: str, key: str = "mlflow.tracking_uri") -> None:
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
         "MLFLOW_HTTP_REQUEST_TIMEOUT": str(PROBE_TIMEOUT_S),
     }
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
     with _environ(**fast):
         try:
             MlflowClient(uri).search_experiments(max_results=1)
@@ -200,6 +211,7 @@ class SweepTracker:
     def __init__(self, tracking_uri: str, experiment: str, state_file: Path | None = None) -> None:
         # over HTTP, set_terminated prints two "View run" lines per run to stdout
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        _Prepared.adopt(tracking_uri)
         if tracking_uri.startswith("sqlite:"):
             sqlite_without_fsync()
         self.client = MlflowClient(tracking_uri)
@@ -219,8 +231,8 @@ class SweepTracker:
         if found is not None:
             return found.experiment_id
         location = None  # a local SQLite store keeps artifacts beside its database, not the cwd
-        if tracking_uri.startswith("sqlite:///"):
-            db_dir = Path(tracking_uri[len("sqlite:///") :].split("?")[0]).resolve().parent
+        if (db := _sqlite_file(tracking_uri)) is not None:
+            db_dir = db.resolve().parent
             name = re.sub(r"[^\w.-]", "_", self.experiment)
             location = (db_dir / "mlartifacts" / name).as_uri()
         experiment_id = self.client.create_experiment(self.experiment, location)
@@ -250,7 +262,9 @@ class SweepTracker:
         self.parent = run.info.run_id
         self._read_children()
         self._save()
-        self._log_new_params(self.parent, params, run.data.params)
+        self._log_batch(
+            self.parent, params={k: v for k, v in params.items() if k not in run.data.params}
+        )
         return self.parent
 
     def start_sweep(self, params: dict[str, Any], sweep_id: str = "") -> str:
@@ -290,6 +304,7 @@ class SweepTracker:
             self.client.log_dict(parent, best, "best_config.json")
         tags = {"best.trial_id": best.get("trial_id", "")}
         self._set_tags(run, tags | {f"best.{k}": v for k, v in best.get("config", {}).items()})
+
         now = _now()
         metrics = [
             Metric(f"best_{k}", float(v), now, 0)
@@ -298,8 +313,7 @@ class SweepTracker:
             and not isinstance(v, bool)
             and f"best_{k}" not in run.data.metrics
         ]
-        for i in range(0, len(metrics), METRIC_BATCH):
-            self.client.log_batch(parent, metrics=metrics[i : i + METRIC_BATCH])
+        self._log_batch(parent, metrics)
         self._set_tags(run, best.get("tags", {}))  # e.g. which model had the test look
         if artifact_dir is not None and "best_model" not in stored:
             self.client.log_artifacts(parent, str(artifact_dir), "best_model")
@@ -323,14 +337,68 @@ class SweepTracker:
         """The trial's child run, created (RUNNING, with ``tags``) if this store lacks it;
         params it lacks. ``name``: the run's readable name (sweeps.naming.run_name); the id
         stays a tag."""
+        run_id, params = self._open_trial(trial_id, config, name, tags)
+        self._log_batch(run_id, params=params)
+        return run_id
+
+    def _open_trial(
+        self,
+        trial_id: str,
+        config: dict[str, Any],
+        name: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        """The trial's run, created if this store lacks it, and the params it lacks."""
         run_id = self.trials.get(trial_id)
         if run_id is not None:
-            self._log_new_params(run_id, config)
-            return run_id
+            have = self.client.get_run(run_id).data.params
+            return run_id, {k: v for k, v in config.items() if k not in have}
         run_id = self._new_child(trial_id, name, tags)
         self._save()
-        self._log_new_params(run_id, config, {})
-        return run_id
+        return run_id, config
+
+    def write_trial(
+        self,
+        trial_id: str,
+        config: dict[str, Any] | None = None,
+        results: list[dict[str, Any]] | None = None,
+        end: dict[str, Any] | None = None,
+        name: str | None = None,
+        new_tags: dict[str, str] | None = None,
+    ) -> None:
+        """A trial's events in the fewest calls: with ``config`` it started (its run made
+        with the config as params, named ``name``, tagged ``new_tags``, or reopened on
+        resume); ``results`` are epochs it reported
+        (the curves of those the run lacks are logged, step = epoch; a diverged result
+        repeats the last finite values: no point, a sweep.diverged tag); ``end`` is
+        {"outcome", "epochs_run", "error"}: the outcome tagged and the run ended with the
+        status of TRIAL_STATUS. Params, curves and tags go in one log_batch (as many as
+        MLflow's limits need); nothing the run has already is written again."""
+        if end is not None and end["outcome"] not in TRIAL_STATUS:
+            raise ValueError(
+                f"outcome must be one of {', '.join(TRIAL_STATUS)}; got {end['outcome']!r}"
+            )
+        params: dict[str, Any] = {}
+        tags: dict[str, Any] = {}
+        if config is not None:
+            known = trial_id in self.trials
+            run_id, params = self._open_trial(trial_id, config, name, new_tags)
+            if known:  # a resumed trial: running again, from the epochs its run has
+                if end is None:
+                    self.client.update_run(run_id, status="RUNNING")
+                    tags["sweep.status"] = "running"
+                self.last_epoch[run_id] = self._read_last_epoch(run_id)
+            self.ended.pop(trial_id, None)
+        run_id = self._child(trial_id)
+        metrics, diverged = self._new_points(run_id, results or [])
+        if diverged:
+            tags["sweep.diverged"] = "true"
+        if end is not None:
+            tags |= end_tags(**end)
+        self._log_batch(run_id, metrics, params, tags)
+        if end is not None:
+            self.client.set_terminated(run_id, TRIAL_STATUS[end["outcome"]])
+            self.ended[trial_id] = end["outcome"]
 
     def trial_started(
         self,
@@ -340,31 +408,28 @@ class SweepTracker:
         tags: dict[str, str] | None = None,
     ) -> None:
         """Create the trial's child run with its config as params, or reopen it on resume."""
-        known = trial_id in self.trials
-        run_id = self.ensure_trial(trial_id, config, name, tags)
-        if known:
-            self.client.update_run(run_id, status="RUNNING")
-            self._log_tags(run_id, {"sweep.status": "running"})
-            self.last_epoch[run_id] = self._read_last_epoch(run_id)
-        self.ended.pop(trial_id, None)
+        self.write_trial(trial_id, config=config, name=name, new_tags=tags)
 
     def trial_result(self, trial_id: str, metrics: dict[str, Any]) -> None:
         """Log one epoch's curves at step = epoch; replayed or diverged epochs are skipped."""
-        self.log_results(trial_id, [metrics])
+        self.write_trial(trial_id, results=[metrics])
 
     def log_results(self, trial_id: str, results: list[dict[str, Any]]) -> None:
-        """Log the curves of the epochs the run lacks (step = epoch), batched. A diverged
-        result repeats the last finite values: no point, a sweep.diverged tag."""
-        run_id = self._child(trial_id)
-        points, diverged = self._new_points(run_id, results)
-        for i in range(0, len(points), METRIC_BATCH):
-            self.client.log_batch(run_id, metrics=points[i : i + METRIC_BATCH])
-        if diverged:
-            self._log_tags(run_id, {"sweep.diverged": "true"})
+        """Log the curves of the epochs the run lacks (step = epoch), in one batch."""
+        self.write_trial(trial_id, results=results)
 
-    def _new_points(self, run_id: str, results: list[dict[str, Any]]) -> tuple[list[Metric], bool]:
-        """The curves' points of the epochs the run lacks (counted as logged), and whether a
-        result said diverged."""
+    def trial_ended(
+        self, trial_id: str, outcome: str, epochs_run: int, error: str | None = None
+    ) -> None:
+        """Tag the outcome and end the child run with the status of TRIAL_STATUS (idempotent)."""
+        self.write_trial(
+            trial_id, end={"outcome": outcome, "epochs_run": epochs_run, "error": error}
+        )
+
+    def _new_points(self, run_id: str, results: list[dict[str, Any]]) -> tuple[list, bool]:
+        """The curve points of the epochs after the run's last logged one; whether any
+        result was a diverged one (those log no point)."""
+
         last, points, diverged = self._last(run_id), [], False
         for m in results:
             if m.get("diverged"):
@@ -383,15 +448,6 @@ class SweepTracker:
             self.logged += 1
         self.last_epoch[run_id] = last
         return points, diverged
-
-    def trial_ended(
-        self, trial_id: str, outcome: str, epochs_run: int, error: str | None = None
-    ) -> None:
-        """Tag the outcome and end the child run with the status of TRIAL_STATUS (idempotent)."""
-        run_id = self._child(trial_id)
-        self._log_tags(run_id, end_tags(outcome, epochs_run, error))
-        self.client.set_terminated(run_id, TRIAL_STATUS[outcome])
-        self.ended[trial_id] = outcome
 
     # ------------------------------------------------------------------ many trials at once
     def log_trials(self, news: list[TrialNews]) -> None:
@@ -457,6 +513,8 @@ class SweepTracker:
 
     def _active(self, run_id: str) -> Run | None:
         """The run, unless this store lacks it or it was deleted."""
+        from mlflow.exceptions import MlflowException
+
         try:
             run = self.client.get_run(run_id)
         except MlflowException as e:  # only "no such run"; a server outage must not fork runs
@@ -512,15 +570,6 @@ class SweepTracker:
                 return max(m.step for m in history)
         return NOTHING
 
-    def _log_new_params(
-        self, run_id: str, params: dict[str, Any], have: dict[str, str] | None = None
-    ) -> None:
-        """Params are immutable in MLflow: log only keys the run does not have yet."""
-        have = self.client.get_run(run_id).data.params if have is None else have
-        new = [Param(k, str(v)[:PARAM_MAX]) for k, v in params.items() if k not in have]
-        for i in range(0, len(new), BATCH):
-            self.client.log_batch(run_id, params=new[i : i + BATCH])
-
     def _set_tags(self, run: Run, tags: dict[str, Any]) -> None:
         """Log the tags whose value the run does not have already."""
         have = run.data.tags
@@ -529,9 +578,26 @@ class SweepTracker:
         )
 
     def _log_tags(self, run_id: str, tags: dict[str, Any]) -> None:
-        items = [RunTag(k, str(v)[:TAG_MAX]) for k, v in tags.items()]
-        for i in range(0, len(items), BATCH):
-            self.client.log_batch(run_id, tags=items[i : i + BATCH])
+        self._log_batch(run_id, tags=tags)
+
+    def _log_batch(
+        self,
+        run_id: str,
+        metrics: list | None = None,
+        params: dict[str, Any] | None = None,
+        tags: dict[str, Any] | None = None,
+    ) -> None:
+        """Metrics, params and tags in as few log_batch calls as MLflow's limits allow."""
+        from mlflow.entities import Param, RunTag
+
+        metrics = list(metrics or [])
+        params_ = [Param(k, str(v)[:PARAM_MAX]) for k, v in (params or {}).items()]
+        tags_ = [RunTag(k, str(v)[:TAG_MAX]) for k, v in (tags or {}).items()]
+        while metrics or params_ or tags_:
+            p, t = params_[:BATCH], tags_[:BATCH]
+            m = metrics[: METRIC_BATCH - len(p) - len(t)]
+            self.client.log_batch(run_id, metrics=m, params=p, tags=t)
+            metrics, params_, tags_ = metrics[len(m) :], params_[len(p) :], tags_[len(t) :]
 
     def _save(self) -> None:
         if self.state_file is None:
@@ -571,3 +637,61 @@ def end_tags(outcome: str, epochs_run: int, error: str | None = None) -> dict[st
 
 def _now() -> int:
     return int(time.time() * 1000)
+
+
+class _Prepared:
+    """A store made ready in a thread: MLflow imported and, for a SQLite file not there yet,
+    its tables made (MLflow runs every schema migration, seconds) in a temporary folder.
+    ``adopt`` waits for it and links the made file into place unless one appeared meanwhile,
+    so that nothing is written where the store goes before the sweep passed its checks."""
+
+    _by_uri: dict[str, _Prepared] = {}
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.made: Path | None = None
+        self.thread = threading.Thread(target=self._make, name="mlflow-store", daemon=True)
+
+    @classmethod
+    def start(cls, uri: str) -> None:
+        if uri not in cls._by_uri:
+            prepared = cls._by_uri[uri] = cls(uri)
+            prepared.thread.start()
+
+    def _make(self) -> None:
+        try:
+            from mlflow.tracking import MlflowClient
+
+            db = _sqlite_file(self.uri)
+            if db is None or db.exists():
+                return
+            folder = Path(tempfile.mkdtemp(prefix="sweeps-store-"))
+            atexit.register(shutil.rmtree, folder, ignore_errors=True)
+            MlflowClient(f"sqlite:///{folder / db.name}").search_experiments(max_results=1)
+            self.made = folder / db.name
+        except Exception:  # none made: MLflow makes the store itself, and says what is wrong
+            return
+
+    @classmethod
+    def adopt(cls, uri: str) -> None:
+        prepared = cls._by_uri.pop(uri, None)
+        if prepared is None:
+            return
+        prepared.thread.join()
+        db = _sqlite_file(uri)
+        if prepared.made is None or db is None or db.exists():
+            return
+        staged = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+        try:
+            shutil.copyfile(prepared.made, staged)
+            os.link(staged, db)  # fails if a store appeared meanwhile: that one is used
+        except OSError:
+            pass
+        finally:
+            staged.unlink(missing_ok=True)
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///") :].split("?")[0])

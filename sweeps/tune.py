@@ -17,11 +17,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, single-user Ray
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables; we print our own
-# Keeping few checkpoints forces frequent state snapshots; Ray warns each time. We accept it.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report thread, no prompt
+# Ray's loggers, chosen in new_tuner: its TensorBoard one wrote an event file per report and
+# cannot log the epochs a report carries.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+# A snapshot forced by num_to_keep is rare now (new_tuner); Ray need not warn when one is.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 # A fused population's report writes many configurations' runs: seconds by design (its cadence
 # keeps it a small share of the sweep), not the bottleneck Ray's warning suggests.
@@ -30,11 +34,13 @@ os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "60")
 import numpy as np  # noqa: E402
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
 from ray.tune.search.basic_variant import BasicVariantGenerator  # noqa: E402
 from ray.tune.search.variant_generator import generate_variants  # noqa: E402
 
 from sweeps import fused  # noqa: E402
+from sweeps.cadence import EARLIER, Cadence, asha_rungs  # noqa: E402
 from sweeps.config import apply_sets  # noqa: E402
 from sweeps.layout import SweepFolder  # noqa: E402
 from sweeps.results import outcome  # noqa: E402
@@ -42,8 +48,9 @@ from sweeps.spec import SweepSpec  # noqa: E402
 from sweeps.sync import Recorder  # noqa: E402
 from sweeps.tracking import TrialNews  # noqa: E402
 from trainers.config import trial_config  # noqa: E402
-from trainers.data import Dataset, prepare  # noqa: E402
-from trainers.loop import Trial  # noqa: E402
+
+if TYPE_CHECKING:
+    from trainers.data import Dataset
 
 SEED_KEY = "train.seed"
 
@@ -88,15 +95,27 @@ def resolved_config(sections: dict[str, Any], params: dict[str, Any]) -> dict[st
 
 
 # ---------------------------------------------------------------- the trainable (on workers)
+# The trainable's own imports (torch, scikit-learn) are made in it, not with this module: a
+# worker counts as started once it has imported this module, and Ray hands a pending trial to
+# the first actor that a finished trial frees, killing the one still starting for it. With
+# trials shorter than a worker's start, the sweep would run one trial at a time.
 @functools.lru_cache(maxsize=4)
 def _datasets(data_json: str) -> list[Dataset]:
     """Load once per worker process: actors are reused, so later trials skip the load."""
+    from trainers.data import prepare
+
     return prepare(trial_config({"data": json.loads(data_json)}).data)
 
 
-def trainable(config: dict[str, Any], sections: dict[str, Any], cpus: float) -> None:
-    """One trial: train epoch by epoch, report and checkpoint after each."""
+def trainable(
+    config: dict[str, Any], sections: dict[str, Any], cpus: float, milestones: frozenset[int]
+) -> None:
+    """One trial: train epoch by epoch; report and checkpoint when its Cadence says (at
+    ``milestones``, its end, and every so often), each report carrying the epochs since the
+    one before."""
     import torch
+
+    from trainers.loop import Trial
 
     torch.set_num_threads(max(1, int(cpus)))
     cfg = trial_config(apply_sets(sections, config))
@@ -107,14 +126,35 @@ def trainable(config: dict[str, Any], sections: dict[str, Any], cpus: float) -> 
     else:
         with checkpoint.as_directory() as folder:
             trial = Trial.load(folder, datasets)
+    cadence = Cadence(milestones, start=time.monotonic())
+    earlier: list[dict[str, Any]] = []
 
-    def report(metrics: dict[str, Any], current: Trial) -> None:
+    def on_epoch(metrics: dict[str, Any], current: Trial) -> None:
+        metrics = {**metrics, "time": int(time.time() * 1000)}
+        report, save = cadence.due(current.epoch, current.done, time.monotonic())
+        if not report:
+            earlier.append(metrics)
+            return
+        result = {**metrics, "epochs_run": current.epoch, EARLIER: earlier.copy()}
+        earlier.clear()
+        if not save:
+            tune.report(result)
+            return
         with tempfile.TemporaryDirectory() as folder:
             current.save(folder)
-            result = {**metrics, "epochs_run": current.epoch}
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    trial.run(report)
+    trial.run(on_epoch)
+
+
+def milestones(spec: SweepSpec) -> frozenset[int]:
+    """Epochs every trial reports and checkpoints at: ASHA's rungs (it decides on the result
+    reported at each; an early-stopped trial's model is its rung's) and the last epoch."""
+    s, epochs = spec.search, spec.trial.train.epochs
+    rungs = set()
+    if s.type == "asha":
+        rungs = asha_rungs(s.grace_period, epochs, s.reduction_factor, s.brackets)
+    return frozenset({*rungs, epochs})
 
 
 def population_trainable(
@@ -193,7 +233,7 @@ class TrackingCallback(tune.Callback):
         run.recorder.trial_started(trial.trial_id, dict(trial.config), config)
 
     def on_trial_result(self, iteration, trials, trial, result: dict, **info: Any) -> None:
-        _run().recorder.trial_result(trial.trial_id, result)
+        _run().recorder.trial_results(trial.trial_id, [*result.get(EARLIER, []), result])
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run = _run()
@@ -339,7 +379,9 @@ def fit(
             population_trainable, populations=plan.populations, cpus=resources["cpu"]
         )
     else:
-        function = tune.with_parameters(trainable, sections=spec.sections, cpus=resources["cpu"])
+        function = tune.with_parameters(
+            trainable, sections=spec.sections, cpus=resources["cpu"], milestones=milestones(spec)
+        )
     wrapped = tune.with_resources(function, resources)
     if resume:
         tuner = tune.Tuner.restore(
@@ -384,11 +426,23 @@ def new_tuner(
         run_config=tune.RunConfig(
             name=files.ray.name,  # Ray syncs over files it finds beside its folder
             storage_path=str(files.root),
-            callbacks=[TrackingCallback() if plan is None else PopulationCallback()],
+            callbacks=[
+                TrackingCallback() if plan is None else PopulationCallback(),
+                CSVLoggerCallback(),
+                JsonLoggerCallback(),
+            ],
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
-            # Two, not one: Ray deletes the older checkpoint before its state snapshot names
-            # the newer, so with one a SIGKILL in between leaves the state pointing at nothing.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_kept(spec)),
             verbose=0,
         ),
     )
+
+
+def checkpoints_kept(spec: SweepSpec) -> int:
+    """Ray's num_to_keep. Ray deletes a trial's checkpoints beyond it, and forces a snapshot of
+    the whole experiment's state (its cost grows with the number of trials: ray issues 7718,
+    11233) whenever a trial has saved num_to_keep checkpoints since the last snapshot. A trial
+    saves one at each milestone and one per CHECKPOINT_S of training: keeping two more than
+    the milestones, only a trial that trains long forces a snapshot, after several periods.
+    Never fewer than two: Ray deletes the older before its next snapshot names the newer."""
+    return len(milestones(spec)) + 2

@@ -16,17 +16,24 @@ import yaml
 from mlflow.tracking import MlflowClient
 from sklearn.datasets import make_classification
 
+from sweeps.cadence import EARLIER
+
 SWEEP = str(Path(sys.executable).with_name("sweep"))
 LRS = [0.01, 0.02, 0.03, 0.04]
 
 
 def make_data(folder: Path) -> None:
-    """good.npz (3 classes, 300 rows) and bad.npz (labels that are not integers)."""
+    """good.npz (3 classes, 300 rows), bad.npz (labels that are not integers) and slow.npz
+    (40,000 rows: an epoch of batch 8 takes a fifth of a second or more)."""
     X, y = make_classification(
         n_samples=300, n_features=8, n_informative=6, n_classes=3, random_state=0
     )
     np.savez(folder / "good.npz", X=X.astype("float32"), y=y)
     np.savez(folder / "bad.npz", X=X.astype("float32"), y=y + 0.5)
+    X, y = make_classification(
+        n_samples=40_000, n_features=8, n_informative=6, n_classes=3, random_state=0
+    )
+    np.savez(folder / "slow.npz", X=X.astype("float32"), y=y)
 
 
 def write_config(folder: Path, name: str, **sections) -> Path:
@@ -42,10 +49,11 @@ def write_config(folder: Path, name: str, **sections) -> Path:
 
 
 def killable_config(workdir: Path, name: str, epochs: int = 12) -> Path:
-    """Four trials one at a time, long enough to be stopped in the middle."""
+    """Four trials one at a time, long enough to be stopped in the middle (seconds each)."""
     return write_config(
         workdir,
         name,
+        data={"source": "npz", "path": str(workdir / "slow.npz")},
         train={"epochs": epochs, "batch_size": 8, "optimizer": "sgd"},
         search={"type": "grid", "max_concurrent": 1},
         space={"train.lr": {"grid": LRS}},
@@ -114,12 +122,29 @@ def check_complete(
         assert history_steps(client, run) == list(range(1, epochs + 1))
 
 
-def epochs_trained(folder: Path) -> dict[str, list[int]]:
-    """Per trial folder of Ray, the epochs it trained (each report a line of result.json):
-    an epoch trained twice shows twice."""
-    trained = {}
+def reports(folder: Path) -> dict[str, list[tuple[list[int], bool]]]:
+    """Per trial folder of Ray, its reports in order (result.json): the epochs each carried
+    (the epochs since the report before it, then its own) and whether a checkpoint came
+    with it. An epoch trained twice shows twice."""
+    found = {}
     for d in sorted((folder / "ray").iterdir()):
         if (d / "result.json").exists():
-            lines = (d / "result.json").read_text().splitlines()
-            trained[d.name] = [json.loads(line)["epoch"] for line in lines if line]
-    return trained
+            lines = [json.loads(line) for line in (d / "result.json").read_text().splitlines()]
+            found[d.name] = [
+                ([m["epoch"] for m in [*r.get(EARLIER, []), r]], bool(r.get("checkpoint_dir_name")))
+                for r in lines
+            ]
+    return found
+
+
+def went_on_from_checkpoints(trial: list[tuple[list[int], bool]]) -> bool:
+    """Whether each restart of a trial (an epoch not after the one before it) trained on
+    from the last epoch checkpointed before it, or from the start if none was."""
+    last, saved = 0, 0
+    for epochs, checkpointed in trial:
+        for epoch in epochs:
+            if epoch != last + 1 and not (epoch <= last and epoch == saved + 1):
+                return False
+            last = epoch
+        saved = last if checkpointed else saved
+    return True

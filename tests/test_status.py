@@ -46,12 +46,12 @@ def wait_for(predicate, proc: subprocess.Popen, timeout: float = 180) -> None:
 
 @pytest.mark.slow
 def test_status_of_a_running_then_interrupted_then_completed_sweep(tmp_path):
-    X, y = make_classification(n_samples=300, n_features=8, n_informative=6, n_classes=3)
+    X, y = make_classification(n_samples=40_000, n_features=8, n_informative=6, n_classes=3)
     np.savez(tmp_path / "good.npz", X=X.astype("float32"), y=y)
     doc = {
         "name": "watched",
         "data": {"source": "npz", "path": str(tmp_path / "good.npz")},
-        "train": {"epochs": 100, "batch_size": 4, "optimizer": "sgd"},  # seconds per trial
+        "train": {"epochs": 12, "batch_size": 8, "optimizer": "sgd"},  # seconds per trial
         "search": {"type": "grid", "max_concurrent": 1},  # one trial at a time: slow enough
         "space": {"train.lr": {"grid": LRS}},
     }

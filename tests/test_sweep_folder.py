@@ -24,13 +24,14 @@ from sweeping import (  # noqa: E402
     LRS,
     SWEEP,
     check_complete,
-    epochs_trained,
     killable_config,
     make_data,
     output,
+    reports,
     runs_of,
     start_sweep,
     wait_for_trials,
+    went_on_from_checkpoints,
     write_config,
 )
 
@@ -101,12 +102,14 @@ def ended_trials(folder: Path) -> set[str]:
 
 
 def check_nothing_trained_twice(folder: Path, ended_before: set[str]) -> None:
-    """Trials that had ended were not trained again; the others went on from a checkpoint
-    (Ray's last state snapshot before a Ctrl-C may predate the last epoch: that one again)."""
-    trained = epochs_trained(folder)
+    """Trials that had ended were not trained again; the others went on from their last
+    checkpoint (a trial checkpoints every few seconds: the epochs since it are trained again,
+    exactly)."""
+    trained = reports(folder)
     assert len(trained) == 4
-    for trial_dir, epochs in trained.items():
-        assert sorted(set(epochs)) == list(range(1, 13)) and epochs.count(1) == 1, trained
+    for trial_dir, trial in trained.items():
+        epochs = [epoch for carried, _ in trial for epoch in carried]
+        assert sorted(set(epochs)) == list(range(1, 13)) and went_on_from_checkpoints(trial), trial
         if any(t in trial_dir for t in ended_before):
             assert epochs == list(range(1, 13)), trained
 

@@ -1,0 +1,188 @@
+"""The cheap orchestration: when trials report and checkpoint (sweeps.cadence), the driver's
+MLflow writes merged in a thread (sweeps.sync), the store made ready while Ray starts
+(sweeps.tracking), and a real sweep whose reports carry the epochs between them."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from ray.tune.schedulers import ASHAScheduler
+
+from sweeps.cadence import Cadence, asha_rungs
+from sweeps.history import HistoryFile
+from sweeps.sync import Recorder, merge
+from sweeps.tracking import SweepTracker, usable_store
+from trainers.config import TrialConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sweeping import make_data, reports, runs_of, write_config  # noqa: E402
+
+CONFIG = TrialConfig().flat()
+
+
+# ---------------------------------------------------------------- cadence
+def run_cadence(cadence: Cadence, epochs: int, seconds: float, done_at: int | None = None):
+    """(epoch, report, checkpoint) after each epoch of ``seconds`` each."""
+    last = done_at or epochs
+    return [
+        (e, *cadence.due(e, e == last, cadence.start + e * seconds)) for e in range(1, last + 1)
+    ]
+
+
+def test_fast_epochs_report_and_checkpoint_at_milestones_and_the_end_only() -> None:
+    steps = run_cadence(Cadence(frozenset({3, 9, 27, 30}), start=0.0), 30, seconds=0.001)
+    assert [e for e, report, _ in steps if report] == [3, 9, 27, 30]
+    assert all(report == checkpoint for _, report, checkpoint in steps)
+
+
+def test_a_diverged_trial_reports_and_checkpoints_where_it_stops() -> None:
+    steps = run_cadence(Cadence(frozenset({10}), start=0.0), 10, seconds=0.001, done_at=4)
+    assert steps[-1] == (4, True, True) and not any(r for _, r, _ in steps[:-1])
+
+
+def test_slow_epochs_report_every_second_and_checkpoint_every_few() -> None:
+    cadence = Cadence(frozenset({100}), start=0.0, report_s=1.0, checkpoint_s=5.0)
+    steps = run_cadence(cadence, 100, seconds=0.5)  # two epochs a second
+    reported = [e for e, report, _ in steps if report]
+    saved = [e for e, _, checkpoint in steps if checkpoint]
+    assert reported == list(range(2, 101, 2))
+    assert saved == [*range(10, 100, 10), 100]  # each 5 s of training, and the end
+
+
+def test_tiny_epochs_report_at_most_report_epochs_at_a_time() -> None:
+    cadence = Cadence(frozenset({1000}), start=0.0, report_epochs=100)
+    steps = run_cadence(cadence, 1000, seconds=1e-6)
+    assert [e for e, report, _ in steps if report] == list(range(100, 1001, 100))
+    assert [e for e, _, checkpoint in steps if checkpoint] == [1000]
+
+
+@pytest.mark.parametrize(
+    ("grace", "max_t", "rf", "brackets"),
+    [(3, 30, 3, 1), (1, 9, 3, 1), (2, 100, 2, 3), (1, 1, 3, 1), (5, 81, 3, 2), (1, 1000, 4, 1)],
+)
+def test_asha_rungs_are_those_of_rays_scheduler(grace, max_t, rf, brackets) -> None:
+    """Ray keeps them in private bookkeeping (_Bracket._rungs): a release that moves them
+    fails here, not in a sweep whose trials would skip the epochs ASHA decides at."""
+    scheduler = ASHAScheduler(
+        time_attr="epoch", max_t=max_t, grace_period=grace, reduction_factor=rf, brackets=brackets
+    )
+    ray_rungs = {int(m) for b in scheduler._brackets for m, _ in b._rungs}
+    assert asha_rungs(grace, max_t, rf, brackets) == ray_rungs
+
+
+# ---------------------------------------------------------------- the driver's MLflow writes
+def test_merge_keeps_each_trials_order_and_starts_a_new_write_after_an_end() -> None:
+    end = {"outcome": "completed", "epochs_run": 2, "error": None}
+    events = [
+        ("t1", {"config": {"a": 1}}),
+        ("t2", {"config": {"a": 2}}),
+        ("t1", {"results": [{"epoch": 1}]}),
+        ("t1", {"results": [{"epoch": 2}]}),
+        ("t1", {"end": end}),
+        ("t1", {"config": {"a": 1}}),  # retried: a new start
+        ("t2", {"results": [{"epoch": 1}]}),
+    ]
+    assert merge(events) == [
+        ("t1", {"config": {"a": 1}, "results": [{"epoch": 1}, {"epoch": 2}], "end": end}),
+        ("t2", {"config": {"a": 2}, "results": [{"epoch": 1}]}),
+        ("t1", {"config": {"a": 1}, "results": []}),
+    ]
+
+
+def epoch(n: int, **more) -> dict:
+    return {"epoch": n, "val_loss": 1.0 / n, "val_acc": 0.5 + n / 100, "time": 1000 * n} | more
+
+
+def test_reports_carrying_epochs_reach_the_record_and_mlflow_once_each(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    file = HistoryFile(tmp_path / "history.jsonl")
+    history = file.read("exp")
+    recorder = Recorder(history, file, SweepTracker(uri, "exp", tmp_path / "state.json"))
+    recorder.start_sweep({"p": 1}, fresh=True)
+    recorder.trial_started("t1", {}, CONFIG)
+    recorder.trial_results("t1", [epoch(1), epoch(2), epoch(3)])  # one report, three epochs
+    recorder.trial_results("t1", [epoch(2), epoch(3), epoch(4)])  # restored from epoch 1
+    recorder.trial_ended("t1", "early_stopped", 4)
+    recorder.end_sweep("completed")
+
+    lines = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert [e["metrics"]["epoch"] for e in lines if e["event"] == "result"] == [1, 2, 3, 2, 3, 4]
+    assert [m["epoch"] for m in HistoryFile(file.path).read("exp").trials["t1"].results] == [
+        1,
+        2,
+        3,
+        4,
+    ]
+    client = MlflowClient(uri)
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("exp").experiment_id], "tags.`sweep.trial_id` = 't1'"
+    )
+    points = client.get_metric_history(run.info.run_id, "val_acc")
+    assert [(m.step, m.timestamp) for m in points] == [(n, 1000 * n) for n in (1, 2, 3, 4)]
+    assert run.info.status == "KILLED" and run.data.tags["sweep.rung"] == "4"
+    assert run.data.params["train.lr"] == str(CONFIG["train.lr"])
+
+
+def test_a_failed_mlflow_write_is_raised_in_the_driver(tmp_path: Path) -> None:
+    file = HistoryFile(tmp_path / "history.jsonl")
+    tracker = SweepTracker(f"sqlite:///{tmp_path}/mlflow.db", "exp")
+    recorder = Recorder(file.read("exp"), file, tracker)
+    recorder.start_sweep({}, fresh=True)
+    recorder.mlflow.put("ghost", results=[epoch(1)])  # MLflow has no run for it
+    with pytest.raises(KeyError, match="ghost"):
+        recorder.mlflow.wait()
+    with pytest.raises(KeyError, match="ghost"):
+        recorder.trial_started("t2", {}, CONFIG)
+
+
+# ---------------------------------------------------------------- the store, made early
+def test_a_new_sqlite_store_is_made_aside_and_linked_in_when_the_tracker_opens(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "new.db"
+    uri = usable_store(str(db), tmp_path)
+    assert not db.exists()  # nothing where the store goes before the sweep passed its checks
+    tracker = SweepTracker(uri, "exp")
+    assert db.exists() and tracker.client.get_experiment_by_name("exp") is not None
+    assert [p.name for p in tmp_path.iterdir()] == ["new.db"]  # no staging file left
+
+
+def test_a_store_made_meanwhile_is_kept(tmp_path: Path) -> None:
+    db = tmp_path / "raced.db"
+    uri = usable_store(str(db), tmp_path)
+    MlflowClient(uri).create_experiment("theirs")  # another process made the store meanwhile
+    SweepTracker(uri, "ours")
+    names = {e.name for e in MlflowClient(uri).search_experiments()}
+    assert {"theirs", "ours"} <= names
+
+
+# ---------------------------------------------------------------- a real sweep
+@pytest.mark.slow
+def test_asha_sweep_reports_at_rungs_and_logs_every_epoch(tmp_path, monkeypatch) -> None:
+    from sweeps.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    make_data(tmp_path)
+    cfg = write_config(
+        tmp_path,
+        "rungs",
+        train={"epochs": 9, "batch_size": 32, "optimizer": "sgd"},
+        search={"type": "asha", "num_samples": 6, "grace_period": 1, "reduction_factor": 3},
+        space={"train.lr": {"loguniform": [1e-5, 1e-1]}},
+    )
+    assert main(["run", str(cfg)]) == 0
+    client, _, children = runs_of(tmp_path, "rungs")
+    for trial in reports(tmp_path / "runs/rungs").values():
+        reported = [carried[-1] for carried, _ in trial]
+        assert set(reported) <= {1, 3, 9}  # the rungs and the end; epochs take milliseconds
+        assert all(checkpointed for _, checkpointed in trial)  # every rung is a checkpoint
+        trained = [e for carried, _ in trial for e in carried]
+        assert trained == list(range(1, reported[-1] + 1))
+    for run in children.values():
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+        assert steps == list(range(1, int(run.data.tags["sweep.epochs_run"]) + 1))
