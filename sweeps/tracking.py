@@ -67,6 +67,7 @@ WHY = {  # urllib3's cause of a failed request -> words
     "NameResolutionError": "unknown host",
 }
 
+
 def resolve_tracking_uri(configured: Any, workdir: Path, key: str = "mlflow.tracking_uri") -> str:
     """The sweep config's ``mlflow.tracking_uri`` (``key`` names where it came from), else
     $MLFLOW_TRACKING_URI, else a SQLite database in ``workdir``. Relative paths in the
