@@ -60,7 +60,10 @@ def refit(files: SweepFolder, recorder: Recorder, trial_id: str, cpus: float) ->
     record = history.refits.get(rid)
     if record is None:  # a checkpoint the record does not know of is from a voided try
         shutil.rmtree(folder, ignore_errors=True)
-    cfg = trial_config(apply_sets({}, source.config))
+    config = source.config
+    if config["train.device"] == "cuda" and not torch.cuda.is_available():
+        config = config | {"train.device": "cpu"}  # GPU trials ran on workers; this driver has none
+    cfg = trial_config(apply_sets({}, config))
     datasets = [refit_dataset(cfg.data)]
     note = (
         f"refit on train+validation, {len(datasets[0].train.y)} examples, {cfg.train.epochs} epochs"

@@ -267,7 +267,9 @@ def look_at_test(
         target = files.best(label)
         shutil.rmtree(target, ignore_errors=True)  # a resume's earlier copy may be another model
         shutil.copytree(model.folder, target)
-        trained = Trial.load(target)  # a refit loads its train+validation scaling with it
+        # a refit loads its train+validation scaling with it; a GPU trial's model is looked at
+        # on the CPU where the driver has no GPU, as trainers.loop.evaluate does
+        trained = Trial.load(target, device="auto")
         test = trained.evaluate("test")
         prefix = "" if label == "best" else f"{label}_"
         metrics |= {
@@ -293,5 +295,5 @@ def look_at_test(
         )
         print(f"  test look on: {model.note}")
         if label == "best":
-            best = {"trial_id": trial_id, "config": trained.cfg.flat()}
+            best = {"trial_id": trial_id, "config": history.trials[trial_id].config}
     return best | {"metrics": metrics, "tags": tags, "looks": looks}

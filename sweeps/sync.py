@@ -287,7 +287,8 @@ def sync_folder(name: str, storage: str | Path, tracking_uri: str | None) -> int
         lock.release()
     print(
         f"sweep {name} -> {uri} (experiment {history.experiment}): parent run {tracker.parent} "
-        f"and {len(history.trials)} trial runs; created {tracker.created} runs, "
+        f"and {len(history.trials)} trial runs, {len(history.refits)} refit runs; "
+        f"created {tracker.created} runs, "
         f"logged {tracker.logged} epochs"
     )
     return 0

@@ -214,7 +214,8 @@ def test_sync_twice_into_a_new_store_and_a_server_makes_one_copy(workdir):
                 for _ in range(2)
             ]
             assert [o.returncode for o in outs] == [0, 0], outs
-            assert "created 5 runs" in outs[0].stdout, outs[0].stdout
+            # the parent, 4 trials and the refit of the chosen one (search.refit)
+            assert "created 6 runs" in outs[0].stdout, outs[0].stdout
             assert "created 0 runs, logged 0 epochs" in outs[1].stdout, outs[1].stdout
             same_content(snapshot(workdir, "copied", uri))  # one parent, one run per trial
 
