@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -195,6 +196,7 @@ class SweepTracker:
         self.ended: dict[str, str] = {}  # trial id -> outcome, for runs no longer RUNNING
         self.last_epoch: dict[str, int] = {}  # run id -> last epoch logged
         self.created = 0  # runs this tracker made
+        self.unsaved = False  # runs made since the state file was written
         self.logged = 0  # epochs (all their curves) this tracker logged
 
     def _experiment_id(self, tracking_uri: str) -> str:
@@ -302,6 +304,7 @@ class SweepTracker:
         """The trial's child run, created (RUNNING) if this store lacks it; params it lacks."""
         run_id, params = self._open_trial(trial_id, config)
         self._log_batch(run_id, params=params)
+        self.save_state()
         return run_id
 
     def _open_trial(self, trial_id: str, config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -317,7 +320,7 @@ class SweepTracker:
         run_id = self.trials[trial_id] = run.info.run_id
         self.created += 1
         self.last_epoch[run_id] = NOTHING
-        self._save()
+        self.unsaved = True
         return run_id, config
 
     def write_trial(
@@ -326,6 +329,7 @@ class SweepTracker:
         config: dict[str, Any] | None = None,
         results: list[dict[str, Any]] | None = None,
         end: dict[str, Any] | None = None,
+        save: bool = True,
     ) -> None:
         """A trial's events in the fewest calls: with ``config`` it started (its run made
         with the config as params, or reopened on resume); ``results`` are epochs it reported
@@ -333,7 +337,8 @@ class SweepTracker:
         repeats the last finite values: no point, a sweep.diverged tag); ``end`` is
         {"outcome", "epochs_run", "error"}: the outcome tagged and the run ended with the
         status of TRIAL_STATUS. Params, curves and tags go in one log_batch (as many as
-        MLflow's limits need); nothing the run has already is written again."""
+        MLflow's limits need); nothing the run has already is written again. ``save``: the
+        state file now, if a run was made (else the caller calls ``save_state`` later)."""
         if end is not None and end["outcome"] not in TRIAL_STATUS:
             raise ValueError(
                 f"outcome must be one of {', '.join(TRIAL_STATUS)}; got {end['outcome']!r}"
@@ -359,6 +364,8 @@ class SweepTracker:
         if end is not None:
             self.client.set_terminated(run_id, TRIAL_STATUS[end["outcome"]])
             self.ended[trial_id] = end["outcome"]
+        if save:
+            self.save_state()
 
     def trial_started(self, trial_id: str, config: dict[str, Any]) -> None:
         """Create the trial's child run with its config as params, or reopen it on resume."""
@@ -500,7 +507,13 @@ class SweepTracker:
             self.client.log_batch(run_id, metrics=m, params=p, tags=t)
             metrics, params_, tags_ = metrics[len(m) :], params_[len(p) :], tags_[len(t) :]
 
+    def save_state(self) -> None:
+        """The state file, if runs were made since it was last written."""
+        if self.unsaved:
+            self._save()
+
     def _save(self) -> None:
+        self.unsaved = False
         if self.state_file is None:
             return
         state = {"experiment_id": self.experiment_id, "parent": self.parent, "trials": self.trials}
@@ -543,7 +556,13 @@ class _Prepared:
     def start(cls, uri: str) -> None:
         if uri not in cls._by_uri:
             prepared = cls._by_uri[uri] = cls(uri)
+            # MLflow announces the tables it makes; made aside, they are none of the user's
+            # concern (and a refused sweep must say one line only)
+            logging.getLogger("mlflow.store.db.utils").addFilter(prepared._not_mine)
             prepared.thread.start()
+
+    def _not_mine(self, record: logging.LogRecord) -> bool:
+        return record.thread != self.thread.ident
 
     def _make(self) -> None:
         try:
@@ -558,6 +577,8 @@ class _Prepared:
             self.made = folder / db.name
         except Exception:  # none made: MLflow makes the store itself, and says what is wrong
             return
+        finally:
+            logging.getLogger("mlflow.store.db.utils").removeFilter(self._not_mine)
 
     @classmethod
     def adopt(cls, uri: str) -> None:
