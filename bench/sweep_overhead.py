@@ -48,7 +48,7 @@ SWEEP = str(Path(sys.executable).with_name("sweep"))
 LONG = [  # trials of about 2 s of training each on a 2-core machine
     "search.type=random",
     "search.num_samples=64",
-    "train.epochs=200",
+    "train.epochs=400",
     "train.batch_size=64",
 ]
 SCALING_SIZES = [32, 128, 512, 2048]
