@@ -207,7 +207,8 @@ class TrialWrites:
             try:
                 for trial_id, write in merge(events):
                     if self.error is None:
-                        self.tracker.write_trial(trial_id, **write)
+                        self.tracker.write_trial(trial_id, **write, save=False)
+                self.tracker.save_state()  # once for all the runs made (its size grows)
             except Exception as err:
                 self.error = err
             finally:

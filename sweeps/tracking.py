@@ -18,6 +18,7 @@ import atexit
 import contextlib
 import functools
 import json
+import logging
 import math
 import os
 import re
@@ -225,6 +226,7 @@ class SweepTracker:
         self.ended: dict[str, str] = {}  # trial id -> outcome, for runs no longer RUNNING
         self.last_epoch: dict[str, int] = {}  # run id -> last epoch logged
         self.created = 0  # runs this tracker made
+        self.unsaved = False  # runs made since the state file was written
         self.logged = 0  # epochs (all their curves) this tracker logged
 
     def _experiment_id(self, tracking_uri: str) -> str:
@@ -340,6 +342,7 @@ class SweepTracker:
         stays a tag."""
         run_id, params = self._open_trial(trial_id, config, name, tags)
         self._log_batch(run_id, params=params)
+        self.save_state()
         return run_id
 
     def _open_trial(
@@ -355,7 +358,7 @@ class SweepTracker:
             have = self.client.get_run(run_id).data.params
             return run_id, {k: v for k, v in config.items() if k not in have}
         run_id = self._new_child(trial_id, name, tags)
-        self._save()
+        self.unsaved = True
         return run_id, config
 
     def write_trial(
@@ -366,6 +369,7 @@ class SweepTracker:
         end: dict[str, Any] | None = None,
         name: str | None = None,
         new_tags: dict[str, str] | None = None,
+        save: bool = True,
     ) -> None:
         """A trial's events in the fewest calls: with ``config`` it started (its run made
         with the config as params, named ``name``, tagged ``new_tags``, or reopened on
@@ -374,7 +378,8 @@ class SweepTracker:
         repeats the last finite values: no point, a sweep.diverged tag); ``end`` is
         {"outcome", "epochs_run", "error"}: the outcome tagged and the run ended with the
         status of TRIAL_STATUS. Params, curves and tags go in one log_batch (as many as
-        MLflow's limits need); nothing the run has already is written again."""
+        MLflow's limits need); nothing the run has already is written again. ``save``: the
+        state file now, if a run was made (else the caller calls ``save_state`` later)."""
         if end is not None and end["outcome"] not in TRIAL_STATUS:
             raise ValueError(
                 f"outcome must be one of {', '.join(TRIAL_STATUS)}; got {end['outcome']!r}"
@@ -400,6 +405,8 @@ class SweepTracker:
         if end is not None:
             self.client.set_terminated(run_id, TRIAL_STATUS[end["outcome"]])
             self.ended[trial_id] = end["outcome"]
+        if save:
+            self.save_state()
 
     def trial_started(
         self,
@@ -600,7 +607,13 @@ class SweepTracker:
             self.client.log_batch(run_id, metrics=m, params=p, tags=t)
             metrics, params_, tags_ = metrics[len(m) :], params_[len(p) :], tags_[len(t) :]
 
+    def save_state(self) -> None:
+        """The state file, if runs were made since it was last written."""
+        if self.unsaved:
+            self._save()
+
     def _save(self) -> None:
+        self.unsaved = False
         if self.state_file is None:
             return
         state = {"experiment_id": self.experiment_id, "parent": self.parent, "trials": self.trials}
@@ -657,7 +670,13 @@ class _Prepared:
     def start(cls, uri: str) -> None:
         if uri not in cls._by_uri:
             prepared = cls._by_uri[uri] = cls(uri)
+            # MLflow announces the tables it makes; made aside, they are none of the user's
+            # concern (and a refused sweep must say one line only)
+            logging.getLogger("mlflow.store.db.utils").addFilter(prepared._not_mine)
             prepared.thread.start()
+
+    def _not_mine(self, record: logging.LogRecord) -> bool:
+        return record.thread != self.thread.ident
 
     def _make(self) -> None:
         try:
@@ -672,6 +691,8 @@ class _Prepared:
             self.made = folder / db.name
         except Exception:  # none made: MLflow makes the store itself, and says what is wrong
             return
+        finally:
+            logging.getLogger("mlflow.store.db.utils").removeFilter(self._not_mine)
 
     @classmethod
     def adopt(cls, uri: str) -> None:
