@@ -228,7 +228,9 @@ def merge(events: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str,
             write = open_write[trial_id] = {"results": []}
             writes.append((trial_id, write))
         if "config" in event:
-            write["config"], write["name"] = event["config"], event.get("name")
+            write["config"] = event["config"]
+            if "name" in event:  # the run's readable name, when it is made
+                write["name"] = event["name"]
         write["results"] += event.get("results", [])
         if "end" in event:
             write["end"] = event["end"]
