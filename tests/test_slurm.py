@@ -104,8 +104,8 @@ def wait_for(pred, timeout: float, what: str):
 
 
 def check_sweep(workdir: Path, name: str, trials: int = 4) -> pd.DataFrame:
-    """results.csv lists every trial completed; MLflow holds one parent run and one child run
-    per trial, none RUNNING, each child's curve one point per epoch."""
+    """results.csv lists every trial completed; MLflow holds one parent run, one child run
+    per trial and one refit run (search.refit), none RUNNING, each curve one point per epoch."""
     from mlflow.tracking import MlflowClient
 
     table = pd.read_csv(workdir / "runs" / name / "results.csv")
@@ -116,7 +116,10 @@ def check_sweep(workdir: Path, name: str, trials: int = 4) -> pd.DataFrame:
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1, [r.info.run_name for r in parents]
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
-    assert sorted(r.data.tags["sweep.trial_id"] for r in children) == sorted(table["trial_id"])
+    refits = [r for r in children if r.data.tags.get("sweep.role") == "refit"]
+    assert len(refits) == 1  # the chosen config, retrained on train+validation
+    trial_ids = [r.data.tags["sweep.trial_id"] for r in children if r not in refits]
+    assert sorted(trial_ids) == sorted(table["trial_id"])
     assert [r.info.status for r in runs if r.info.status == "RUNNING"] == []
     for r in children:
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_loss")]
