@@ -203,9 +203,9 @@ def test_workers_join_and_a_cancelled_worker_costs_no_trial(
     slurm_cluster, profile, tmp_path, ray_tmp
 ):
     args = ["--mode", "workers", "--workers", "2", "--gpus-per-node", "1", "--partition", "gpu"]
-    # Long enough trials that the cancel lands mid-trial even on a loaded machine (40 epochs
-    # once finished before it did, and the worker then had no trial to lose).
-    head = submit(slurm_cluster, profile, tmp_path, "wk", *args, epochs=150)
+    # Long enough trials that the cancel lands mid-trial even on a loaded machine (150 epochs
+    # of the fast trainer finished before it did, and the worker then had no trial to lose).
+    head = submit(slurm_cluster, profile, tmp_path, "wk", *args, epochs=600)
     folder = tmp_path / "runs" / "wk"
     # both workers joined and all four trials report (2 per worker: 0.5 GPU each): cancel one
     wait_for(
@@ -239,10 +239,10 @@ def test_workers_join_and_a_cancelled_worker_costs_no_trial(
 # ---------------------------------------------------------------- the pre-timeout signal
 @slurm
 def test_pre_timeout_signal_requeues_and_resumes(slurm_cluster, profile, tmp_path, ray_tmp):
-    job = submit(slurm_cluster, profile, tmp_path, "rq", epochs=20)
+    job = submit(slurm_cluster, profile, tmp_path, "rq", epochs=600)  # running when signalled
     folder = tmp_path / "runs" / "rq"
 
-    def reporting() -> bool:  # the sweep runs: a trial has logged two epochs
+    def reporting() -> bool:  # the sweep runs: a trial has reported twice
         return any(len(p.read_text().splitlines()) >= 3 for p in folder.rglob("progress.csv"))
 
     wait_for(reporting, 90, "the sweep to run")
