@@ -205,7 +205,7 @@ def test_workers_join_and_a_cancelled_worker_costs_no_trial(
     args = ["--mode", "workers", "--workers", "2", "--gpus-per-node", "1", "--partition", "gpu"]
     # Long enough trials that the cancel lands mid-trial even on a loaded machine (150 epochs
     # of the fast trainer finished before it did, and the worker then had no trial to lose).
-    head = submit(slurm_cluster, profile, tmp_path, "wk", *args, epochs=600)
+    head = submit(slurm_cluster, profile, tmp_path, "wk", *args, epochs=2000)
     folder = tmp_path / "runs" / "wk"
     # both workers joined and all four trials report (2 per worker: 0.5 GPU each): cancel one
     wait_for(
