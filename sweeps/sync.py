@@ -10,6 +10,7 @@ times: a resume runs it first (a store deleted, moved or never reached is rebuil
 from __future__ import annotations
 
 import queue
+import tempfile
 import threading
 import time
 from dataclasses import replace
@@ -255,6 +256,17 @@ def sync(history: SweepHistory, tracker: SweepTracker, best_dir: Path) -> None:
     tracker.end_sweep(end["status"], end["best"], model)
 
 
+def file_report(files: SweepFolder, tracker: SweepTracker, uri: str) -> None:
+    """Give a store that lacks it the sweep's report, drawn anew so that its links point at
+    this store's runs (the folder's own report keeps pointing at the store it was made for)."""
+    if "report" in {a.path for a in tracker.client.list_artifacts(tracker.parent)}:
+        return
+    from sweeps.report import report  # matplotlib: only when a report is drawn
+
+    with tempfile.TemporaryDirectory() as out:
+        report(files.root, out=Path(out), tracking_uri=uri)
+
+
 def load_saved(name: str, storage: str | Path = DEFAULT_STORAGE) -> dict[str, Any]:
     """The config document a sweep was started with, for ``sweep resume NAME``: pointed at the
     folder where it was found, so a moved or renamed sweep goes on where it now lies."""
@@ -286,6 +298,8 @@ def sync_folder(name: str, storage: str | Path, tracking_uri: str | None) -> int
         history = HistoryFile(files.history).read(name)
         tracker = SweepTracker(uri, history.experiment)
         sync(history, tracker, files.best())
+        if (files.root / "report").is_dir():
+            file_report(files, tracker, uri)
     finally:
         lock.release()
     print(
