@@ -129,9 +129,6 @@ def check_store(uri: str, key: str = "mlflow.tracking_uri") -> None:
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
         "MLFLOW_HTTP_REQUEST_TIMEOUT": str(PROBE_TIMEOUT_S),
     }
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
     with _environ(**fast):
         try:
             MlflowClient(uri).search_experiments(max_results=1)
@@ -521,8 +518,6 @@ class SweepTracker:
 
     def _active(self, run_id: str) -> Run | None:
         """The run, unless this store lacks it or it was deleted."""
-        from mlflow.exceptions import MlflowException
-
         try:
             run = self.client.get_run(run_id)
         except MlflowException as e:  # only "no such run"; a server outage must not fork runs
@@ -596,8 +591,6 @@ class SweepTracker:
         tags: dict[str, Any] | None = None,
     ) -> None:
         """Metrics, params and tags in as few log_batch calls as MLflow's limits allow."""
-        from mlflow.entities import Param, RunTag
-
         metrics = list(metrics or [])
         params_ = [Param(k, str(v)[:PARAM_MAX]) for k, v in (params or {}).items()]
         tags_ = [RunTag(k, str(v)[:TAG_MAX]) for k, v in (tags or {}).items()]
@@ -680,8 +673,6 @@ class _Prepared:
 
     def _make(self) -> None:
         try:
-            from mlflow.tracking import MlflowClient
-
             db = _sqlite_file(self.uri)
             if db is None or db.exists():
                 return

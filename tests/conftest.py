@@ -1,4 +1,5 @@
-"""Shared fixtures: the one-machine SLURM test cluster (tests/slurm_cluster.py)."""
+"""Shared fixtures: a user's working directory, and the one-machine SLURM test cluster
+(tests/slurm_cluster.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,17 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import slurm_cluster as sc  # noqa: E402
+from sweeping import make_data  # noqa: E402
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """An empty working directory, as a user's, with the tests' data files and no MLflow URI
+    set from outside. (Modules that share one sweep across tests define a wider one.)"""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    make_data(tmp_path)
+    return tmp_path
 
 
 @pytest.fixture(scope="session")

@@ -16,17 +16,9 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweeping import SWEEP, make_data, write_config  # noqa: E402
+from sweeping import SWEEP, write_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    make_data(tmp_path)
-    return tmp_path
 
 
 def refused(args: list[str], cwd: Path, *needles: str, env: dict | None = None) -> str:

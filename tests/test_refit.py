@@ -29,7 +29,7 @@ from trainers.loop import CHECKPOINT_FILE, Trial
 from trainers.metrics import REFIT_CURVES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweeping import SWEEP, history_steps, make_data, output, runs_of, start_sweep  # noqa: E402
+from sweeping import SWEEP, history_steps, output, runs_of, start_sweep  # noqa: E402
 
 SMALL = {"source": "digits", "val_fraction": 0.16, "test_fraction": 0.2, "seed": 3}
 
@@ -76,14 +76,6 @@ def test_a_saved_refit_model_is_measured_with_its_own_scaling(tmp_path):
 
 
 # ---------------------------------------------------------------- sweeps (slow)
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    make_data(tmp_path)
-    return tmp_path
-
-
 def sweep_config(folder: Path, name: str, data: dict | None = None, **sections) -> Path:
     doc = {
         "name": name,

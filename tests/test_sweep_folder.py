@@ -25,7 +25,6 @@ from sweeping import (  # noqa: E402
     SWEEP,
     check_complete,
     killable_config,
-    make_data,
     output,
     reports,
     runs_of,
@@ -37,14 +36,6 @@ from sweeping import (  # noqa: E402
 
 pytestmark = pytest.mark.slow
 RUNNING = re.compile(r"error: sweep (\S+) is already running \(pid (\d+) on (\S+)\)")
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    make_data(tmp_path)
-    return tmp_path
 
 
 def interrupted_sweep(workdir: Path, name: str) -> Path:

@@ -27,7 +27,6 @@ from sweeping import (  # noqa: E402
     check_complete,
     history_steps,
     killable_config,
-    make_data,
     output,
     runs_of,
     start_sweep,
@@ -36,15 +35,6 @@ from sweeping import (  # noqa: E402
 )
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    """An empty working directory, as a user's, with no MLflow URI set from outside."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    make_data(tmp_path)
-    return tmp_path
 
 
 # A trial that fails at run time, after the driver's checks: it asks for a GPU on a worker

@@ -37,6 +37,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def split_tensors(
+    data: Dataset,
+    split: str,
+    device: torch.device,
+    on_device: dict[str, tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A split's (X, y) on ``device``: those kept there (train, val) as they are, any other
+    (test, for the one final look) copied there when asked for."""
+    if split in on_device:
+        return on_device[split]
+    part = getattr(data, split)
+    return torch.as_tensor(part.X, device=device), torch.as_tensor(part.y, device=device)
+
+
 class Trainer:
     """One linear classifier trained on one Dataset (one fold), everything on ``device``.
 
@@ -143,14 +157,8 @@ class Trainer:
         return torch.stack([loss, total, acc])
 
     def split_tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if split == "train":
-            return self.X, self.y
-        if split == "val":
-            return self.X_val, self.y_val
-        part = getattr(self.data, split)
-        return torch.as_tensor(part.X, device=self.device), torch.as_tensor(
-            part.y, device=self.device
-        )
+        on_device = {"train": (self.X, self.y), "val": (self.X_val, self.y_val)}
+        return split_tensors(self.data, split, self.device, on_device)
 
     def state_dict(self) -> dict[str, Any]:
         """In the layout torch.optim and LambdaLR write (W and b as parameters 0 and 1), so

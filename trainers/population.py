@@ -36,7 +36,7 @@ import torch
 
 from trainers.config import ConfigError, TrialConfig, trial_config
 from trainers.data import Dataset, prepare
-from trainers.loop import Trial, resolve_device
+from trainers.loop import Trial, resolve_device, split_tensors
 from trainers.metrics import fold_key
 from trainers.model import LinearClassifier
 from trainers.schedule import lr_factor
@@ -274,14 +274,8 @@ class Fold:
         return {"loss": loss, "total_loss": total, "acc": hits / len(y)}
 
     def split_tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if split == "train":
-            return self.X, self.y
-        if split == "val":
-            return self.X_val, self.y_val
-        part = getattr(self.data, split)
-        return torch.as_tensor(part.X, device=self.device), torch.as_tensor(
-            part.y, device=self.device
-        )
+        on_device = {"train": (self.X, self.y), "val": (self.X_val, self.y_val)}
+        return split_tensors(self.data, split, self.device, on_device)
 
     def compact(self, keep: torch.Tensor) -> None:
         """Keep only the configurations at positions ``keep`` (K',)."""
