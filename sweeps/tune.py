@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import json
 import os
-import tempfile
-import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,17 +37,18 @@ from ray.tune.search.basic_variant import BasicVariantGenerator  # noqa: E402
 from ray.tune.search.variant_generator import generate_variants  # noqa: E402
 
 from sweeps import fused  # noqa: E402
-from sweeps.cadence import EARLIER, Cadence, asha_rungs  # noqa: E402
+from sweeps.cadence import EARLIER, asha_rungs  # noqa: E402
 from sweeps.config import apply_sets  # noqa: E402
 from sweeps.layout import SweepFolder  # noqa: E402
 from sweeps.results import outcome  # noqa: E402
 from sweeps.spec import SweepSpec  # noqa: E402
 from sweeps.sync import Recorder  # noqa: E402
 from sweeps.tracking import TrialNews  # noqa: E402
+from sweeps.trainable import population_trainable, trainable  # noqa: E402
 from trainers.config import trial_config  # noqa: E402
 
 if TYPE_CHECKING:
-    from trainers.data import Dataset
+    pass
 
 SEED_KEY = "train.seed"
 
@@ -94,59 +92,6 @@ def resolved_config(sections: dict[str, Any], params: dict[str, Any]) -> dict[st
     return trial_config(apply_sets(sections, params)).flat()
 
 
-# ---------------------------------------------------------------- the trainable (on workers)
-# The trainable's own imports (torch, scikit-learn) are made in it, not with this module: a
-# worker counts as started once it has imported this module, and Ray hands a pending trial to
-# the first actor that a finished trial frees, killing the one still starting for it. With
-# trials shorter than a worker's start, the sweep would run one trial at a time.
-@functools.lru_cache(maxsize=4)
-def _datasets(data_json: str) -> list[Dataset]:
-    """Load once per worker process: actors are reused, so later trials skip the load."""
-    from trainers.data import prepare
-
-    return prepare(trial_config({"data": json.loads(data_json)}).data)
-
-
-def trainable(
-    config: dict[str, Any], sections: dict[str, Any], cpus: float, milestones: frozenset[int]
-) -> None:
-    """One trial: train epoch by epoch; report and checkpoint when its Cadence says (at
-    ``milestones``, its end, and every so often), each report carrying the epochs since the
-    one before."""
-    import torch
-
-    from trainers.loop import Trial
-
-    torch.set_num_threads(max(1, int(cpus)))
-    cfg = trial_config(apply_sets(sections, config))
-    datasets = _datasets(json.dumps(asdict(cfg.data), sort_keys=True))
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        trial = Trial(cfg, datasets)
-    else:
-        with checkpoint.as_directory() as folder:
-            trial = Trial.load(folder, datasets)
-    cadence = Cadence(milestones, start=time.monotonic())
-    earlier: list[dict[str, Any]] = []
-
-    def on_epoch(metrics: dict[str, Any], current: Trial) -> None:
-        metrics = {**metrics, "time": int(time.time() * 1000)}
-        report, save = cadence.due(current.epoch, current.done, time.monotonic())
-        if not report:
-            earlier.append(metrics)
-            return
-        result = {**metrics, "epochs_run": current.epoch, EARLIER: earlier.copy()}
-        earlier.clear()
-        if not save:
-            tune.report(result)
-            return
-        with tempfile.TemporaryDirectory() as folder:
-            current.save(folder)
-            tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
-
-    trial.run(on_epoch)
-
-
 def milestones(spec: SweepSpec) -> frozenset[int]:
     """Epochs every trial reports and checkpoints at: ASHA's rungs (it decides on the result
     reported at each; an early-stopped trial's model is its rung's) and the last epoch."""
@@ -155,35 +100,6 @@ def milestones(spec: SweepSpec) -> frozenset[int]:
     if s.type == "asha":
         rungs = asha_rungs(s.grace_period, epochs, s.reduction_factor, s.brackets)
     return frozenset({*rungs, epochs})
-
-
-def population_trainable(
-    config: dict[str, Any], populations: list[fused.PopulationPlan], cpus: float
-) -> None:
-    """One population of a fused sweep: train it epoch by epoch; report its members' news and
-    checkpoint it every so often (sweeps.fused.next_report_after), and at its end."""
-    import torch
-
-    torch.set_num_threads(max(1, int(cpus)))
-    plan = populations[config[fused.POPULATION_KEY]]
-    datasets = _datasets(json.dumps(plan.configs[0]["data"], sort_keys=True))
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        run = fused.PopulationRun.start(plan, datasets)
-    else:
-        with checkpoint.as_directory() as folder:
-            run = fused.PopulationRun.restore(plan, folder, datasets)
-    wait, since = 0.0, time.monotonic()
-    while not run.done:
-        run.step()
-        if run.done or time.monotonic() - since >= fused.next_report_after(wait):
-            with tempfile.TemporaryDirectory() as folder:
-                run.save(folder)
-                start = time.monotonic()
-                result = fused.report_fields(run.take_news(), plan.metric, plan.mode)
-                tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
-            since = time.monotonic()
-            wait = since - start  # the driver's work on it: the report returns after
 
 
 # ---------------------------------------------------------------- driver-side objects
