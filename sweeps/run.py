@@ -124,6 +124,7 @@ def drive(
             grid = tune.fit(spec, files, recorder, resources, resume=not fresh)
     except KeyboardInterrupt:
         return interrupted(spec, recorder)
+    tune.stop_in_background()
     code = finish(spec, files, recorder, tune.checkpoints(grid))
     if code == 0:
         write_report(files, tracking_uri)

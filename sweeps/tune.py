@@ -11,6 +11,7 @@ import contextlib
 import copy
 import json
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,8 +273,22 @@ def connect() -> dict[str, float]:
     return ray.cluster_resources()
 
 
+_stopping: threading.Thread | None = None
+
+
+def stop_in_background() -> None:
+    """Start stopping Ray (about 1.5 s of waiting for its processes) while the driver goes on
+    with what needs no Ray: the refit, the test look, the report."""
+    global _stopping
+    _stopping = threading.Thread(target=ray.shutdown, name="ray-shutdown")
+    _stopping.start()
+
+
 def shutdown() -> None:
-    ray.shutdown()
+    """Ray stopped, when this returns."""
+    if _stopping is not None:
+        _stopping.join()
+    ray.shutdown()  # (a no-op once stopped)
 
 
 def fit(
