@@ -21,8 +21,11 @@ demo: $(STAMP)
 tools:
 	command -v shellcheck >/dev/null || { apt-get update -qq && apt-get install -y -qq shellcheck; }
 
+# Two pytest workers (pytest-xdist): much of a sweep test is waiting on processes that start
+# (Ray, MLflow servers, SLURM daemons). Tests sharing a cluster or a sweep fixture form a group
+# that one worker runs (`xdist_group` in their modules).
 test: $(STAMP) tools
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 # The tests that need neither Ray nor a server nor SLURM (seconds, not minutes).
 test-fast: $(STAMP) tools

@@ -51,7 +51,7 @@ def test_status_of_a_running_then_interrupted_then_completed_sweep(tmp_path):
     doc = {
         "name": "watched",
         "data": {"source": "npz", "path": str(tmp_path / "good.npz")},
-        "train": {"epochs": 12, "batch_size": 8, "optimizer": "sgd"},  # seconds per trial
+        "train": {"epochs": 16, "batch_size": 8, "optimizer": "sgd"},  # seconds per trial
         "search": {"type": "grid", "max_concurrent": 1},  # one trial at a time: slow enough
         "space": {"train.lr": {"grid": LRS}},
     }
@@ -76,11 +76,15 @@ def test_status_of_a_running_then_interrupted_then_completed_sweep(tmp_path):
         assert state_ == "running" and progress.split("/")[1] == "4"
         assert 1 <= int(progress.split("/")[0]) < 4
         assert metric == "val_acc" and 0 <= float(value) <= 1 and slurm == "-"
-        detail = status(tmp_path, "watched")
-        assert detail.startswith("sweep watched: running")
-        assert (
-            "1 running" in detail and "not started" in detail and "best so far: val_acc" in detail
-        )
+        detail = ""
+
+        def mid_sweep() -> bool:  # a trial running and one not started (asked again if missed)
+            nonlocal detail
+            detail = status(tmp_path, "watched")
+            return "1 running" in detail and "not started" in detail
+
+        wait_for(mid_sweep, proc)
+        assert detail.startswith("sweep watched: running") and "best so far: val_acc" in detail
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the sweep saves its state and stops
         out, _ = proc.communicate(timeout=180)
