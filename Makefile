@@ -25,7 +25,7 @@ tools:
 # (Ray, MLflow servers, SLURM daemons). Tests sharing a cluster or a sweep fixture form a group
 # that one worker runs (`xdist_group` in their modules).
 test: $(STAMP) tools
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=30
 
 # The tests that need neither Ray nor a server nor SLURM (seconds, not minutes).
 test-fast: $(STAMP) tools
