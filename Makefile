@@ -22,8 +22,10 @@ tools:
 	command -v shellcheck >/dev/null || { apt-get update -qq && apt-get install -y -qq shellcheck; }
 
 # Two pytest workers (pytest-xdist): much of a sweep test is waiting on processes that start
-# (Ray, MLflow servers, SLURM daemons). Tests sharing a cluster or a sweep fixture form a group
-# that one worker runs (`xdist_group` in their modules).
+# (Ray, MLflow servers, SLURM daemons). Each worker starts its own SLURM test cluster (on free
+# ports) when it first runs a SLURM test. `loadgroup` with no group marks hands tests out one
+# at a time, which keeps the long sweep tests from piling up on one worker at the end. The 30
+# slowest tests are printed.
 test: $(STAMP) tools
 	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=30
 

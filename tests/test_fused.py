@@ -29,9 +29,6 @@ from trainers.metrics import CURVES
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sweeping import SWEEP, history_steps, make_data, output, runs_of, start_sweep  # noqa: E402
 
-# One worker of `pytest -n` runs this module: its sweeps are module fixtures, made once.
-pytestmark = pytest.mark.xdist_group("fused")
-
 DATA = {"source": "synthetic", "n_samples": 300, "n_features": 8, "n_classes": 3}
 COMPARED = ["epoch", "diverged", *(k for k in CURVES if k != "epoch_seconds")]
 TRAIN = {"epochs": 9, "batch_size": 32, "optimizer": "sgd", "schedule": "constant"}

@@ -27,9 +27,6 @@ from sweeps.spec import sweep_spec
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from browser import Chromium  # noqa: E402
 
-# One worker of `pytest -n` runs this module: its sweeps are module fixtures, made once.
-pytestmark = pytest.mark.xdist_group("report")
-
 SWEEP = str(Path(sys.executable).with_name("sweep"))
 BASE = {"epochs": 4, "batch_size": 32, "optimizer": "sgd", "schedule": "constant"}
 CONFIGS = {

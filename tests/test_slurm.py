@@ -39,8 +39,6 @@ space:
 resources: {cpu: 1, gpu: 0}
 """
 slurm = pytest.mark.slurm
-# One worker of `pytest -n` runs this module: the SLURM test cluster is one per process.
-pytestmark = pytest.mark.xdist_group("slurm")
 
 
 # ---------------------------------------------------------------- helpers

@@ -17,7 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import slurm_cluster as sc  # noqa: E402
 
-pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]  # one cluster: one worker
+pytestmark = pytest.mark.slurm
 
 
 def _read_lines(path: Path) -> list[str]:
