@@ -51,7 +51,7 @@ def test_status_of_a_running_then_interrupted_then_completed_sweep(tmp_path):
     doc = {
         "name": "watched",
         "data": {"source": "npz", "path": str(tmp_path / "good.npz")},
-        "train": {"epochs": 16, "batch_size": 8, "optimizer": "sgd"},  # seconds per trial
+        "train": {"epochs": 24, "batch_size": 8, "optimizer": "sgd"},  # seconds per trial
         "search": {"type": "grid", "max_concurrent": 1},  # one trial at a time: slow enough
         "space": {"train.lr": {"grid": LRS}},
     }
