@@ -19,7 +19,6 @@ import contextlib
 import functools
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -463,10 +462,10 @@ class SweepTracker:
         ended is RUNNING again, as in ``trial_started``."""
         made = False
         for n in news:
-            run_id, params, tags = self.trials.get(n.trial_id), [], {}
+            run_id, params, tags = self.trials.get(n.trial_id), {}, {}
             if run_id is None:
                 run_id = self._new_child(n.trial_id, run_name(n.params))
-                params, made = [Param(k, str(v)[:PARAM_MAX]) for k, v in n.config.items()], True
+                params, made = n.config, True
             elif n.started and n.trial_id in self.ended:
                 self.client.update_run(run_id, status="RUNNING")
                 self.ended.pop(n.trial_id)
@@ -476,16 +475,7 @@ class SweepTracker:
                 tags["sweep.diverged"] = "true"
             if n.end is not None:
                 tags |= end_tags(**n.end)
-            items = [RunTag(k, str(v)[:TAG_MAX]) for k, v in tags.items()]
-            calls = max(1, *(math.ceil(len(x) / BATCH) for x in (params, items)))
-            calls = max(calls, math.ceil(len(points) / METRIC_BATCH))
-            for i in range(calls):  # each call within MLflow's limits of each kind
-                self.client.log_batch(
-                    run_id,
-                    metrics=points[i * METRIC_BATCH : (i + 1) * METRIC_BATCH],
-                    params=params[i * BATCH : (i + 1) * BATCH],
-                    tags=items[i * BATCH : (i + 1) * BATCH],
-                )
+            self._log_batch(run_id, points, params, tags)
             if n.end is not None:
                 self.client.set_terminated(run_id, TRIAL_STATUS[n.end["outcome"]])
                 self.ended[n.trial_id] = n.end["outcome"]

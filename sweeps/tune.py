@@ -286,8 +286,10 @@ def stop_in_background() -> None:
 
 def shutdown() -> None:
     """Ray stopped, when this returns."""
+    global _stopping
     if _stopping is not None:
         _stopping.join()
+        _stopping = None
     ray.shutdown()  # (a no-op once stopped)
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from sweeps import fused
 from sweeps.spec import sweep_spec
@@ -27,7 +26,15 @@ from trainers.loop import Trial
 from trainers.metrics import CURVES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweeping import SWEEP, history_steps, make_data, output, runs_of, start_sweep  # noqa: E402
+from sweeping import (  # noqa: E402
+    SWEEP,
+    history_steps,
+    make_data,
+    output,
+    runs_of,
+    start_sweep,
+    write_config,
+)
 
 DATA = {"source": "synthetic", "n_samples": 300, "n_features": 8, "n_classes": 3}
 COMPARED = ["epoch", "diverged", *(k for k in CURVES if k != "epoch_seconds")]
@@ -284,18 +291,6 @@ def sweep(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def write(workdir: Path, name: str, **sections) -> Path:
-    doc = {
-        "name": name,
-        "data": {"source": "npz", "path": str(workdir / "good.npz")},
-        "train": {"epochs": 4, "batch_size": 32, "optimizer": "sgd", "schedule": "constant"},
-        **sections,
-    }
-    path = workdir / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
-
-
 def finished(workdir: Path, name: str, *args: str) -> pd.DataFrame:
     """Run a sweep to its end; its results.csv."""
     done = sweep(workdir, "run", str(workdir / f"{name}.yaml"), *args)
@@ -317,7 +312,9 @@ def grid(workdir):
         "train.lr": {"grid": [0.01, 0.05, 0.1, 1.0e30]},
         "model.loss": {"grid": ["softmax", "hinge"]},
     }
-    write(workdir, "fgrid", search={"type": "grid", **FUSED, "population_size": 4}, space=space)
+    write_config(
+        workdir, "fgrid", search={"type": "grid", **FUSED, "population_size": 4}, space=space
+    )
     return finished(workdir, "fgrid")
 
 
@@ -355,8 +352,8 @@ def random_pair(workdir):
         "model.loss": {"choice": ["softmax", "hinge"]},
     }
     search = {"type": "random", "num_samples": 5, **FUSED, "population_size": 2}
-    write(workdir, "frand", search=search, space=space)
-    write(workdir, "trand", search={**search, "engine": "trial"}, space=space)
+    write_config(workdir, "frand", search=search, space=space)
+    write_config(workdir, "trand", search={**search, "engine": "trial"}, space=space)
     return finished(workdir, "frand"), finished(workdir, "trand")
 
 
@@ -378,7 +375,7 @@ def test_random_draws_the_per_trial_engines_configurations(workdir, random_pair)
 @pytest.fixture(scope="module")
 def asha(workdir):
     search = {"type": "asha", "num_samples": 9, **FUSED, "grace_period": 1, "reduction_factor": 3}
-    write(
+    write_config(
         workdir,
         "fasha",
         train={"epochs": 9, "batch_size": 32, "optimizer": "sgd", "schedule": "constant"},
@@ -417,7 +414,7 @@ def test_asha_stops_the_configurations_the_rung_rule_names(workdir, asha):
 @pytest.mark.slow
 def test_sigkill_then_resume_logs_every_epoch_once(workdir, monkeypatch):
     name = "fkilled"
-    write(
+    write_config(
         workdir,
         name,
         data={"source": "digits"},
@@ -460,7 +457,7 @@ def test_sigkill_then_resume_logs_every_epoch_once(workdir, monkeypatch):
 )
 def test_bad_fused_settings_are_refused_in_one_line(tmp_path, sets, message):
     make_data(tmp_path)
-    cfg = write(tmp_path, "bad", search={"type": "grid", **FUSED}, space={})
+    cfg = write_config(tmp_path, "bad", search={"type": "grid", **FUSED}, space={})
     done = sweep(tmp_path, "run", str(cfg), *[x for s in sets for x in ("--set", s)])
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"error: {message}"], done.stderr
