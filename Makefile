@@ -22,12 +22,12 @@ tools:
 	command -v shellcheck >/dev/null || { apt-get update -qq && apt-get install -y -qq shellcheck; }
 
 # Two pytest workers (pytest-xdist): much of a sweep test is waiting on processes that start
-# (Ray, MLflow servers, SLURM daemons). Each worker starts its own SLURM test cluster (on free
-# ports) when it first runs a SLURM test. `loadgroup` with no group marks hands tests out one
-# at a time, which keeps the long sweep tests from piling up on one worker at the end. The 30
+# (Ray, MLflow servers, SLURM daemons). `loadfile` keeps each test module on one worker, so a
+# module's shared sweeps (module fixtures) are made once; a worker that runs a SLURM test starts
+# its own SLURM test cluster (on free ports, its job ids apart from the other's). The 30
 # slowest tests are printed.
 test: $(STAMP) tools
-	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=30
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=30
 
 # The tests that need neither Ray nor a server nor SLURM (seconds, not minutes).
 test-fast: $(STAMP) tools

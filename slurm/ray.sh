@@ -13,7 +13,9 @@
 #   installed: Ray refuses the option otherwise), +4 dashboard, +5 dashboard agent (http),
 #   +6 dashboard agent (grpc), +7 metrics, +8 runtime env agent, +10..+99 worker processes.
 # A slot with a port already taken (another job's Ray, another node of this job on the same
-# host) is skipped for the next one: the formula says where a node starts looking.
+# host) is skipped for the next one: the formula says where a node starts looking. A node also
+# claims its slot with flock(1) on $SWEEPS_RAY_TMP/sweeps-ray-slot-<first port>.lock, held while
+# the job lives, so that two jobs that start at the same moment never both find a slot free.
 # Temp dir: $SWEEPS_RAY_TMP/r<job id>n<node index> (default /tmp/...): short, because Unix
 # socket paths over 107 bytes abort Ray.
 # Cleanup: every Ray process started here carries SWEEPS_RAY_TAG=<its temp dir> in its
@@ -27,6 +29,7 @@ DRIVER_RC=0
 RAY_PID=""
 RAY_TAG=""
 RAY_TEMP=""
+SLOT_FD=""         # the open lock file of the claimed slot (flock)
 RAY_SRUN_PID=""    # single job: the srun running Ray on the other nodes
 WORKERS_JOB=""     # workers mode: the worker array, cancelled when the head ends
 ADDRESS_FILE=""    # workers mode: where the head publishes its address
@@ -66,14 +69,40 @@ PY
 # ray_slot NODE: the first port of the slot the formula gives (no check).
 ray_slot() { echo $((20000 + 100 * ((SLURM_JOB_ID + $1) % 127))); }
 
-# ray_ports NODE: set RAY_PORT, the first of 100 free ports, starting at the formula's slot.
+# slot_claim FIRST: lock the slot that starts at port FIRST for as long as this shell lives
+# (SLOT_FD); fails when another job holds it. Without flock(1) it succeeds: the port check
+# alone decides. Another user's lock file is opened read-only, which flock accepts.
+slot_claim() {
+  command -v flock >/dev/null || return 0
+  local lock="$SWEEPS_RAY_TMP/sweeps-ray-slot-$1.lock"
+  [[ -e $lock ]] || : 2>/dev/null >"$lock"
+  [[ -r $lock ]] || return 1
+  exec {SLOT_FD}<"$lock"
+  flock -n "$SLOT_FD" && return 0
+  slot_release
+  return 1
+}
+
+# slot_release: let go of the claimed slot (closes SLOT_FD, if any).
+slot_release() {
+  if [[ -n $SLOT_FD ]]; then
+    exec {SLOT_FD}<&-
+  fi
+  SLOT_FD=""
+}
+
+# ray_ports NODE: set RAY_PORT, the first of 100 free ports, starting at the formula's slot,
+# and claim that slot.
 ray_ports() {
   local first try
   first=$(ray_slot "$1")
   for ((try = 0; try < 127; try++)); do
     RAY_PORT=$((20000 + (first - 20000 + 100 * try) % 12700))
-    ports_free "$RAY_PORT" 100 && return 0
-    sweeps_log "ports $RAY_PORT-$((RAY_PORT + 99)) are partly in use here: trying the next 100"
+    if slot_claim "$RAY_PORT"; then
+      ports_free "$RAY_PORT" 100 && return 0
+      slot_release
+    fi
+    sweeps_log "ports $RAY_PORT-$((RAY_PORT + 99)) are in use or claimed here: trying the next 100"
   done
   sweeps_fail "no 100 free ports in 20000-32699 on $(hostname)"
 }
@@ -191,6 +220,7 @@ ray_cleanup() {
     kill -KILL $pids 2>/dev/null
   fi
   rm -rf "$RAY_TEMP"
+  slot_release
   RAY_TAG=""
 }
 

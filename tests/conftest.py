@@ -39,7 +39,10 @@ def slurm_cluster(tmp_path_factory):
     base = tmp_path_factory.mktemp("slurm")
     if len(str(base)) > 50:
         base = Path(tempfile.mkdtemp(prefix="slurmtest-", dir="/tmp"))
-    cluster = sc.start(base, cpus_per_node=8)
+    # each pytest-xdist worker has its own cluster: its job ids start 64 apart from the other's,
+    # so that jobs of both never share a Ray port slot ((job id + node) % 127) or a temp dir
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    cluster = sc.start(base, cpus_per_node=8, first_job_id=1 + 64 * worker)
     try:
         yield cluster
     finally:

@@ -8,6 +8,7 @@ rendered scripts' key lines, bash -n and shellcheck, refused input, the ports.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -446,6 +447,30 @@ def test_a_busy_slot_is_skipped():
         s.bind(("", first + 42))  # one port of the slot taken, e.g. by another job's Ray
         s.listen()
         assert bash("ray_ports 0; echo $RAY_PORT", SLURM_JOB_ID="5").endswith(str(first + 100))
+
+
+def test_a_slot_claimed_by_another_job_is_skipped(tmp_path):
+    first = sub.ray_ports(5)["gcs"]
+    with open(tmp_path / f"sweeps-ray-slot-{first}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a job running there holds it
+        got = bash("ray_ports 0; echo $RAY_PORT", SLURM_JOB_ID="5", SWEEPS_RAY_TMP=str(tmp_path))
+    assert got.endswith(str(first + 100))
+
+
+def test_jobs_starting_at_once_with_one_slot_get_different_ports(tmp_path):
+    """Two jobs whose ids share a slot (5 and 5 + 127), started together on one host: each
+    claims its own 100 ports, though both found the formula's slot free."""
+    env = {**os.environ, "PYTHON": sys.executable, "SWEEPS_RAY_TMP": str(tmp_path)}
+    script = f"source {ROOT}/slurm/ray.sh; ray_ports 0; echo $RAY_PORT; sleep 3"
+    procs = [
+        subprocess.Popen(
+            ["bash", "-c", script], env={**env, "SLURM_JOB_ID": job}, stdout=subprocess.PIPE
+        )
+        for job in ("5", "132")
+    ]
+    ports = [int(p.communicate(timeout=60)[0].split()[-1]) for p in procs]
+    first = sub.ray_ports(5)["gcs"]
+    assert sorted(ports) == [first, first + 100]
 
 
 def test_shell_starts_the_other_nodes_and_the_worker_array(tmp_path):
