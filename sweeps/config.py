@@ -148,8 +148,13 @@ def apply_sets(doc: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
 
 
 def load(path: str | Path, sets: list[str] | None = None) -> dict[str, Any]:
-    """Read ``path`` and apply ``--set`` overrides."""
-    return apply_sets(load_document(path), parse_sets(sets or []))
+    """Read ``path`` and apply ``--set`` overrides. A relative data.path is made absolute, from
+    the directory the command runs in: trials run in Ray's trial folders, not there."""
+    doc = apply_sets(load_document(path), parse_sets(sets or []))
+    data = doc.get("data")
+    if isinstance(data, dict) and isinstance(data.get("path"), str) and data["path"]:
+        data["path"] = str(Path(data["path"]).expanduser().absolute())
+    return doc
 
 
 def trainer_config(doc: dict[str, Any]) -> TrialConfig:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from sweeps.cli import main
-from sweeps.config import apply_sets, parse_sets
+from sweeps.config import apply_sets, load, parse_sets
 from sweeps.spec import sweep_spec
 from trainers.config import ConfigError
 
@@ -22,6 +22,16 @@ def test_set_parses_yaml_values_and_dotted_space_keys():
     doc = apply_sets({}, sets)
     assert doc["train"]["lr"] == 0.1 and doc["search"]["type"] == "grid"
     assert doc["space"]["train.lr"] == {"grid": [0.1, 0.2]}
+
+
+def test_a_relative_data_path_is_made_absolute_from_where_the_command_runs(tmp_path, monkeypatch):
+    """Trials run in Ray's trial folders: a path relative to the user's directory would not be
+    found there."""
+    (tmp_path / "cfg.yaml").write_text("data: {source: npz, path: data/x.npz}\n")
+    monkeypatch.chdir(tmp_path)
+    assert load("cfg.yaml")["data"]["path"] == str(tmp_path / "data/x.npz")
+    sets = ["data.path=/abs/y.npz"]
+    assert load("cfg.yaml", sets)["data"]["path"] == "/abs/y.npz"
 
 
 def test_number_of_trials():

@@ -50,6 +50,7 @@ def test_grid_sweep_with_a_diverging_and_a_failing_trial(workdir, capsys):
     cfg = write_config(
         workdir,
         "grid",
+        data={"source": "npz", "path": "good.npz"},  # relative: to where the sweep runs
         search={"type": "grid", "max_failures": 1},
         space={
             "train.lr": {"grid": [0.05, 1.0e30]},
