@@ -23,11 +23,12 @@ tools:
 
 # Two pytest workers (pytest-xdist): much of a sweep test is waiting on processes that start
 # (Ray, MLflow servers, SLURM daemons). `loadfile` keeps each test module on one worker, so a
-# module's shared sweeps (module fixtures) are made once; a worker that runs a SLURM test starts
-# its own SLURM test cluster (on free ports, its job ids apart from the other's). The 30
-# slowest tests are printed.
+# module's shared sweeps (module fixtures) are made once; modules go out longest first
+# (tests/conftest.py), not by their number of tests. A worker that runs a SLURM test starts its
+# own SLURM test cluster (on free ports, its job ids apart from the other's). The 30 slowest
+# tests are printed.
 test: $(STAMP) tools
-	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=30
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=30
 
 # The tests that need neither Ray nor a server nor SLURM (seconds, not minutes).
 test-fast: $(STAMP) tools

@@ -47,3 +47,28 @@ def slurm_cluster(tmp_path_factory):
         yield cluster
     finally:
         sc.stop(base)
+
+
+# The modules that take minutes, longest first (seconds of one fresh-clone CI run, two
+# workers). `make test` hands out whole modules in collection order (--dist loadfile
+# --no-loadscope-reorder): the long ones start first and the short ones fill in at the end,
+# so that neither worker is left alone with a long module at the end.
+LONGEST_FIRST = [
+    "test_slurm.py",  # about 560
+    "test_sweep_folder.py",  # 560
+    "test_sweeps.py",  # 420
+    "test_fused.py",  # 380
+    "test_report.py",  # 330
+    "test_refit.py",  # 180
+    "test_status.py",  # 175
+    "test_folder_refusals.py",  # 150
+]
+
+
+@pytest.hookimpl(trylast=True)  # after pytest groups the tests of a parametrized fixture
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each module keeps its own order

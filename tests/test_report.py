@@ -1,4 +1,5 @@
-"""`sweep report` on real sweeps of each search type, read back as a user would: the figures'
+"""`sweep report` on real sweeps of each search type, with 3-fold cross-validation (what each
+search did, fold by fold, is checked here too), read back as a user would: the figures'
 artists (one line or point per trial), the page in a real headless Chromium, the artifacts on
 the MLflow parent run; and a 1,000-trial report against the clock."""
 
@@ -23,11 +24,14 @@ from sweeps.readback import artifact_paths, latest_trials_page, run_url, trials_
 from sweeps.report import SweepData, find_folder, load, write_report
 from sweeps.sections import lr_spread, rungs, sections, top_trials
 from sweeps.spec import sweep_spec
+from trainers.metrics import fold_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from browser import Chromium  # noqa: E402
+from sweeping import runs_of  # noqa: E402
 
 SWEEP = str(Path(sys.executable).with_name("sweep"))
+FOLDS = 3
 BASE = {"epochs": 4, "batch_size": 32, "optimizer": "sgd", "schedule": "constant"}
 CONFIGS = {
     "grid": {  # 3 x 2 grid, two rates diverge: the heatmap and the diverged markers
@@ -64,9 +68,11 @@ def make_data(folder: Path) -> None:
     np.savez(folder / "bad.npz", X=X.astype("float32"), y=y + 0.5)  # labels not integers
 
 
-def run_sweep(folder: Path, name: str, sections_: dict) -> subprocess.CompletedProcess:
-    doc = {"name": name, "data": {"source": "npz", "path": str(folder / "good.npz")}, "train": BASE}
-    doc |= sections_
+def run_sweep(
+    folder: Path, name: str, sections_: dict, folds: int = 1
+) -> subprocess.CompletedProcess:
+    data = {"source": "npz", "path": str(folder / "good.npz"), "folds": folds}
+    doc = {"name": name, "data": data, "train": BASE} | sections_
     (folder / f"{name}.yaml").write_text(yaml.safe_dump(doc))
     return subprocess.run(
         [SWEEP, "run", f"{name}.yaml"], cwd=folder, capture_output=True, text=True, timeout=900
@@ -82,10 +88,12 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
 def swept(request, workdir):
-    """A finished real sweep of one search type and its report written by `sweep report`."""
+    """A finished real sweep of one search type, selecting on FOLDS-fold cross-validation, and
+    its report written by `sweep report`."""
     kind = request.param
-    done = run_sweep(workdir, kind, CONFIGS[kind])
+    done = run_sweep(workdir, kind, CONFIGS[kind], folds=FOLDS)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "final_val_acc_std" in done.stdout  # the terminal's table shows the folds' spread
     made = subprocess.run(
         [SWEEP, "report", kind], cwd=workdir, capture_output=True, text=True, timeout=600
     )
@@ -158,6 +166,40 @@ def test_every_figure_is_written_and_holds_each_trial(swept):
 
 
 @pytest.mark.slow
+def test_each_search_type_selects_on_the_mean_of_its_folds(swept):
+    """data.folds through grid, random and ASHA: each fold's accuracy is a curve of the trial's
+    run; val_acc, which ranked the trial and decided its rungs, is their mean at each epoch."""
+    kind, page, data, uri = swept
+    folder = page.parent.parent
+    table = pd.read_csv(folder / "results.csv")
+    ok = table[table["status"].isin(["completed", "early_stopped"])]
+    finals = ok[[f"final_{fold_key(i)}" for i in range(FOLDS)]].to_numpy()
+    np.testing.assert_allclose(ok["final_val_acc"], finals.mean(axis=1), atol=1e-6)
+    np.testing.assert_allclose(ok["final_val_acc_std"], finals.std(axis=1), atol=1e-9)
+    client, _, children = runs_of(folder.parent.parent, kind)
+    assert len(children) == len(table)
+    for trial_id, ran in zip(ok["trial_id"], ok["epochs_run"]):
+        run = children[trial_id]
+        per_fold = [
+            {m.step: m.value for m in client.get_metric_history(run.info.run_id, fold_key(i))}
+            for i in range(FOLDS)
+        ]
+        mean = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_acc")}
+        assert all(sorted(fold) == list(range(1, ran + 1)) for fold in per_fold)
+        for step, value in mean.items():
+            assert value == pytest.approx(np.mean([fold[step] for fold in per_fold]), abs=1e-6)
+    if kind == "random":  # num_samples trials, each its own draw
+        assert len(table) == 6 and table["train.lr"].nunique() == 6
+    if kind == "asha":  # stopped at a rung, with the shorter history and the rung's tag
+        stopped = table[table["status"] == "early_stopped"]
+        assert len(stopped) >= 1 and (stopped["epochs_run"] < 9).all()
+        assert (table[table["status"] == "completed"]["epochs_run"] == 9).all()
+        for trial_id, ran in zip(stopped["trial_id"], stopped["epochs_run"]):
+            run = children[trial_id]
+            assert run.info.status == "KILLED" and run.data.tags["sweep.rung"] == str(ran)
+
+
+@pytest.mark.slow
 def test_page_opens_in_chromium_with_every_image(swept, tmp_path):
     kind, page, data, _ = swept
     text = page.read_text()
@@ -224,6 +266,11 @@ def test_a_sweep_where_every_trial_failed_says_so_in_words(workdir):
         },
     )
     assert done.returncode == 1
+    errors = [ln for ln in done.stdout.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "no CUDA GPU" in errors[0], done.stdout  # the first error
+    _, parent, children = runs_of(workdir, "allbad")
+    assert parent.info.status == "FAILED"
+    assert [r.info.status for r in children.values()] == ["FAILED"]
     made = subprocess.run([SWEEP, "report", "allbad"], cwd=workdir, capture_output=True, text=True)
     assert made.returncode == 0, made.stderr
     text = (workdir / "runs/allbad/report/index.html").read_text()

@@ -205,8 +205,9 @@ def test_workers_join_and_a_cancelled_worker_costs_no_trial(
 ):
     args = ["--mode", "workers", "--workers", "2", "--gpus-per-node", "1", "--partition", "gpu"]
     # Long enough trials that the cancel lands mid-trial even on a loaded machine (150 epochs
-    # of the fast trainer finished before it did, and the worker then had no trial to lose).
-    head = submit(slurm_cluster, profile, tmp_path, "wk", *args, epochs=2000)
+    # of the fast trainer finished before it did, and the worker then had no trial to lose);
+    # 2,000 made the sweep outlast the wait below under CI's load.
+    head = submit(slurm_cluster, profile, tmp_path, "wk", *args, epochs=800)
     folder = tmp_path / "runs" / "wk"
     # both workers joined and all four trials report (2 per worker: 0.5 GPU each): cancel one
     wait_for(
@@ -218,7 +219,7 @@ def test_workers_join_and_a_cancelled_worker_costs_no_trial(
     (first,) = [j.split()[0] for j in squeue(slurm_cluster, "wk") if j.split()[0].endswith("_1")]
     subprocess.run(["scancel", first], env=slurm_cluster.client_env(), check=True, timeout=20)
 
-    state, log = wait(slurm_cluster, head, tmp_path, "wk"), log_of(tmp_path, "wk", head)
+    state, log = wait(slurm_cluster, head, tmp_path, "wk", 300), log_of(tmp_path, "wk", head)
     assert state == "COMPLETED", log[-3000:]
     table = check_sweep(tmp_path, "wk")
     hit = set(re.findall(r"Trial task failed for trial trainable_(\w+)", log))

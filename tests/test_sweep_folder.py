@@ -70,14 +70,6 @@ def check_one_refused(done: list[tuple[int, str]], procs: list, name: str) -> No
     assert match.groups() == (name, str(winner.pid), socket.gethostname())
 
 
-def test_two_resumes_at_once_one_runs_the_other_is_refused(workdir):
-    interrupted_sweep(workdir, "twice")
-    procs = [start_sweep("resume", "twice") for _ in range(2)]
-    done = both(procs)
-    check_one_refused(done, procs, "twice")
-    check_complete(workdir, "twice", LRS, 12)  # no epoch logged twice (steps 1, 1, 2, 2 ...)
-
-
 def test_two_runs_of_one_new_name_one_runs_the_other_is_refused(workdir):
     cfg = killable_config(workdir, "race")
     procs = [start_sweep("run", str(cfg)) for _ in range(2)]
@@ -105,7 +97,10 @@ def check_nothing_trained_twice(folder: Path, ended_before: set[str]) -> None:
             assert epochs == list(range(1, 13)), trained
 
 
-def test_deleted_store_is_rebuilt_on_resume_and_nothing_is_trained_twice(workdir):
+def test_two_resumes_at_once_one_rebuilds_the_deleted_store_the_other_is_refused(workdir):
+    """The lock and the record at once: of two resumes of a sweep whose store was deleted, one
+    runs, rebuilds the store from the folder's record and trains nothing twice; the other says
+    in one line who runs the sweep."""
     interrupted_sweep(workdir, "lost")
     # (not read through MLflow here: this process would keep the deleted database open)
     ended_before = ended_trials(workdir / "runs/lost")
@@ -113,9 +108,9 @@ def test_deleted_store_is_rebuilt_on_resume_and_nothing_is_trained_twice(workdir
     (workdir / "mlflow.db").unlink()
     shutil.rmtree(workdir / "mlartifacts", ignore_errors=True)
 
-    resumed = subprocess.run([SWEEP, "resume", "lost"], capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    check_complete(workdir, "lost", LRS, 12)  # every child, full curves, FINISHED
+    procs = [start_sweep("resume", "lost") for _ in range(2)]
+    check_one_refused(both(procs), procs, "lost")
+    check_complete(workdir, "lost", LRS, 12)  # every child, full curves (each epoch once)
     check_nothing_trained_twice(workdir / "runs/lost", ended_before)
     client, parent, _ = runs_of(workdir, "lost")
     assert "best_model" in [a.path for a in client.list_artifacts(parent.info.run_id)]
