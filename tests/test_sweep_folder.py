@@ -150,14 +150,22 @@ def snapshot(workdir: Path, name: str, uri: str | None = None) -> dict:
     return out
 
 
-def test_completed_sweep_resume_and_sync_change_nothing(workdir):
+def test_completed_sweep_resumed_or_synced_is_unchanged_and_synced_elsewhere_copied_once(
+    workdir,
+):
+    """One completed ASHA sweep: resume, run --resume and sync into its own store change
+    nothing; sync, twice, into a new store and into a server makes one copy of it."""
     cfg = write_config(
-        workdir, "done", search={"type": "grid"}, space={"train.lr": {"grid": [0.01, 0.1]}}
+        workdir,
+        "done",
+        train={"epochs": 5, "batch_size": 32, "optimizer": "sgd"},
+        search={"type": "asha", "num_samples": 4, "grace_period": 1, "reduction_factor": 2},
+        space={"train.lr": {"loguniform": [1e-4, 1e-1]}},
     )
     assert subprocess.run([SWEEP, "run", str(cfg)], capture_output=True).returncode == 0
-    before = snapshot(workdir, "done")
+    original = snapshot(workdir, "done")
     record = (workdir / "runs/done/history.jsonl").read_bytes()
-    assert set(before["done"][3]) >= {"best_val_acc", "best_test_acc"}
+    assert set(original["done"][3]) >= {"best_val_acc", "best_test_acc"}
 
     for args in (["resume", "done"], ["run", str(cfg), "--resume"], ["sync", "done"]):
         again = subprocess.run([SWEEP, *args], capture_output=True, text=True)
@@ -166,20 +174,8 @@ def test_completed_sweep_resume_and_sync_change_nothing(workdir):
         "complete, nothing to run"
         in subprocess.run([SWEEP, "resume", "done"], capture_output=True, text=True).stdout
     )
-    assert snapshot(workdir, "done") == before  # no best_* point at step 0 again, no new run
+    assert snapshot(workdir, "done") == original  # no best_* point at step 0 again, no new run
     assert (workdir / "runs/done/history.jsonl").read_bytes() == record
-
-
-def test_sync_twice_into_a_new_store_and_a_server_makes_one_copy(workdir):
-    cfg = write_config(
-        workdir,
-        "copied",
-        train={"epochs": 5, "batch_size": 32, "optimizer": "sgd"},
-        search={"type": "asha", "num_samples": 4, "grace_period": 1, "reduction_factor": 2},
-        space={"train.lr": {"loguniform": [1e-4, 1e-1]}},
-    )
-    assert subprocess.run([SWEEP, "run", str(cfg)], capture_output=True).returncode == 0
-    original = snapshot(workdir, "copied")
 
     def same_content(copy: dict) -> None:
         assert copy.keys() == original.keys()
@@ -195,7 +191,7 @@ def test_sync_twice_into_a_new_store_and_a_server_makes_one_copy(workdir):
         for uri in (f"sqlite:///{workdir}/copy.db", server):
             outs = [
                 subprocess.run(
-                    [SWEEP, "sync", "copied", "--tracking-uri", uri], capture_output=True, text=True
+                    [SWEEP, "sync", "done", "--tracking-uri", uri], capture_output=True, text=True
                 )
                 for _ in range(2)
             ]
@@ -203,7 +199,7 @@ def test_sync_twice_into_a_new_store_and_a_server_makes_one_copy(workdir):
             # the parent, 4 trials and the refit of the chosen one (search.refit)
             assert "created 6 runs" in outs[0].stdout, outs[0].stdout
             assert "created 0 runs, logged 0 epochs" in outs[1].stdout, outs[1].stdout
-            same_content(snapshot(workdir, "copied", uri))  # one parent, one run per trial
+            same_content(snapshot(workdir, "done", uri))  # one parent, one run per trial
 
 
 def test_a_trial_larger_than_the_machine_is_refused_before_anything_is_written(workdir):
