@@ -8,6 +8,7 @@ rendered scripts' key lines, bash -n and shellcheck, refused input, the ports.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -43,6 +44,22 @@ slurm = pytest.mark.slurm
 
 
 # ---------------------------------------------------------------- helpers
+SUBMITTED: list[tuple[sc.Cluster, str]] = []  # the sweeps' jobs a test submitted
+
+
+@pytest.fixture(autouse=True)
+def cancel_what_a_test_left():
+    """A test that failed may leave its sweep's job running: its Ray loads the machine and
+    the next test's no_ray_left would find it. Cancel it and wait until it has left."""
+    yield
+    while SUBMITTED:
+        cluster, job = SUBMITTED.pop()
+        env = cluster.client_env()
+        subprocess.run(["scancel", job], env=env, capture_output=True, timeout=20)
+        with contextlib.suppress(RuntimeError):  # the next test reports what is left
+            cluster.wait_job(job, timeout=60)
+
+
 @pytest.fixture(scope="module")
 def ray_tmp():
     """A short temp root of our own for the jobs' Ray (another test cluster may run beside)."""
@@ -68,7 +85,9 @@ def submit(cluster, profile: Path, workdir: Path, name: str, *args: str, epochs:
     cmd = [SWEEP, "submit", "sweep.yaml", "--profile", str(profile), "--name", name, *args]
     cp = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=60)
     assert cp.returncode == 0, cp.stderr
-    return re.search(r"submitted job (\d+)", cp.stdout).group(1)
+    job = re.search(r"submitted job (\d+)", cp.stdout).group(1)
+    SUBMITTED.append((cluster, job))
+    return job
 
 
 def log_of(workdir: Path, name: str, job: str) -> str:

@@ -71,11 +71,6 @@ def test_status_of_a_running_then_interrupted_then_completed_sweep(tmp_path):
         folder = SweepFolder.of(tmp_path / "runs", "watched")
         uri = f"sqlite:///{tmp_path}/mlflow.db"
         wait_for(lambda: status_of(folder, uri).ended >= 1, proc)
-        overview = status(tmp_path)
-        name, state_, progress, metric, value, slurm = row_of(overview, "watched")
-        assert state_ == "running" and progress.split("/")[1] == "4"
-        assert 1 <= int(progress.split("/")[0]) < 4
-        assert metric == "val_acc" and 0 <= float(value) <= 1 and slurm == "-"
         detail = ""
 
         def mid_sweep() -> bool:  # a trial running and one not started (asked again if missed)
@@ -83,8 +78,13 @@ def test_status_of_a_running_then_interrupted_then_completed_sweep(tmp_path):
             detail = status(tmp_path, "watched")
             return "1 running" in detail and "not started" in detail
 
-        wait_for(mid_sweep, proc)
+        wait_for(mid_sweep, proc)  # first: it holds only until the last trial starts
         assert detail.startswith("sweep watched: running") and "best so far: val_acc" in detail
+        overview = status(tmp_path)  # holds until the last trial ends
+        name, state_, progress, metric, value, slurm = row_of(overview, "watched")
+        assert state_ == "running" and progress.split("/")[1] == "4"
+        assert 1 <= int(progress.split("/")[0]) < 4
+        assert metric == "val_acc" and 0 <= float(value) <= 1 and slurm == "-"
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the sweep saves its state and stops
         out, _ = proc.communicate(timeout=180)
