@@ -60,7 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     from sweeps.run import run
 
-    return run(spec, doc, resume=args.resume)
+    return run(spec, doc, resume=args.resume, exiting=args.exiting)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -69,7 +69,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from sweeps.spec import sweep_spec
 
     doc = load_saved(args.name, args.storage)
-    return run(sweep_spec(doc), doc, resume=True)
+    return run(sweep_spec(doc), doc, resume=True, exiting=args.exiting)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -236,8 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, exiting: bool = False) -> int:
+    """The CLI; ``exiting``: the process ends when this returns (see sweeps.run.run)."""
     args = build_parser().parse_args(argv)
+    args.exiting = exiting
     try:
         return args.func(args)
     except ConfigError as err:
@@ -248,8 +250,9 @@ def main(argv: list[str] | None = None) -> int:
 def console() -> None:
     """The ``sweep`` executable: ``main``, then the process ends without the interpreter's
     teardown. Every file and MLflow write is done by then (run() waits for them and stops
-    Ray), and unloading torch, Ray's core worker and MLflow took about 2 s of each sweep."""
-    code = main()
+    Ray, except after an interrupt), and unloading torch, Ray's core worker and MLflow took
+    about 2 s of each sweep."""
+    code = main(exiting=True)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -51,14 +51,20 @@ def sweep_params(spec: SweepSpec) -> dict[str, Any]:
     }
 
 
-def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False) -> int:
+def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False, exiting: bool = False) -> int:
     """Run or resume a sweep; returns the exit code. With ``resume``, a sweep whose folder
-    holds no Ray state yet starts, so a requeued SLURM job can always pass ``--resume``."""
+    holds no Ray state yet starts, so a requeued SLURM job can always pass ``--resume``.
+    ``exiting``: the caller ends the process right after (the ``sweep`` executable). An
+    interrupted sweep then leaves Ray to the process's end: after an interrupt, Ray Tune's own
+    threads may still call into Ray, and Ray ends a process that does so after
+    ``ray.shutdown()`` with exit code 1, not 130 (a SLURM job would not be requeued). Ray's
+    local processes share the driver's fate; a cluster drops a dead driver's trials."""
     # A driver started in the background by a job script inherits SIGINT ignored: restore it.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     files = spec.files
     tracking_uri = usable_store(spec.tracking_uri, Path.cwd())
     lock = SweepLock(files)
+    code = None
     try:
         history = None
         if files.root.exists():
@@ -73,9 +79,11 @@ def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False) -> int:
             resources = trial_resources(spec, tune.connect(), local="RAY_ADDRESS" not in os.environ)
         if not lock.held and not lock.create():
             claim(files, lock, resume)  # another driver made the folder since we looked
-        return drive(spec, doc, files, tracking_uri, resources)
+        code = drive(spec, doc, files, tracking_uri, resources)
+        return code
     finally:
-        tune.shutdown()
+        if not (exiting and code == EXIT_INTERRUPTED):
+            tune.shutdown()
         lock.release()
 
 
