@@ -132,7 +132,8 @@ def drive(
             grid = tune.fit(spec, files, recorder, resources, resume=not fresh)
     except KeyboardInterrupt:
         return interrupted(spec, recorder)
-    tune.stop_in_background()
+    if recorder.history.finished(spec.num_trials()):  # not stopped by a signal (see run())
+        tune.stop_in_background()
     code = finish(spec, files, recorder, tune.checkpoints(grid))
     if code == 0:
         write_report(files, tracking_uri)
