@@ -20,6 +20,10 @@
 # socket paths over 107 bytes abort Ray.
 # Cleanup: every Ray process started here carries SWEEPS_RAY_TAG=<its temp dir> in its
 # environment and cleanup ends exactly those; never `ray stop`, which ends every Ray on the node.
+# Ray 2.60 drains a node on SIGTERM for up to 30 s, waiting for its running tasks: a trial's
+# actor runs for minutes, so the drain would only outlast SLURM's KillWait and this job's
+# cleanup (which then could not end Ray). The node is ended at once instead; its trials are
+# retried from their checkpoints elsewhere (search.max_failures).
 
 SWEEPS_SLURM_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SWEEPS_RAY_TMP=${SWEEPS_RAY_TMP:-/tmp}
@@ -129,7 +133,8 @@ ray_start() {
   fi
   sweeps_log "starting a Ray $role on $(hostname -s) (SLURM node ${SLURMD_NODENAME:-?}," \
     "node index $node): $* ports $p-$((p + 99)), temp dir $RAY_TEMP"
-  SWEEPS_RAY_TAG=$RAY_TAG "$PYTHON" -m ray.scripts.scripts start "${args[@]}" "$@" &
+  SWEEPS_RAY_TAG=$RAY_TAG RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0 \
+    "$PYTHON" -m ray.scripts.scripts start "${args[@]}" "$@" &
   RAY_PID=$!
 }
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from sweeps import stopping
 from sweeps.config import apply_sets
 from sweeps.layout import SweepFolder
 from sweeps.sync import Recorder
@@ -86,6 +87,7 @@ def refit(files: SweepFolder, recorder: Recorder, trial_id: str, cpus: float) ->
     def on_epoch(metrics: dict, current: Trial) -> None:
         recorder.refit_result(rid, metrics)  # before the save: a kill between replays it
         current.save(folder)
+        stopping.check()  # Ctrl-C: stop here, the epoch recorded and saved
 
     trial.run(on_epoch)
     recorder.refit_ended(rid, "diverged" if trial.diverged else "completed", trial.epoch)

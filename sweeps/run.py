@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from sweeps import tune
+from sweeps import stopping, tune
 from sweeps.history import HistoryFile, SweepHistory
 from sweeps.layout import SweepFolder, unwritable
 from sweeps.live import LiveView
@@ -130,14 +130,18 @@ def drive(
         signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
         with recorder.view:
             grid = tune.fit(spec, files, recorder, resources, resume=not fresh)
-    except KeyboardInterrupt:
+        with stopping.deferred():
+            if recorder.history.finished(spec.num_trials()):  # not stopped by a signal (run())
+                tune.stop_in_background()
+            code = finish(spec, files, recorder, tune.checkpoints(grid))
+        return write_report(files, tracking_uri) if code == 0 else code
+    except KeyboardInterrupt:  # in Ray Tune, or in the refit or before the test look
         return interrupted(spec, recorder)
-    if recorder.history.finished(spec.num_trials()):  # not stopped by a signal (see run())
-        tune.stop_in_background()
-    code = finish(spec, files, recorder, tune.checkpoints(grid))
-    if code == 0:
-        write_report(files, tracking_uri)
-    return code
+    finally:
+        if tune.stopping_in_background():
+            # Ray stopped before this frame's Ray objects (grid) are freed: freed while it
+            # stops, they end the process with 1 (an interrupted SLURM job is then not requeued)
+            tune.shutdown()
 
 
 def live_view(spec: SweepSpec, history: SweepHistory) -> LiveView:
@@ -151,17 +155,22 @@ def live_view(spec: SweepSpec, history: SweepHistory) -> LiveView:
     return LiveView(spec.num_trials(), s.metric, s.mode, spec.name, prior=prior)
 
 
-def write_report(files: SweepFolder, tracking_uri: str) -> None:
-    """The HTML report of a completed sweep (sweep report): a failure to draw it is said, but
-    does not undo a finished sweep."""
+def write_report(files: SweepFolder, tracking_uri: str) -> int:
+    """The HTML report of a completed sweep (sweep report); the exit code. A failure to draw it
+    is said, but does not undo a finished sweep; an interrupt while drawing it exits 130."""
     from sweeps.report import report
 
+    retry = f"draw it with: sweep report {files.name}"
     try:
         page = report(files.root, tracking_uri=tracking_uri)
+    except KeyboardInterrupt:
+        print(f"interrupted: the sweep is complete, its report not written; {retry}")
+        return EXIT_INTERRUPTED
     except Exception as err:  # noqa: BLE001 - the sweep's results are complete either way
-        print(f"report not written ({first_error_line(err)}); retry: sweep report {files.name}")
-        return
+        print(f"report not written ({first_error_line(err)}); {retry}")
+        return 0
     print(f"report: {page}", flush=True)
+    return 0
 
 
 def trial_resources(spec: SweepSpec, cluster: dict[str, float], local: bool) -> dict[str, float]:
@@ -198,6 +207,7 @@ def finish(
         return failed(recorder, history)
     chosen = choose(spec, eligible)
     models = chosen_models(spec, files, recorder, chosen, checkpoints)
+    stopping.check()  # the last point to stop at: the test look is recorded at once
     best = look_at_test(files, chosen, history, models)
     mark_chosen(table, best["looks"], files.results)
     recorder.end_sweep("completed", best=best, artifact_dir=files.best())

@@ -11,6 +11,7 @@ import contextlib
 import copy
 import json
 import os
+import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -293,6 +294,11 @@ def shutdown() -> None:
     ray.shutdown()  # (a no-op once stopped)
 
 
+def stopping_in_background() -> bool:
+    """Whether stop_in_background was called (and shutdown not yet)."""
+    return _stopping is not None
+
+
 def fit(
     spec: SweepSpec,
     files: SweepFolder,
@@ -322,8 +328,21 @@ def fit(
         )
     else:
         tuner = new_tuner(spec, files, wrapped, plan)
-    with _running(_Run(recorder, spec, files, plan)):
+    with _running(_Run(recorder, spec, files, plan)), _own_signals():
         return tuner.fit()
+
+
+@contextlib.contextmanager
+def _own_signals() -> Iterator[None]:
+    """Ray Tune leaves its SIGINT and SIGUSR1 handlers installed when it returns: the first
+    Ctrl-C during the refit or the report after it would only print Tune's warning. The
+    driver's own handlers come back once Tune is done."""
+    kept = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGUSR1)}
+    try:
+        yield
+    finally:
+        for sig, handler in kept.items():
+            signal.signal(sig, handler)
 
 
 def new_tuner(

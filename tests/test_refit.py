@@ -185,10 +185,23 @@ def refit_epochs(history: Path) -> list[int]:
     return [e["metrics"]["epoch"] for e in lines if e["event"] == "refit_result"]
 
 
+def refit_until(history: Path, count: int, *args: str) -> subprocess.Popen:
+    """`sweep ARGS` in the background, once the record holds ``count`` refit epochs."""
+    proc = start_sweep(*args)
+    deadline = time.monotonic() + 300
+    while len(refit_epochs(history)) < count:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError("the refit did not get there:\n" + output(proc))
+        time.sleep(0.05)
+    return proc
+
+
 @pytest.mark.slow
-def test_sigkill_during_the_refit_then_resume_gives_one_refit_run(workdir):
+def test_ctrl_c_then_sigkill_during_the_refit_then_resume_gives_one_refit_run(workdir):
     """A refit slow enough to be hit (one trial, 30 epochs of small batches on 10,000
-    examples); the driver is killed once the refit has recorded two epochs."""
+    examples): Ctrl-C once the refit has recorded two epochs, then a resume killed two epochs
+    further, then a resume to the end."""
     epochs = 30
     cfg = sweep_config(
         workdir,
@@ -199,16 +212,14 @@ def test_sigkill_during_the_refit_then_resume_gives_one_refit_run(workdir):
         space={"train.lr": {"grid": [0.01]}},
     )
     history = workdir / "runs/killrefit/history.jsonl"
-    proc = start_sweep("run", str(cfg))
-    try:
-        deadline = time.monotonic() + 300
-        while len(refit_epochs(history)) < 2:
-            assert proc.poll() is None, output(proc)
-            assert time.monotonic() < deadline, "the refit did not start in 300 s"
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    proc = refit_until(history, 2, "run", str(cfg))
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the process group
+    assert proc.wait(timeout=60) == 130, output(proc)
+    said = output(proc)
+    assert "interrupted; continue with: sweep resume killrefit" in said and "Traceback" not in said
+    proc = refit_until(history, len(refit_epochs(history)) + 2, "resume", "killrefit")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
     before = refit_epochs(history)
     assert before[-1] < epochs, "the refit ended before the kill: make it slower"
     client, parent, _ = runs_of(workdir, "killrefit")

@@ -13,6 +13,7 @@ import fcntl
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -160,6 +161,29 @@ def no_ray_left(ray_tmp: Path) -> None:
     assert [p.name for p in ray_tmp.glob("r*")] == []
 
 
+def trial_actors(tag: str) -> list[int]:
+    """The pids of the trial actors of the Ray node whose temp dir (SWEEPS_RAY_TAG) is tag:
+    Ray workers titled `ray::ImplicitFunc` (Tune's actor class of a function trainable)."""
+    pids = []
+    for env in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"SWEEPS_RAY_TAG={tag}".encode() not in env.read_bytes().split(b"\0"):
+                continue
+            title = (env.parent / "cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            continue
+        if title.startswith(b"ray::ImplicitFunc"):
+            pids.append(int(env.parent.name))
+    return pids
+
+
+def freeze_trials(tag: str) -> None:
+    """SIGSTOP the node's trial actors as soon as there is one: the sweep cannot end while it
+    is frozen, so a signal or a cancel sent next finds it mid-trial."""
+    for pid in wait_for(lambda: trial_actors(tag), 120, f"a trial running under {tag}"):
+        os.kill(pid, signal.SIGSTOP)
+
+
 def events(log: str, what: str) -> list[str]:
     return [line for line in log.splitlines() if what in line]
 
@@ -223,19 +247,20 @@ def test_workers_join_and_a_cancelled_worker_costs_no_trial(
     slurm_cluster, profile, tmp_path, ray_tmp
 ):
     args = ["--mode", "workers", "--workers", "2", "--gpus-per-node", "1", "--partition", "gpu"]
-    # Long enough trials that the cancel lands mid-trial even on a loaded machine (150 epochs
-    # of the fast trainer finished before it did, and the worker then had no trial to lose);
-    # 2,000 made the sweep outlast the wait below under CI's load.
     head = submit(slurm_cluster, profile, tmp_path, "wk", *args, epochs=800)
     folder = tmp_path / "runs" / "wk"
-    # both workers joined and all four trials report (2 per worker: 0.5 GPU each): cancel one
     wait_for(
         lambda: len([j for j in squeue(slurm_cluster, "wk") if "_" in j and "RUNNING" in j]) == 2,
         60,
         "two running worker jobs",
     )
-    wait_for(lambda: len(list(folder.rglob("progress.csv"))) >= 4, 90, "four trials running")
+    # Worker 1's trials are frozen (SIGSTOP) the moment they start, then the worker is
+    # cancelled: its trials are mid-way when it goes, however fast the machine trains (800
+    # epochs take 6 s on an idle one: a plain cancel came after they had finished).
     (first,) = [j.split()[0] for j in squeue(slurm_cluster, "wk") if j.split()[0].endswith("_1")]
+    (log1,) = wait_for(lambda: list(folder.glob("worker-*_1.out")), 30, "worker 1's log")
+    (tag,) = wait_for(lambda: re.findall(r"temp dir (\S+)", log1.read_text()), 60, "its Ray")
+    freeze_trials(tag)
     subprocess.run(["scancel", first], env=slurm_cluster.client_env(), check=True, timeout=20)
 
     state, log = wait(slurm_cluster, head, tmp_path, "wk", 300), log_of(tmp_path, "wk", head)
@@ -260,13 +285,17 @@ def test_workers_join_and_a_cancelled_worker_costs_no_trial(
 # ---------------------------------------------------------------- the pre-timeout signal
 @slurm
 def test_pre_timeout_signal_requeues_and_resumes(slurm_cluster, profile, tmp_path, ray_tmp):
-    job = submit(slurm_cluster, profile, tmp_path, "rq", epochs=600)  # running when signalled
-    folder = tmp_path / "runs" / "rq"
+    job = submit(slurm_cluster, profile, tmp_path, "rq", epochs=600)
 
-    def reporting() -> bool:  # the sweep runs: a trial has reported twice
-        return any(len(p.read_text().splitlines()) >= 3 for p in folder.rglob("progress.csv"))
-
-    wait_for(reporting, 90, "the sweep to run")
+    # Its trials are frozen as soon as they start: the sweep is mid-trial when the signal
+    # comes, however fast this machine trains (600 epochs took 3 s on an idle one, and only
+    # the refit and the report were left to interrupt).
+    head_log = wait_for(
+        lambda: re.search(r"starting a Ray head .* temp dir (\S+)", log_of(tmp_path, "rq", job)),
+        90,
+        "the head",
+    )
+    freeze_trials(head_log[1])
     subprocess.run(
         ["scancel", "--signal=USR1", "--batch", job],
         env=slurm_cluster.client_env(),
