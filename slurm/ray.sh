@@ -37,6 +37,8 @@ SLOT_FD=""         # the open lock file of the claimed slot (flock)
 RAY_SRUN_PID=""    # single job: the srun running Ray on the other nodes
 WORKERS_JOB=""     # workers mode: the worker array, cancelled when the head ends
 ADDRESS_FILE=""    # workers mode: where the head publishes its address
+RAY_JOIN_TRIES=${RAY_JOIN_TRIES:-3}        # a worker's tries at joining the head
+RAY_JOIN_RETRY_S=${RAY_JOIN_RETRY_S:-120}  # a worker's Ray that failed sooner: a failed join
 
 sweeps_log() { printf '[sweeps %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 sweeps_fail() { sweeps_log "error: $*" >&2; exit 1; }
@@ -200,10 +202,19 @@ ray_worker() {
   trap 'exit 143' TERM
   trap 'exit 140' USR2  # the head job is done with this node (sent through srun)
   trap 'exit 130' INT
-  ray_start worker "$node" --address="$address" --num-cpus="$(slurm_cpus)" \
-    --num-gpus="$(slurm_gpus)"
-  wait "$RAY_PID"
-  local rc=$?
+  local try rc started
+  for ((try = 1; ; try++)); do
+    started=$SECONDS
+    ray_start worker "$node" --address="$address" --num-cpus="$(slurm_cpus)" \
+      --num-gpus="$(slurm_gpus)"
+    wait "$RAY_PID"
+    rc=$?
+    # Ray gives a node a fixed 30 s to join the head; a loaded head can miss it ("The current
+    # node timed out during startup"): a start that failed that soon is tried again.
+    ((rc != 0 && SECONDS - started < RAY_JOIN_RETRY_S && try < RAY_JOIN_TRIES)) || break
+    sweeps_log "the Ray worker did not join (rc $rc, try $try of $RAY_JOIN_TRIES): again"
+    ray_cleanup
+  done
   sweeps_log "the Ray worker exited (rc $rc)"
   return "$rc"
 }

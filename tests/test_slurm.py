@@ -522,6 +522,35 @@ def test_jobs_starting_at_once_with_one_slot_get_different_ports(tmp_path):
     assert sorted(ports) == [first, first + 100]
 
 
+@pytest.mark.parametrize("fails, code, tries", [(2, 0, 3), (5, 1, 3)])
+def test_a_worker_that_fails_to_join_tries_again(tmp_path, fails, code, tries):
+    """Ray gives a node a fixed 30 s to join; a worker whose `ray start` failed that soon starts
+    it again, at most three times (a fake `ray start` that fails ``fails`` times)."""
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/bin/bash\n"
+        "if [[ $1 == -m && $2 == ray.scripts.scripts ]]; then\n"
+        f'  echo "$SWEEPS_RAY_TAG" >> {tmp_path}/starts\n'
+        f"  (( $(wc -l < {tmp_path}/starts) > {fails} )); exit\n"
+        "fi\n"
+        f'exec {sys.executable} "$@"\n'
+    )
+    fake.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(fake), "SLURM_JOB_ID": "9", "SWEEPS_RAY_TMP": str(tmp_path)}
+    cp = subprocess.run(
+        ["bash", str(ROOT / "slurm/ray.sh"), "worker", "10.0.0.1:20000", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cp.returncode == code, cp.stdout + cp.stderr
+    starts = (tmp_path / "starts").read_text().split()
+    assert starts == [f"{tmp_path}/r9n1"] * tries  # the same node, cleaned up between tries
+    assert cp.stdout.count("did not join") == tries - 1, cp.stdout
+    assert f"the Ray worker exited (rc {code})" in cp.stdout
+
+
 def test_shell_starts_the_other_nodes_and_the_worker_array(tmp_path):
     """ray_other_nodes and sweeps_submit_workers, against a fake srun and sbatch that record
     what they were given."""
