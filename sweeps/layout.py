@@ -73,6 +73,11 @@ class SweepFolder:
         return self.root / "refit" / trial_id
 
     @property
+    def report(self) -> Path:
+        """The HTML report (``sweep report``): index.html and its figures."""
+        return self.root / "report"
+
+    @property
     def ray(self) -> Path:
         """Ray Tune's experiment folder: tuner state, trial folders, checkpoints."""
         return self.root / "ray"

@@ -99,7 +99,7 @@ def report(
     page's path. ``tracking_uri`` defaults to the sweep's, resolved as ``sweep run`` does."""
     folder = find_folder(str(target), storage)
     data = load(folder, tracking_uri)
-    out = Path(out) if out is not None else folder.root / "report"
+    out = Path(out) if out is not None else folder.report
     page = write_report(data, out)
     if log and data.runs is not None:
         log_report(data.runs.tracking_uri, data.runs.parent.run_id, out)

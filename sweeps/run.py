@@ -117,6 +117,8 @@ def drive(
         sync(history, tracker, files.best())  # a store deleted, moved or new gets the sweep
     if history.completed:
         print(f"sweep {spec.name} is complete, nothing to run; results in {files.results}")
+        if not (files.report / "index.html").exists():  # interrupted while it was drawn
+            return write_report(files, tracking_uri)
         return 0
     recorder = Recorder(history, record, tracker)
     fresh = not tune.can_resume(files)
@@ -160,7 +162,7 @@ def write_report(files: SweepFolder, tracking_uri: str) -> int:
     is said, but does not undo a finished sweep; an interrupt while drawing it exits 130."""
     from sweeps.report import report
 
-    retry = f"draw it with: sweep report {files.name}"
+    retry = f"draw it with: sweep resume {files.name}"
     try:
         page = report(files.root, tracking_uri=tracking_uri)
     except KeyboardInterrupt:

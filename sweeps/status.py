@@ -236,7 +236,7 @@ def format_detail(s: Status, now_ms: float | None = None) -> str:
             f"    {trial}  {_outcome(run):<13} epochs {epochs:>3}  {s.metric} {value:.4f}  "
             f"{run_name(_params(run, s.space))}"
         )
-    report = s.folder.root / "report" / "index.html"
+    report = s.folder.report / "index.html"
     if report.exists():
         lines.append(f"  report: {report}")
     return "\n".join(lines)

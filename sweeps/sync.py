@@ -298,7 +298,7 @@ def sync_folder(name: str, storage: str | Path, tracking_uri: str | None) -> int
         history = HistoryFile(files.history).read(name)
         tracker = SweepTracker(uri, history.experiment)
         sync(history, tracker, files.best())
-        if (files.root / "report").is_dir():
+        if files.report.is_dir():
             file_report(files, tracker, uri)
     finally:
         lock.release()

@@ -167,9 +167,12 @@ def test_completed_sweep_resumed_or_synced_is_unchanged_and_synced_elsewhere_cop
     record = (workdir / "runs/done/history.jsonl").read_bytes()
     assert set(original["done"][3]) >= {"best_val_acc", "best_test_acc"}
 
+    shutil.rmtree(workdir / "runs/done/report")  # as an interrupt while it was drawn leaves it
     for args in (["resume", "done"], ["run", str(cfg), "--resume"], ["sync", "done"]):
         again = subprocess.run([SWEEP, *args], capture_output=True, text=True)
         assert again.returncode == 0, again.stdout + again.stderr
+        assert ("report: " in again.stdout) == (args == ["resume", "done"])  # drawn once
+    assert (workdir / "runs/done/report/index.html").exists()
     assert (
         "complete, nothing to run"
         in subprocess.run([SWEEP, "resume", "done"], capture_output=True, text=True).stdout
