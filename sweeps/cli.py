@@ -77,7 +77,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     mistake starts nothing and creates no store."""
     import shutil
 
-    from sweeps.tracking import resolve_tracking_uri
+    from sweeps.store import resolve_tracking_uri
 
     check_port_free(PORT.check("--port", args.port))
     uri = resolve_tracking_uri(args.tracking_uri, Path.cwd(), "--tracking-uri")

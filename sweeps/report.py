@@ -122,7 +122,7 @@ def find_folder(target: str, storage: str | Path = DEFAULT_STORAGE) -> SweepFold
 
 def load(folder: SweepFolder, tracking_uri: str | None = None) -> SweepData:
     """The sweep's config, results (results.csv, else what MLflow holds so far) and curves."""
-    from sweeps.tracking import resolve_tracking_uri
+    from sweeps.store import resolve_tracking_uri
 
     doc = yaml.safe_load(folder.config.read_text())
     spec = sweep_spec(doc)

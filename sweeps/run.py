@@ -28,8 +28,9 @@ from sweeps.lock import SweepLock
 from sweeps.refit import Model, refit
 from sweeps.results import first_error_line, format_table, mark_chosen, trial_row, write_csv
 from sweeps.spec import SweepSpec, check_data
+from sweeps.store import usable_store
 from sweeps.sync import Recorder, load_saved, sync  # noqa: F401 (load_saved: `sweep resume`)
-from sweeps.tracking import SweepTracker, read_state, usable_store
+from sweeps.tracking import SweepTracker, read_state
 from trainers.config import ConfigError
 from trainers.loop import Trial
 

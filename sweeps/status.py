@@ -107,7 +107,7 @@ def sweep_folders(storage: str | Path) -> list[SweepFolder]:
 def status_of(folder: SweepFolder, tracking_uri: str | None = None) -> Status:
     """A sweep's standing from its folder, its MLflow runs and (if any) its SLURM job."""
     from sweeps.spec import sweep_spec
-    from sweeps.tracking import resolve_tracking_uri
+    from sweeps.store import resolve_tracking_uri
 
     doc = yaml.safe_load(folder.config.read_text()) or {}
     search = doc.get("search") or {}

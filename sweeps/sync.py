@@ -23,7 +23,8 @@ from sweeps.layout import DEFAULT_STORAGE, SweepFolder
 from sweeps.lock import SweepLock
 from sweeps.naming import run_name
 from sweeps.results import first_error_line
-from sweeps.tracking import SweepTracker, TrialNews, refit_tags, usable_store
+from sweeps.store import usable_store
+from sweeps.tracking import SweepTracker, TrialNews, refit_tags
 from trainers.config import ConfigError
 from trainers.metrics import REFIT_CURVES, fold_keys
 

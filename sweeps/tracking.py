@@ -7,24 +7,14 @@ the parent, ``sweep.trial_id`` on each child), so every write is "log what is mi
 resumed sweep continues the same runs, and a sweep copied twice into a store is there once.
 The ids are also kept in a JSON state file, a cache of the sweep's own store.
 
-MLflow is imported when first needed, not with this module: importing it and making a new
-SQLite store's tables take seconds, which ``usable_store`` starts in a thread while the
-driver starts Ray (``_Prepared``).
+Which store, and whether it can take the sweep, is sweeps/store.py's.
 """
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import functools
 import json
-import logging
 import os
 import re
-import shutil
-import sqlite3
-import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,11 +24,9 @@ from typing import Any
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
 
-from sweeps.layout import DEFAULT_DB, unwritable
 from sweeps.naming import run_name
+from sweeps.store import PreparedStore, sqlite_file, sqlite_without_fsync
 from trainers.config import ConfigError
 from trainers.metrics import curve_keys
 
@@ -58,122 +46,6 @@ PARAM_MAX = 6000  # MLflow: param values up to 6000 characters
 TAG_MAX = 8000  # MLflow: tag values up to 8000 characters
 ERROR_MAX = 5000  # characters of an error's full text kept in the sweep.error tag
 NOTHING = -1  # "no epoch logged yet"
-SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
-PROBE_TIMEOUT_S = 5  # a store that has not answered by then is reported, not retried
-WHY = {  # urllib3's cause of a failed request -> words
-    "NewConnectionError": "connection refused",
-    "ConnectTimeoutError": f"no answer within {PROBE_TIMEOUT_S} s",
-    "ReadTimeoutError": f"no answer within {PROBE_TIMEOUT_S} s",
-    "NameResolutionError": "unknown host",
-}
-
-
-def resolve_tracking_uri(configured: Any, workdir: Path, key: str = "mlflow.tracking_uri") -> str:
-    """The sweep config's ``mlflow.tracking_uri`` (``key`` names where it came from), else
-    $MLFLOW_TRACKING_URI, else a SQLite database in ``workdir``. Relative paths in the
-    configured URI are made absolute against ``workdir`` (the environment's against the
-    current directory): trials and the UI run elsewhere. A bare path ending in .db/.sqlite
-    means a SQLite database. The form is checked by the rule table (sweeps.spec)."""
-    from sweeps.spec import SWEEP_RULES
-
-    rule = SWEEP_RULES["mlflow.tracking_uri"]
-    if configured is not None and configured != "":
-        return _absolute(rule.check(key, configured), workdir)
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        env = rule.check("$MLFLOW_TRACKING_URI", os.environ["MLFLOW_TRACKING_URI"])
-        return _absolute(env, Path.cwd())
-    return f"sqlite:///{workdir.resolve()}/{DEFAULT_DB}"
-
-
-def usable_store(configured: Any, workdir: Path, key: str = "mlflow.tracking_uri") -> str:
-    """``resolve_tracking_uri``, then ``check_store``; errors name where the URI came from."""
-    uri = resolve_tracking_uri(configured, workdir, key)
-    if (configured is None or configured == "") and os.environ.get("MLFLOW_TRACKING_URI"):
-        key = "$MLFLOW_TRACKING_URI"
-    check_store(uri, key)
-    _Prepared.start(uri)
-    return uri
-
-
-def _absolute(uri: str, base: Path) -> str:
-    if uri.startswith("sqlite:///"):
-        path = uri[len("sqlite:///") :]
-        return uri if path.startswith("/") else f"sqlite:///{base.resolve() / path}"
-    if "://" in uri or uri.startswith("file:"):
-        return uri  # a server or a file URI: checked as given
-    path = (base / Path(uri).expanduser()).resolve()
-    return f"sqlite:///{path}" if path.suffix in SQLITE_SUFFIXES else uri
-
-
-def check_store(uri: str, key: str = "mlflow.tracking_uri") -> None:
-    """Ask the store, within a few seconds and without writing to it, whether it can take the
-    sweep: a SQLite file that can be written (or made), a server that answers."""
-    db = _sqlite_file(uri)
-    if db is not None:
-        why = None
-        if db.exists():
-            try:
-                with open(db, "r+b"):  # opened for writing, nothing written
-                    pass
-            except OSError as err:
-                why = err.strerror
-        elif not db.parent.is_dir():
-            why = f"no folder {db.parent}"
-        else:
-            why = unwritable(db.parent)  # SQLite makes the file there
-        if why:
-            raise ConfigError(f"{key}: cannot use the SQLite store {db}: {why}")
-        return
-    fast = {
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(PROBE_TIMEOUT_S),
-    }
-    with _environ(**fast):
-        try:
-            MlflowClient(uri).search_experiments(max_results=1)
-        except MlflowException as err:
-            raise ConfigError(
-                f"{key}: no MLflow server answers at {uri} ({_why(err)}); start it or fix the URI"
-            ) from None
-
-
-def _why(err: MlflowException) -> str:
-    text = str(err)
-    cause = re.search(r"Caused by (\w+)", text)
-    if cause and cause.group(1) in WHY:
-        return WHY[cause.group(1)]
-    return text.strip().splitlines()[0][:200] if text.strip() else type(err).__name__
-
-
-@contextlib.contextmanager
-def _environ(**values: str) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-@functools.cache
-def sqlite_without_fsync() -> None:
-    """Every SQLite connection of this process commits without an fsync (PRAGMA
-    synchronous=OFF). Each MLflow write is a commit, and on a busy disk its fsync was most of
-    its time (about 36 ms a write against 11 without, bench/fused_sweep.py's machine). SQLite's
-    journal still makes each commit atomic, so a killed driver loses nothing it committed; only
-    an OS crash or a power loss can damage the database, and the store is a copy of the sweep
-    folder's record: `sweep sync` rebuilds it. The rollback journal is kept (not WAL), so a
-    store on NFS stays readable from other hosts."""
-
-    def no_fsync(connection: Any, _record: Any) -> None:
-        if isinstance(connection, sqlite3.Connection):
-            connection.execute("PRAGMA synchronous=OFF")
-
-    event.listen(Engine, "connect", no_fsync)
 
 
 def read_state(path: Path) -> dict[str, Any]:
@@ -209,7 +81,7 @@ class SweepTracker:
     def __init__(self, tracking_uri: str, experiment: str, state_file: Path | None = None) -> None:
         # over HTTP, set_terminated prints two "View run" lines per run to stdout
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-        _Prepared.adopt(tracking_uri)
+        PreparedStore.adopt(tracking_uri)
         if tracking_uri.startswith("sqlite:"):
             sqlite_without_fsync()
         self.client = MlflowClient(tracking_uri)
@@ -230,7 +102,7 @@ class SweepTracker:
         if found is not None:
             return found.experiment_id
         location = None  # a local SQLite store keeps artifacts beside its database, not the cwd
-        if (db := _sqlite_file(tracking_uri)) is not None:
+        if (db := sqlite_file(tracking_uri)) is not None:
             db_dir = db.resolve().parent
             name = re.sub(r"[^\w.-]", "_", self.experiment)
             location = (db_dir / "mlartifacts" / name).as_uri()
@@ -634,67 +506,3 @@ def end_tags(outcome: str, epochs_run: int, error: str | None = None) -> dict[st
 
 def _now() -> int:
     return int(time.time() * 1000)
-
-
-class _Prepared:
-    """A store made ready in a thread: MLflow imported and, for a SQLite file not there yet,
-    its tables made (MLflow runs every schema migration, seconds) in a temporary folder.
-    ``adopt`` waits for it and links the made file into place unless one appeared meanwhile,
-    so that nothing is written where the store goes before the sweep passed its checks."""
-
-    _by_uri: dict[str, _Prepared] = {}
-
-    def __init__(self, uri: str) -> None:
-        self.uri = uri
-        self.made: Path | None = None
-        self.thread = threading.Thread(target=self._make, name="mlflow-store", daemon=True)
-
-    @classmethod
-    def start(cls, uri: str) -> None:
-        if uri not in cls._by_uri:
-            prepared = cls._by_uri[uri] = cls(uri)
-            # MLflow announces the tables it makes; made aside, they are none of the user's
-            # concern (and a refused sweep must say one line only)
-            logging.getLogger("mlflow.store.db.utils").addFilter(prepared._not_mine)
-            prepared.thread.start()
-
-    def _not_mine(self, record: logging.LogRecord) -> bool:
-        return record.thread != self.thread.ident
-
-    def _make(self) -> None:
-        try:
-            db = _sqlite_file(self.uri)
-            if db is None or db.exists():
-                return
-            folder = Path(tempfile.mkdtemp(prefix="sweeps-store-"))
-            atexit.register(shutil.rmtree, folder, ignore_errors=True)
-            MlflowClient(f"sqlite:///{folder / db.name}").search_experiments(max_results=1)
-            self.made = folder / db.name
-        except Exception:  # none made: MLflow makes the store itself, and says what is wrong
-            return
-        finally:
-            logging.getLogger("mlflow.store.db.utils").removeFilter(self._not_mine)
-
-    @classmethod
-    def adopt(cls, uri: str) -> None:
-        prepared = cls._by_uri.pop(uri, None)
-        if prepared is None:
-            return
-        prepared.thread.join()
-        db = _sqlite_file(uri)
-        if prepared.made is None or db is None or db.exists():
-            return
-        staged = db.with_name(f".{db.name}.{os.getpid()}.tmp")
-        try:
-            shutil.copyfile(prepared.made, staged)
-            os.link(staged, db)  # fails if a store appeared meanwhile: that one is used
-        except OSError:
-            pass
-        finally:
-            staged.unlink(missing_ok=True)
-
-
-def _sqlite_file(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(uri[len("sqlite:///") :].split("?")[0])

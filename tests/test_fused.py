@@ -272,7 +272,7 @@ def test_log_trials_makes_runs_lazily_and_logs_each_epoch_once(tmp_path):
 def test_sqlite_connections_commit_without_fsync(tmp_path):
     from sqlalchemy import create_engine
 
-    from sweeps.tracking import sqlite_without_fsync
+    from sweeps.store import sqlite_without_fsync
 
     sqlite_without_fsync()
     with create_engine(f"sqlite:///{tmp_path}/x.db").connect() as connection:

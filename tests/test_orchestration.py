@@ -14,8 +14,9 @@ from ray.tune.schedulers import ASHAScheduler
 
 from sweeps.cadence import Cadence, asha_rungs
 from sweeps.history import HistoryFile
+from sweeps.store import usable_store
 from sweeps.sync import Recorder, merge
-from sweeps.tracking import SweepTracker, usable_store
+from sweeps.tracking import SweepTracker
 from trainers.config import TrialConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

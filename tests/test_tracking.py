@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sweeps.tracking import SweepTracker, check_store, resolve_tracking_uri
+from sweeps.store import check_store, resolve_tracking_uri
+from sweeps.tracking import SweepTracker
 from trainers.config import ConfigError, TrialConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
