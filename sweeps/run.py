@@ -128,9 +128,11 @@ def drive(
     print(f"MLflow: {tracking_uri} (experiment {history.experiment})", flush=True)
     recorder.view = live_view(spec, history)
     try:
-        # SIGTERM (a scheduler's kill, `kill`) ends the sweep the way Ctrl-C does: state saved.
-        # Installed after ray.init, which puts in a handler of its own that just exits.
-        signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+        # SIGTERM (a scheduler's kill, `kill`) and SIGUSR1 (SLURM's pre-timeout signal, if
+        # sent to the driver itself) end the sweep the way Ctrl-C does: state saved. Installed
+        # after ray.init, which puts in a SIGTERM handler of its own that just exits.
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, lambda *_: os.kill(os.getpid(), signal.SIGINT))
         with recorder.view:
             grid = tune.fit(spec, files, recorder, resources, resume=not fresh)
         with stopping.deferred():

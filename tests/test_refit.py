@@ -197,11 +197,19 @@ def refit_until(history: Path, count: int, *args: str) -> subprocess.Popen:
     return proc
 
 
+def stopped_cleanly(proc: subprocess.Popen) -> None:
+    """Exit 130, and the line that says how to go on; no traceback."""
+    assert proc.wait(timeout=60) == 130, output(proc)
+    said = output(proc)
+    assert "interrupted; continue with: sweep resume killrefit" in said, said
+    assert "Traceback" not in said, said
+
+
 @pytest.mark.slow
-def test_ctrl_c_then_sigkill_during_the_refit_then_resume_gives_one_refit_run(workdir):
+def test_ctrl_c_usr1_and_sigkill_during_the_refit_then_resume_gives_one_refit_run(workdir):
     """A refit slow enough to be hit (one trial, 30 epochs of small batches on 10,000
-    examples): Ctrl-C once the refit has recorded two epochs, then a resume killed two epochs
-    further, then a resume to the end."""
+    examples): Ctrl-C once the refit has recorded two epochs; a resume stopped by SIGUSR1 two
+    epochs further; a resume killed two epochs further; a resume to the end."""
     epochs = 30
     cfg = sweep_config(
         workdir,
@@ -214,9 +222,10 @@ def test_ctrl_c_then_sigkill_during_the_refit_then_resume_gives_one_refit_run(wo
     history = workdir / "runs/killrefit/history.jsonl"
     proc = refit_until(history, 2, "run", str(cfg))
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the process group
-    assert proc.wait(timeout=60) == 130, output(proc)
-    said = output(proc)
-    assert "interrupted; continue with: sweep resume killrefit" in said and "Traceback" not in said
+    stopped_cleanly(proc)
+    proc = refit_until(history, len(refit_epochs(history)) + 2, "resume", "killrefit")
+    proc.send_signal(signal.SIGUSR1)  # SLURM's pre-timeout signal, sent to the driver
+    stopped_cleanly(proc)
     proc = refit_until(history, len(refit_epochs(history)) + 2, "resume", "killrefit")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
