@@ -148,33 +148,36 @@ def check_sweep(workdir: Path, name: str, trials: int = 4) -> pd.DataFrame:
     return table
 
 
-def no_ray_left(ray_tmp: Path) -> None:
-    """Every job cleaned up after itself: no Ray process tagged with our temp root, no dir."""
-    tagged = []
+def ray_processes() -> dict[int, tuple[str, bytes]]:
+    """Every process that a job of ours started for Ray: pid -> (its SWEEPS_RAY_TAG, the
+    node's temp dir; its title, such as b"ray::ImplicitFunc" for a trial actor)."""
+    found = {}
     for env in Path("/proc").glob("[0-9]*/environ"):
         try:
-            if f"SWEEPS_RAY_TAG={ray_tmp}/".encode() in env.read_bytes():
-                tagged.append(env.parent.name)
+            tags = [v for v in env.read_bytes().split(b"\0") if v.startswith(b"SWEEPS_RAY_TAG=")]
+            title = (env.parent / "cmdline").read_bytes().split(b"\0")[0]
         except OSError:
-            pass
+            continue
+        if tags:
+            found[int(env.parent.name)] = (tags[0].split(b"=", 1)[1].decode(), title)
+    return found
+
+
+def no_ray_left(ray_tmp: Path) -> None:
+    """Every job cleaned up after itself: no Ray process tagged with our temp root, no dir."""
+    tagged = [pid for pid, (tag, _) in ray_processes().items() if tag.startswith(f"{ray_tmp}/")]
     assert tagged == [], f"Ray processes left: {tagged}"
     assert [p.name for p in ray_tmp.glob("r*")] == []
 
 
 def trial_actors(tag: str) -> list[int]:
-    """The pids of the trial actors of the Ray node whose temp dir (SWEEPS_RAY_TAG) is tag:
-    Ray workers titled `ray::ImplicitFunc` (Tune's actor class of a function trainable)."""
-    pids = []
-    for env in Path("/proc").glob("[0-9]*/environ"):
-        try:
-            if f"SWEEPS_RAY_TAG={tag}".encode() not in env.read_bytes().split(b"\0"):
-                continue
-            title = (env.parent / "cmdline").read_bytes().split(b"\0")[0]
-        except OSError:
-            continue
-        if title.startswith(b"ray::ImplicitFunc"):
-            pids.append(int(env.parent.name))
-    return pids
+    """The pids of the trial actors of the Ray node whose temp dir is tag: Ray workers titled
+    `ray::ImplicitFunc` (Tune's actor class of a function trainable)."""
+    return [
+        pid
+        for pid, (tag_, title) in ray_processes().items()
+        if tag_ == tag and title.startswith(b"ray::ImplicitFunc")
+    ]
 
 
 def freeze_trials(tag: str) -> None:
