@@ -13,7 +13,7 @@ import queue
 import tempfile
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,12 +24,24 @@ from sweeps.lock import SweepLock
 from sweeps.naming import run_name
 from sweeps.results import first_error_line
 from sweeps.store import usable_store
-from sweeps.tracking import SweepTracker, TrialNews, refit_tags
+from sweeps.tracking import SweepTracker, refit_tags
 from trainers.config import ConfigError
 from trainers.metrics import REFIT_CURVES, fold_keys
 
 if TYPE_CHECKING:
     from sweeps.live import LiveView
+
+
+@dataclass
+class TrialNews:
+    """What one trial did since its last news (a fused population's report of a member)."""
+
+    trial_id: str
+    params: dict[str, Any]  # its sampled values of the searched keys (the folder's record)
+    config: dict[str, Any]  # its full config: the run's params
+    started: bool  # it (re)started: a run that had ended is RUNNING again
+    results: list[dict[str, Any]]  # its new epochs
+    end: dict[str, Any] | None  # {"outcome", "epochs_run", "error"} once it ended
 
 
 class Recorder:
@@ -130,21 +142,29 @@ class Recorder:
 
     def trials_news(self, news: list[TrialNews]) -> None:
         """Many trials' news at once (a fused population's report): each event recorded as the
-        methods above record it, then one MLflow write for them all (``log_trials``)."""
+        methods above record it, in one write to the record, then queued for the MLflow
+        thread as one event per trial (a run made, curves, an end: merged per trial there)."""
+        events: list[dict[str, Any]] = []
         kept = []
         for n in news:
             if n.started:
-                self._record(
+                events.append(
                     {"event": "trial_started", "trial": n.trial_id, "params": n.params}
                     | {"config": n.config}
                 )
             results = [_kept(m) for m in n.results]
-            for m in results:
-                self._record({"event": "result", "trial": n.trial_id, "metrics": m})
+            events += ({"event": "result", "trial": n.trial_id, "metrics": m} for m in results)
             if n.end is not None:
-                self._record({"event": "trial_ended", "trial": n.trial_id} | n.end)
+                events.append({"event": "trial_ended", "trial": n.trial_id} | n.end)
             kept.append(replace(n, results=results))
-        self.tracker.log_trials(kept)
+        self._record(*events)
+        for n in kept:
+            write: dict[str, Any] = {"results": n.results}
+            if n.started:
+                write |= {"config": n.config, "name": run_name(n.params)}
+            if n.end is not None:
+                write["end"] = n.end
+            self.mlflow.put(n.trial_id, **write)
         if self.view is not None:
             for n in kept:
                 self._show(n.trial_id, n.params if n.started else None, n.results, n.end)

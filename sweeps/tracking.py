@@ -17,7 +17,6 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from sweeps.naming import run_name
 from sweeps.store import PreparedStore, sqlite_file, sqlite_without_fsync
 from trainers.config import ConfigError
 from trainers.metrics import curve_keys
@@ -325,35 +323,6 @@ class SweepTracker:
         self.last_epoch[run_id] = last
         return points, diverged
 
-    # ------------------------------------------------------------------ many trials at once
-    def log_trials(self, news: list[TrialNews]) -> None:
-        """Several trials' news (a fused population's report) in the fewest writes: a run is
-        made when its trial first has news, then one log_batch per run carries the params it
-        lacks, its new curves and its end tags, and set_terminated follows for those that
-        ended; the state file is written once. A trial started again (a resume) whose run had
-        ended is RUNNING again, as in ``trial_started``."""
-        made = False
-        for n in news:
-            run_id, params, tags = self.trials.get(n.trial_id), {}, {}
-            if run_id is None:
-                run_id = self._new_child(n.trial_id, run_name(n.params))
-                params, made = n.config, True
-            elif n.started and n.trial_id in self.ended:
-                self.client.update_run(run_id, status="RUNNING")
-                self.ended.pop(n.trial_id)
-                tags["sweep.status"] = "running"
-            points, diverged = self._new_points(run_id, n.results)
-            if diverged:
-                tags["sweep.diverged"] = "true"
-            if n.end is not None:
-                tags |= end_tags(**n.end)
-            self._log_batch(run_id, points, params, tags)
-            if n.end is not None:
-                self.client.set_terminated(run_id, TRIAL_STATUS[n.end["outcome"]])
-                self.ended[n.trial_id] = n.end["outcome"]
-        if made:
-            self._save()
-
     def _new_child(
         self, trial_id: str, name: str | None = None, tags: dict[str, str] | None = None
     ) -> str:
@@ -476,18 +445,6 @@ class SweepTracker:
         tmp = self.state_file.with_name(self.state_file.name + ".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         os.replace(tmp, self.state_file)
-
-
-@dataclass
-class TrialNews:
-    """What one trial did since its last news (``SweepTracker.log_trials``)."""
-
-    trial_id: str
-    params: dict[str, Any]  # its sampled values of the searched keys (the folder's record)
-    config: dict[str, Any]  # its full config: the run's params
-    started: bool  # it (re)started: a run that had ended is RUNNING again
-    results: list[dict[str, Any]]  # its new epochs
-    end: dict[str, Any] | None  # {"outcome", "epochs_run", "error"} once it ended
 
 
 def end_tags(outcome: str, epochs_run: int, error: str | None = None) -> dict[str, str]:

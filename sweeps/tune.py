@@ -44,8 +44,7 @@ from sweeps.config import apply_sets  # noqa: E402
 from sweeps.layout import SweepFolder  # noqa: E402
 from sweeps.results import outcome  # noqa: E402
 from sweeps.spec import SweepSpec  # noqa: E402
-from sweeps.sync import Recorder  # noqa: E402
-from sweeps.tracking import TrialNews  # noqa: E402
+from sweeps.sync import Recorder, TrialNews  # noqa: E402
 from sweeps.trainable import population_trainable, trainable  # noqa: E402
 from trainers.config import trial_config  # noqa: E402
 

@@ -239,30 +239,43 @@ def epochs(*numbers: int) -> list[dict]:
     return [{"epoch": e, **dict.fromkeys(CURVES, 0.5 + e / 100)} for e in numbers]
 
 
-def test_log_trials_makes_runs_lazily_and_logs_each_epoch_once(tmp_path):
-    from sweeps.tracking import SweepTracker, TrialNews
+def test_population_news_reach_the_record_and_mlflow_once_each(tmp_path):
+    """A population's reports go through the Recorder: the record first, then MLflow from
+    the writer thread, each run made once and each epoch logged once, also after a resume."""
+    from sweeps.history import HistoryFile
+    from sweeps.sync import Recorder, TrialNews
+    from sweeps.tracking import SweepTracker
 
     uri, state = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "state.json"
-    tracker = SweepTracker(uri, "many", state)
-    tracker.start_sweep({}, "sweep-1")
+    file = HistoryFile(tmp_path / "history.jsonl")
     config = {"train.lr": 0.1, "model.loss": "softmax"}
 
     def news(trial, started, numbers, end=None):
         return TrialNews(trial, {"train.lr": 0.1}, config, started, epochs(*numbers), end)
 
-    done = {"outcome": "completed", "epochs_run": 4, "error": None}
-    tracker.log_trials([news("c0", True, [1, 2]), news("c1", True, [1, 2, 3, 4], done)])
-    assert tracker.created == 3 and set(json.loads(state.read_text())["trials"]) == {"c0", "c1"}
-    tracker.log_trials([news("c0", False, [2, 3])])  # epoch 2 again: a replay
-    tracker.end_sweep("interrupted")  # c0 ends KILLED, as after Ctrl-C
+    def recorder():
+        tracker = SweepTracker(uri, "many", state)
+        rec = Recorder(file.read("many"), file, tracker)
+        rec.start_sweep({}, fresh=False)
+        return rec, tracker
 
-    again = SweepTracker(uri, "many", state)  # a resumed driver
-    again.start_sweep({}, "sweep-1")
-    again.log_trials([news("c0", True, [3, 4], done)])  # reopened, then ended
-    assert again.created == 0
-    client = again.client
+    done = {"outcome": "completed", "epochs_run": 4, "error": None}
+    first, tracker = recorder()
+    first.trials_news([news("c0", True, [1, 2]), news("c1", True, [1, 2, 3, 4], done)])
+    first.trials_news([news("c0", False, [2, 3])])  # epoch 2 again: a replay
+    first.end_sweep("interrupted")  # c0 ends KILLED, as after Ctrl-C
+    assert tracker.created == 3 and set(json.loads(state.read_text())["trials"]) == {"c0", "c1"}
+    recorded = file.read("many").trials
+    assert [m["epoch"] for m in recorded["c0"].results] == [1, 2, 3]
+    assert recorded["c1"].end["outcome"] == "completed" and recorded["c0"].end is None
+
+    again, tracker = recorder()  # a resumed driver
+    again.trials_news([news("c0", True, [3, 4], done)])  # reopened, then ended
+    again.end_sweep("completed")
+    assert tracker.created == 0
+    client = tracker.client
     for trial in ("c0", "c1"):
-        run = client.get_run(again.trials[trial])
+        run = client.get_run(tracker.trials[trial])
         assert run.info.status == "FINISHED" and run.data.tags["sweep.status"] == "completed"
         assert run.data.params == {k: str(v) for k, v in config.items()}
         for key in CURVES:
