@@ -159,12 +159,11 @@ class Recorder:
             kept.append(replace(n, results=results))
         self._record(*events)
         for n in kept:
-            write: dict[str, Any] = {"results": n.results}
-            if n.started:
-                write |= {"config": n.config, "name": run_name(n.params)}
-            if n.end is not None:
-                write["end"] = n.end
-            self.mlflow.put(n.trial_id, **write)
+            if n.started:  # its run made at once, its epochs held (TrialWrites)
+                self.mlflow.put(n.trial_id, config=n.config, name=run_name(n.params))
+            if n.results or n.end is not None:
+                end = {} if n.end is None else {"end": n.end}
+                self.mlflow.put(n.trial_id, results=n.results, **end)
         if self.view is not None:
             for n in kept:
                 self._show(n.trial_id, n.params if n.started else None, n.results, n.end)
@@ -193,16 +192,22 @@ def _kept(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics[k] for k in keys if k in metrics} | {"time": int(time.time() * 1000)}
 
 
-class TrialWrites:
-    """Trial events written to MLflow in a thread, in order. When the store falls behind,
-    the events queued meanwhile are merged per trial (``merge``), so a trial that started,
-    reported and ended costs three calls (make the run; params, curves and tags; end it)
-    rather than one or two per event. The first error stops the writes: later ones are
-    dropped (``sync`` brings them in on resume) and every later ``put`` or ``wait`` raises it."""
+STALE_S = 30.0  # at most this long a running trial's new epochs wait to be written to MLflow
 
-    def __init__(self, tracker: SweepTracker) -> None:
-        self.tracker = tracker
-        self.queue: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+
+class TrialWrites:
+    """Trial events written to MLflow in a thread, in order, in few calls. A start is written
+    at once (the run is made) and so is an end; the epochs in between are held until their
+    trial ends, or for ``stale_s`` at most, or until ``wait``: a trial then costs three calls
+    (make the run; params, curves and tags in one batch; end it) rather than one per report,
+    and MLflow's cost grows with the points logged, not with how often trials report. Events
+    written together are merged per trial (``merge``). The first error stops the writes: later
+    ones are dropped (``sync`` brings them in on resume) and every later ``put`` or ``wait``
+    raises it."""
+
+    def __init__(self, tracker: SweepTracker, stale_s: float = STALE_S) -> None:
+        self.tracker, self.stale_s = tracker, stale_s
+        self.queue: queue.Queue[Any] = queue.Queue()
         self.error: Exception | None = None
         threading.Thread(target=self._run, name="mlflow-writes", daemon=True).start()
 
@@ -214,6 +219,7 @@ class TrialWrites:
 
     def wait(self) -> None:
         """Until every event put so far is written."""
+        self.queue.put(_FLUSH)
         self.queue.join()
         self._raise()
 
@@ -222,20 +228,48 @@ class TrialWrites:
             raise self.error
 
     def _run(self) -> None:
+        held: list[tuple[str, dict[str, Any], float]] = []  # (trial, event, when it came)
         while True:
-            events = [self.queue.get()]
-            while not self.queue.empty():
-                events.append(self.queue.get())
+            due_at = min((came + self.stale_s for _, _, came in held), default=None)
+            got = []
             try:
-                for trial_id, write in merge(events):
+                got.append(self.queue.get(timeout=None if due_at is None else _left(due_at)))
+                while not self.queue.empty():
+                    got.append(self.queue.get_nowait())
+            except queue.Empty:  # a held event's time is up
+                pass
+            now = time.monotonic()
+            held += [(*item, now) for item in got if item is not _FLUSH]
+            written, held = _due(held, _FLUSH in got, now - self.stale_s)
+            try:
+                for trial_id, write in merge(written):
                     if self.error is None:
                         self.tracker.write_trial(trial_id, **write, save=False)
                 self.tracker.save_state()  # once for all the runs made (its size grows)
             except Exception as err:
                 self.error = err
             finally:
-                for _ in events:
+                for _ in got:
                     self.queue.task_done()
+
+
+_FLUSH = object()  # TrialWrites.wait's marker: what is held is written before it is done
+
+
+def _left(due_at: float) -> float:
+    return max(0.0, due_at - time.monotonic())
+
+
+def _due(
+    held: list[tuple[str, dict[str, Any], float]], flush: bool, stale_before: float
+) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, dict[str, Any], float]]]:
+    """The held events to write now, and those still held. A trial's events are written up
+    to its last start or end, or all of them once one is stale (or on a flush)."""
+    stale = {t for t, _, came in held if flush or came <= stale_before}
+    last = {t: i for i, (t, event, _) in enumerate(held) if "config" in event or "end" in event}
+    due = [t in stale or i <= last.get(t, -1) for i, (t, _, _) in enumerate(held)]
+    written = [(t, e) for (t, e, _), now in zip(held, due, strict=True) if now]
+    return written, [h for h, now in zip(held, due, strict=True) if not now]
 
 
 def merge(events: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,12 +16,12 @@ from ray.tune.schedulers import ASHAScheduler
 from sweeps.cadence import Cadence, asha_rungs
 from sweeps.history import HistoryFile
 from sweeps.store import usable_store
-from sweeps.sync import Recorder, merge
+from sweeps.sync import Recorder, TrialWrites, _due, merge
 from sweeps.tracking import SweepTracker
 from trainers.config import TrialConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweeping import make_data, reports, runs_of, write_config  # noqa: E402
+from sweeping import history_steps, make_data, reports, runs_of, write_config  # noqa: E402
 
 CONFIG = TrialConfig().flat()
 
@@ -126,6 +127,45 @@ def test_reports_carrying_epochs_reach_the_record_and_mlflow_once_each(tmp_path:
     assert [(m.step, m.timestamp) for m in points] == [(n, 1000 * n) for n in (1, 2, 3, 4)]
     assert run.info.status == "KILLED" and run.data.tags["sweep.rung"] == "4"
     assert run.data.params["train.lr"] == str(CONFIG["train.lr"])
+
+
+def test_held_epochs_are_written_at_their_trials_start_end_staleness_or_a_flush() -> None:
+    start, result, end = {"config": CONFIG}, {"results": [epoch(1)]}, {"end": {"outcome": "x"}}
+    held = [("a", start, 5.0), ("a", result, 5.0), ("b", result, 1.0), ("c", result, 5.0)]
+    held += [("c", end, 5.0), ("c", result, 5.0)]
+    written, kept = _due(held, flush=False, stale_before=2.0)
+    # a: its start now, its epoch held; b: stale; c: up to its end, its next epoch held
+    assert written == [("a", start), ("b", result), ("c", result), ("c", end)]
+    assert kept == [("a", result, 5.0), ("c", result, 5.0)]
+    assert _due(kept, flush=True, stale_before=0.0) == ([(t, e) for t, e, _ in kept], [])
+
+
+def test_a_running_trials_epochs_reach_mlflow_when_stale_and_its_run_at_once(
+    tmp_path: Path,
+) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    file = HistoryFile(tmp_path / "history.jsonl")
+    tracker = SweepTracker(uri, "exp", tmp_path / "state.json")
+    recorder = Recorder(file.read("exp"), file, tracker)
+    recorder.mlflow = TrialWrites(tracker, stale_s=1.5)
+    recorder.start_sweep({}, fresh=True)
+    recorder.trial_started("t1", {}, CONFIG)
+    recorder.trial_results("t1", [epoch(1), epoch(2)])
+    client = MlflowClient(uri)
+
+    def steps() -> list[int] | None:
+        run_id = tracker.trials.get("t1")
+        return None if run_id is None else history_steps(client, client.get_run(run_id))
+
+    seen = [steps()]
+    deadline = time.monotonic() + 15
+    while seen[-1] != [1, 2] and time.monotonic() < deadline:
+        time.sleep(0.1)
+        seen.append(steps())
+    assert seen[-1] == [1, 2]  # written without an end or a wait: the epochs went stale
+    assert [] in seen  # the run was there, without points, before that
+    assert client.get_run(tracker.trials["t1"]).info.status == "RUNNING"
+    recorder.end_sweep("interrupted")
 
 
 def test_a_failed_mlflow_write_is_raised_in_the_driver(tmp_path: Path) -> None:
