@@ -64,10 +64,12 @@ class SweepData:
 
     @property
     def ranked(self) -> pd.DataFrame:
-        """Trials that can be chosen, best first."""
+        """Trials that can be chosen, best first; ties as results.csv ranks them."""
         t = self.table
         ok = t[t["status"].isin(ENDED_OK) & np.isfinite(t[self.metric].astype(float))]
-        return ok.sort_values(self.metric, ascending=self.spec.search.mode == "min")
+        return ok.sort_values(
+            [self.metric, "trial_id"], ascending=[self.spec.search.mode == "min", True]
+        )
 
     @property
     def chosen(self) -> str | None:

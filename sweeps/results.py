@@ -61,9 +61,13 @@ def trial_row(
 
 
 def write_csv(rows: list[dict[str, Any]], metric: str, mode: str, path: Path) -> pd.DataFrame:
-    """results.csv, best trial first (by the final value of the sweep's metric)."""
+    """results.csv, best trial first (by the final value of the sweep's metric). Ties go to
+    the trial drawn first (its id), as GridSearchCV's do: the choice does not depend on the
+    order trials happened to end in, nor on the engine (trial or fused)."""
     table = pd.DataFrame(rows)
-    table = table.sort_values(f"final_{metric}", ascending=mode == "min", na_position="last")
+    table = table.sort_values(
+        [f"final_{metric}", "trial_id"], ascending=[mode == "min", True], na_position="last"
+    )
     _write(table, path)
     return table
 

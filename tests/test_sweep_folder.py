@@ -6,6 +6,7 @@ sweep's resume (changes nothing), and a trial no node can hold (refused, nothing
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -214,3 +216,17 @@ def test_a_trial_larger_than_the_machine_is_refused_before_anything_is_written(w
     assert done.stderr.startswith("error: resources.cpu must be <= the ")
     assert len(done.stderr.strip().splitlines()) == 1
     assert not (workdir / "runs").exists() and not (workdir / "mlflow.db").exists()
+
+
+def test_results_rank_ties_by_the_trial_drawn_first(tmp_path: Path) -> None:
+    from sweeps.results import write_csv
+
+    rows = [
+        {"trial_id": t, "final_val_acc": acc}
+        for t, acc in [("c3", 0.9), ("c1", 0.95), ("c2", math.nan), ("c0", 0.9), ("c4", 0.95)]
+    ]
+    table = write_csv(rows, "val_acc", "max", tmp_path / "results.csv")
+    assert list(table["trial_id"]) == ["c1", "c4", "c0", "c3", "c2"]
+    assert list(pd.read_csv(tmp_path / "results.csv")["trial_id"]) == list(table["trial_id"])
+    low = write_csv(rows, "val_acc", "min", tmp_path / "results.csv")
+    assert list(low["trial_id"]) == ["c0", "c3", "c1", "c4", "c2"]
