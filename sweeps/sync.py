@@ -52,7 +52,7 @@ class Recorder:
     loop, which starts trials and answers their reports, never waits for the store (a SQLite
     commit waits for the disk, a server for the network). The record is written first, in
     the driver's thread, so a kill loses nothing that ``sync`` cannot bring into MLflow
-    later; ``end_sweep`` (and a refit) waits for the writes queued before it.
+    later; ``end_sweep`` waits for the writes queued before it.
     """
 
     def __init__(self, history: SweepHistory, file: HistoryFile, tracker: SweepTracker) -> None:
@@ -108,7 +108,8 @@ class Recorder:
             why = first_error_line(error) if error else None
             self.view.ended(trial_id, outcome, results[-1] if results else None, why)
 
-    # A refit (sweeps.refit) is recorded as a trial is, as a child run tagged sweep.role=refit.
+    # A refit (sweeps.refit) is recorded as a trial is, as a child run tagged sweep.role=refit,
+    # through the same writer: it trains while the trials' last writes drain.
     def refit_started(
         self, refit_id: str, source: str, params: dict[str, Any], config: dict[str, Any]
     ) -> None:
@@ -116,22 +117,22 @@ class Recorder:
             {"event": "refit_started", "refit": refit_id, "source": source}
             | {"params": params, "config": config}
         )
-        self.mlflow.wait()  # the trials' writes first: one writer at a time
-        self.tracker.trial_started(refit_id, config, f"refit of {source}", refit_tags(source))
+        name, tags = f"refit of {source}", refit_tags(source)
+        self.mlflow.put(refit_id, config=config, name=name, new_tags=tags)
 
     def refit_result(self, refit_id: str, metrics: dict[str, Any]) -> None:
         """One epoch of a refit: its training curves only (it has no validation split)."""
         keys = ("epoch", "diverged", *REFIT_CURVES)
         kept = {k: metrics[k] for k in keys if k in metrics} | {"time": int(time.time() * 1000)}
         self._record({"event": "refit_result", "refit": refit_id, "metrics": kept})
-        self.tracker.trial_result(refit_id, kept)
+        self.mlflow.put(refit_id, results=[kept])
 
     def refit_ended(self, refit_id: str, outcome: str, epochs_run: int) -> None:
         self._record(
             {"event": "refit_ended", "refit": refit_id, "outcome": outcome}
             | {"epochs_run": epochs_run, "error": None}
         )
-        self.tracker.trial_ended(refit_id, outcome, epochs_run)
+        self.mlflow.put(refit_id, end={"outcome": outcome, "epochs_run": epochs_run})
 
     def end_sweep(
         self, status: str, best: dict[str, Any] | None = None, artifact_dir: Path | None = None
@@ -212,8 +213,8 @@ class TrialWrites:
         threading.Thread(target=self._run, name="mlflow-writes", daemon=True).start()
 
     def put(self, trial_id: str, **event: Any) -> None:
-        """One of a trial's events: config=... (and its run's name=...), results=[...] or
-        end={...}."""
+        """One of a trial's events: config=... (and its run's name=..., new_tags=...),
+        results=[...] or end={...}."""
         self._raise()
         self.queue.put((trial_id, event))
 
@@ -285,8 +286,9 @@ def merge(events: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str,
             writes.append((trial_id, write))
         if "config" in event:
             write["config"] = event["config"]
-            if "name" in event:  # the run's readable name, when it is made
-                write["name"] = event["name"]
+            for key in ("name", "new_tags"):  # the run's readable name and tags, when made
+                if key in event:
+                    write[key] = event[key]
         write["results"] += event.get("results", [])
         if "end" in event:
             write["end"] = event["end"]
