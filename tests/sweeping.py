@@ -9,14 +9,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import yaml
-from mlflow.tracking import MlflowClient
 from sklearn.datasets import make_classification
 
 from sweeps.cadence import EARLIER
+
+if TYPE_CHECKING:  # MLflow is imported where it is used: the GPU machine has none
+    from mlflow.tracking import MlflowClient
 
 SWEEP = str(Path(sys.executable).with_name("sweep"))
 LRS = [0.01, 0.02, 0.03, 0.04]
@@ -62,6 +65,8 @@ def killable_config(workdir: Path, name: str, epochs: int = 12) -> Path:
 
 def runs_of(folder: Path, name: str, uri: str | None = None):
     """(client, parent run, {trial_id: child run}) of a sweep, read back from MLflow."""
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient(uri or f"sqlite:///{folder}/mlflow.db")
     exp = client.get_experiment_by_name(name)
     runs = client.search_runs([exp.experiment_id], max_results=1000)
