@@ -238,6 +238,9 @@ class Fold:
         self.b = torch.zeros(len(cfgs), C, device=device)  # (K, C)
         self.state = {"W": new_state(self.W, cols), "b": new_state(self.b, cols)}
         self.order = torch.Generator(device=device).manual_seed(order_seed)
+        self.perm = torch.empty(len(self.y), dtype=torch.long, device=device)  # read by the graph
+        self.use_graph = True  # on CUDA; False: eager steps (to compare, or debug)
+        self.graph: torch.cuda.CUDAGraph | None = None  # made again when the tensors change
 
     def scores(self, X: torch.Tensor) -> torch.Tensor:
         """(N, D) -> (N, K, C): one matrix product for the whole population."""
@@ -245,11 +248,29 @@ class Fold:
         return torch.addmm(self.b.view(-1), X, self.W.view(-1, K * C)).view(-1, K, C)
 
     def train_epoch(self, cols: Columns, lr: torch.Tensor, batch_size: int, adam_t: int) -> int:
-        """One pass over a fresh permutation; returns the Adam step count after it."""
-        n = len(self.y)
-        perm = torch.randperm(n, device=self.device, generator=self.order)
-        for start in range(0, n, batch_size):
-            idx = perm[start : start + batch_size]
+        """One pass over a fresh permutation; returns the Adam step count after it.
+
+        On CUDA, for a population without Adam, the epoch's steps are captured once in a CUDA
+        graph and replayed every epoch, as ``loop.Trainer`` does: an eager epoch is thousands of
+        small kernel launches. Adam's bias correction uses the step count as a host number, so
+        a population with Adam runs eagerly."""
+        torch.randperm(len(self.y), generator=self.order, out=self.perm)
+        starts = range(0, len(self.y), batch_size)
+        if self.device.type != "cuda" or cols.any_adam or not self.use_graph:
+            return self._steps(cols, lr, batch_size, adam_t, starts)
+        if self.graph is None:
+            self.lr = lr.clone()  # read by the graph; set before each replay
+            self.graph = self._capture(cols, batch_size, starts)
+        self.lr.copy_(lr)
+        self.graph.replay()
+        return adam_t + len(starts)  # counted as the eager steps count
+
+    def _steps(
+        self, cols: Columns, lr: torch.Tensor, batch_size: int, adam_t: int, starts: Sequence[int]
+    ) -> int:
+        """The minibatch steps starting at ``starts`` of ``perm``: device work only."""
+        for start in starts:
+            idx = self.perm[start : start + batch_size]
             X, y = self.X.index_select(0, idx), self.y.index_select(0, idx)  # (B, D), (B,)
             dscores = scores_gradient(self.scores(X), y, cols)  # (B, K, C)
             grad_W = (X.T @ dscores.view(len(y), -1)).view_as(self.W)  # (D, K, C)
@@ -258,6 +279,25 @@ class Fold:
             optimizer_step(self.W, grad_W, self.state["W"], cols, lr, adam_t)
             optimizer_step(self.b, dscores.sum(dim=0), self.state["b"], cols, lr, adam_t)
         return adam_t
+
+    def _capture(
+        self, cols: Columns, batch_size: int, starts: Sequence[int]
+    ) -> torch.cuda.CUDAGraph:
+        """Record one epoch of steps reading ``perm`` and ``lr`` (loop.Trainer._capture): one
+        eager run of a full and of the last batch first, on a side stream, then undone."""
+        state = [self.W, self.b, *(t for s in self.state.values() for t in s.values())]
+        saved = [t.clone() for t in state]
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            self._steps(cols, self.lr, batch_size, 0, sorted({starts[0], starts[-1]}))
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        for t, before in zip(state, saved, strict=True):
+            t.copy_(before)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._steps(cols, self.lr, batch_size, 0, starts)
+        return graph
 
     def measure(self, X: torch.Tensor, y: torch.Tensor, cols: Columns) -> dict[str, torch.Tensor]:
         """Data loss, total loss and accuracy of every configuration on a split: each (K,)."""
@@ -279,6 +319,7 @@ class Fold:
 
     def compact(self, keep: torch.Tensor) -> None:
         """Keep only the configurations at positions ``keep`` (K',)."""
+        self.graph = None
         self.W = self.W.index_select(1, keep)
         self.b = self.b.index_select(0, keep)
         self.state = {
@@ -298,6 +339,7 @@ class Fold:
         return {"W": self.W, "b": self.b, "state": self.state, "order_rng": self.order.get_state()}
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.graph = None
         self.W = saved["W"].to(self.device)
         self.b = saved["b"].to(self.device)
         self.state = {
