@@ -51,6 +51,32 @@ def split_tensors(
     return torch.as_tensor(part.X, device=device), torch.as_tensor(part.y, device=device)
 
 
+def capture_epoch(
+    device: torch.device,
+    state: Sequence[torch.Tensor],
+    steps: Callable[[Sequence[int]], Any],
+    starts: Sequence[int],
+) -> torch.cuda.CUDAGraph:
+    """``steps(starts)`` (an epoch's minibatch steps) recorded as one CUDA graph.
+
+    Capture needs one eager run of each step shape first (cuBLAS and the allocator set up
+    on a side stream): a full batch and the last one; that run's effect on ``state`` (every
+    tensor a step changes) is undone.
+    """
+    saved = [t.clone() for t in state]
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        steps(sorted({starts[0], starts[-1]}))
+    torch.cuda.current_stream(device).wait_stream(side)
+    for t, before in zip(state, saved, strict=True):
+        t.copy_(before)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        steps(starts)
+    return graph
+
+
 class Trainer:
     """One linear classifier trained on one Dataset (one fold), everything on ``device``.
 
@@ -87,7 +113,9 @@ class Trainer:
         self._shuffle()
         if self.use_graph:
             if self.graph is None:
-                self.graph = self._capture()
+                self.graph = capture_epoch(
+                    self.device, self._state(), self._steps, self._batch_starts()
+                )
             self.graph.replay()
         else:
             self._steps(self._batch_starts())
@@ -124,26 +152,6 @@ class Trainer:
     def _state(self) -> list[torch.Tensor]:
         """Every tensor a step changes."""
         return [self.params, self.grad, *self.optimizer.state.values()]
-
-    def _capture(self) -> torch.cuda.CUDAGraph:
-        """Record one epoch of steps as a CUDA graph reading ``perm`` and the lr tensor.
-
-        Capture needs one eager run of each step shape first (cuBLAS and the allocator set up
-        on a side stream); that run's effect on the weights and the optimizer is undone.
-        """
-        starts = self._batch_starts()
-        saved = [s.clone() for s in self._state()]
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            self._steps(sorted({starts[0], starts[-1]}))  # a full batch and the last one
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        for state, before in zip(self._state(), saved):
-            state.copy_(before)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._steps(starts)
-        return graph
 
     @torch.no_grad()
     def metrics(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

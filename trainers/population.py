@@ -25,6 +25,7 @@ configurations still ride along in the matrix products until ``remove`` compacts
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Hashable, Sequence
@@ -36,7 +37,7 @@ import torch
 
 from trainers.config import ConfigError, TrialConfig, trial_config
 from trainers.data import Dataset, prepare
-from trainers.loop import Trial, resolve_device, split_tensors
+from trainers.loop import Trial, capture_epoch, resolve_device, split_tensors
 from trainers.metrics import fold_key
 from trainers.model import LinearClassifier
 from trainers.schedule import lr_factor
@@ -260,7 +261,9 @@ class Fold:
             return self._steps(cols, lr, batch_size, adam_t, starts)
         if self.graph is None:
             self.lr = lr.clone()  # read by the graph; set before each replay
-            self.graph = self._capture(cols, batch_size, starts)
+            state = [self.W, self.b, *(t for s in self.state.values() for t in s.values())]
+            steps = functools.partial(self._steps, cols, self.lr, batch_size, 0)
+            self.graph = capture_epoch(self.device, state, steps, starts)
         self.lr.copy_(lr)
         self.graph.replay()
         return adam_t + len(starts)  # counted as the eager steps count
@@ -279,25 +282,6 @@ class Fold:
             optimizer_step(self.W, grad_W, self.state["W"], cols, lr, adam_t)
             optimizer_step(self.b, dscores.sum(dim=0), self.state["b"], cols, lr, adam_t)
         return adam_t
-
-    def _capture(
-        self, cols: Columns, batch_size: int, starts: Sequence[int]
-    ) -> torch.cuda.CUDAGraph:
-        """Record one epoch of steps reading ``perm`` and ``lr`` (loop.Trainer._capture): one
-        eager run of a full and of the last batch first, on a side stream, then undone."""
-        state = [self.W, self.b, *(t for s in self.state.values() for t in s.values())]
-        saved = [t.clone() for t in state]
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            self._steps(cols, self.lr, batch_size, 0, sorted({starts[0], starts[-1]}))
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        for t, before in zip(state, saved, strict=True):
-            t.copy_(before)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._steps(cols, self.lr, batch_size, 0, starts)
-        return graph
 
     def measure(self, X: torch.Tensor, y: torch.Tensor, cols: Columns) -> dict[str, torch.Tensor]:
         """Data loss, total loss and accuracy of every configuration on a split: each (K,)."""
