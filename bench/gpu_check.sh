@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU checks in one go, under 5 minutes: the CUDA tests, then the trainer benchmarks.
+# The GPU checks in one go, under 5 minutes: the CUDA tests, the trainer benchmarks, then
+# where a step's device time goes (bench/kernels.py).
 #
 #     bash bench/gpu_check.sh OUT_DIR
 #
@@ -79,6 +80,7 @@ if [[ -f bench/fused.py ]]; then
 else
     echo "bench_fused: skipped (no bench/fused.py in this checkout)" | tee -a "$summary"
 fi
+[[ -f bench/kernels.py ]] && step bench_kernels 60 "$python" bench/kernels.py
 
 echo
 echo "== summary ($SECONDS s in all)"

@@ -21,7 +21,7 @@ from trainers.data import Dataset, prepare, refit_dataset
 from trainers.losses import data_loss, data_loss_grad
 from trainers.metrics import fold_key
 from trainers.model import init_params, scores, unflatten
-from trainers.regularizers import penalty, penalty_grad
+from trainers.regularizers import penalty, scaled_penalty_grad
 from trainers.schedule import FlatOptimizer, lr_factor
 
 CHECKPOINT_FILE = "trial.pt"
@@ -142,8 +142,8 @@ class Trainer:
             x, labels = self.X.index_select(0, idx), y[start : start + bs]  # (B, D), (B,)
             # d(data loss)/d scores, times B: the 1/B goes into alpha and the mean below
             dscores = data_loss_grad(m.loss, scores(W, self.b, x), labels, m.margin)  # (B, C)
-            reg = penalty_grad(t.reg, W, t.elastic_beta) if penalized else self.grad_W
-            beta = t.lambda_ if penalized else 0.0  # beta 0: addmm ignores its input
+            reg, factor = scaled_penalty_grad(t.reg, W, t.elastic_beta) if penalized else (W, 0.0)
+            beta = t.lambda_ * factor  # beta 0: addmm ignores its input
             # grad W^T = lambda R'(W)^T + dscores^T x / B, written in the (C, D) layout
             torch.addmm(reg.T, dscores.T, x, beta=beta, alpha=1.0 / len(idx), out=self.grad_W.T)
             torch.mean(dscores, dim=0, out=self.grad_b)  # the bias: never penalized

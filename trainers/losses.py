@@ -46,12 +46,16 @@ def data_loss_grad(
     be captured in a CUDA graph. Softmax: p - onehot(y). Hinge: each wrong class j with
     s_j - s_y + margin >= 0 gets its term's slope (1, or 2 * term when squared) and the correct
     class minus their sum; at a term of exactly 0 the slope is taken as autograd's clamp does.
+    A step launches each kernel here ~200 times an epoch and a GPU's epoch is bound by their
+    number, not their size (docs/performance.md), hence the in-place and folded forms.
     """
     at_label = labels[:, None]  # (N, 1)
     if name == "softmax":
-        grad = torch.softmax(scores, dim=1)
-        return grad.scatter_add_(1, at_label, grad.new_full(at_label.shape, -1.0))
-    terms = scores - scores.gather(1, at_label) + margin  # (N, C)
-    slope = 2.0 * terms.clamp_(min=0.0) if name == "squared_hinge" else (terms >= 0).to(terms)
-    slope.scatter_(1, at_label, 0.0)
-    return slope.scatter_(1, at_label, -slope.sum(dim=1, keepdim=True))
+        return torch.softmax(scores, dim=1).scatter_(1, at_label, -1.0, reduce="add")
+    if name == "squared_hinge":
+        slope = (scores - scores.gather(1, at_label) + margin).clamp_(min=0.0).mul_(2.0)
+    else:  # s_j - s_y >= -margin, written as 1.0 or 0.0 in place
+        slope = (scores - scores.gather(1, at_label)).ge_(-margin)
+    # The label's own term is the margin (> 0), with slope ``own``, and it is in the row's sum.
+    own = 2.0 * margin if name == "squared_hinge" else 1.0
+    return slope.scatter_(1, at_label, own - slope.sum(dim=1, keepdim=True))

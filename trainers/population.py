@@ -61,6 +61,8 @@ class Columns:
     lam: torch.Tensor  # lambda
     quad: torch.Tensor  # R(W) = quad * sum W^2 + absw * sum |W|
     absw: torch.Tensor
+    quad_grad: torch.Tensor  # lambda dR/dW = quad_grad * W + abs_grad * sign(W)
+    abs_grad: torch.Tensor
     rho: torch.Tensor  # momentum; 0 for sgd and adam
     # the step's direction is keep_v * v + keep_g * g: (1, 0) heavy ball, (rho, 1) nesterov
     keep_v: torch.Tensor
@@ -89,13 +91,16 @@ def columns(cfgs: Sequence[TrialConfig], device: torch.device) -> Columns:
     quad = [{"l2": 1.0, "elastic": x.elastic_beta}.get(x.reg, 0.0) for x in t]
     absw = [1.0 if x.reg in ("l1", "elastic") else 0.0 for x in t]
     adam = [x.optimizer == "adam" for x in t]
+    lam = [x.lambda_ for x in t]
     return Columns(
         softmax=col([x.loss == "softmax" for x in m], torch.bool),
         squared=col([x.loss == "squared_hinge" for x in m], torch.bool),
         margin=col([x.margin for x in m]),
-        lam=col([x.lambda_ for x in t]),
+        lam=col(lam),
         quad=col(quad),
         absw=col(absw),
+        quad_grad=col([2.0 * x * q for x, q in zip(lam, quad)]),
+        abs_grad=col([x * a for x, a in zip(lam, absw)]),
         rho=col(rho),
         keep_v=col([r if n else 1.0 for r, n in zip(rho, nesterov)]),
         keep_g=col([1.0 if n else 0.0 for n in nesterov]),
@@ -136,26 +141,25 @@ def example_losses(scores: torch.Tensor, y: torch.Tensor, cols: Columns) -> torc
 
 
 def scores_gradient(scores: torch.Tensor, y: torch.Tensor, cols: Columns) -> torch.Tensor:
-    """d(mean over the batch of the data loss)/d scores, per configuration: (N, K, C).
+    """d(sum over the batch of the data loss)/d scores, per configuration: (N, K, C), times N
+    as losses.data_loss_grad (the step folds the 1/N into its products).
 
-    softmax: (p - onehot) / N. hinge: 1 for each wrong class with s_j - s_y + margin >= 0
-    (torch's clamp passes the gradient at 0), 2 * max(0, s_j - s_y + margin) when squared; the
-    correct class gets minus the sum of the wrong classes' terms.
+    softmax: p - onehot. hinge: 1 for each wrong class with s_j - s_y + margin >= 0 (torch's
+    clamp passes the gradient at 0), 2 * max(0, s_j - s_y + margin) when squared; the correct
+    class gets minus the sum of the wrong classes' terms.
     """
-    n = scores.shape[0]
-    onehot = torch.zeros_like(scores[:, :1]).scatter_(2, y[:, None, None], 1.0)  # (N, 1, C)
+    label = y[:, None, None].expand(-1, scores.shape[1], 1)  # (N, K, 1)
     soft = hinge = None
     if cols.any_softmax:
-        soft = torch.softmax(scores, dim=2) - onehot
+        soft = torch.softmax(scores, dim=2).scatter_(2, label, -1.0, reduce="add")
     if cols.any_hinge:
-        correct = scores.gather(2, y[:, None, None].expand(-1, scores.shape[1], 1))
-        violation = scores - correct + cols.margin  # (N, K, C)
+        violation = scores - scores.gather(2, label) + cols.margin  # (N, K, C)
         g = (violation >= 0).to(scores.dtype)
         if cols.any_squared:
             g = torch.where(cols.squared, 2.0 * torch.clamp(violation, min=0.0), g)
-        g = g * (1.0 - onehot)  # wrong classes only
-        hinge = g - onehot * g.sum(dim=2, keepdim=True)
-    return _pick(soft, hinge, cols.softmax) / n
+        g.scatter_(2, label, 0.0)  # wrong classes only
+        hinge = g.scatter_(2, label, -g.sum(dim=2, keepdim=True))
+    return _pick(soft, hinge, cols.softmax)
 
 
 def penalty(W: torch.Tensor, cols: Columns) -> torch.Tensor:
@@ -168,9 +172,9 @@ def penalty(W: torch.Tensor, cols: Columns) -> torch.Tensor:
 def add_penalty_gradient(grad: torch.Tensor, W: torch.Tensor, cols: Columns) -> None:
     """grad += lambda * dR/dW, in place; W and grad (D, K, C). The bias is never penalized."""
     if cols.any_quad:
-        grad.addcmul_(W, 2.0 * cols.lam * cols.quad)
+        grad.addcmul_(W, cols.quad_grad)
     if cols.any_abs:
-        grad.addcmul_(W.sign(), cols.lam * cols.absw)
+        grad.addcmul_(W.sign(), cols.abs_grad)
 
 
 # ---------------------------------------------------------------- optimizers
@@ -197,8 +201,8 @@ def optimizer_step(
     # each family gives a direction d and a (K, 1) step size a; then w -= a d, in one pass
     sgd = adam = None
     if cols.any_sgd:
-        v = state["v"].mul_(cols.rho).add_(grad)
-        sgd = v * cols.keep_v + grad * cols.keep_g if cols.any_nesterov else v
+        v = torch.addcmul(grad, state["v"], cols.rho, out=state["v"])  # one pass: g + rho v
+        sgd = torch.addcmul(v * cols.keep_v, grad, cols.keep_g) if cols.any_nesterov else v
     if cols.any_adam:
         (b1, b2), m, s = ADAM_BETAS, state["m"], state["s"]
         m.lerp_(grad, 1 - b1)
@@ -206,7 +210,7 @@ def optimizer_step(
         denom = (s.sqrt() / math.sqrt(1 - b2**adam_t)).add_(ADAM_EPS)
         adam = m / denom
     size = _pick(lr / (1 - b1**adam_t), lr, cols.adam) if cols.any_adam else lr
-    param.addcmul_(_pick(adam, sgd, cols.adam), -size)
+    param.addcmul_(_pick(adam, sgd, cols.adam), size, value=-1.0)
 
 
 # ---------------------------------------------------------------- one fold
@@ -271,16 +275,21 @@ class Fold:
     def _steps(
         self, cols: Columns, lr: torch.Tensor, batch_size: int, adam_t: int, starts: Sequence[int]
     ) -> int:
-        """The minibatch steps starting at ``starts`` of ``perm``: device work only."""
+        """The minibatch steps starting at ``starts`` of ``perm``: device work only, in as few
+        kernels as the math allows (on a GPU a small step is bound by their number)."""
+        W = self.W.view(self.W.shape[0], -1)  # (D, K*C)
+        labels = self.y.index_select(0, self.perm)  # (N,) in this epoch's order
         for start in starts:
             idx = self.perm[start : start + batch_size]
-            X, y = self.X.index_select(0, idx), self.y.index_select(0, idx)  # (B, D), (B,)
-            dscores = scores_gradient(self.scores(X), y, cols)  # (B, K, C)
-            grad_W = (X.T @ dscores.view(len(y), -1)).view_as(self.W)  # (D, K, C)
+            X, y = self.X.index_select(0, idx), labels[start : start + batch_size]  # (B, D), (B,)
+            dscores = scores_gradient(self.scores(X), y, cols)  # (B, K, C), times B
+            # the mean over the batch in the product's alpha; beta 0: addmm ignores its input W
+            grad_W = torch.addmm(W, X.T, dscores.view(len(y), -1), beta=0.0, alpha=1.0 / len(y))
+            grad_W = grad_W.view_as(self.W)  # (D, K, C)
             add_penalty_gradient(grad_W, self.W, cols)
             adam_t += 1
             optimizer_step(self.W, grad_W, self.state["W"], cols, lr, adam_t)
-            optimizer_step(self.b, dscores.sum(dim=0), self.state["b"], cols, lr, adam_t)
+            optimizer_step(self.b, dscores.mean(dim=0), self.state["b"], cols, lr, adam_t)
         return adam_t
 
     def measure(self, X: torch.Tensor, y: torch.Tensor, cols: Columns) -> dict[str, torch.Tensor]:

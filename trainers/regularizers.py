@@ -26,3 +26,13 @@ def penalty_grad(name: str, weights: torch.Tensor, elastic_beta: float = 0.5) ->
     if name == "elastic":
         return weights.sign().add_(weights, alpha=2.0 * elastic_beta)
     return torch.zeros_like(weights)
+
+
+def scaled_penalty_grad(
+    name: str, weights: torch.Tensor, elastic_beta: float = 0.5
+) -> tuple[torch.Tensor, float]:
+    """dR/dW as (tensor, factor), dR/dW = factor * tensor: for l2 the weights themselves and 2,
+    so that a step folds the factor into its ``addmm``'s beta and launches no kernel for it."""
+    if name == "l2":
+        return weights, 2.0
+    return penalty_grad(name, weights, elastic_beta), 1.0
