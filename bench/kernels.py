@@ -6,7 +6,9 @@ For the single trainer (softmax and hinge) and a population of K softmax configu
 bench/trainer.py's workload: one eager epoch under torch.profiler, then a table of the kernels
 (CUDA) or operators (CPU) with their launches and time per step, and, on CUDA, the epoch
 replayed from its CUDA graph. The difference between the graph's epoch and the kernels' summed
-time is what launching them one after another costs (the gaps between kernels). Pure torch.
+time is what launching them one after another costs (the gaps between kernels). On CUDA, last,
+the forward product's time for each number of feature slices (trainers.model.split_k). Pure
+torch.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain
 from bench.fused import configs  # noqa: E402
 from bench.trainer import SHAPES, config, synthetic  # noqa: E402
 from trainers.loop import Trainer, resolve_device  # noqa: E402
+from trainers.model import scores, split_k  # noqa: E402
 from trainers.population import Population  # noqa: E402
 
 
@@ -76,6 +79,28 @@ def report(name: str, trainer, device: torch.device, steps: int, top: int) -> No
               f"kernels {summed:.1f} us and gaps between them {gaps:.1f} us")  # fmt: skip
 
 
+def split_table(device: torch.device, d: int, rows: int = 256) -> None:
+    """us per scores product (rows, d) @ (d, cols) summed over S feature slices side by side,
+    for the trainer's and populations' widths; * marks what model.split_k picks."""
+    parts = [s for s in range(1, 25) if d % s == 0]
+    print(f"\nscores (256, {d}) @ ({d}, cols) in S slices, us a product (* split_k's S)")
+    print("  " + f"{'cols':>6}" + "".join(f"{'S=' + str(s):>9}" for s in parts))
+    x = torch.randn(rows, d, device=device)
+    for cols in (10, 160, 640, 2560, 10240):
+        W, b = torch.randn(d, cols, device=device), torch.randn(cols, device=device)
+        pick, cells = split_k(d, rows, cols, device), []
+        for s in parts:
+            scores(W, b, x, s)
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(50):
+                scores(W, b, x, s)
+            torch.cuda.synchronize()
+            us = (time.perf_counter() - start) / 50 * 1e6
+            cells.append(f"{us:>8.1f}" + ("*" if s == pick else " "))
+        print("  " + f"{cols:>6}" + "".join(cells))
+
+
 class PopulationEpoch:
     """A population as ``report`` drives a trainer: train_epoch and use_graph."""
 
@@ -111,6 +136,8 @@ def main() -> None:
         report(f"trainer, {loss}", trainer, device, steps, args.top)
     pop = Population(configs(args.k, False, device.type), [data])
     report(f"population, K={args.k} softmax", PopulationEpoch(pop), device, steps, args.top)
+    if device.type == "cuda":
+        split_table(device, d)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from trainers.config import LOSSES, OPTIMIZERS, REGULARIZERS, SCHEDULES, TrialCo
 from trainers.data import Dataset, prepare
 from trainers.loop import CHECKPOINT_FILE, Trial
 from trainers.losses import data_loss, data_loss_grad
-from trainers.model import LinearClassifier
+from trainers.model import LinearClassifier, scores
 from trainers.regularizers import penalty, penalty_grad
 from trainers.schedule import build_optimizer, build_scheduler
 
@@ -174,3 +174,25 @@ def test_closed_form_gradients_equal_autograd(loss, reg):
     (penalty(reg, W, 0.3) + 0.0 * W.sum()).backward()  # reg none: a zero gradient, not None
     assert torch.allclose(data_loss_grad(loss, scores.detach(), labels, 0.7), scores.grad)
     assert torch.allclose(penalty_grad(reg, W.detach(), 0.3), W.grad)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_scores_summed_in_feature_slices_match_the_plain_loop(loss):
+    """On a GPU a step sums a batch's scores over slices of the features side by side
+    (model.split_k); forced here on the CPU, the curves are the plain loop's."""
+    cfg = config(model={"loss": loss}, train={"optimizer": "momentum"})
+    data = one_split()  # 12 features: 3 slices of 4
+    trial, ref = Trial(cfg, [data]), Reference(cfg, data)
+    trial.trainers[0].parts = 3
+    trial.run()
+    assert_same_curves(trial.history, [ref.epoch() for _ in range(cfg.train.epochs)])
+
+
+@pytest.mark.parametrize("parts", [2, 3, 12])
+def test_scores_in_slices_equal_one_product_in_both_weight_layouts(parts):
+    gen = torch.Generator().manual_seed(2)
+    x, b = torch.randn(7, 12, generator=gen), torch.randn(4, generator=gen)
+    trainer_layout = torch.randn(4, 12, generator=gen).T  # (D, C) view of C rows of D
+    population_layout = torch.randn(12, 4, generator=gen)  # (D, K*C), contiguous
+    for W in (trainer_layout, population_layout):
+        assert torch.allclose(scores(W, b, x, parts), torch.addmm(b, x, W), atol=1e-6)

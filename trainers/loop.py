@@ -20,7 +20,7 @@ from trainers.config import ConfigError, TrialConfig, trial_config
 from trainers.data import Dataset, prepare, refit_dataset
 from trainers.losses import data_loss, data_loss_grad
 from trainers.metrics import fold_key
-from trainers.model import init_params, scores, unflatten
+from trainers.model import init_params, scores, split_k, unflatten
 from trainers.regularizers import penalty, scaled_penalty_grad
 from trainers.schedule import FlatOptimizer, lr_factor
 
@@ -97,6 +97,7 @@ class Trainer:
         self.params = init_params(self.X.shape[1], data.n_classes, init).to(device)  # flat
         self.grad = torch.zeros_like(self.params)
         self.W, self.b = unflatten(self.params, self.X.shape[1])  # views: (D, C), (C,)
+        self.parts = split_k(self.X.shape[1], cfg.train.batch_size, data.n_classes, device)
         self.grad_W, self.grad_b = unflatten(self.grad, self.X.shape[1])
         self.optimizer = FlatOptimizer(self.params, cfg.train)
         self.order = torch.Generator(device=device).manual_seed(cfg.train.seed)
@@ -141,7 +142,8 @@ class Trainer:
             idx = self.perm[start : start + bs]
             x, labels = self.X.index_select(0, idx), y[start : start + bs]  # (B, D), (B,)
             # d(data loss)/d scores, times B: the 1/B goes into alpha and the mean below
-            dscores = data_loss_grad(m.loss, scores(W, self.b, x), labels, m.margin)  # (B, C)
+            s = scores(W, self.b, x, self.parts)  # (B, C)
+            dscores = data_loss_grad(m.loss, s, labels, m.margin)  # (B, C)
             reg, factor = scaled_penalty_grad(t.reg, W, t.elastic_beta) if penalized else (W, 0.0)
             beta = t.lambda_ * factor  # beta 0: addmm ignores its input
             # grad W^T = lambda R'(W)^T + dscores^T x / B, written in the (C, D) layout

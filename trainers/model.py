@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+TILE = (128, 64)  # the output tile of one multiprocessor in cuBLAS's fp32 products (split_k)
+
 
 def init_params(n_features: int, n_classes: int, generator: torch.Generator) -> torch.Tensor:
     """Flat (C * D + C,): W small and random, as the course's classifier starts (0.001 * randn),
@@ -29,9 +31,31 @@ def unflatten(params: torch.Tensor, n_features: int) -> tuple[torch.Tensor, torc
     return params[:split].view(n_classes, n_features).T, params[split:]
 
 
-def scores(W: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """s = xW + b for a batch x (N, D); returns (N, C)."""
-    return torch.addmm(b, x, W)
+def split_k(n_features: int, rows: int, cols: int, device: torch.device) -> int:
+    """Into how many slices of the features ``scores`` splits a (rows, D) @ (D, cols) product.
+
+    cuBLAS gives each tile of a product's output (about 128 x 64) to one multiprocessor, so a
+    batch's thin product (256 x 10 outputs, each a sum of 3,072 terms) keeps two of a GPU's 132
+    busy: 21 us, two-fifths of a trainer's step on an H200 (bench/kernels.py). S slices of the
+    features computed side by side in one bmm, then summed, give every multiprocessor a tile:
+    S is the largest divisor of D up to that many, each slice keeping at least 128 features.
+    1 on a CPU, where BLAS splits the sum itself.
+    """
+    if device.type != "cuda":
+        return 1
+    tiles = -(-rows // TILE[0]) * -(-cols // TILE[1])
+    processors = torch.cuda.get_device_properties(device).multi_processor_count
+    want = min(-(-processors // tiles), n_features // 128)
+    return max(s for s in range(1, max(want, 1) + 1) if n_features % s == 0)
+
+
+def scores(W: torch.Tensor, b: torch.Tensor, x: torch.Tensor, parts: int = 1) -> torch.Tensor:
+    """s = xW + b for a batch x (N, D); returns (N, C). ``parts`` > 1: the sum over D taken in
+    that many slices side by side (``split_k``); the same scores up to float rounding."""
+    if parts == 1:
+        return torch.addmm(b, x, W)
+    slices = torch.bmm(x.unflatten(1, (parts, -1)).transpose(0, 1), W.unflatten(0, (parts, -1)))
+    return slices.sum(dim=0).add_(b)  # (parts, N, C) -> (N, C)
 
 
 class LinearClassifier(torch.nn.Module):
