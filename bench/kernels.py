@@ -14,6 +14,7 @@ torch.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout
 from bench.fused import configs  # noqa: E402
 from bench.trainer import SHAPES, config, synthetic  # noqa: E402
-from trainers.loop import Trainer, resolve_device  # noqa: E402
+from trainers.loop import Trainer, capture_epoch, resolve_device  # noqa: E402
 from trainers.model import scores, split_k  # noqa: E402
 from trainers.population import Population  # noqa: E402
 
@@ -79,25 +80,32 @@ def report(name: str, trainer, device: torch.device, steps: int, top: int) -> No
               f"kernels {summed:.1f} us and gaps between them {gaps:.1f} us")  # fmt: skip
 
 
-def split_table(device: torch.device, d: int, rows: int = 256) -> None:
+def products(W: torch.Tensor, b: torch.Tensor, x: torch.Tensor, parts: int, steps) -> None:
+    for _ in steps:
+        scores(W, b, x, parts)
+
+
+def split_table(device: torch.device, d: int, rows: int = 256, reps: int = 20) -> None:
     """us per scores product (rows, d) @ (d, cols) summed over S feature slices side by side,
-    for the trainer's and populations' widths; * marks what model.split_k picks."""
-    parts = [s for s in range(1, 25) if d % s == 0]
+    each timed as ``reps`` products replayed from one CUDA graph (as a trainer's epoch runs
+    them), for the trainer's and populations' widths; * marks what model.split_k picks."""
+    parts = [s for s in range(1, d // 128 + 1) if d % s == 0]
     print(f"\nscores (256, {d}) @ ({d}, cols) in S slices, us a product (* split_k's S)")
-    print("  " + f"{'cols':>6}" + "".join(f"{'S=' + str(s):>9}" for s in parts))
+    print("  " + f"{'cols':>6}" + "".join(f"{'S=' + str(s):>8}" for s in parts))
     x = torch.randn(rows, d, device=device)
-    for cols in (10, 160, 640, 2560, 10240):
+    for cols in (10, 40, 160, 640, 1280, 2560, 5120, 10240):
         W, b = torch.randn(d, cols, device=device), torch.randn(cols, device=device)
         pick, cells = split_k(d, rows, cols, device), []
         for s in parts:
-            scores(W, b, x, s)
+            graph = capture_epoch(device, [], functools.partial(products, W, b, x, s), range(reps))
+            graph.replay()
             torch.cuda.synchronize()
             start = time.perf_counter()
-            for _ in range(50):
-                scores(W, b, x, s)
+            for _ in range(5):
+                graph.replay()
             torch.cuda.synchronize()
-            us = (time.perf_counter() - start) / 50 * 1e6
-            cells.append(f"{us:>8.1f}" + ("*" if s == pick else " "))
+            us = (time.perf_counter() - start) / (5 * reps) * 1e6
+            cells.append(f"{us:>7.1f}" + ("*" if s == pick else " "))
         print("  " + f"{cols:>6}" + "".join(cells))
 
 

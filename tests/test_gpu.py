@@ -180,3 +180,20 @@ def test_population_graph_replay_equals_eager_steps_on_cuda():
     with_adam = Population([*population_configs("cuda")[:2], config("cuda", optimizer="adam")])
     with_adam.step()
     assert all(f.graph is None for f in with_adam.folds)  # Adam's populations run eagerly
+
+
+def test_population_triton_step_equals_torch_ops_on_cuda():
+    """The sgd family's one-pass Triton kernel against torch's ops, every loss, regularizer and
+    sgd-family optimizer mixed in one population, CUDA graphs on in both."""
+    pytest.importorskip("triton")
+    from trainers.population import Population
+
+    fused, ops = Population(population_configs("cuda")), Population(population_configs("cuda"))
+    assert all(f.use_triton for f in fused.folds)
+    for fold in ops.folds:
+        fold.use_triton = False
+    got = [fused.step() for _ in range(4)]
+    want = [ops.step() for _ in range(4)]
+    for g, w in zip(got, want, strict=True):
+        assert list(g) == list(w)
+        assert_close([without_time(g[k]) for k in g], [without_time(w[k]) for k in w])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 TILE = (128, 64)  # the output tile of one multiprocessor in cuBLAS's fp32 products (split_k)
+TILE_FIXED = 128  # a tile's cost beyond its sum's terms, in features' worth (split_k)
 
 
 def init_params(n_features: int, n_classes: int, generator: torch.Generator) -> torch.Tensor:
@@ -34,19 +35,22 @@ def unflatten(params: torch.Tensor, n_features: int) -> tuple[torch.Tensor, torc
 def split_k(n_features: int, rows: int, cols: int, device: torch.device) -> int:
     """Into how many slices of the features ``scores`` splits a (rows, D) @ (D, cols) product.
 
-    cuBLAS gives each tile of a product's output (about 128 x 64) to one multiprocessor, so a
-    batch's thin product (256 x 10 outputs, each a sum of 3,072 terms) keeps two of a GPU's 132
-    busy: 21 us, two-fifths of a trainer's step on an H200 (bench/kernels.py). S slices of the
-    features computed side by side in one bmm, then summed, give every multiprocessor a tile:
-    S is the largest divisor of D up to that many, each slice keeping at least 128 features.
-    1 on a CPU, where BLAS splits the sum itself.
+    cuBLAS gives each tile of a product's output to one multiprocessor, so a batch's thin
+    product (256 x 10 outputs, each a sum of 3,072 terms) kept a few of an H200's 132 busy for
+    21 us, two-fifths of a trainer's step (bench/kernels.py). S slices of the features computed
+    side by side in one bmm, then summed, spread the work: S is the divisor of D (each slice
+    keeping at least 128 features) that minimises waves of tiles x features summed per tile
+    (plus a tile's fixed cost), the smallest on ties. 1 on a CPU, where BLAS splits the sum.
     """
     if device.type != "cuda":
         return 1
     tiles = -(-rows // TILE[0]) * -(-cols // TILE[1])
     processors = torch.cuda.get_device_properties(device).multi_processor_count
-    want = min(-(-processors // tiles), n_features // 128)
-    return max(s for s in range(1, max(want, 1) + 1) if n_features % s == 0)
+
+    def cost(s: int) -> float:
+        return -(-tiles * s // processors) * (n_features / s + TILE_FIXED)
+
+    return min((s for s in range(1, n_features // 128 + 1) if n_features % s == 0), key=cost)
 
 
 def scores(W: torch.Tensor, b: torch.Tensor, x: torch.Tensor, parts: int = 1) -> torch.Tensor:

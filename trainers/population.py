@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from trainers import triton_step
 from trainers.config import ConfigError, TrialConfig, trial_config
 from trainers.data import Dataset, prepare
 from trainers.loop import Trial, capture_epoch, resolve_device, split_tensors
@@ -245,6 +246,7 @@ class Fold:
         self.order = torch.Generator(device=device).manual_seed(order_seed)
         self.perm = torch.empty(len(self.y), dtype=torch.long, device=device)  # read by the graph
         self.use_graph = True  # on CUDA; False: eager steps (to compare, or debug)
+        self.use_triton = triton_step.available(device)  # False: torch's ops (to compare)
         self.graph: torch.cuda.CUDAGraph | None = None  # made again when the tensors change
 
     def scores(self, X: torch.Tensor, parts: int = 1) -> torch.Tensor:
@@ -290,9 +292,12 @@ class Fold:
             # addmv ignore their input); a column mean as a reduction is 3 times as slow on a GPU
             grad_W = torch.addmm(W, X.T, dscores, beta=0.0, alpha=1.0 / n).view_as(self.W)
             grad_b = torch.addmv(b, dscores.T, ones[:n], beta=0.0, alpha=1.0 / n).view_as(self.b)
-            add_penalty_gradient(grad_W, self.W, cols)
             adam_t += 1
-            optimizer_step(self.W, grad_W, self.state["W"], cols, lr, adam_t)
+            if self.use_triton and not cols.any_adam:  # the same math in one pass
+                triton_step.sgd_family_step(self.W, grad_W, self.state["W"]["v"], cols, lr)
+            else:
+                add_penalty_gradient(grad_W, self.W, cols)
+                optimizer_step(self.W, grad_W, self.state["W"], cols, lr, adam_t)
             optimizer_step(self.b, grad_b, self.state["b"], cols, lr, adam_t)
         return adam_t
 

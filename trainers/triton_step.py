@@ -1,0 +1,62 @@
+"""A population's sgd / momentum / nesterov step as one Triton kernel, on a GPU with Triton.
+
+The same math as ``population.add_penalty_gradient`` then ``population.optimizer_step``:
+
+    g = grad + quad_grad * W + abs_grad * sign(W)        (lambda R'(W); the bias has none)
+    v = rho * v + g                                      (torch.optim.SGD, dampening 0)
+    W = W - lr * (keep_v * v + keep_g * g)               (heavy ball (1, 0), nesterov (rho, 1))
+
+with the hyperparameters per configuration (``Columns``, (K, 1)). torch's ops make three to
+five passes over the (D, K, C) tensors, each reading two or three of them: at K = 256 on an
+H200 they took a quarter of a step (bench/kernels.py). This kernel reads W, grad and v once and
+writes W and v once. Adam is left to torch's ops. Without Triton (a CPU build of torch) the
+population uses torch's ops; ``available`` says which.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # torch's CPU builds come without Triton
+    triton = None
+
+BLOCK = 1024  # elements per Triton program
+
+
+def available(device: torch.device) -> bool:
+    return device.type == "cuda" and triton is not None
+
+
+if triton is not None:
+
+    @triton.jit
+    def _sgd_family_step(
+        W, G, V, RHO, KEEP_V, KEEP_G, QUAD, ABS, LR, n, KC, C, BLOCK: tl.constexpr
+    ):  # pragma: no cover - runs on a GPU only (tests/test_gpu.py)
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        k = (offs % KC) // C  # the configuration owning this element of (D, K, C)
+        w = tl.load(W + offs, mask=mask)
+        v = tl.load(V + offs, mask=mask)
+        g = tl.load(G + offs, mask=mask)
+        sign = tl.where(w > 0, 1.0, tl.where(w < 0, -1.0, 0.0))
+        g = g + w * tl.load(QUAD + k, mask=mask) + sign * tl.load(ABS + k, mask=mask)
+        v = g + v * tl.load(RHO + k, mask=mask)
+        d = v * tl.load(KEEP_V + k, mask=mask) + g * tl.load(KEEP_G + k, mask=mask)
+        tl.store(V + offs, v, mask=mask)
+        tl.store(W + offs, w - d * tl.load(LR + k, mask=mask), mask=mask)
+
+
+def sgd_family_step(
+    W: torch.Tensor, grad: torch.Tensor, v: torch.Tensor, cols, lr: torch.Tensor
+) -> None:
+    """One step of every configuration, in place on W and v (all (D, K, C), contiguous);
+    ``cols`` a population.Columns, lr (K, 1)."""
+    n, (K, C) = W.numel(), W.shape[-2:]
+    _sgd_family_step[(triton.cdiv(n, BLOCK),)](
+        W, grad, v, cols.rho, cols.keep_v, cols.keep_g, cols.quad_grad, cols.abs_grad, lr,
+        n, K * C, C, BLOCK=BLOCK,
+    )  # fmt: skip
