@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain
 from bench.fused import configs  # noqa: E402
 from bench.trainer import SHAPES, config, synthetic  # noqa: E402
 from trainers.loop import Trainer, capture_epoch, resolve_device  # noqa: E402
-from trainers.model import scores, split_k  # noqa: E402
+from trainers.model import multiprocessors, scores, split_k  # noqa: E402
 from trainers.population import Population  # noqa: E402
 
 
@@ -95,7 +95,7 @@ def split_table(device: torch.device, d: int, rows: int = 256, reps: int = 20) -
     x = torch.randn(rows, d, device=device)
     for cols in (10, 40, 160, 640, 1280, 2560, 5120, 10240):
         W, b = torch.randn(d, cols, device=device), torch.randn(cols, device=device)
-        pick, cells = split_k(d, rows, cols, device), []
+        pick, cells = split_k(d, rows, cols, multiprocessors(device)), []
         for s in parts:
             graph = capture_epoch(device, [], functools.partial(products, W, b, x, s), range(reps))
             graph.replay()

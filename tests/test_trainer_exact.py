@@ -25,7 +25,7 @@ from trainers.config import LOSSES, OPTIMIZERS, REGULARIZERS, SCHEDULES, TrialCo
 from trainers.data import Dataset, prepare
 from trainers.loop import CHECKPOINT_FILE, Trial
 from trainers.losses import data_loss, data_loss_grad
-from trainers.model import LinearClassifier, scores
+from trainers.model import LinearClassifier, scores, split_k
 from trainers.regularizers import penalty, penalty_grad
 from trainers.schedule import build_optimizer, build_scheduler
 
@@ -196,3 +196,14 @@ def test_scores_in_slices_equal_one_product_in_both_weight_layouts(parts):
     population_layout = torch.randn(12, 4, generator=gen)  # (D, K*C), contiguous
     for W in (trainer_layout, population_layout):
         assert torch.allclose(scores(W, b, x, parts), torch.addmm(b, x, W), atol=1e-6)
+
+
+def test_split_k_splits_only_products_too_thin_to_fill_a_gpu():
+    """The slices chosen for a batch of 256 on an H200 (132 multiprocessors) at D = 3,072:
+    the best or within 10 % of the best in bench/kernels.py's measured table; never on a CPU,
+    never for fewer than 256 features."""
+    chosen = {cols: split_k(3072, 256, cols, 132) for cols in (10, 160, 640, 2560, 10240)}
+    assert chosen == {10: 24, 160: 16, 640: 6, 2560: 3, 10240: 1}
+    assert split_k(3072, 256, 10, 0) == 1  # a CPU
+    assert split_k(40, 256, 10, 132) == split_k(200, 256, 10, 132) == 1
+    assert split_k(784, 256, 10, 132) in (2, 4)  # MNIST's 784 = 2^4 x 7^2: slices of 196

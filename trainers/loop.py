@@ -20,7 +20,7 @@ from trainers.config import ConfigError, TrialConfig, trial_config
 from trainers.data import Dataset, prepare, refit_dataset
 from trainers.losses import data_loss, data_loss_grad
 from trainers.metrics import fold_key
-from trainers.model import init_params, scores, split_k, unflatten
+from trainers.model import init_params, multiprocessors, scores, split_k, unflatten
 from trainers.regularizers import penalty, scaled_penalty_grad
 from trainers.schedule import FlatOptimizer, lr_factor
 
@@ -97,7 +97,8 @@ class Trainer:
         self.params = init_params(self.X.shape[1], data.n_classes, init).to(device)  # flat
         self.grad = torch.zeros_like(self.params)
         self.W, self.b = unflatten(self.params, self.X.shape[1])  # views: (D, C), (C,)
-        self.parts = split_k(self.X.shape[1], cfg.train.batch_size, data.n_classes, device)
+        D, C, processors = self.X.shape[1], data.n_classes, multiprocessors(device)
+        self.parts = split_k(D, cfg.train.batch_size, C, processors)  # slices of x @ W (GPU)
         self.grad_W, self.grad_b = unflatten(self.grad, self.X.shape[1])
         self.optimizer = FlatOptimizer(self.params, cfg.train)
         self.order = torch.Generator(device=device).manual_seed(cfg.train.seed)

@@ -32,25 +32,37 @@ def unflatten(params: torch.Tensor, n_features: int) -> tuple[torch.Tensor, torc
     return params[:split].view(n_classes, n_features).T, params[split:]
 
 
-def split_k(n_features: int, rows: int, cols: int, device: torch.device) -> int:
-    """Into how many slices of the features ``scores`` splits a (rows, D) @ (D, cols) product.
+def multiprocessors(device: torch.device) -> int:
+    """The GPU's multiprocessors, for ``split_k``; 0 on a CPU, where BLAS splits sums itself."""
+    return (
+        torch.cuda.get_device_properties(device).multi_processor_count
+        if device.type == "cuda"
+        else 0
+    )
+
+
+def split_k(n_features: int, rows: int, cols: int, processors: int) -> int:
+    """Into how many slices of the features ``scores`` splits a (rows, D) @ (D, cols) product
+    on a GPU with that many multiprocessors (0: a CPU, no split).
 
     cuBLAS gives each tile of a product's output to one multiprocessor, so a batch's thin
     product (256 x 10 outputs, each a sum of 3,072 terms) kept a few of an H200's 132 busy for
     21 us, two-fifths of a trainer's step (bench/kernels.py). S slices of the features computed
-    side by side in one bmm, then summed, spread the work: S is the divisor of D (each slice
-    keeping at least 128 features) that minimises waves of tiles x features summed per tile
-    (plus a tile's fixed cost), the smallest on ties. 1 on a CPU, where BLAS splits the sum.
+    side by side in one bmm, then summed, spread the work. Where the tiles do not fill one wave
+    of multiprocessors, S is the divisor of D (each slice keeping at least 128 features) that
+    minimises waves of tiles x features summed per tile (plus a tile's fixed cost), the
+    smallest on ties; a product that fills them (K >= 512 configurations of 10 classes) is
+    not split, as measured on an H200 (splitting it gained 3 % at best and lost up to 14 %).
     """
-    if device.type != "cuda":
-        return 1
     tiles = -(-rows // TILE[0]) * -(-cols // TILE[1])
-    processors = torch.cuda.get_device_properties(device).multi_processor_count
+    if tiles >= processors:
+        return 1
 
     def cost(s: int) -> float:
         return -(-tiles * s // processors) * (n_features / s + TILE_FIXED)
 
-    return min((s for s in range(1, n_features // 128 + 1) if n_features % s == 0), key=cost)
+    most = max(1, n_features // 128)
+    return min((s for s in range(1, most + 1) if n_features % s == 0), key=cost)
 
 
 def scores(W: torch.Tensor, b: torch.Tensor, x: torch.Tensor, parts: int = 1) -> torch.Tensor:

@@ -40,7 +40,7 @@ from trainers.config import ConfigError, TrialConfig, trial_config
 from trainers.data import Dataset, prepare
 from trainers.loop import Trial, capture_epoch, resolve_device, split_tensors
 from trainers.metrics import fold_key
-from trainers.model import LinearClassifier, scores, split_k
+from trainers.model import LinearClassifier, multiprocessors, scores, split_k
 from trainers.schedule import lr_factor
 
 CHECKPOINT_FILE = "population.pt"
@@ -280,7 +280,7 @@ class Fold:
         """The minibatch steps starting at ``starts`` of ``perm``: device work only, in as few
         kernels as the math allows (on a GPU a small step is bound by their number)."""
         W, b = self.W.view(self.W.shape[0], -1), self.b.view(-1)  # (D, K*C), (K*C,)
-        parts = split_k(W.shape[0], batch_size, W.shape[1], self.device)
+        parts = split_k(W.shape[0], batch_size, W.shape[1], multiprocessors(self.device))
         labels = self.y.index_select(0, self.perm)  # (N,) in this epoch's order
         ones = torch.ones(batch_size, device=self.device)
         for start in starts:
@@ -293,12 +293,14 @@ class Fold:
             grad_W = torch.addmm(W, X.T, dscores, beta=0.0, alpha=1.0 / n).view_as(self.W)
             grad_b = torch.addmv(b, dscores.T, ones[:n], beta=0.0, alpha=1.0 / n).view_as(self.b)
             adam_t += 1
-            if self.use_triton and not cols.any_adam:  # the same math in one pass
-                triton_step.sgd_family_step(self.W, grad_W, self.state["W"]["v"], cols, lr)
+            if self.use_triton and not cols.any_adam:  # the same math, one pass each
+                sgd_step = triton_step.sgd_family_step
+                sgd_step(self.W, grad_W, self.state["W"]["v"], cols, lr, penalized=True)
+                sgd_step(self.b, grad_b, self.state["b"]["v"], cols, lr, penalized=False)
             else:
                 add_penalty_gradient(grad_W, self.W, cols)
                 optimizer_step(self.W, grad_W, self.state["W"], cols, lr, adam_t)
-            optimizer_step(self.b, grad_b, self.state["b"], cols, lr, adam_t)
+                optimizer_step(self.b, grad_b, self.state["b"], cols, lr, adam_t)
         return adam_t
 
     def measure(self, X: torch.Tensor, y: torch.Tensor, cols: Columns) -> dict[str, torch.Tensor]:

@@ -9,8 +9,8 @@ The same math as ``population.add_penalty_gradient`` then ``population.optimizer
 with the hyperparameters per configuration (``Columns``, (K, 1)). torch's ops make three to
 five passes over the (D, K, C) tensors, each reading two or three of them: at K = 256 on an
 H200 they took a quarter of a step (bench/kernels.py). This kernel reads W, grad and v once and
-writes W and v once. Adam is left to torch's ops. Without Triton (a CPU build of torch) the
-population uses torch's ops; ``available`` says which.
+writes W and v once; the bias's step is one kernel too. Adam is left to torch's ops. Without
+Triton (a CPU build of torch) the population uses torch's ops; ``available`` says which.
 """
 
 from __future__ import annotations
@@ -34,16 +34,18 @@ if triton is not None:
 
     @triton.jit
     def _sgd_family_step(
-        W, G, V, RHO, KEEP_V, KEEP_G, QUAD, ABS, LR, n, KC, C, BLOCK: tl.constexpr
-    ):  # pragma: no cover - runs on a GPU only (tests/test_gpu.py)
+        W, G, V, RHO, KEEP_V, KEEP_G, QUAD, ABS, LR, n, KC, C,
+        PENALIZED: tl.constexpr, BLOCK: tl.constexpr,
+    ):  # fmt: skip
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < n
-        k = (offs % KC) // C  # the configuration owning this element of (D, K, C)
+        k = (offs % KC) // C  # the configuration owning this element of (..., K, C)
         w = tl.load(W + offs, mask=mask)
         v = tl.load(V + offs, mask=mask)
         g = tl.load(G + offs, mask=mask)
-        sign = tl.where(w > 0, 1.0, tl.where(w < 0, -1.0, 0.0))
-        g = g + w * tl.load(QUAD + k, mask=mask) + sign * tl.load(ABS + k, mask=mask)
+        if PENALIZED:  # the weights; the bias has no penalty
+            sign = tl.where(w > 0, 1.0, tl.where(w < 0, -1.0, 0.0))
+            g = g + w * tl.load(QUAD + k, mask=mask) + sign * tl.load(ABS + k, mask=mask)
         v = g + v * tl.load(RHO + k, mask=mask)
         d = v * tl.load(KEEP_V + k, mask=mask) + g * tl.load(KEEP_G + k, mask=mask)
         tl.store(V + offs, v, mask=mask)
@@ -51,12 +53,12 @@ if triton is not None:
 
 
 def sgd_family_step(
-    W: torch.Tensor, grad: torch.Tensor, v: torch.Tensor, cols, lr: torch.Tensor
+    W: torch.Tensor, grad: torch.Tensor, v: torch.Tensor, cols, lr: torch.Tensor, penalized: bool
 ) -> None:
-    """One step of every configuration, in place on W and v (all (D, K, C), contiguous);
-    ``cols`` a population.Columns, lr (K, 1)."""
+    """One step of every configuration, in place on W and v (all (..., K, C), contiguous: the
+    weights, penalized, or the bias); ``cols`` a population.Columns, lr (K, 1)."""
     n, (K, C) = W.numel(), W.shape[-2:]
     _sgd_family_step[(triton.cdiv(n, BLOCK),)](
         W, grad, v, cols.rho, cols.keep_v, cols.keep_g, cols.quad_grad, cols.abs_grad, lr,
-        n, K * C, C, BLOCK=BLOCK,
+        n, K * C, C, PENALIZED=penalized, BLOCK=BLOCK,
     )  # fmt: skip
