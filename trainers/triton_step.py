@@ -15,7 +15,14 @@ Triton (a CPU build of torch) the population uses torch's ops; ``available`` say
 
 from __future__ import annotations
 
+import functools
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:
+    from trainers.population import Columns
 
 try:
     import triton
@@ -26,8 +33,23 @@ except ImportError:  # torch's CPU builds come without Triton
 BLOCK = 1024  # elements per Triton program
 
 
+@functools.cache
 def available(device: torch.device) -> bool:
-    return device.type == "cuda" and triton is not None
+    """Whether the kernel runs here: a CUDA device, Triton installed, and its first compile
+    working (Triton builds its launcher with the machine's C compiler, which a GPU node may
+    lack); else the population uses torch's ops, the same math."""
+    if device.type != "cuda" or triton is None:
+        return False
+    try:  # a one-element step: compiles the kernel (cached on disk) or fails here, not mid-sweep
+        one = torch.ones(1, 1, 1, device=device)
+        ones = SimpleNamespace(
+            **{k: one[0] for k in ("rho", "keep_v", "keep_g", "quad_grad", "abs_grad")}
+        )
+        sgd_family_step(one.clone(), one.clone(), one.clone(), ones, one[0], penalized=True)
+        torch.cuda.synchronize(device)
+    except Exception:  # any failure to build or launch it means: use torch's ops
+        return False
+    return True
 
 
 if triton is not None:
@@ -53,7 +75,12 @@ if triton is not None:
 
 
 def sgd_family_step(
-    W: torch.Tensor, grad: torch.Tensor, v: torch.Tensor, cols, lr: torch.Tensor, penalized: bool
+    W: torch.Tensor,
+    grad: torch.Tensor,
+    v: torch.Tensor,
+    cols: Columns,
+    lr: torch.Tensor,
+    penalized: bool,
 ) -> None:
     """One step of every configuration, in place on W and v (all (..., K, C), contiguous: the
     weights, penalized, or the bias); ``cols`` a population.Columns, lr (K, 1)."""
