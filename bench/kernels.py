@@ -24,23 +24,15 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout
-from bench.fused import configs  # noqa: E402
+from bench.fused import configs, timed  # noqa: E402
 from bench.trainer import SHAPES, config, synthetic  # noqa: E402
 from trainers.loop import Trainer, capture_epoch, resolve_device  # noqa: E402
 from trainers.model import multiprocessors, scores, split_k  # noqa: E402
 from trainers.population import Population  # noqa: E402
 
 
-def epoch_ms(epoch: Callable[[], object], device: torch.device, reps: int = 3) -> float:
-    epoch()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(reps):
-        epoch()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / reps * 1e3
+def epoch_ms(epoch: Callable[[], object], device: torch.device) -> float:
+    return timed(epoch, device, 3) * 1e3
 
 
 def kernel_table(epoch: Callable[[], object], device: torch.device, steps: int, top: int) -> float:
