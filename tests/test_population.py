@@ -244,3 +244,16 @@ def test_the_benchmark_prints_its_table():
     assert out.startswith("device: ")
     rows = [line for line in out.splitlines() if line.startswith("| fused")]
     assert [row.split("|")[2].strip() for row in rows] == ["1", "4"]
+
+
+def test_the_kernel_profile_prints_a_table_per_trainer():
+    bench = Path(__file__).resolve().parents[1] / "bench" / "kernels.py"
+    env = {**os.environ, "PYTHONPATH": str(bench.parents[1])}
+    out = subprocess.run(
+        [sys.executable, str(bench), "--device", "cpu", "--k", "4", "--top", "3"],
+        capture_output=True, text=True, check=True, env=env,
+    ).stdout  # fmt: skip
+    heads = [line.split(":")[0] for line in out.splitlines() if "eager epoch" in line]
+    assert heads == ["trainer, softmax", "trainer, hinge", "population, K=4 softmax"]
+    totals = [line.split() for line in out.splitlines() if line.strip().startswith("all (")]
+    assert len(totals) == 3 and all(float(t[-1]) > 0 and float(t[-2]) > 1 for t in totals)
