@@ -34,6 +34,7 @@ from sweeps.readback import (
     run_url,
     ui_base,
 )
+from sweeps.results import best_first
 from sweeps.spec import SweepSpec, sweep_spec
 from trainers.config import ConfigError
 from trainers.metrics import FINAL
@@ -67,9 +68,7 @@ class SweepData:
         """Trials that can be chosen, best first; ties as results.csv ranks them."""
         t = self.table
         ok = t[t["status"].isin(ENDED_OK) & np.isfinite(t[self.metric].astype(float))]
-        return ok.sort_values(
-            [self.metric, "trial_id"], ascending=[self.spec.search.mode == "min", True]
-        )
+        return best_first(ok, self.metric, self.spec.search.mode)
 
     @property
     def chosen(self) -> str | None:

@@ -60,14 +60,18 @@ def trial_row(
     return row
 
 
-def write_csv(rows: list[dict[str, Any]], metric: str, mode: str, path: Path) -> pd.DataFrame:
-    """results.csv, best trial first (by the final value of the sweep's metric). Ties go to
+def best_first(table: pd.DataFrame, column: str, mode: str) -> pd.DataFrame:
+    """Trials best first by ``column`` (``mode`` min or max), missing values last. Ties go to
     the trial drawn first (its id), as GridSearchCV's do: the choice does not depend on the
     order trials happened to end in, nor on the engine (trial or fused)."""
-    table = pd.DataFrame(rows)
-    table = table.sort_values(
-        [f"final_{metric}", "trial_id"], ascending=[mode == "min", True], na_position="last"
+    return table.sort_values(
+        [column, "trial_id"], ascending=[mode == "min", True], na_position="last"
     )
+
+
+def write_csv(rows: list[dict[str, Any]], metric: str, mode: str, path: Path) -> pd.DataFrame:
+    """results.csv, best trial first (by the final value of the sweep's metric; ``best_first``)."""
+    table = best_first(pd.DataFrame(rows), f"final_{metric}", mode)
     _write(table, path)
     return table
 
