@@ -2,9 +2,10 @@
 
 The URI comes from the config, else $MLFLOW_TRACKING_URI, else ./mlflow.db. ``check_store``
 asks the store within seconds and writes nothing: a refused sweep leaves nothing behind. A new
-SQLite store's tables take seconds to make (MLflow runs every schema migration), so
-``usable_store`` starts making them aside in a thread while the driver starts Ray, and the
-tracker adopts the made file (``PreparedStore``).
+SQLite store's tables take seconds of CPU to make (MLflow runs every schema migration), so
+they are made once per MLflow version into a cached empty store (``empty_store``), copied for
+each new store; ``usable_store`` prepares the copy in a thread while the driver starts Ray, and
+the tracker adopts the made file (``PreparedStore``).
 """
 
 from __future__ import annotations
@@ -181,8 +182,13 @@ class PreparedStore:
                 return
             folder = Path(tempfile.mkdtemp(prefix="sweeps-store-"))
             atexit.register(shutil.rmtree, folder, ignore_errors=True)
-            MlflowClient(f"sqlite:///{folder / db.name}").search_experiments(max_results=1)
-            self.made = folder / db.name
+            made = folder / db.name
+            with contextlib.suppress(OSError):  # else MLflow makes the tables, as for no cache
+                shutil.copyfile(empty_store(), made)
+            # from the copy, MLflow adds its Default experiment (as it would here), and it
+            # refuses a copy whose schema is not its own: then no store is made aside
+            MlflowClient(f"sqlite:///{made}").search_experiments(max_results=1)
+            self.made = made
         except Exception:  # none made: MLflow makes the store itself, and says what is wrong
             return
         finally:
@@ -205,6 +211,35 @@ class PreparedStore:
             pass
         finally:
             staged.unlink(missing_ok=True)
+
+
+def empty_store() -> Path:
+    """A SQLite store with MLflow's tables and no experiment, made once per MLflow version
+    under $XDG_CACHE_HOME/sweeps (else ~/.cache/sweeps): a copy of it is a new store in
+    milliseconds, where making the tables costs seconds of CPU while Ray starts. Its Default
+    experiment is left out: MLflow adds it when it opens a copy, with that copy's artifact
+    location and time. A damaged one is made again (MLflow would retry opening a copy for a
+    minute and more). OSError where the cache cannot be written."""
+    import mlflow
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sweeps"
+    path = cache / f"mlflow-{mlflow.__version__}-empty.db"
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            db.execute("SELECT version_num FROM alembic_version").fetchone()
+        return path
+    except sqlite3.Error:
+        path.unlink(missing_ok=True)  # not there, or not a store
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as folder:
+        made = Path(folder) / path.name
+        MlflowClient(f"sqlite:///{made}").search_experiments(max_results=1)
+        with contextlib.closing(sqlite3.connect(made)) as db:
+            with db:
+                db.execute("DELETE FROM experiments")
+            db.execute("VACUUM")
+        os.replace(made, path)  # whole or not at all, whoever made it first
+    return path
 
 
 def sqlite_file(uri: str) -> Path | None:

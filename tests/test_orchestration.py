@@ -4,7 +4,9 @@ MLflow writes merged in a thread (sweeps.sync), the store made ready while Ray s
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -199,6 +201,59 @@ def test_a_store_made_meanwhile_is_kept(tmp_path: Path) -> None:
     SweepTracker(uri, "ours")
     names = {e.name for e in MlflowClient(uri).search_experiments()}
     assert {"theirs", "ours"} <= names
+
+
+def _schema(db: Path) -> list:
+    """Tables, indexes and their clauses; the order of a table's constraints is left out:
+    MLflow's migrations vary it from one store to the next."""
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        rows = con.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
+    return [
+        (kind, name, sorted(line.strip(" ,") for line in (sql or "").splitlines()))
+        for kind, name, sql in rows
+    ]
+
+
+def test_new_stores_are_copies_of_one_cached_empty_store_that_mlflow_completes(
+    tmp_path: Path, monkeypatch
+) -> None:
+    cache = tmp_path / "cache"
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    monkeypatch.chdir(work)
+    SweepTracker(usable_store("first.db", work), "exp")
+    (empty,) = (cache / "sweeps").iterdir()
+    made_at = empty.stat().st_mtime_ns
+    SweepTracker(usable_store("second.db", work), "exp")
+    assert empty.stat().st_mtime_ns == made_at  # made once, copied for the second store
+    with contextlib.closing(sqlite3.connect(empty)) as con:
+        assert con.execute("SELECT COUNT(*) FROM experiments").fetchone() == (0,)
+    MlflowClient(f"sqlite:///{work / 'plain.db'}").search_experiments()  # made by MLflow alone
+    for name in ("first.db", "second.db"):
+        assert _schema(work / name) == _schema(work / "plain.db")
+        default = MlflowClient(f"sqlite:///{work / name}").get_experiment("0")
+        assert default.name == "Default"
+        assert default.artifact_location == str(work / "mlruns" / "0")  # as MLflow makes it here
+
+
+@pytest.mark.parametrize("cached", ["not a database", "unwritable"])
+def test_a_damaged_or_unwritable_cache_still_gives_a_store(
+    tmp_path: Path, monkeypatch, cached: str
+) -> None:
+    cache = tmp_path / "cache"
+    if cached == "unwritable":
+        cache.write_text("a file where the cache folder goes")
+    else:
+        (cache / "sweeps").mkdir(parents=True)
+        import mlflow
+
+        (cache / "sweeps" / f"mlflow-{mlflow.__version__}-empty.db").write_text(cached)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    tracker = SweepTracker(usable_store(str(tmp_path / "new.db"), tmp_path), "exp")
+    assert tracker.client.get_experiment_by_name("exp") is not None
+    if cached != "unwritable":  # the damaged one was made again
+        assert _schema(tmp_path / "new.db") == _schema(next((cache / "sweeps").iterdir()))
 
 
 # ---------------------------------------------------------------- a real sweep
