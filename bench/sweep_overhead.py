@@ -3,6 +3,7 @@
     python bench/sweep_overhead.py [--config configs/digits_asha.yaml] [--set key=value ...]
     python bench/sweep_overhead.py --long          # 64 trials that each train about 2 s
     python bench/sweep_overhead.py --scaling [--sizes 32,128,512,2048]
+    python bench/sweep_overhead.py --floor         # what Ray Tune and MLflow cost by themselves
 
 Each sweep runs as `sweep run` would for a user: its own process in a temporary folder, timed
 from the process's start to its exit (imports, Ray's start and stop, the MLflow store made,
@@ -25,6 +26,12 @@ hold one run per trial with one point per epoch.
   cost per trial; per size, the marginal cost (wall - fixed) / trials and the start-up and
   wind-down measured directly (process start to the first epoch's start, last epoch's end to
   the process's exit).
+- --floor: the least any sweep built on these parts can cost here. Ray Tune alone: two trials
+  of a function that reports once, in a process of its own (import, ray.init as the sweep
+  calls it, fit with reused actors, shutdown). MLflow alone: runs as a trial's are written
+  (create_run; one log_batch of 70 points, 6 params and 3 tags; set_terminated) into a new
+  SQLite store without fsync, as the sweep's writer thread writes them; the time per run, and
+  what 2,048 runs take at that rate.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import logging
 import os
 import statistics
 import subprocess
@@ -204,6 +212,88 @@ def bare_run(doc: dict[str, Any], workdir: Path) -> dict[str, Any]:
     return {"wall": wall, **json.loads(done.stdout.strip().splitlines()[-1])}
 
 
+# ---------------------------------------------------------------- floors
+def noop_trainable(config: dict[str, Any]) -> None:
+    from ray import tune
+
+    tune.report({"x": config["x"]})
+
+
+def ray_floor_main(storage: str) -> None:
+    """The process of the Ray floor: prints its phases as JSON."""
+    began = time.time()
+    import ray
+    from ray import tune
+
+    imported = time.time()
+    ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    started = time.time()
+    tune.Tuner(
+        noop_trainable,
+        param_space={"x": tune.grid_search([1, 2])},
+        tune_config=tune.TuneConfig(reuse_actors=True),
+        run_config=tune.RunConfig(storage_path=storage, name="floor", verbose=0),
+    ).fit()
+    fitted = time.time()
+    ray.shutdown()
+    phases = [imported - began, started - imported, fitted - started, time.time() - fitted]
+    print(json.dumps(dict(zip(["import", "ray.init", "fit", "shutdown"], phases))), flush=True)
+    os._exit(0)  # as the sweep executable ends: no interpreter teardown
+
+
+def ray_floor(workdir: Path) -> dict[str, float]:
+    path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": path}
+    main = f"import {Path(__file__).stem} as b; b.ray_floor_main({str(workdir)!r})"
+    began = time.time()
+    done = subprocess.run([sys.executable, "-c", main], env=env, capture_output=True, text=True)
+    wall = time.time() - began
+    if done.returncode != 0:
+        sys.exit(f"the Ray floor exited {done.returncode}:\n{done.stderr[-3000:]}")
+    return {"wall": wall, **json.loads(done.stdout.strip().splitlines()[-1])}
+
+
+def mlflow_floor(workdir: Path, runs: int = 256) -> float:
+    """Seconds per run written as the sweep's writer thread writes a trial's."""
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    from sweeps.store import sqlite_without_fsync
+
+    sqlite_without_fsync()
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating tables"
+    client = MlflowClient(f"sqlite:///{workdir}/floor.db")
+    experiment = client.create_experiment("floor")
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"m{k}", 0.5, now, epoch) for k in range(7) for epoch in range(10)]
+    params = [Param(f"p{k}", str(k)) for k in range(6)]
+    tags = [RunTag(f"t{k}", "x") for k in range(3)]
+
+    def write() -> None:
+        run = client.create_run(experiment, run_name="floor")
+        client.log_batch(run.info.run_id, metrics=metrics, params=params, tags=tags)
+        client.set_terminated(run.info.run_id)
+
+    for _ in range(8):  # warm-up: the store's first runs
+        write()
+    began = time.perf_counter()
+    for _ in range(runs):
+        write()
+    return (time.perf_counter() - began) / runs
+
+
+def floors() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        ray = ray_floor(Path(tmp))
+        per_run = mlflow_floor(Path(tmp))
+    phases = ", ".join(f"{k} {ray[k]:.1f}" for k in ("import", "ray.init", "fit", "shutdown"))
+    print(f"load average at the end  {os.getloadavg()[0]:.2f} (1 min)")
+    print(f"Ray Tune alone, 2 trials that report once: {ray['wall']:.1f} s end to end")
+    print(f"  ({phases} s; the rest is the interpreter's start)")
+    print(f"MLflow alone, a trial's run written: {1000 * per_run:.1f} ms")
+    print(f"  (2,048 runs: {2048 * per_run:.1f} s on one thread)")
+
+
 # ---------------------------------------------------------------- reports
 def slots(doc: dict[str, Any]) -> int:
     """Trials the machine runs at once: its cores over each trial's CPUs, or fewer."""
@@ -287,7 +377,11 @@ def main() -> None:
     parser.add_argument("--no-bare", action="store_true", help="skip the bare Ray Tune run")
     parser.add_argument("--scaling", action="store_true", help="wall time against trials")
     parser.add_argument("--sizes", default=",".join(map(str, SCALING_SIZES)))
+    parser.add_argument("--floor", action="store_true", help="Ray Tune and MLflow alone")
     args = parser.parse_args()
+    if args.floor:
+        floors()
+        return
     if args.scaling:
         scaling([int(n) for n in args.sizes.split(",")])
         return

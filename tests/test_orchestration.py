@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sqlite3
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -282,3 +284,20 @@ def test_asha_sweep_reports_at_rungs_and_logs_every_epoch(tmp_path, monkeypatch)
     for run in children.values():
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
         assert steps == list(range(1, int(run.data.tags["sweep.epochs_run"]) + 1))
+
+
+@pytest.mark.slow
+def test_the_floor_benchmark_prints_what_ray_and_mlflow_cost_alone() -> None:
+    bench = Path(__file__).resolve().parents[1] / "bench" / "sweep_overhead.py"
+    done = subprocess.run(
+        [sys.executable, str(bench), "--floor"], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    ray = re.search(r"Ray Tune alone, 2 trials that report once: ([\d.]+) s", done.stdout)
+    phases = re.search(r"import ([\d.]+), ray.init ([\d.]+), fit ([\d.]+), shutdown", done.stdout)
+    mlflow = re.search(
+        r"a trial's run written: ([\d.]+) ms\n  \(2,048 runs: ([\d.]+) s", done.stdout
+    )
+    assert ray and phases and mlflow, done.stdout
+    assert sum(map(float, phases.groups())) < float(ray.group(1))  # phases within the wall time
+    assert float(mlflow.group(2)) == pytest.approx(2.048 * float(mlflow.group(1)), abs=0.1)
