@@ -15,20 +15,24 @@ the full 30 epochs (a completed trial's epochs_run is the same number).
 
 It runs in the driver's process, one refit after the other, with no Ray: a linear model trains
 in seconds to minutes. Each epoch is recorded like a trial's (sweeps.sync.Recorder: the
-folder's history.jsonl, then an MLflow child run tagged ``sweep.role=refit``), then the
-checkpoint is written, so a refit killed mid-way goes on from its last epoch on resume and its
-run is the same one.
+folder's history.jsonl, then an MLflow child run tagged ``sweep.role=refit``). It checkpoints
+as a trial does: once CHECKPOINT_S seconds of training are unsaved, when a stop is asked for,
+and at its end (a checkpoint an epoch cost more than a digits epoch's training). A refit
+killed mid-way goes on from its last checkpoint on resume, exactly, and its run is the same
+one: the epochs trained again are in the record already, which keeps them once.
 """
 
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from sweeps import stopping
+from sweeps.cadence import CHECKPOINT_S
 from sweeps.config import apply_sets
 from sweeps.layout import SweepFolder
 from sweeps.sync import Recorder
@@ -84,12 +88,18 @@ def refit(files: SweepFolder, recorder: Recorder, trial_id: str, cpus: float) ->
     print(f"trial {trial_id}: {note}{since}", flush=True)
     folder.mkdir(parents=True, exist_ok=True)
 
+    saved = time.monotonic()
+
     def on_epoch(metrics: dict, current: Trial) -> None:
+        nonlocal saved
         recorder.refit_result(rid, metrics)  # before the save: a kill between replays it
-        current.save(folder)
+        if stopping.asked() or time.monotonic() - saved >= CHECKPOINT_S:
+            current.save(folder)
+            saved = time.monotonic()
         stopping.check()  # Ctrl-C: stop here, the epoch recorded and saved
 
     trial.run(on_epoch)
+    trial.save(folder)  # the model the test look loads; before its end is recorded
     recorder.refit_ended(rid, "diverged" if trial.diverged else "completed", trial.epoch)
     if trial.diverged:
         print(f"trial {trial_id}: the refit diverged; its checkpoint gets the test look")

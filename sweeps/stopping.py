@@ -34,7 +34,12 @@ def deferred() -> Iterator[None]:
         _asked.clear()
 
 
+def asked() -> bool:
+    """Whether a stop was asked for: the caller saves what it must before ``check``."""
+    return _asked.is_set()
+
+
 def check() -> None:
     """Raise KeyboardInterrupt here if a stop was asked for."""
-    if _asked.is_set():
+    if asked():
         raise KeyboardInterrupt

@@ -121,7 +121,10 @@ class Recorder:
         self.mlflow.put(refit_id, config=config, name=name, new_tags=tags)
 
     def refit_result(self, refit_id: str, metrics: dict[str, Any]) -> None:
-        """One epoch of a refit: its training curves only (it has no validation split)."""
+        """One epoch of a refit: its training curves only (it has no validation split). An
+        epoch trained again after a resume from an earlier checkpoint is recorded already."""
+        if int(metrics["epoch"]) <= self.history.refits[refit_id].last_epoch:
+            return
         keys = ("epoch", "diverged", *REFIT_CURVES)
         kept = {k: metrics[k] for k in keys if k in metrics} | {"time": int(time.time() * 1000)}
         self._record({"event": "refit_result", "refit": refit_id, "metrics": kept})
