@@ -9,20 +9,17 @@ machine that reaches the store (a login node while the sweep runs as a SLURM job
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import pandas as pd
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 DEFAULT_UI = "http://127.0.0.1:5000"  # where `sweep ui` serves a local store
 PAGE = 1000  # runs per search page
-READERS = 4  # metric histories read at once (a server answers them in parallel)
 
 
 @dataclass
@@ -96,29 +93,6 @@ def latest_parent(client: MlflowClient, experiment_ids: list[str]) -> Run | None
         order_by=["attributes.start_time DESC"],
     )
     return runs[0] if runs else None
-
-
-def read_curves(tracking_uri: str, runs: dict[str, str], keys: tuple[str, ...]) -> pd.DataFrame:
-    """Per-epoch curves of the given trials: one row per (trial_id, epoch), a column per key.
-
-    ``runs`` maps trial id -> run id. One request per run and key: ask only for what is drawn.
-    """
-    client = MlflowClient(tracking_uri)
-    jobs = [(trial, run_id, key) for trial, run_id in runs.items() for key in keys]
-
-    def fetch(job: tuple[str, str, str]) -> list[tuple[str, int, str, float]]:
-        trial, run_id, key = job
-        return [(trial, m.step, key, m.value) for m in client.get_metric_history(run_id, key)]
-
-    with ThreadPoolExecutor(READERS) as pool:
-        points = [p for batch in pool.map(fetch, jobs) for p in batch]
-    long = pd.DataFrame(points, columns=["trial_id", "epoch", "key", "value"])
-    wide = long.pivot_table(index=["trial_id", "epoch"], columns="key", values="value")
-    wide = wide.reset_index().rename_axis(columns=None)
-    for key in keys:  # a key nobody logged is still a column
-        if key not in wide:
-            wide[key] = float("nan")
-    return wide[["trial_id", "epoch", *keys]]
 
 
 def log_report(tracking_uri: str, run_id: str, folder: Path, artifact_path: str = "report") -> None:

@@ -3,7 +3,8 @@
 It answers, without reading a table: which configuration was chosen and why, how the learning
 rate and lambda trade fit for validation accuracy, what ASHA stopped and when, which
 hyperparameters matter, and what the sweep cost. It reads the sweep's folder (sweep.yaml,
-results.csv) and its MLflow runs (per-epoch curves), writes ``report/index.html`` (figures
+results.csv, the per-epoch curves of its record) and its MLflow runs (links, the parent's
+tags and times), writes ``report/index.html`` (figures
 embedded: it opens from disk, with no server and no network) beside ``report/*.png``, and files
 them on the sweep's MLflow parent run under ``report/``. What the page shows: sweeps.sections.
 """
@@ -24,12 +25,12 @@ import pandas as pd
 import yaml
 
 from sweeps import sections
+from sweeps.history import HistoryFile
 from sweeps.layout import DEFAULT_STORAGE, SweepFolder
 from sweeps.readback import (
     SweepRuns,
     log_report,
     param_value,
-    read_curves,
     read_sweep,
     run_url,
     ui_base,
@@ -37,7 +38,7 @@ from sweeps.readback import (
 from sweeps.results import best_first
 from sweeps.spec import SweepSpec, sweep_spec
 from trainers.config import ConfigError
-from trainers.metrics import FINAL
+from trainers.metrics import CURVES, FINAL, curve_points
 
 ENDED_OK = ("completed", "early_stopped")  # outcomes a trial can be chosen from
 METRIC_LABELS = {"val_acc": "validation accuracy (fraction)", "val_loss": "validation loss"}
@@ -130,7 +131,7 @@ def load(folder: SweepFolder, tracking_uri: str | None = None) -> SweepData:
     uri = tracking_uri or resolve_tracking_uri(spec.tracking_uri, Path.cwd())
     state = json.loads(folder.state.read_text()) if folder.state.exists() else {}
     runs = read_sweep(uri, spec.name, state.get("parent"))
-    notes = [] if runs else [f"The MLflow store {uri} holds no runs of this sweep: no curves."]
+    notes = [] if runs else [f"The MLflow store {uri} holds no runs of this sweep: no links."]
     finished = folder.results.exists()
     if finished:
         table = pd.read_csv(folder.results)
@@ -139,10 +140,8 @@ def load(folder: SweepFolder, tracking_uri: str | None = None) -> SweepData:
         table = table_from_runs(runs, list(spec.space))
     else:
         raise ConfigError(f"sweep {spec.name} has no {folder.results.name} and no MLflow runs")
-    data = SweepData(spec, table, pd.DataFrame(columns=["trial_id", "epoch"]), runs, finished)
+    data = SweepData(spec, table, record_curves(folder, spec.name), runs, finished)
     data.notes = notes
-    if runs is not None:
-        data.curves = read_needed_curves(data)
     return data
 
 
@@ -161,19 +160,20 @@ def table_from_runs(runs: SweepRuns, keys: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def read_needed_curves(data: SweepData) -> pd.DataFrame:
-    """Only the curves drawn: the losses of the trials shown; of every trial, its seconds per
-    epoch (the cost) and, for ASHA, the metric. MLflow answers one request per run and key."""
-    runs = data.runs
-    assert runs is not None
-    every = {t: r.run_id for t, r in runs.trials.items()}
-    shown = {t: every[t] for t in sections.shown_trials(data) if t in every}
-    metric = data.spec.search.metric
-    of_all = ("epoch_seconds", metric) if data.spec.search.type == "asha" else ("epoch_seconds",)
-    of_shown = tuple(k for k in ("train_loss", "val_loss", metric) if k not in of_all)
-    curves = read_curves(runs.tracking_uri, every, of_all)
-    more = read_curves(runs.tracking_uri, shown, of_shown)
-    return curves.merge(more, on=["trial_id", "epoch"], how="outer")
+def record_curves(folder: SweepFolder, name: str) -> pd.DataFrame:
+    """Every trial's per-epoch curves from the sweep folder's record: the points MLflow gets
+    (trainers.metrics.curve_points). The record has every epoch as soon as it is reported
+    (MLflow's copy of a running trial trails it by up to 30 s), and it is read in one pass,
+    where MLflow answers a request per run and key (seconds for a thousand trials)."""
+    history = HistoryFile(folder.history).read(name)
+    rows = [
+        {"trial_id": trial_id, "epoch": int(m["epoch"]), **points}
+        for trial_id, trial in history.trials.items()
+        for m in trial.results
+        if (points := curve_points(m))
+    ]
+    frame = pd.DataFrame(rows)
+    return frame.reindex(columns=list(dict.fromkeys(["trial_id", "epoch", *CURVES, *frame])))
 
 
 # ---------------------------------------------------------------- the page

@@ -96,11 +96,6 @@ def lr_spread(data: SweepData) -> list[str]:
     return [str(x) for x in rows.loc[picked].sort_values(key)["trial_id"]]
 
 
-def shown_trials(data: SweepData) -> set[str]:
-    """The trials whose loss curves are drawn."""
-    return {*top_trials(data), *lr_spread(data)}
-
-
 def rungs(data: SweepData) -> list[int]:
     """ASHA's milestones (grace_period * reduction_factor**k up to max_t), then max_t."""
     s, max_t = data.spec.search, data.spec.trial.train.epochs

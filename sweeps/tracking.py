@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from sweeps.store import PreparedStore, sqlite_file, sqlite_without_fsync
 from trainers.config import ConfigError
-from trainers.metrics import curve_keys
+from trainers.metrics import curve_points
 
 TRIAL_STATUS = {  # outcome -> MLflow run status
     "completed": "FINISHED",
@@ -313,11 +313,7 @@ class SweepTracker:
             if epoch <= last:
                 continue
             at = int(m.get("time") or _now())
-            points += [
-                Metric(k, float(m[k]), at, epoch)
-                for k in curve_keys(m)
-                if isinstance(m.get(k), int | float) and not isinstance(m[k], bool)
-            ]
+            points += [Metric(k, v, at, epoch) for k, v in curve_points(m).items()]
             last = epoch
             self.logged += 1
         self.last_epoch[run_id] = last

@@ -169,6 +169,29 @@ def test_every_figure_is_written_and_holds_each_trial(swept):
 
 
 @pytest.mark.slow
+def test_the_curves_drawn_are_the_points_mlflow_holds(swept):
+    """The report reads its curves from the sweep folder's record; they are MLflow's points,
+    every one (diverged epochs have none in either), for each trial, curve and fold."""
+    _, _, data, uri = swept
+    client = MlflowClient(uri)
+    keys = [k for k in data.curves.columns if k not in ("trial_id", "epoch")]
+    assert {"val_acc", "epoch_seconds", fold_key(FOLDS - 1)} <= set(keys)
+    drawn = {
+        (row.trial_id, int(row.epoch), k, round(float(getattr(row, k)), 9))
+        for row in data.curves.itertuples()
+        for k in keys
+        if not np.isnan(getattr(row, k))
+    }
+    logged = {
+        (trial_id, m.step, k, round(m.value, 9))
+        for trial_id, run in data.runs.trials.items()
+        for k in keys
+        for m in client.get_metric_history(run.run_id, k)
+    }
+    assert drawn and drawn == logged
+
+
+@pytest.mark.slow
 def test_each_search_type_selects_on_the_mean_of_its_folds(swept):
     """data.folds through grid, random and ASHA: each fold's accuracy is a curve of the trial's
     run; val_acc, which ranked the trial and decided its rungs, is their mean at each epoch."""

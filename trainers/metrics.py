@@ -42,3 +42,15 @@ def fold_keys(metrics: Mapping[str, Any]) -> list[str]:
 def curve_keys(metrics: Mapping[str, Any]) -> list[str]:
     """The curves of one reported epoch: CURVES, then the per-fold accuracies it has."""
     return [*CURVES, *fold_keys(metrics)]
+
+
+def curve_points(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """One reported epoch's points, as MLflow logs them and the report draws them: each curve
+    with a number; none for a diverged epoch (it repeats the last finite values)."""
+    if metrics.get("diverged"):
+        return {}
+    return {
+        k: float(metrics[k])
+        for k in curve_keys(metrics)
+        if isinstance(metrics.get(k), int | float) and not isinstance(metrics[k], bool)
+    }
