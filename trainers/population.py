@@ -26,6 +26,7 @@ configurations still ride along in the matrix products until ``remove`` compacts
 from __future__ import annotations
 
 import functools
+import json
 import math
 import time
 from collections.abc import Hashable, Sequence
@@ -47,6 +48,7 @@ CHECKPOINT_FILE = "population.pt"
 ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, which trainers/schedule.py uses
 ADAM_EPS = 1e-8
 MEASURE_ELEMENTS = 2**24  # scores held at once when measuring a whole split: 64 MB in fp32
+PER_MEMBER = ("epochs_run", "diverged", "history", "last_finite")  # lists: an entry a member
 
 
 # ---------------------------------------------------------------- per-configuration columns
@@ -392,6 +394,7 @@ class Population:
     ) -> None:
         _check_shared(cfgs)
         self.cfgs = list(cfgs)
+        self.cfg_dicts = [c.to_dict() for c in self.cfgs]  # for save: once, not every save
         self.ids = list(range(len(cfgs)) if ids is None else ids)
         if len(self.ids) != len(self.cfgs) or len(set(self.ids)) != len(self.ids):
             raise ValueError(f"ids must be {len(cfgs)} distinct names; got {self.ids!r}")
@@ -537,7 +540,7 @@ class Population:
         index = torch.tensor(positions, dtype=torch.long, device=self.device)
         for fold in self.folds:
             fold.compact(index)
-        for name in ("cfgs", "ids", "epochs_run", "diverged", "history", "last_finite"):
+        for name in ("cfgs", "cfg_dicts", "ids", *PER_MEMBER):
             values = getattr(self, name)
             setattr(self, name, [values[k] for k in positions])
         self.cols = columns(self.cfgs, self.device)
@@ -549,19 +552,13 @@ class Population:
 
     # ------------------------------------------------------------ checkpoints
     def save(self, directory: str | Path) -> Path:
-        """Everything needed to continue exactly, in one file written atomically."""
+        """Everything needed to continue exactly, in one file written atomically. The plain
+        state (configs, ids, every epoch's metrics) goes in as one JSON string: torch.save
+        pickles object by object, which took most of a save with a thousand members."""
         path = Path(directory) / CHECKPOINT_FILE
-        state = {
-            "configs": [c.to_dict() for c in self.cfgs],
-            "ids": self.ids,
-            "order_seed": self.order_seed,
-            "adam_t": self.adam_t,
-            "epochs_run": self.epochs_run,
-            "diverged": self.diverged,
-            "history": self.history,
-            "last_finite": self.last_finite,
-            "folds": [f.state_dict() for f in self.folds],
-        }
+        plain = {"configs": self.cfg_dicts, "ids": self.ids, "order_seed": self.order_seed}
+        plain |= {k: getattr(self, k) for k in ("adam_t", *PER_MEMBER)}
+        state = {"plain": json.dumps(plain), "folds": [f.state_dict() for f in self.folds]}
         tmp = path.with_suffix(".tmp")
         torch.save(state, tmp)
         tmp.replace(path)  # a kill mid-write leaves the previous checkpoint intact
@@ -571,12 +568,13 @@ class Population:
     def load(cls, directory: str | Path, datasets: list[Dataset] | None = None) -> Population:
         """Rebuild a population from ``save``; it continues as if never interrupted."""
         state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-        cfgs = [trial_config(c) for c in state["configs"]]
-        pop = cls(cfgs, datasets, ids=state["ids"], order_seed=state["order_seed"])
+        plain = json.loads(state["plain"])
+        cfgs = [trial_config(c) for c in plain["configs"]]
+        pop = cls(cfgs, datasets, ids=plain["ids"], order_seed=plain["order_seed"])
         for fold, saved in zip(pop.folds, state["folds"]):
             fold.load_state_dict(saved)
-        for name in ("adam_t", "epochs_run", "diverged", "history", "last_finite"):
-            setattr(pop, name, state[name])
+        for name in ("adam_t", *PER_MEMBER):
+            setattr(pop, name, plain[name])
         return pop
 
     def export(self, id_: Hashable, directory: str | Path) -> Path:
