@@ -200,15 +200,21 @@ def bare_main(config: str, storage: str) -> None:
 def bare_run(doc: dict[str, Any], workdir: Path) -> dict[str, Any]:
     config = workdir / "bare.yaml"
     config.write_text(yaml.safe_dump(doc))
-    # imported by name (not run as __main__), so that Ray's workers find its trainable
+    return in_process_of_its_own("the bare run", f"bare_main({str(config)!r}, {str(workdir)!r})")
+
+
+def in_process_of_its_own(what: str, call: str) -> dict[str, Any]:
+    """``call`` (a function of this module, with its arguments) run in a new Python process,
+    timed from its start to its exit: its wall time and the JSON it printed last. The module
+    is imported by name (not run as __main__), so that Ray's workers find its trainables."""
     path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": path}
-    main = f"import {Path(__file__).stem} as b; b.bare_main({str(config)!r}, {str(workdir)!r})"
+    main = f"import {Path(__file__).stem} as b; b.{call}"
     began = time.time()
     done = subprocess.run([sys.executable, "-c", main], env=env, capture_output=True, text=True)
     wall = time.time() - began
     if done.returncode != 0:
-        sys.exit(f"the bare run exited {done.returncode}:\n{done.stderr[-3000:]}")
+        sys.exit(f"{what} exited {done.returncode}:\n{done.stderr[-3000:]}")
     return {"wall": wall, **json.loads(done.stdout.strip().splitlines()[-1])}
 
 
@@ -239,18 +245,6 @@ def ray_floor_main(storage: str) -> None:
     phases = [imported - began, started - imported, fitted - started, time.time() - fitted]
     print(json.dumps(dict(zip(["import", "ray.init", "fit", "shutdown"], phases))), flush=True)
     os._exit(0)  # as the sweep executable ends: no interpreter teardown
-
-
-def ray_floor(workdir: Path) -> dict[str, float]:
-    path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": path}
-    main = f"import {Path(__file__).stem} as b; b.ray_floor_main({str(workdir)!r})"
-    began = time.time()
-    done = subprocess.run([sys.executable, "-c", main], env=env, capture_output=True, text=True)
-    wall = time.time() - began
-    if done.returncode != 0:
-        sys.exit(f"the Ray floor exited {done.returncode}:\n{done.stderr[-3000:]}")
-    return {"wall": wall, **json.loads(done.stdout.strip().splitlines()[-1])}
 
 
 def mlflow_floor(workdir: Path, runs: int = 256) -> float:
@@ -284,7 +278,7 @@ def mlflow_floor(workdir: Path, runs: int = 256) -> float:
 
 def floors() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        ray = ray_floor(Path(tmp))
+        ray = in_process_of_its_own("the Ray floor", f"ray_floor_main({tmp!r})")
         per_run = mlflow_floor(Path(tmp))
     phases = ", ".join(f"{k} {ray[k]:.1f}" for k in ("import", "ray.init", "fit", "shutdown"))
     print(f"load average at the end  {os.getloadavg()[0]:.2f} (1 min)")
