@@ -253,7 +253,7 @@ def loss_curves(data: SweepData) -> Section:
     sec = Section("Loss per epoch")
     c = data.curves
     if "train_loss" not in c or c["train_loss"].dropna().empty:
-        sec.html = "<p>No per-epoch curves could be read from MLflow for this sweep.</p>"
+        sec.html = "<p>No trial of this sweep has a finite loss recorded for any epoch.</p>"
         return sec
     by_id = data.table.set_index("trial_id")
     top = [(t, f"{t}: {run_name(params(by_id.loc[t], data))}") for t in top_trials(data)]
