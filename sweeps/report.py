@@ -4,9 +4,9 @@ It answers, without reading a table: which configuration was chosen and why, how
 rate and lambda trade fit for validation accuracy, what ASHA stopped and when, which
 hyperparameters matter, and what the sweep cost. It reads the sweep's folder (sweep.yaml,
 results.csv, the per-epoch curves of its record) and its MLflow runs (links, the parent's
-tags and times), writes ``report/index.html`` (figures
-embedded: it opens from disk, with no server and no network) beside ``report/*.png``, and files
-them on the sweep's MLflow parent run under ``report/``. What the page shows: sweeps.sections.
+tags and times), writes ``report/index.html`` (figures embedded: it opens from disk, with no
+server and no network) beside ``report/*.png``, and files them on the sweep's MLflow parent
+run under ``report/``. What the page shows: sweeps.sections.
 """
 
 from __future__ import annotations
