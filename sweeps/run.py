@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from sweeps import stopping, tune
+from sweeps import hold, stopping, tune
 from sweeps.history import HistoryFile, SweepHistory
 from sweeps.layout import SweepFolder, unwritable
 from sweeps.live import LiveView
@@ -78,6 +78,7 @@ def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False, exiting: boo
         if history is None or not history.completed:  # a completed sweep needs no Ray
             check_data(spec)  # every corner of the searched data keys
             resources = trial_resources(spec, tune.connect(), local="RAY_ADDRESS" not in os.environ)
+            hold.point("ray-started")
         if not lock.held and not lock.create():
             claim(files, lock, resume)  # another driver made the folder since we looked
         code = drive(spec, doc, files, tracking_uri, resources)
@@ -167,6 +168,7 @@ def write_report(files: SweepFolder, tracking_uri: str) -> int:
 
     retry = f"draw it with: sweep resume {files.name}"
     try:
+        hold.point("report")
         page = report(files.root, tracking_uri=tracking_uri)
     except KeyboardInterrupt:
         print(f"interrupted: the sweep is complete, its report not written; {retry}")
@@ -212,6 +214,7 @@ def finish(
         return failed(recorder, history)
     chosen = choose(spec, eligible)
     models = chosen_models(spec, files, recorder, chosen, checkpoints)
+    hold.point("test-look")
     stopping.check()  # the last point to stop at: the test look is recorded at once
     best = look_at_test(files, chosen, history, models)
     mark_chosen(table, best["looks"], files.results)
@@ -264,6 +267,7 @@ def chosen_models(
     """The model each chosen trial's test look is taken on, by trial id: its refit on
     train+validation (search.refit), else (or if the refit diverged) its own checkpoint."""
     models = {}
+    hold.point("refit")
     for trial_id in dict.fromkeys(row["trial_id"] for row in chosen.values()):
         model = refit(files, recorder, trial_id, spec.resources.cpu) if spec.search.refit else None
         if model is None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ray import tune
 
+from sweeps import hold
 from sweeps.cadence import EARLIER, Cadence
 from sweeps.config import apply_sets
 from trainers.config import trial_config
@@ -59,6 +60,7 @@ def trainable(
     earlier: list[dict[str, Any]] = []
 
     def on_epoch(metrics: dict[str, Any], current: Trial) -> None:
+        hold.epoch(current.epoch)
         metrics = {**metrics, "time": int(time.time() * 1000)}
         report, save = cadence.due(current.epoch, current.done, time.monotonic())
         if not report:
@@ -97,6 +99,7 @@ def population_trainable(
     wait, since = 0.0, time.monotonic()
     while not run.done:
         run.step()
+        hold.epoch(max(run.population.epochs_run, default=0))
         if run.done or time.monotonic() - since >= fused.next_report_after(wait):
             with tempfile.TemporaryDirectory() as folder:
                 run.save(folder)
