@@ -8,7 +8,7 @@
 # from the checkout with PYTHONPATH set to it. Each step's output goes to OUT_DIR/<step>.txt;
 # OUT_DIR/summary.txt lists every step with its exit code and time. A failed step does not stop
 # the later ones; the script exits non-zero if any step failed or could not run.
-# The lent GPU machines have torch but no pytest and cannot install: copy pytest and its pure-
+# On a GPU machine with torch but no pytest and no way to install it, copy pytest and its pure-
 # Python dependencies (_pytest, pytest, pluggy, iniconfig, packaging, pygments, py.py) from a
 # venv's site-packages into a folder that travels with the tree, and put it on PYTHONPATH.
 set -uo pipefail
