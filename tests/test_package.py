@@ -14,10 +14,12 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from importlib.metadata import version
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,6 +27,15 @@ NOT_SOURCES = shutil.ignore_patterns(
     ".*", "build", "*.egg-info", "__pycache__", "runs", "mlruns", "mlflow.db"
 )
 pytestmark = pytest.mark.slow  # builds a wheel and a virtual environment: about 15 s
+SWEEP = """\
+data: {source: digits, seed: 0}
+model: {loss: softmax}
+train: {epochs: 2, optimizer: momentum, schedule: constant, batch_size: 64}
+search: {type: random, num_samples: 2, metric: val_acc, seed: 0}
+space:
+  train.lr: {loguniform: [0.01, 0.3]}
+resources: {cpu: 1, gpu: 0}
+"""
 
 
 def run(cmd: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
@@ -121,3 +132,32 @@ def test_installed_sweep_submit_takes_a_users_profile_and_refuses_a_missing_one(
         cp = run([*sweep, profile], tmp_path)
         assert (cp.returncode, cp.stderr) == (2, message)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.yml", "sweep.yaml"]
+
+
+@pytest.mark.slurm
+def test_installed_package_runs_a_two_node_sweep_on_slurm(venv, slurm_cluster, tmp_path):
+    """A real job of the installed package, from a user's profile: its ray.sh starts the head,
+    srun starts its ray.sh on the other node, its ray_cluster.py waits for both nodes and
+    reports where the trials ran; the sweep completes and the job leaves no Ray behind."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="sw", dir="/tmp"))  # short: Ray's socket paths
+    (tmp_path / "sweep.yaml").write_text(SWEEP)
+    (tmp_path / "cluster.yaml").write_text(f"ray_tmp: {ray_tmp}\n")
+    cmd = [str(venv / "bin" / "sweep"), "submit", "sweep.yaml", "--profile", "cluster.yaml"]
+    cp = run([*cmd, "--nodes", "2", "--name", "installed"], tmp_path, **slurm_cluster.env)
+    assert cp.returncode == 0, cp.stderr
+    job = re.search(r"submitted job (\d+)", cp.stdout)[1]
+    folder = tmp_path / "runs" / "installed"
+    try:
+        state = slurm_cluster.wait_job(job, timeout=300)
+        left = sorted(p.name for p in ray_tmp.glob("r*"))  # each node's temp dir, if left
+    finally:
+        subprocess.run(["scancel", job], env=slurm_cluster.client_env(), capture_output=True)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    log = (folder / f"slurm-{job}.out").read_text(errors="replace")
+    assert state == "COMPLETED", log[-3000:]
+    ray_sh = site_of(venv) / "sweeps" / "_slurm" / "ray.sh"
+    assert f"source {ray_sh}\n" in (folder / "job.sbatch").read_text()
+    assert "Ray cluster ready: 2 nodes" in log and "trial actors per SLURM node:" in log, log
+    table = pd.read_csv(folder / "results.csv")
+    assert sorted(table["status"]) == ["completed"] * 2, table
+    assert left == []  # the exit trap removed every node's temp dir
