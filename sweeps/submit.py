@@ -1,14 +1,18 @@
 """``sweep submit``: a sweep as SLURM jobs, with a Ray cluster over the jobs' nodes.
 
-profile (configs/clusters/NAME.yaml) + sweep config + options -> ``plan`` (every value checked,
-nothing written; a mistake is one ConfigError line) -> ``render`` (the sbatch text, a pure
-function of the Job) -> printed (--dry-run), or written to the sweep folder and sbatch'ed.
+profile (bundled, or the user's YAML file) + sweep config + options -> ``plan`` (every value
+checked, nothing written; a mistake is one ConfigError line) -> ``render`` (the sbatch text, a
+pure function of the Job) -> printed (--dry-run), or written to the sweep folder and sbatch'ed.
 
 single-job: one job over N nodes: the Ray head and the driver on the first node, one Ray worker
 per other node through srun. workers: a CPU-only head job (Ray head without CPUs for trials, the
 driver, the MLflow writes) that submits an array of worker jobs, one GPU each, which join its
 Ray cluster as they start and leave when they end. The shell side (ports from the job id,
 starting and stopping Ray, signals, requeue) is slurm/ray.sh.
+
+slurm/ and configs/clusters/ are installed inside the package (sweeps/_slurm and
+sweeps/_profiles are links to them in the checkout), so an installed ``sweep`` finds its ray.sh
+and its profiles wherever pip put it, and the job sources that ray.sh.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field, fields
+from importlib import resources
 from pathlib import Path
 
 from sweeps import config as config_file
@@ -28,8 +33,10 @@ from sweeps.layout import DEFAULT_DB, SweepFolder
 from sweeps.spec import TRACKING_URI_PATTERN, TRACKING_URI_WHAT, SweepSpec, sweep_spec
 from trainers.rules import ConfigError, Rule, shown, unknown_key_error
 
-ROOT = Path(__file__).resolve().parents[1]
-PROFILES, SLURM_DIR = ROOT / "configs" / "clusters", ROOT / "slurm"
+# On disk, the links followed (in a checkout: configs/clusters/ and slurm/): the job sources
+# ray.sh by its path when it runs.
+PACKAGE = Path(str(resources.files("sweeps")))
+PROFILES, SLURM_DIR = (PACKAGE / "_profiles").resolve(), (PACKAGE / "_slurm").resolve()
 MODES = ("single-job", "workers")
 WORKERS_MIN_FAILURES = 3  # workers mode: a worker leaving fails its trials; retry them elsewhere
 # Ports: slurm/ray.sh's ray_slot, the same formula: 100 ports for node `node` of job `job_id`.
@@ -116,14 +123,20 @@ RULES: dict[str, Rule] = {  # a profile's keys, and the command line's overrides
 }
 
 
-def load_profile(name: str) -> Profile:
-    """A profile by name (configs/clusters/NAME.yaml) or by the path of a YAML file."""
-    path = Path(name) if name.endswith((".yaml", ".yml")) else PROFILES / f"{name}.yaml"
-    if not path.exists():
-        known = ", ".join(sorted(p.stem for p in PROFILES.glob("*.yaml")))
-        raise ConfigError(
-            f"unknown cluster profile {shown(name)}; known: {known} (or a .yaml path)"
-        )
+def load_profile(name: str, cwd: Path | None = None) -> Profile:
+    """A user's profile by its path (a file that exists, or a name ending in .yaml or .yml;
+    relative to ``cwd``), else a bundled profile by name."""
+    path = (cwd or Path.cwd()) / name
+    bundled = {p.stem: p for p in PROFILES.glob("*.yaml")}
+    known = ", ".join(sorted(bundled))
+    if not (path.is_file() or name.endswith((".yaml", ".yml"))):
+        if name not in bundled:
+            raise ConfigError(
+                f"unknown cluster profile {shown(name)}; known: {known} (or a .yaml path)"
+            )
+        path = bundled[name]
+    elif not path.exists():
+        raise ConfigError(f"{path}: no such cluster profile; the bundled ones: {known}")
     doc = config_file.read_yaml(path, "cluster profile") or {}
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: a profile must be a YAML mapping of settings")
@@ -166,7 +179,7 @@ def plan(args: argparse.Namespace, cwd: Path | None = None) -> Job:
     cwd = (cwd or Path.cwd()).resolve()
     config = (cwd / args.config).resolve()
     spec = sweep_spec(config_file.load(config, args.set), name=args.name)
-    prof = _profile(args)
+    prof = _profile(args, cwd)
     _check_options(args, prof, spec, cwd)
     trial, sets = _trial_resources(args.set, prof, spec)
     _check_environment(args, spec)
@@ -188,9 +201,9 @@ def plan(args: argparse.Namespace, cwd: Path | None = None) -> Job:
 OPTIONS = ("mode", "partition", "nodes", "workers", "cpus_per_node", "gpus_per_node", "time")
 
 
-def _profile(args: argparse.Namespace) -> Profile:
+def _profile(args: argparse.Namespace, cwd: Path) -> Profile:
     """The profile with the command line's options applied, each checked by its rule."""
-    prof = load_profile(args.profile)
+    prof = load_profile(args.profile, cwd)
     for key in OPTIONS:
         if (value := getattr(args, key, None)) is not None:
             setattr(prof, key, RULES[key].check("--" + key.replace("_", "-"), value))
@@ -251,8 +264,8 @@ def _check_environment(args: argparse.Namespace, spec: SweepSpec) -> None:
         raise ConfigError("sbatch not found: run `sweep submit` where SLURM is (a login node)")
     if not (SLURM_DIR / "ray.sh").is_file():
         raise ConfigError(
-            f"{SLURM_DIR}/ray.sh is missing: install the project from its checkout "
-            "(pip install -e .)"
+            f"{SLURM_DIR}/ray.sh is missing: the sweeps package is installed incompletely or "
+            "zipped; install it again with pip"
         )
 
 
@@ -314,7 +327,7 @@ def render(job: Job) -> str:
         "#!/bin/bash",
         f"# sweep {job.name}, --mode {job.mode}: {size}; "
         f"each trial {job.trial['cpu']:g} CPU, {job.trial['gpu']:g} GPU",
-        "# rendered by `sweep submit` (sweeps/submit.py); the Ray side: slurm/ray.sh",
+        "# rendered by `sweep submit` (sweeps/submit.py); the Ray side: ray.sh, sourced below",
         *_sbatch(head),
         "",
         "# setup",
@@ -402,7 +415,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``sweep submit``."""
     s = sub.add_parser("submit", help="run a sweep as SLURM job(s), Ray over their nodes")
     s.add_argument("config", help="YAML sweep config, e.g. configs/digits_asha.yaml")
-    s.add_argument("--profile", required=True, help="cluster profile: discovery, local, or a path")
+    s.add_argument(
+        "--profile", required=True, help="cluster profile: discovery, local, or a .yaml file"
+    )
     s.add_argument("--mode", help="single-job (one job, N nodes) or workers (head + GPU jobs)")
     count = s.add_mutually_exclusive_group()
     count.add_argument("--nodes", type=int, help="single-job: nodes in the job")
