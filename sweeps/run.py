@@ -70,8 +70,6 @@ def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False, exiting: boo
     lock = SweepLock(files)
     code = None
     try:
-        disks.check()  # before anything is written
-        quiet()
         history = None
         if files.root.exists():
             claim(files, lock, resume)
@@ -79,6 +77,8 @@ def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False, exiting: boo
             read_state(files.state)
         elif why := unwritable(files.root):
             raise ConfigError(f"storage: {why}; set storage to a folder you can write")
+        disks.check()  # before the sweep writes anything (its lock aside)
+        quiet()
         resources = None
         if history is None or not history.completed:  # a completed sweep needs no Ray
             check_data(spec)  # every corner of the searched data keys
