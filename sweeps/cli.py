@@ -16,6 +16,13 @@ from trainers.rules import ConfigError, Rule
 
 EXIT_USER_ERROR = 2
 PORT = Rule(int, low=1, high=65535)
+# What `sweep --help` says: plain text (argparse prints it as written, markup and all).
+DESCRIPTION = "Hyperparameter sweeps of linear classifiers: Ray Tune trials, logged to MLflow."
+EXIT_CODES = (
+    "exit codes: 0 done; 1 failed (no trial finished, or the disk filled up: free space, "
+    "then sweep resume NAME); 2 a mistake in the command or its config, nothing written; "
+    "130 interrupted (Ctrl-C, SIGTERM), continue with sweep resume NAME"
+)
 
 
 def _epoch_line(m: dict[str, Any], epochs: int) -> str:
@@ -145,14 +152,14 @@ def add_report_parsers(sub: argparse._SubParsersAction) -> None:
     report.add_argument("sweep", help="the sweep's name (under --storage) or its folder")
     report.add_argument("--out", help="folder for the page and figures (default: SWEEP/report)")
     report.add_argument("--storage", default="runs", help="folder holding sweeps (default runs)")
-    report.add_argument("--tracking-uri", help="default: the sweep's, as `sweep run` resolves it")
+    report.add_argument("--tracking-uri", help="default: the sweep's, as sweep run resolves it")
     report.add_argument("--no-log", action="store_true", help="do not file it on the MLflow run")
     report.set_defaults(func=cmd_report)
 
     status = sub.add_parser("status", help="where each sweep stands (or one sweep, by name)")
     status.add_argument("name", nargs="?", help="one sweep's detail (default: every sweep)")
     status.add_argument("--storage", default="runs", help="folder holding sweeps (default runs)")
-    status.add_argument("--tracking-uri", help="default: each sweep's, as `sweep run` resolves it")
+    status.add_argument("--tracking-uri", help="default: each sweep's, as sweep run resolves it")
     status.set_defaults(func=cmd_status)
 
 
@@ -197,7 +204,7 @@ def describe(spec: Any) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sweep", description=__doc__)
+    parser = argparse.ArgumentParser(prog="sweep", description=DESCRIPTION, epilog=EXIT_CODES)
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train one configuration, without Ray")

@@ -6,7 +6,8 @@ config), every reported epoch, each trial's end, each refit of a chosen config o
 train+validation (its start, epochs and end, as a trial's), the sweep's end (status, best).
 Reading folds the lines into the sweep's state now: what ``sweep sync`` copies into a store
 and what results.csv is made from. One process appends (the lock holder), a whole line per
-write; a last line cut short by a kill is dropped, and cut off before the next append.
+write; a last line cut short by a kill is dropped, and cut off before the next append; a write
+that fails (a full disk) is taken back whole.
 
 Why our own file rather than Ray's trial folders: Ray's result.json holds what a trial
 reported, but not how it ended (Ray marks every trial TERMINATED after a Ctrl-C), not the
@@ -137,8 +138,14 @@ class HistoryFile:
             self._cut_partial_line()
             self._tail_checked = True
         lines = "".join(json.dumps(e, separators=(",", ":"), default=_plain) + "\n" for e in events)
-        with open(self.path, "ab") as f:
-            f.write(lines.encode())
+        size = self.path.stat().st_size if self.path.exists() else 0
+        try:
+            with open(self.path, "ab") as f:
+                f.write(lines.encode())
+        except OSError:  # a full disk: the events are not recorded, not even in part
+            if self.path.exists():
+                os.truncate(self.path, size)
+            raise
 
     def _cut_partial_line(self) -> None:
         """Drop a last line left without its newline by a kill, so appends start clean."""

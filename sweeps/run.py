@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import pandas as pd
 import yaml
 
 from sweeps import hold, stopping, tune
+from sweeps.disk import DiskFull, Watch, quiet
 from sweeps.history import HistoryFile, SweepHistory
 from sweeps.layout import SweepFolder, unwritable
 from sweeps.live import LiveView
@@ -28,7 +30,7 @@ from sweeps.lock import SweepLock
 from sweeps.refit import Model, refit
 from sweeps.results import first_error_line, format_table, mark_chosen, trial_row, write_csv
 from sweeps.spec import SweepSpec, check_data
-from sweeps.store import usable_store
+from sweeps.store import sqlite_file, usable_store
 from sweeps.sync import Recorder, load_saved, sync  # noqa: F401 (load_saved: `sweep resume`)
 from sweeps.tracking import SweepTracker, read_state
 from trainers.config import ConfigError
@@ -64,6 +66,7 @@ def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False, exiting: boo
     signal.signal(signal.SIGINT, signal.default_int_handler)
     files = spec.files
     tracking_uri = usable_store(spec.tracking_uri, Path.cwd())
+    disks = Watch(files.root, sqlite_file(tracking_uri))
     lock = SweepLock(files)
     code = None
     try:
@@ -74,6 +77,8 @@ def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False, exiting: boo
             read_state(files.state)
         elif why := unwritable(files.root):
             raise ConfigError(f"storage: {why}; set storage to a folder you can write")
+        disks.check()  # before the sweep writes anything (its lock aside)
+        quiet()
         resources = None
         if history is None or not history.completed:  # a completed sweep needs no Ray
             check_data(spec)  # every corner of the searched data keys
@@ -81,7 +86,12 @@ def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False, exiting: boo
             hold.point("ray-started")
         if not lock.held and not lock.create():
             claim(files, lock, resume)  # another driver made the folder since we looked
-        code = drive(spec, doc, files, tracking_uri, resources)
+        code = drive(spec, doc, files, tracking_uri, resources, disks)
+        return code
+    except Exception as err:
+        if (full := disks.error(err)) is None:
+            raise
+        code = out_of_space(files, full)
         return code
     finally:
         if not (exiting and code == EXIT_INTERRUPTED):
@@ -108,6 +118,7 @@ def drive(
     files: SweepFolder,
     tracking_uri: str,
     resources: dict[str, float] | None,
+    disks: Watch | None = None,
 ) -> int:
     """The locked part: records brought into MLflow, Ray's trials, the end of the sweep."""
     if not files.config.exists():
@@ -123,6 +134,7 @@ def drive(
             return write_report(files, tracking_uri)
         return 0
     recorder = Recorder(history, record, tracker)
+    recorder.disks = disks
     fresh = not tune.can_resume(files)
     recorder.start_sweep(sweep_params(spec), fresh=fresh)
     print(f"sweep {spec.name}: {spec.num_trials()} trials, results in {files.root}", flush=True)
@@ -148,6 +160,14 @@ def drive(
             # Ray stopped before this frame's Ray objects (grid) are freed: freed while it
             # stops, they end the process with 1 (an interrupted SLURM job is then not requeued)
             tune.shutdown()
+
+
+def out_of_space(files: SweepFolder, full: DiskFull) -> int:
+    """The one line of a sweep stopped by a full disk; its exit code (failed: a SLURM job
+    requeued at once would find the disk as full)."""
+    then = f"continue with: sweep resume {files.name}" if files.config.exists() else "run it again"
+    print(f"error: {full}; free space there, then {then}", file=sys.stderr, flush=True)
+    return EXIT_FAILED
 
 
 def live_view(spec: SweepSpec, history: SweepHistory) -> LiveView:
@@ -208,6 +228,8 @@ def finish(
     # a trial never started, or started and never ended, means the sweep did not finish.
     if not history.finished(spec.num_trials()):
         return interrupted(spec, recorder)
+    if recorder.disks is not None:  # the results, refit and test look write to the folder
+        recorder.disks.check(len(history.trials))
     table = write_results(spec, files, history)
     eligible = table[table["status"].isin(ELIGIBLE)]
     if eligible.empty:

@@ -36,6 +36,10 @@ TRACKING_URI_WHAT = (
     "or a path ending in .db"
 )
 STEP = Rule(float, low=0.0, low_open=True)  # quniform's q
+# The most configurations one sweep may have (draws, or repeats x grid points): far beyond any
+# real search of a linear model, and refused before anything is drawn (a fused sweep draws
+# every configuration up front; a billion took minutes before training anything).
+MAX_CONFIGS = 10**6
 
 # A searched key that only matters when another key takes one of these values.
 DEPENDS_ON = {
@@ -95,8 +99,12 @@ class SweepSpec:
         return SweepFolder.of(self.storage, self.name)
 
     def num_trials(self) -> int:
-        grid = math.prod(len(next(iter(d.values()))) for d in self.space.values() if "grid" in d)
-        return grid * self.search.num_samples
+        return grid_points(self.space) * self.search.num_samples
+
+
+def grid_points(space: dict[str, dict[str, Any]]) -> int:
+    """The points of the space's grid (1 without one): each repeat draws them all."""
+    return math.prod(len(d["grid"]) for d in space.values() if "grid" in d)
 
 
 SWEEP_RULES: dict[str, Rule] = {
@@ -123,8 +131,10 @@ SWEEP_RULES: dict[str, Rule] = {
     "search.num_samples": Rule(
         int,
         low=1,
+        high=MAX_CONFIGS,
         optional=True,
-        doc="draws; for grid, repeats of the grid, each with new seeds; none: 1 for grid, else 10",
+        doc="draws; for grid, repeats of the grid, each with new seeds; none: 1 for grid, else "
+        f"10. A sweep has num_samples x the grid's points configurations, at most {MAX_CONFIGS}",
     ),
     "search.metric": Rule(
         str,
@@ -279,6 +289,11 @@ def sweep_spec(doc: dict[str, Any], name: str | None = None) -> SweepSpec:
     space = {str(k): _check_distribution(str(k), v, search.type) for k, v in space_doc.items()}
     _check_dependencies(trial, space)
     _check_corners(trial, space)
+    if (configs := grid_points(space) * search.num_samples) > MAX_CONFIGS:
+        raise ConfigError(
+            f"search.num_samples x the grid's points must be <= {MAX_CONFIGS} configurations; "
+            f"got {search.num_samples} x {grid_points(space)} = {configs}"
+        )
     name = SWEEP_RULES["name"].check("name", name or doc.get("name"))
     storage = SWEEP_RULES["storage"].check("storage", doc.get("storage")) or DEFAULT_STORAGE
     if search.type == "asha" and search.grace_period > trial.train.epochs:

@@ -29,6 +29,7 @@ from trainers.config import ConfigError
 from trainers.metrics import REFIT_CURVES, fold_keys
 
 if TYPE_CHECKING:
+    from sweeps.disk import Watch
     from sweeps.live import LiveView
 
 
@@ -46,7 +47,8 @@ class TrialNews:
 
 class Recorder:
     """The driver's writes: each to history.jsonl (kept folded in ``history``), then MLflow;
-    and, when a live view watches the sweep, to it (``view``).
+    and, when a live view watches the sweep, to it (``view``). ``disks``: the disks it writes
+    to, checked by the driver's loop (sweeps.disk).
 
     A trial's events reach MLflow from a thread of their own (``TrialWrites``): the driver's
     loop, which starts trials and answers their reports, never waits for the store (a SQLite
@@ -59,6 +61,7 @@ class Recorder:
         self.history, self.file, self.tracker = history, file, tracker
         self.mlflow = TrialWrites(tracker)
         self.view: LiveView | None = None
+        self.disks: Watch | None = None
 
     def _record(self, *events: dict[str, Any]) -> None:
         self.file.append(*events)

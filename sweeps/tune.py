@@ -38,7 +38,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
 from ray.tune.search.basic_variant import BasicVariantGenerator  # noqa: E402
 from ray.tune.search.variant_generator import generate_variants  # noqa: E402
 
-from sweeps import fused  # noqa: E402
+from sweeps import disk, fused  # noqa: E402
 from sweeps.cadence import EARLIER, asha_rungs  # noqa: E402
 from sweeps.config import apply_sets  # noqa: E402
 from sweeps.layout import SweepFolder  # noqa: E402
@@ -135,14 +135,33 @@ def _running(run: _Run) -> Iterator[None]:
         _active = None
 
 
+def trial_error(trial: Any) -> str:
+    """A failed trial's error, as Ray wrote it to the trial's folder before calling back. A
+    full disk (a checkpoint the trial could not write) stops the sweep (sweeps.disk) rather
+    than failing the trial: once there is space, the trial goes on."""
+    error = Path(trial.error_file).read_text() if trial.error_file else "unknown error"
+    if disk.is_full_text(error):
+        raise disk.DiskFull(f"{disk.why(Exception(error))} writing {trial.local_path}")
+    return error
+
+
 class TrackingCallback(tune.Callback):
-    """Forwards trial events to the sweep's Recorder (folder, MLflow, the live view)."""
+    """Forwards trial events to the sweep's Recorder (folder, MLflow, the live view); stops
+    the sweep, at each step of Ray Tune's loop, when its disks fill up (sweeps.disk)."""
 
     def __getstate__(self) -> dict[str, Any]:
         return {}
 
     def __setstate__(self, state: dict[str, Any]) -> None:  # tuner.pkl of an older version
         pass
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        recorder = _run().recorder
+        if recorder.disks is not None:
+            recorder.disks.check(len(recorder.history.trials))
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        trial_error(trial)  # Ray retries a failed trial: not when the disk is full
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run = _run()
@@ -163,8 +182,7 @@ class TrackingCallback(tune.Callback):
         recorder = _run().recorder
         if trial.trial_id not in recorder.history.trials:  # its actor failed to start
             self.on_trial_start(iteration, trials, trial)
-        # Ray writes the error to the trial's local folder before calling back.
-        error = Path(trial.error_file).read_text() if trial.error_file else "unknown error"
+        error = trial_error(trial)
         epochs = int((trial.last_result or {}).get("epoch", 0))
         recorder.trial_ended(trial.trial_id, "error", epochs, error=str(error))
 
@@ -222,7 +240,7 @@ class PopulationCallback(TrackingCallback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Every member that had not ended ends with the population's error."""
         run = _run()
-        error = Path(trial.error_file).read_text() if trial.error_file else "unknown error"
+        error = trial_error(trial)
         index, history = trial.config[fused.POPULATION_KEY], run.recorder.history.trials
         news = []
         for i in run.plan.populations[index].ids:

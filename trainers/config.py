@@ -100,6 +100,7 @@ SEED = Rule(int, low=0, high=2**32 - 1)  # what numpy's and scikit-learn's seeds
 FRACTION = Rule(float, low=0.0, high=1.0, low_open=True, high_open=True)
 POSITIVE_INT = Rule(int, low=1)
 POSITIVE = Rule(float, low=0.0, low_open=True)
+MAX_EPOCHS = 10**6  # far beyond any linear model's need; a typo's 10^12 is refused, not run
 FILE_SOURCES = ("npz", "csv", "parquet", "cifar10")
 
 RULES: dict[str, Rule] = {
@@ -133,7 +134,7 @@ RULES: dict[str, Rule] = {
         "margin) (squared term by term)",
     ),
     "model.margin": replace(POSITIVE, doc="the hinge margin"),
-    "train.epochs": replace(POSITIVE_INT, doc="passes over the training split"),
+    "train.epochs": Rule(int, low=1, high=MAX_EPOCHS, doc="passes over the training split"),
     "train.batch_size": replace(
         POSITIVE_INT, doc="minibatch size; at most the size of the training split"
     ),
