@@ -18,6 +18,11 @@
 # the job lives, so that two jobs that start at the same moment never both find a slot free.
 # Temp dir: $SWEEPS_RAY_TMP/r<job id>n<node index> (default /tmp/...): short, because Unix
 # socket paths over 107 bytes abort Ray.
+# Token: Ray's token authentication is on (RAY_AUTH_MODE=token, set by the job script). The head
+# job writes a new random token to $RAY_AUTH_TOKEN_PATH (in the sweep's folder, mode 0600) before
+# its Ray starts; every Ray process, the driver and the worker jobs read it from there. Ray's
+# ports listen on every interface of a node (other nodes must reach them): a process without
+# the token is refused by each of them.
 # Cleanup: every Ray process started here carries SWEEPS_RAY_TAG=<its temp dir> in its
 # environment and cleanup ends exactly those; never `ray stop`, which ends every Ray on the node.
 # Ray 2.60 drains a node on SIGTERM for up to 30 s, waiting for its running tasks: a trial's
@@ -37,6 +42,7 @@ SLOT_FD=""         # the open lock file of the claimed slot (flock)
 RAY_SRUN_PID=""    # single job: the srun running Ray on the other nodes
 WORKERS_JOB=""     # workers mode: the worker array, cancelled when the head ends
 ADDRESS_FILE=""    # workers mode: where the head publishes its address
+TOKEN_FILE=""      # the Ray token this (head) job wrote, removed at its end
 RAY_JOIN_TRIES=${RAY_JOIN_TRIES:-3}        # a worker's tries at joining the head
 RAY_JOIN_RETRY_S=${RAY_JOIN_RETRY_S:-120}  # a worker's Ray that failed sooner: a failed join
 
@@ -140,9 +146,22 @@ ray_start() {
   RAY_PID=$!
 }
 
-# ray_head [ray start options...]: start the head here and wait until its GCS answers;
-# exports RAY_ADDRESS for the driver.
+# ray_token: a new token at $RAY_AUTH_TOKEN_PATH, readable by this user only (the head job's).
+ray_token() {
+  [[ ${RAY_AUTH_MODE-} == token ]] || {
+    sweeps_log "warning: Ray token authentication is off (RAY_AUTH_MODE=${RAY_AUTH_MODE-}):" \
+      "anyone who can reach this job's nodes can run code in its Ray"
+    return 0
+  }
+  TOKEN_FILE=${RAY_AUTH_TOKEN_PATH:?the job script sets it}
+  (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$TOKEN_FILE.tmp" &&
+    mv -f "$TOKEN_FILE.tmp" "$TOKEN_FILE") || sweeps_fail "cannot write the Ray token $TOKEN_FILE"
+}
+
+# ray_head [ray start options...]: start the head here (with a new token) and wait until its
+# GCS answers; exports RAY_ADDRESS for the driver.
 ray_head() {
+  ray_token
   ray_start head 0 "$@"
   RAY_ADDRESS=$("$PYTHON" "$SWEEPS_SLURM_DIR/ray_cluster.py" address "$RAY_PORT" "$RAY_PID") ||
     sweeps_fail "the Ray head did not start on $(hostname -s): see the lines above"
@@ -197,6 +216,9 @@ ray_worker() {
   if [[ $address == /* ]]; then  # workers mode: the head publishes its address in a file
     [[ -s $address ]] || sweeps_fail "no head address in $address: is the head job running?"
     address=$(<"$address")
+  fi
+  if [[ ${RAY_AUTH_MODE-} == token && ! -s ${RAY_AUTH_TOKEN_PATH-} ]]; then
+    sweeps_fail "no Ray token at ${RAY_AUTH_TOKEN_PATH-?}: is the head job running?"
   fi
   trap ray_cleanup EXIT
   trap 'exit 143' TERM
@@ -262,6 +284,8 @@ sweeps_cleanup() {
     RAY_SRUN_PID=""
   fi
   ray_cleanup
+  [[ -n $TOKEN_FILE ]] && rm -f "$TOKEN_FILE"
+  TOKEN_FILE=""
 }
 
 # A signal asks the driver to save the sweep's state and stop (Ray Tune's SIGINT handler);

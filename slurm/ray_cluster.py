@@ -15,7 +15,6 @@ import socket
 import sys
 import time
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 TIMEOUT_S = float(os.environ.get("SWEEPS_RAY_TIMEOUT", "180"))
 NODE_KEY = "slurm-node:"  # the custom resource slurm/ray.sh gives each node: slurm-node:<name>
 

@@ -97,6 +97,12 @@ class SweepFolder:
         """Workers mode: the Ray head's address, published for the worker jobs."""
         return self.root / "ray-head-address"
 
+    @property
+    def ray_token(self) -> Path:
+        """A SLURM job's Ray token (mode 0600, new at each start of the head job): its nodes
+        and driver read it; a process without it cannot join the job's Ray."""
+        return self.root / "ray-auth-token"
+
 
 def unwritable(folder: Path) -> str | None:
     """Why ``folder`` cannot be made (or written in), or None. Nothing is left behind: it

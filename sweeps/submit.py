@@ -292,6 +292,7 @@ def _sbatch(options: dict[str, object]) -> list[str]:
 
 def _setup(job: Job) -> list[str]:
     p, q = job.profile, shlex.quote
+    token = SweepFolder(job.folder).ray_token
     lines = [f"module load {q(m)}" for m in p.modules]
     if p.conda_env:
         lines += ['eval "$(conda shell.bash hook)"', f"conda activate {q(p.conda_env)}"]
@@ -301,7 +302,11 @@ def _setup(job: Job) -> list[str]:
         "set -uo pipefail",
         f"export PYTHON={q(job.python)} SWEEPS_RAY_TMP={q(p.ray_tmp)}",
         f"export MLFLOW_TRACKING_URI={q(job.tracking_uri)}",
-        "export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1",
+        # Ray's token authentication, with the token of the sweep's folder (slurm/ray.sh
+        # ray_token); a token or a local-only Ray setting of the submitting shell is dropped
+        "unset RAY_AUTH_TOKEN RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
+        f"export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={q(str(token))}",
+        "export RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1",
         f"source {q(str(SLURM_DIR / 'ray.sh'))}",
         "sweeps_check_python",
     ]

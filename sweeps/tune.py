@@ -11,6 +11,7 @@ import contextlib
 import copy
 import json
 import os
+import secrets
 import signal
 import threading
 from collections.abc import Iterator
@@ -18,7 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local, single-user Ray
+# Token authentication (Ray's RAY_AUTH_MODE=token): a process joins a sweep's Ray only with its
+# token; connect() makes a local one's, a SLURM job's comes from slurm/ray.sh.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+if "RAY_ADDRESS" not in os.environ:  # a local Ray, which nothing off this machine needs to reach:
+    # its node address is the loopback one, and its servers listen there only. (Ray reads this
+    # when it is imported; any other way to ask for 127.0.0.1 is turned into the machine's IP.)
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables; we print our own
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report thread, no prompt
 # Ray's loggers, chosen in new_tuner: its TensorBoard one wrote an event file per report and
@@ -280,10 +287,18 @@ def checkpoints(grid: Any) -> dict[str, Path] | fused.MemberCheckpoints:
 
 
 def connect() -> dict[str, float]:
-    """Join the Ray cluster named by RAY_ADDRESS (a SLURM job's), else start a local one."""
+    """Join the Ray cluster named by RAY_ADDRESS (a SLURM job's), else start a local one.
+
+    A local Ray gets a new token of its own, in this process's environment, which Ray's
+    processes inherit and no other user can read (left to itself, Ray would keep one token
+    for every cluster in ~/.ray/auth_token, readable by all). A token the user set is kept.
+    """
+    address = os.environ.get("RAY_ADDRESS")
+    if not (address or os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # once per process: Ray caches it
     if not ray.is_initialized():
         ray.init(
-            address=os.environ.get("RAY_ADDRESS"),
+            address=address,
             include_dashboard=False,
             logging_level="WARNING",
             log_to_driver=False,

@@ -421,7 +421,9 @@ def test_single_job_script_key_lines(capsys, monkeypatch, tmp_path):
         "ray_other_nodes --nodes=1 --ntasks=1 --ntasks-per-node=1 --cpus-per-task=2 "
         "--gres=gpu:1 --kill-on-bad-exit=0",
         "ray_wait_nodes 2",
-        "export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1",
+        "unset RAY_AUTH_TOKEN RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
+        "export RAY_AUTH_MODE=token"
+        f" RAY_AUTH_TOKEN_PATH={tmp_path}/runs/digits_asha/ray-auth-token",
         "sweeps_trap_signals",
     ):
         assert want in lines, want
