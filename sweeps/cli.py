@@ -91,6 +91,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
         page = latest_trials_page(uri, base=base)
         if page is not None:
             print(f"the latest sweep's trials, best first: {page}", flush=True)
+            charts = latest_trials_page(uri, base=base, charts=True)
+            if charts != page:
+                print(f"and its charts: {charts}", flush=True)
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     cmd = [
         mlflow,
