@@ -227,15 +227,15 @@ class SweepTracker:
         return self.client.get_experiment(self.experiment_id).tags
 
     def _trials_table(self, keys: list[str], metric: str) -> pd.DataFrame:
-        """One row per trial's run: its searched values, outcome and latest metric."""
+        """One row per trial's run, in trial id order (what importance's folds draw from
+        stays the same however the trials' runs were made): its searched values, outcome and
+        latest metric."""
+        runs = [r for r in self._children() if r.data.tags.get("sweep.role") != REFIT_ROLE]
         rows = [
             {k: run.data.params.get(k) for k in keys}
-            | {
-                "status": run.data.tags.get("sweep.status", ""),
-                metric: run.data.metrics.get(metric, math.nan),
-            }
-            for run in self._children()
-            if run.data.tags.get("sweep.role") != REFIT_ROLE
+            | {"status": run.data.tags.get("sweep.status", "")}
+            | {metric: run.data.metrics.get(metric, math.nan)}
+            for run in sorted(runs, key=lambda r: r.data.tags.get("sweep.trial_id", ""))
         ]
         return pd.DataFrame(rows, columns=[*keys, "status", metric])
 

@@ -116,13 +116,14 @@ def test_a_store_without_the_view_gets_the_filtered_trials_page(tmp_path):
 
 
 # ---------------------------------------------------------------- in a real browser
-GRID = {"train.lr": {"grid": LRS}, "train.lambda": {"grid": [1e-5, 1e-3]}}
+GRID = {"train.lambda": {"grid": [1e-5, 1e-3]}, "train.lr": {"grid": LRS}}
 
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory) -> Path:
-    """A finished real sweep of 12 trials (a grid: lr matters, lambda hardly), copied by
-    `sweep sync` into a store of its own (sync.db) that the browser reads."""
+    """A finished real sweep of 12 trials (a grid: lr matters, lambda hardly; lambda comes
+    first, so that the chart of the key that matters is not the first key by default), copied
+    by `sweep sync` into a store of its own (sync.db)."""
     folder = tmp_path_factory.mktemp("view")
     make_data(folder)
     doc = {
@@ -159,6 +160,7 @@ def wait_for(browser: Chromium, expression: str, timeout: float = 90) -> object:
 HEADERS = "Array.from(document.querySelectorAll('[role=columnheader]')).map(h => h.innerText)"
 SIDEBAR = "(document.querySelector('aside, nav') || document.body).innerText"
 AXES = "Array.from(document.querySelectorAll('.parcoords text.label')).map(t => t.textContent)"
+VIEW_LINKS = "Array.from(document.links).map(a => a.href).filter(h => h.includes('viewState'))"
 TITLES = "Array.from(document.querySelectorAll('h4')).map(h => h.innerText)"
 
 
@@ -198,8 +200,14 @@ def test_sweep_ui_opens_the_sweeps_view_in_a_real_browser(swept, db, tmp_path):
 
             browser.open(charts)
             axes = wait_for(browser, f"{AXES}.length >= 3 && {AXES}")
-            assert axes == ["train.lr", "train.lambda", "val_acc"]
+            assert axes == ["train.lambda", "train.lr", "val_acc"]
             titles = browser.evaluate(TITLES)
             assert "Parallel Coordinates" in titles and "train.lr vs. val_acc" in titles
             assert "Judges" not in browser.evaluate(SIDEBAR)
             shot(browser, tmp_path / "charts.png")
+
+            # the parent run's description links to both
+            parent = re.search(r"viewStateShareKey=(\w+)", trials).group(1)
+            browser.open(f"{base}/#/experiments/{experiment_id}/runs/{parent}")
+            links = wait_for(browser, f"{VIEW_LINKS}.length == 2 && {VIEW_LINKS}")
+            assert links == [trials, charts]
