@@ -73,8 +73,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    """Serve the MLflow UI for this store on 127.0.0.1; the port is checked first, so that a
-    mistake starts nothing and creates no store."""
+    """Serve the MLflow UI for this store on 127.0.0.1 and print where the latest sweep's view
+    is (sweeps.mlflow_view); the port is checked first, so that a mistake starts nothing and
+    creates no store."""
     import shutil
 
     from sweeps.store import resolve_tracking_uri

@@ -139,13 +139,15 @@ def trials_page_url(
 
     MLflow 3 nests child runs under a collapsed parent unless the runs are filtered or sorted
     (other than by date); a filter on the parent id lists the trials flat, and the chart view
-    draws the curves of the first ten at once.
+    draws the curves of the first ten at once. ``workflowType``: the training pages, not the
+    GenAI ones (sweeps.mlflow_view). A sweep's own view (``view_url``) shows more.
     """
     query = {
         "searchFilter": f"tags.`mlflow.parentRunId` = '{parent_id}'",
         "orderByKey": f"metrics.`{metric}`",
         "orderByAsc": str(ascending).lower(),
         "compareRunsMode": "CHART",
+        "workflowType": "machine_learning",
     }
     return f"{base}/#/experiments/{experiment_id}/runs?{urlencode(query)}"
 

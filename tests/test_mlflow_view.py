@@ -112,6 +112,7 @@ def test_a_store_without_the_view_gets_the_filtered_trials_page(tmp_path):
     client.delete_experiment_tag(tracker.experiment_id, view.VIEW_TAG + parent)
     page = latest_trials_page(uri, base="http://h:1")
     assert page is not None and "viewStateShareKey" not in page
+    assert "workflowType=machine_learning" in page
     assert "searchFilter=tags.%60mlflow.parentRunId%60" in page
 
 
