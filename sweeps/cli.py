@@ -80,8 +80,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    """Serve the MLflow UI for this store on 127.0.0.1; the port is checked first, so that a
-    mistake starts nothing and creates no store."""
+    """Serve the MLflow UI for this store on 127.0.0.1 and print where the latest sweep's view
+    is (sweeps.mlflow_view); the port is checked first, so that a mistake starts nothing and
+    creates no store."""
     import shutil
 
     from sweeps.store import resolve_tracking_uri
@@ -98,6 +99,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
         page = latest_trials_page(uri, base=base)
         if page is not None:
             print(f"the latest sweep's trials, best first: {page}", flush=True)
+            charts = latest_trials_page(uri, base=base, charts=True)
+            if charts != page:
+                print(f"and its charts: {charts}", flush=True)
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     cmd = [
         mlflow,

@@ -18,6 +18,8 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from sweeps import mlflow_view as view
+
 DEFAULT_UI = "http://127.0.0.1:5000"  # where `sweep ui` serves a local store
 PAGE = 1000  # runs per search page
 
@@ -137,13 +139,15 @@ def trials_page_url(
 
     MLflow 3 nests child runs under a collapsed parent unless the runs are filtered or sorted
     (other than by date); a filter on the parent id lists the trials flat, and the chart view
-    draws the curves of the first ten at once.
+    draws the curves of the first ten at once. ``workflowType``: the training pages, not the
+    GenAI ones (sweeps.mlflow_view). A sweep's own view (``view_url``) shows more.
     """
     query = {
         "searchFilter": f"tags.`mlflow.parentRunId` = '{parent_id}'",
         "orderByKey": f"metrics.`{metric}`",
         "orderByAsc": str(ascending).lower(),
         "compareRunsMode": "CHART",
+        "workflowType": "machine_learning",
     }
     return f"{base}/#/experiments/{experiment_id}/runs?{urlencode(query)}"
 
@@ -154,9 +158,11 @@ def latest_trials_page(
     base: str | None = None,
     metric: str = "val_acc",
     ascending: bool = False,
+    charts: bool = False,
 ) -> str | None:
-    """For `sweep ui`: the trials page of the latest sweep (named ``experiment``, else the
-    latest of all); None when the store holds no sweep."""
+    """For `sweep ui`: the latest sweep (named ``experiment``, else the latest of all) in
+    its view (sweeps.mlflow_view): its table of trials, or (``charts``) its charts; a store
+    that lacks the view, its trials page. None when the store holds no sweep."""
     client = MlflowClient(tracking_uri)
     if experiment is None:
         ids = [e.experiment_id for e in _all_experiments(client)]
@@ -166,12 +172,11 @@ def latest_trials_page(
     parent = latest_parent(client, ids)
     if parent is None:
         return None
+    experiment_id, key = parent.info.experiment_id, view.view_key(parent.info.run_id)
+    if view.VIEW_TAG + key in client.get_experiment(experiment_id).tags:
+        return view.view_url(base or ui_base(tracking_uri), experiment_id, key, charts)
     return trials_page_url(
-        base or ui_base(tracking_uri),
-        parent.info.experiment_id,
-        parent.info.run_id,
-        metric,
-        ascending,
+        base or ui_base(tracking_uri), experiment_id, parent.info.run_id, metric, ascending
     )
 
 

@@ -13,6 +13,7 @@ Which store, and whether it can take the sweep, is sweeps/store.py's.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
@@ -20,10 +21,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from sweeps import mlflow_view as view
 from sweeps.store import PreparedStore, sqlite_file, sqlite_without_fsync
 from trainers.config import ConfigError
 from trainers.metrics import curve_points
@@ -36,7 +39,6 @@ TRIAL_STATUS = {  # outcome -> MLflow run status
     "interrupted": "KILLED",
 }
 REFIT_ROLE = "refit"  # sweep.role of a refit's run: the chosen config on train+validation
-EXPERIMENT_KIND = "mlflow.experimentKind"
 SWEEP_STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 BATCH = 100  # MLflow: at most 100 params or tags per log_batch
 METRIC_BATCH = 1000  # MLflow: at most 1000 metrics, params and tags together per log_batch
@@ -44,6 +46,7 @@ PARAM_MAX = 6000  # MLflow: param values up to 6000 characters
 TAG_MAX = 8000  # MLflow: tag values up to 8000 characters
 ERROR_MAX = 5000  # characters of an error's full text kept in the sweep.error tag
 NOTHING = -1  # "no epoch logged yet"
+NOTE = "mlflow.note.content"  # a run's description in the UI (Markdown)
 
 
 def read_state(path: Path) -> dict[str, Any]:
@@ -104,10 +107,9 @@ class SweepTracker:
             db_dir = db.resolve().parent
             name = re.sub(r"[^\w.-]", "_", self.experiment)
             location = (db_dir / "mlartifacts" / name).as_uri()
-        experiment_id = self.client.create_experiment(self.experiment, location)
         # The MLflow 3 UI opens an experiment on its GenAI pages unless told otherwise.
-        self.client.set_experiment_tag(experiment_id, EXPERIMENT_KIND, "custom_model_development")
-        return experiment_id
+        kind = {view.KIND_TAG: view.TRAINING_KIND}
+        return self.client.create_experiment(self.experiment, location, tags=kind)
 
     # ------------------------------------------------------------------ the sweep
     def open_sweep(self, params: dict[str, Any], sweep_id: str = "") -> str:
@@ -134,6 +136,8 @@ class SweepTracker:
         self._log_batch(
             self.parent, params={k: v for k, v in params.items() if k not in run.data.params}
         )
+        if view.VIEW_TAG + view.view_key(self.parent) not in self._experiment_tags():
+            self.write_view()  # its charts' axis is chosen again when the sweep ends
         return self.parent
 
     def start_sweep(self, params: dict[str, Any], sweep_id: str = "") -> str:
@@ -161,6 +165,7 @@ class SweepTracker:
                     trial = self.client.get_run(run_id).data.tags.get("sweep.trial_id", run_id)
                     self.trials[trial] = run_id
                 self.trial_ended(trial, "interrupted", max(self._last(run_id), 0))
+        self.write_view()
         run = self.client.get_run(parent)
         self._set_tags(run, {"sweep.status": status})
         if run.info.status != SWEEP_STATUS[status] or run.info.end_time is None:
@@ -194,6 +199,45 @@ class SweepTracker:
         found = [self.parent] if self.client.get_run(self.parent).info.status == "RUNNING" else []
         running = "attributes.status = 'RUNNING'"
         return found + [r.info.run_id for r in self._children(running)]
+
+    # ------------------------------------------------------------------ the UI's view
+    def write_view(self) -> None:
+        """The sweep's view in the MLflow UI (sweeps.mlflow_view) as an experiment tag, from
+        the parent's params (the space, the metric) and its trials' runs; and on the parent,
+        a description linking to it. Writes only what changed."""
+        parent = self.client.get_run(self._parent())
+        params = parent.data.params
+        if "space" not in params or "search.metric" not in params:
+            return  # not a sweep's parent run
+        space, metric = json.loads(params["space"]), params["search.metric"]
+        keys = list(space)
+        x_key = (
+            view.chart_key(self._trials_table(keys, metric), keys, space, metric) if keys else None
+        )
+        key = view.view_key(parent.info.run_id)
+        value = view.encode(view.view_state(parent.info.run_id, keys, metric, x_key))
+        if self._experiment_tags().get(view.VIEW_TAG + key) != value:
+            self.client.set_experiment_tag(self.experiment_id, view.VIEW_TAG + key, value)
+        if NOTE not in parent.data.tags:  # a description the user wrote stays
+            table, charts = (view.view_link(self.experiment_id, key, c) for c in (False, True))
+            note = f"This sweep's [trials, best first]({table}) and [charts]({charts})."
+            self._log_tags(parent.info.run_id, {NOTE: note})
+
+    def _experiment_tags(self) -> dict[str, str]:
+        return self.client.get_experiment(self.experiment_id).tags
+
+    def _trials_table(self, keys: list[str], metric: str) -> pd.DataFrame:
+        """One row per trial's run, in trial id order (what importance's folds draw from
+        stays the same however the trials' runs were made): its searched values, outcome and
+        latest metric."""
+        runs = [r for r in self._children() if r.data.tags.get("sweep.role") != REFIT_ROLE]
+        rows = [
+            {k: run.data.params.get(k) for k in keys}
+            | {"status": run.data.tags.get("sweep.status", "")}
+            | {metric: run.data.metrics.get(metric, math.nan)}
+            for run in sorted(runs, key=lambda r: r.data.tags.get("sweep.trial_id", ""))
+        ]
+        return pd.DataFrame(rows, columns=[*keys, "status", metric])
 
     # ------------------------------------------------------------------ the trials
     def ensure_trial(
