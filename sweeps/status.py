@@ -222,7 +222,7 @@ def format_overview(statuses: list[Status]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines += [f"{s.name}: {s.problem}" for s in statuses if s.problem]
     if any(s.state == "interrupted" for s in statuses):
-        lines.append("continue an interrupted sweep with: sweep resume NAME (`sweep status NAME`)")
+        lines.append("interrupted: no driver; `sweep status NAME` says since when and how to go on")
     return "\n".join(lines)
 
 
