@@ -9,7 +9,8 @@ reach the point is held again); the test waits for the ``.reached`` files, does 
 
 - ``ray-started``: the driver, once Ray is up and before the sweep folder is written;
 - ``epoch-N``: a trial (or a fused population) after its epoch N, before it reports;
-- ``refit``, ``test-look``, ``report``: the driver, before each of those phases.
+- ``refit``, ``test-look``, ``report``: the driver, before each of those phases;
+- ``refit-epoch-N``: the driver, once a refit's epoch N is recorded, before its checkpoint.
 
 Unset (everywhere outside the tests) ``point`` is one dictionary look-up and returns.
 """
