@@ -127,13 +127,18 @@ def test_resume_of_a_damaged_folder_is_refused(workdir, damage, needles):
 def test_resume_of_a_sweep_another_process_runs_names_it(workdir):
     folder = saved_sweep(workdir)
     hold = (
-        "import sys, time; from sweeps.layout import SweepFolder; from sweeps.lock import "
+        "import sys; from sweeps.layout import SweepFolder; from sweeps.lock import "
         "SweepLock; SweepLock(SweepFolder.of('runs', 'saved')).take(); print('ok', flush=True); "
-        "time.sleep(60)"
+        "sys.stdin.read()"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     holder = subprocess.Popen(
-        [sys.executable, "-c", hold], cwd=workdir, env=env, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", hold],
+        cwd=workdir,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "ok"

@@ -73,7 +73,7 @@ def test_in_a_terminal_it_redraws_in_place(tmp_path):
     session = f"live{int(time.time() * 1000) % 100000}"
     log, gate = tmp_path / "done", tmp_path / "gate"
     gate.mkdir()
-    cmd = f"{sys.executable} {driver(tmp_path)} 10 0.25 {gate}; touch {log}; sleep 60"
+    cmd = f"{sys.executable} {driver(tmp_path)} 10 0.25 {gate}; touch {log}; sleep infinity"
     subprocess.run(
         [tmux, "new-session", "-d", "-s", session, "-x", "110", "-y", "40", cmd], check=True
     )

@@ -25,10 +25,11 @@ import pytest
 
 from sweeps import submit as sub
 from sweeps.cli import main
+from sweeps.hold import ENV as HOLD_ENV
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import slurm_cluster as sc  # noqa: E402
-from sweeping import wait_for  # noqa: E402
+from sweeping import Hold, wait_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = str(Path(sys.executable).with_name("sweep"))
@@ -78,11 +79,22 @@ def profile(ray_tmp):
     return path
 
 
-def submit(cluster, profile: Path, workdir: Path, name: str, *args: str, epochs: int = 3) -> str:
-    """`sweep submit` in workdir as a user would; the job id."""
+def submit(
+    cluster,
+    profile: Path,
+    workdir: Path,
+    name: str,
+    *args: str,
+    epochs: int = 3,
+    hold: Hold | None = None,
+) -> str:
+    """`sweep submit` in workdir as a user would; the job id. With ``hold``, the job's driver
+    stops at its points (sbatch passes the environment on)."""
     (workdir / "sweep.yaml").write_text(CONFIG.replace("EPOCHS", str(epochs)))
     env = cluster.client_env()
     env.pop("MLFLOW_TRACKING_URI", None)
+    if hold:
+        env[HOLD_ENV] = str(hold.folder)
     cmd = [SWEEP, "submit", "sweep.yaml", "--profile", str(profile), "--name", name, *args]
     cp = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=60)
     assert cp.returncode == 0, cp.stderr
@@ -185,10 +197,14 @@ def events(log: str, what: str) -> list[str]:
 # ---------------------------------------------------------------- single job
 @pytest.fixture(scope="module")
 def two_jobs(slurm_cluster, profile, tmp_path_factory):
-    """Two single-job sweeps submitted at once (same machine, maybe the same node)."""
+    """Two single-job sweeps submitted at once (same machine, maybe the same node), each held
+    before its report until both got there: they ran at the same time."""
     names = ["pair0", "pair1"]
     dirs = [tmp_path_factory.mktemp(name) for name in names]
-    jobs = [submit(slurm_cluster, profile, d, name) for d, name in zip(dirs, names)]
+    hold = Hold(tmp_path_factory.mktemp("hold"), "report")
+    jobs = [submit(slurm_cluster, profile, d, n, hold=hold) for d, n in zip(dirs, names)]
+    hold.reached("report", 2)
+    hold.let_go("report")
     states = [wait(slurm_cluster, *job) for job in zip(jobs, dirs, names)]
     logs = [log_of(d, name, j) for j, d, name in zip(jobs, dirs, names)]
     return list(zip(jobs, dirs, names, states, logs))

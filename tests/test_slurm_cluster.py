@@ -88,7 +88,7 @@ def test_requeue_runs_the_job_again(slurm_cluster, tmp_path):
         "#!/bin/bash\n"
         "#SBATCH --requeue\n"
         f'echo "restart=${{SLURM_RESTART_COUNT:-0}}" >> {runs}\n'
-        "sleep 60\n"
+        "sleep 600\n"  # until requeued, then cancelled
     )
     job = sc.submit(script, env, args=["-o", "/dev/null"])
     try:
@@ -115,7 +115,7 @@ def test_scancel_signal_reaches_batch_script_trap(slurm_cluster, tmp_path):
         "#!/bin/bash\n"
         f"trap 'echo got-USR1 >> {log}; exit 0' USR1\n"
         f"echo started >> {log}\n"
-        "for i in $(seq 300); do sleep 0.1; done\n"
+        "for i in $(seq 3000); do sleep 0.1; done\n"  # until the signal
         f"echo no-signal >> {log}\n"
     )
     job = sc.submit(script, env, args=["-o", "/dev/null"])
