@@ -1,5 +1,7 @@
 """Helpers for tests that run real sweeps (a helper, not a test module): data, configs, the
-`sweep` command as a process, and reading a sweep back from MLflow and from its folder."""
+`sweep` command as a process, held where a test needs it (``Hold``: sweeps/hold.py's points),
+waiting for a state the system writes (``wait_for``, never a sleep that guesses), and reading
+a sweep back from MLflow and from its folder."""
 
 from __future__ import annotations
 
