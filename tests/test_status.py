@@ -115,12 +115,14 @@ def test_a_sweep_killed_hard_is_interrupted_since_its_last_write_and_resumes(tmp
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     assert status_of(folder, uri).runs.parent.status == "RUNNING"  # nothing closed it
 
-    assert row_of(status(tmp_path), "killed")[1:3] == ["interrupted", "0/4"]
+    overview = status(tmp_path)
+    assert row_of(overview, "killed")[1:3] == ["interrupted", "0/4"]
+    assert overview.splitlines()[-1].startswith("interrupted: no driver; `sweep status NAME`")
     detail = status(tmp_path, "killed").splitlines()
     assert detail[0] == "sweep killed: interrupted, 0/4 trials ended"
     assert "  continue with: sweep resume killed" in detail
     (since,) = [ln for ln in detail if ln.startswith("  since: ")]
-    stamp = re.fullmatch(r"  since: (\S+ \S+) \(\d+ s ago\), no driver", since)
+    stamp = re.fullmatch(r"  since: (\S+ \S+) \([\d.]+ (s|min|h) ago\), no driver", since)
     assert stamp, since
     written = time.mktime(time.strptime(stamp[1], "%Y-%m-%d %H:%M:%S"))
     assert written == int(folder.history.stat().st_mtime) and written <= killed_at
