@@ -138,15 +138,6 @@ def wait_for(
     return value
 
 
-def wait_for_trials(state: Path, count: int, proc: subprocess.Popen, timeout: float = 180) -> None:
-    """Until the driver has opened MLflow runs for ``count`` trials."""
-
-    def started() -> bool:
-        return state.exists() and len(json.loads(state.read_text()).get("trials", {})) >= count
-
-    wait_for(started, f"{count} trials started", timeout, proc)
-
-
 class Hold:
     """Points where a sweep started with this hold stops (sweeps/hold.py), in a folder of
     their own: ``reached`` waits for arrivals, ``let_go`` lets one of them (or all) go on."""
