@@ -3,12 +3,14 @@
 A test sets ``SWEEPS_HOLD`` to a folder for the sweep's processes (the driver and, through Ray,
 its workers inherit it) and creates ``<point>.hold`` there for each point it wants held. A
 process that reaches a held point writes ``<point>.<unique>.reached`` and waits until
-``<point>.go`` exists; the test waits for the ``.reached`` files, does what it needs (a signal,
-a ``sweep status``), and creates ``.go`` (or kills the sweep). Points:
+``<point>.go`` exists, or ``<point>.<unique>.go`` (that one arrival let go: the next trial to
+reach the point is held again); the test waits for the ``.reached`` files, does what it needs
+(a signal, a ``sweep status``), and creates a ``.go`` (or kills the sweep). Points:
 
 - ``ray-started``: the driver, once Ray is up and before the sweep folder is written;
 - ``epoch-N``: a trial (or a fused population) after its epoch N, before it reports;
-- ``refit``, ``test-look``, ``report``: the driver, before each of those phases.
+- ``refit``, ``test-look``, ``report``: the driver, before each of those phases;
+- ``refit-epoch-N``: the driver, once a refit's epoch N is recorded, before its checkpoint.
 
 Unset (everywhere outside the tests) ``point`` is one dictionary look-up and returns.
 """
@@ -32,8 +34,9 @@ def point(name: str) -> None:
     here = Path(folder)
     if not (here / f"{name}.hold").exists():
         return
-    (here / f"{name}.{uuid.uuid4().hex}.reached").write_text(str(os.getpid()))
-    while not (here / f"{name}.go").exists():
+    arrival = f"{name}.{uuid.uuid4().hex}"
+    (here / f"{arrival}.reached").write_text(str(os.getpid()))
+    while not ((here / f"{name}.go").exists() or (here / f"{arrival}.go").exists()):
         time.sleep(POLL_S)
 
 

@@ -5,7 +5,9 @@ ends (SIGKILL included), so no lock outlives its holder; and they are the locks 
 NFSv4 itself) and GPFS carry to the server, so drivers on two hosts sharing the folder see each
 other's (docs/slurm.md says where that holds). Two caveats of POSIX locks, both kept here: a
 process never conflicts with itself (so this module refuses a second lock of one folder in one
-process), and closing any descriptor of the file drops the lock (so nothing else opens it).
+process), and closing any descriptor of the file drops the lock (so nothing else opens it, but
+``holder`` in a process holding none). ``holder`` asks the kernel who holds a folder's lock
+without taking it: whether a sweep's driver is alive (``sweep status``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import fcntl
 import os
 import shutil
 import socket
+import struct
+import sys
 
 from sweeps.layout import SweepFolder
 from trainers.config import ConfigError
@@ -110,6 +114,40 @@ class SweepLock:
     def _unlock(fd: int) -> None:
         _HELD.discard(_key(fd))
         os.close(fd)  # closing the descriptor ends the process's lock on the file
+
+
+def holder(files: SweepFolder) -> str | None:
+    """Who holds the sweep's lock (``pid N on HOST``, as the holder wrote it), or None when
+    nobody does: a driver killed however hard holds nothing. It asks (F_GETLK) and takes
+    nothing, so a driver starting meanwhile is never refused. OSError where the file system
+    cannot say."""
+    try:
+        st = os.stat(files.lock)
+    except FileNotFoundError:
+        return None
+    if (st.st_dev, st.st_ino) in _HELD:  # ours: opening and closing it would drop it
+        return f"pid {os.getpid()} on {socket.gethostname()}"
+    fd = os.open(files.lock, os.O_RDONLY)
+    try:
+        if not _locked(fd):
+            return None
+        return os.pread(fd, 200, 0).decode(errors="replace").partition("\n")[0] or "pid unknown"
+    finally:
+        os.close(fd)
+
+
+# struct flock, as fcntl(2) takes it: Linux's field order, else the BSDs' (macOS)
+if sys.platform.startswith("linux"):
+    _FLOCK, _FIELDS = "@hhqqi4x", ("type", "whence", "start", "len", "pid")
+else:
+    _FLOCK, _FIELDS = "@qqihh", ("start", "len", "pid", "type", "whence")
+
+
+def _locked(fd: int) -> bool:
+    """Whether another process holds a lock that an exclusive lock of the whole file meets."""
+    ask = {"type": fcntl.F_WRLCK, "whence": os.SEEK_SET, "start": 0, "len": 0, "pid": 0}
+    got = fcntl.fcntl(fd, fcntl.F_GETLK, struct.pack(_FLOCK, *(ask[f] for f in _FIELDS)))
+    return dict(zip(_FIELDS, struct.unpack(_FLOCK, got)))["type"] != fcntl.F_UNLCK
 
 
 def _key(fd: int) -> tuple[int, int]:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from sweeps import stopping
+from sweeps import hold, stopping
 from sweeps.cadence import CHECKPOINT_S
 from sweeps.config import apply_sets
 from sweeps.layout import SweepFolder
@@ -93,6 +93,7 @@ def refit(files: SweepFolder, recorder: Recorder, trial_id: str, cpus: float) ->
     def on_epoch(metrics: dict, current: Trial) -> None:
         nonlocal saved
         recorder.refit_result(rid, metrics)  # before the save: a kill between replays it
+        hold.point(f"refit-epoch-{current.epoch}")
         if stopping.asked() or time.monotonic() - saved >= CHECKPOINT_S:
             current.save(folder)
             saved = time.monotonic()

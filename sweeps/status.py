@@ -2,7 +2,10 @@
 
 It starts nothing and needs neither Ray nor the data, so it answers from a login node while the
 sweep runs elsewhere as a SLURM job; where the folder holds a job's log (``slurm-<id>.out``) it
-asks SLURM (squeue, else sacct) for that job's state.
+asks SLURM (squeue, else sacct) for that job's state. An open MLflow run says only that the
+sweep has not ended: it runs while a driver holds the folder's lock (sweeps.lock, which the
+kernel drops however the driver dies) or its SLURM job is queued or running, and is
+interrupted otherwise, since its record's last write.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from sweeps.layout import DEFAULT_STORAGE, SweepFolder
+from sweeps.lock import holder
 from sweeps.naming import run_name
 from sweeps.readback import RunInfo, SweepRuns, param_value, read_sweep
 from trainers.config import ConfigError
@@ -52,7 +56,22 @@ class Status:
     space: list[str]
     runs: SweepRuns | None = None
     slurm: str | None = None  # "job 123: RUNNING"
+    driver: str | None = None  # who holds the folder's lock ("pid 12 on node3"), if anyone
     problem: str = ""  # why something could not be read
+
+    @property
+    def alive(self) -> bool:
+        """A driver holds the folder, or the sweep's SLURM job is queued or running."""
+        return self.driver is not None or (
+            self.slurm is not None and any(s in self.slurm for s in SLURM_LIVE)
+        )
+
+    @property
+    def since_ms(self) -> float | None:
+        """When the sweep last wrote its record (an interrupted sweep: when it stopped)."""
+        if self.folder.history.exists():
+            return self.folder.history.stat().st_mtime * 1000
+        return self.last_event_ms()
 
     @property
     def counts(self) -> dict[str, int]:
@@ -123,6 +142,10 @@ def status_of(folder: SweepFolder, tracking_uri: str | None = None) -> Status:
         slurm=slurm_state(folder),
     )
     try:
+        st.driver = holder(folder)
+    except OSError as err:  # no locks here: the record and SLURM say what they can
+        st.driver = f"unknown ({err.strerror})"
+    try:
         st.planned = sweep_spec(doc).num_trials()
     except ConfigError as err:
         st.problem = f"sweep.yaml: {err}"
@@ -142,16 +165,15 @@ def status_of(folder: SweepFolder, tracking_uri: str | None = None) -> Status:
 
 def _state(st: Status, folder: SweepFolder) -> str:
     if st.runs is None:
-        return "not started"
+        return "running" if st.alive else "not started"  # Ray starting: no MLflow run yet
     parent = st.runs.parent
-    if parent.status == "RUNNING":
-        if st.slurm and not any(s in st.slurm for s in SLURM_LIVE) and "unknown" not in st.slurm:
-            return "interrupted"  # its job is gone without closing the run (killed hard)
-        return "running"
+    if parent.status == "RUNNING":  # not ended: killed hard, unless a driver still runs it
+        return "running" if st.alive else "interrupted"
     tagged = parent.tags.get("sweep.status", "")
     if tagged == "completed" and not folder.results.exists():
-        return "interrupted"
-    return tagged or ("completed" if folder.results.exists() else "interrupted")
+        tagged = "interrupted"
+    state = tagged or ("completed" if folder.results.exists() else "interrupted")
+    return "running" if state == "interrupted" and st.alive else state  # resumed meanwhile
 
 
 def slurm_state(folder: SweepFolder) -> str | None:
@@ -199,6 +221,8 @@ def format_overview(statuses: list[Status]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines += [f"{s.name}: {s.problem}" for s in statuses if s.problem]
+    if any(s.state == "interrupted" for s in statuses):
+        lines.append("interrupted: no driver; `sweep status NAME` says since when and how to go on")
     return "\n".join(lines)
 
 
@@ -212,6 +236,14 @@ def format_detail(s: Status, now_ms: float | None = None) -> str:
     ]
     if s.slurm:
         lines.append(f"  SLURM: {s.slurm}")
+    if s.driver and s.state == "running":
+        lines.append(f"  driver: {s.driver}")
+    if s.state == "interrupted":
+        since = s.since_ms
+        if since:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since / 1000))
+            lines.append(f"  since: {stamp} ({_ago((now_ms - since) / 1000)} ago), no driver")
+        lines.append(f"  continue with: {resume_command(s)}")
     if s.problem:
         lines.append(f"  problem: {s.problem}")
     if s.runs is None:
@@ -240,6 +272,16 @@ def format_detail(s: Status, now_ms: float | None = None) -> str:
     if report.exists():
         lines.append(f"  report: {report}")
     return "\n".join(lines)
+
+
+def resume_command(s: Status) -> str:
+    """How to go on with an interrupted sweep: where it ran."""
+    if s.slurm:  # a job's: resumed as a job again
+        return "the `resume:` command `sweep submit` printed (its options plus --resume)"
+    storage = s.folder.root.parent
+    if storage == Path(DEFAULT_STORAGE).resolve():
+        return f"sweep resume {s.name}"
+    return f"sweep resume {s.name} --storage {storage}"
 
 
 def _params(run: RunInfo, keys: list[str]) -> dict[str, object]:

@@ -1,15 +1,19 @@
 """Helpers for tests that run real sweeps (a helper, not a test module): data, configs, the
-`sweep` command as a process, and reading a sweep back from MLflow and from its folder."""
+`sweep` command as a process, held where a test needs it (``Hold``: sweeps/hold.py's points),
+waiting for a state the system writes (``wait_for``, never a sleep that guesses), and reading
+a sweep back from MLflow and from its folder."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -17,12 +21,14 @@ import yaml
 from sklearn.datasets import make_classification
 
 from sweeps.cadence import EARLIER
+from sweeps.hold import ENV
 
 if TYPE_CHECKING:  # MLflow is imported where it is used: the GPU machine has none
     from mlflow.tracking import MlflowClient
 
 SWEEP = str(Path(sys.executable).with_name("sweep"))
 LRS = [0.01, 0.02, 0.03, 0.04]
+T = TypeVar("T")
 
 
 def make_data(folder: Path) -> None:
@@ -85,15 +91,25 @@ def history_steps(client: MlflowClient, run, key: str = "val_acc") -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
 
 
-def start_sweep(*args: str) -> subprocess.Popen:
+def start_sweep(*args: str, hold: Hold | None = None, cwd: Path | None = None) -> subprocess.Popen:
     """`sweep ARGS...` as its own process group (Ray's processes die with it). Its output goes
-    to a file (``output(proc)``), not a pipe that could fill and block it while nobody reads."""
-    log = Path(tempfile.mkstemp(prefix="sweep-", suffix=".log", dir=Path.cwd())[1])
+    to a file (``output(proc)``), not a pipe that could fill and block it while nobody reads.
+    With ``hold``, the sweep stops at that Hold's points (only this process and its children
+    see SWEEPS_HOLD)."""
+    log = Path(tempfile.mkstemp(prefix="sweep-", suffix=".log", dir=cwd or Path.cwd())[1])
+    env = {**os.environ, **({ENV: str(hold.folder)} if hold else {})}
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [SWEEP, *args], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            [SWEEP, *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=cwd,
+            env=env,
         )
     proc.log = log
+    if hold:
+        hold.proc = proc
     return proc
 
 
@@ -101,15 +117,60 @@ def output(proc: subprocess.Popen) -> str:
     return proc.log.read_text()
 
 
-def wait_for_trials(state: Path, count: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    """Until the driver has opened MLflow runs for ``count`` trials."""
+def wait_for(
+    predicate: Callable[[], T],
+    what: str,
+    timeout: float = 180,
+    proc: subprocess.Popen | None = None,
+    poll: float = 0.1,
+) -> T:
+    """Until ``predicate`` returns something true (returned): a state the system under test
+    writes when it gets there, never a guess that it has had time enough. ``proc``: a process
+    whose exit ends the wait (its output in the failure)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, output(proc)
-        if state.exists() and len(json.loads(state.read_text()).get("trials", {})) >= count:
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"fewer than {count} trials started in {timeout} s")
+    while not (value := predicate()):
+        if proc is not None and proc.poll() is not None:
+            said = output(proc) if hasattr(proc, "log") else ""
+            raise AssertionError(f"exited with {proc.returncode} before {what}:\n{said[-3000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(poll)
+    return value
+
+
+class Hold:
+    """Points where a sweep started with this hold stops (sweeps/hold.py), in a folder of
+    their own: ``reached`` waits for arrivals, ``let_go`` lets one of them (or all) go on."""
+
+    def __init__(self, folder: Path, *points: str) -> None:
+        self.folder = folder
+        self.proc: subprocess.Popen | None = None  # set by start_sweep: its exit ends a wait
+        folder.mkdir(parents=True, exist_ok=True)
+        for point in points:
+            (folder / f"{point}.hold").touch()
+
+    def reached(self, point: str, count: int = 1, timeout: float = 300) -> list[Path]:
+        """Until ``count`` processes have arrived at ``point`` (since the start); their marks,
+        first come first."""
+
+        def arrivals() -> list[Path]:
+            marks = sorted(self.folder.glob(f"{point}.*.reached"), key=lambda p: p.stat().st_mtime)
+            return marks if len(marks) >= count else []
+
+        return wait_for(arrivals, f"{count} at {point}", timeout, self.proc)
+
+    def let_go(self, arrival: Path | str) -> None:
+        """Let one arrival (its mark) go on, or every arrival at a point (its name), now and
+        later."""
+        name = arrival.name.removesuffix(".reached") if isinstance(arrival, Path) else arrival
+        (self.folder / f"{name}.go").touch()
+
+    def second(self, point: str) -> Path:
+        """Let the first arrival at ``point`` go on and wait for the second (held): with one
+        trial at a time, the second trial is then at ``point`` and the first has ended."""
+        first, *_ = self.reached(point)
+        self.let_go(first)
+        return self.reached(point, 2)[1]
 
 
 def check_complete(

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +27,12 @@ from trainers.metrics import CURVES
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sweeping import (  # noqa: E402
     SWEEP,
+    Hold,
     history_steps,
     make_data,
-    output,
     runs_of,
     start_sweep,
+    wait_for,
     write_config,
 )
 
@@ -437,13 +437,12 @@ def test_sigkill_then_resume_logs_every_epoch_once(workdir, monkeypatch):
     )
     monkeypatch.chdir(workdir)  # start_sweep runs in the current directory
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    proc = start_sweep("run", str(workdir / f"{name}.yaml"))
+    hold = Hold(workdir / "hold", "epoch-30")
+    proc = start_sweep("run", str(workdir / f"{name}.yaml"), hold=hold)
     record = workdir / "runs" / name / "history.jsonl"
     try:
-        deadline = time.monotonic() + 300
-        while not (record.exists() and '"event":"result"' in record.read_text()):
-            assert proc.poll() is None and time.monotonic() < deadline, output(proc)
-            time.sleep(0.2)
+        hold.second("epoch-30")  # the first population ended, the second half-way
+        wait_for(lambda: '"event":"result"' in record.read_text(), "a result recorded", proc=proc)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

@@ -4,7 +4,6 @@ sums (progress, best, time left) with a clock the test sets."""
 from __future__ import annotations
 
 import io
-import re
 import subprocess
 import sys
 import time
@@ -16,17 +15,21 @@ from sweeps.live import LiveView
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from browser import ensure_installed  # noqa: E402
+from sweeping import wait_for  # noqa: E402
 
 OUTCOMES = ["completed", "early_stopped", "diverged", "error"]
 DRIVER = """
-import sys, time
+import os, sys, time
 from sweeps.live import LiveView
 n, pause = int(sys.argv[1]), float(sys.argv[2])
+gate = sys.argv[3] if len(sys.argv) > 3 else None  # trial i started: wait for the file gate/i
 with LiveView(n, name="demo", summary_every=1.0) as view:
     for i in range(n):
         trial = f"t_{i:05d}"
         params = {"model.loss": ["softmax", "hinge"][i % 2], "train.lr": 10 ** (-3 + i / 2)}
         view.started(trial, params)
+        while gate and not os.path.exists(os.path.join(gate, str(i))):
+            time.sleep(0.02)
         for epoch in (1, 2, 3):
             view.result(trial, {"epoch": epoch, "val_acc": 0.3 + 0.05 * i + 0.01 * epoch})
             time.sleep(pause)
@@ -68,8 +71,9 @@ def test_in_a_pipe_one_line_per_trial_end_and_summaries(tmp_path):
 def test_in_a_terminal_it_redraws_in_place(tmp_path):
     tmux = ensure_installed("tmux", "tmux")
     session = f"live{int(time.time() * 1000) % 100000}"
-    log = tmp_path / "done"
-    cmd = f"{sys.executable} {driver(tmp_path)} 10 0.25; touch {log}; sleep 60"
+    log, gate = tmp_path / "done", tmp_path / "gate"
+    gate.mkdir()
+    cmd = f"{sys.executable} {driver(tmp_path)} 10 0.25 {gate}; touch {log}; sleep infinity"
     subprocess.run(
         [tmux, "new-session", "-d", "-s", session, "-x", "110", "-y", "40", cmd], check=True
     )
@@ -83,20 +87,21 @@ def test_in_a_terminal_it_redraws_in_place(tmp_path):
             check=True,
         ).stdout
 
+    def showing(ended: int) -> str:
+        text = screen()
+        return text if f"{ended}/10 trials ended" in text and "running trial" in text else ""
+
     try:
         seen = []
-        deadline = time.monotonic() + 120
-        while not log.exists() and time.monotonic() < deadline:
-            text = screen()
-            found = re.search(r"(\d+)/10 trials ended", text)
-            if found:
-                seen.append((int(found.group(1)), text))
-            time.sleep(0.4)
+        for k in range(10):  # the driver waits, its trial k started, until the test saw it
+            seen.append((k, wait_for(lambda k=k: showing(k), f"{k}/10 on the screen", 120)))
+            (gate / str(k)).touch()
+        wait_for(log.exists, "the driver's end", 60)
         final = screen(history=True)
     finally:
         subprocess.run([tmux, "kill-session", "-t", session], check=False)
     progress = [k for k, _ in seen]
-    assert progress == sorted(progress) and progress[0] < 10 and len(set(progress)) >= 3
+    assert progress == list(range(10))
     middle = next(text for k, text in seen if 0 < k < 10)
     assert middle.count("trials ended") == 1  # one panel, redrawn in place, not scrolled
     assert "running trial" in middle and "best val_acc" in middle and "left" in middle

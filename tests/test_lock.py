@@ -29,21 +29,25 @@ if sys.argv[3] == "create":
 else:
     lock.take()
     print("locked", flush=True)
-time.sleep(float(sys.argv[5]))
+sys.stdin.read()  # kept alive, holding what it holds, until the test ends it
 """
 
 
 def python(*args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
-        [sys.executable, "-c", HOLD, *args], stdout=subprocess.PIPE, text=True, env=env
+        [sys.executable, "-c", HOLD, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
     )
 
 
 def test_a_held_sweep_names_its_holder_and_a_sigkill_frees_it(tmp_path: Path) -> None:
     files = SweepFolder.of(tmp_path, "s")
     files.root.mkdir()
-    holder = python(str(tmp_path), "s", "take", "", "60")
+    holder = python(str(tmp_path), "s", "take", "")
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(SweepRunning) as err:
@@ -74,7 +78,7 @@ def test_one_process_cannot_lock_a_sweep_twice(tmp_path: Path) -> None:
 
 def test_of_many_creating_one_new_sweep_exactly_one_wins(tmp_path: Path) -> None:
     go = tmp_path / "go"
-    procs = [python(str(tmp_path / "runs"), "new", "create", str(go), "5") for _ in range(6)]
+    procs = [python(str(tmp_path / "runs"), "new", "create", str(go)) for _ in range(6)]
     assert [p.stdout.readline().strip() for p in procs] == ["ready"] * 6
     go.touch()
     try:

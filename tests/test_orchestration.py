@@ -12,11 +12,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from mlflow.tracking import MlflowClient
 from ray.tune.schedulers import ASHAScheduler
 
+from sweeps import sync
 from sweeps.cadence import Cadence, asha_rungs
 from sweeps.history import HistoryFile
 from sweeps.store import usable_store
@@ -25,7 +27,14 @@ from sweeps.tracking import SweepTracker
 from trainers.config import TrialConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweeping import history_steps, make_data, reports, runs_of, write_config  # noqa: E402
+from sweeping import (  # noqa: E402
+    history_steps,
+    make_data,
+    reports,
+    runs_of,
+    wait_for,
+    write_config,
+)
 
 CONFIG = TrialConfig().flat()
 
@@ -145,8 +154,10 @@ def test_held_epochs_are_written_at_their_trials_start_end_staleness_or_a_flush(
 
 
 def test_a_running_trials_epochs_reach_mlflow_when_stale_and_its_run_at_once(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    clock = [1000.0]  # the writer's monotonic clock, moved by the test: no race with the machine
+    monkeypatch.setattr(sync, "time", SimpleNamespace(monotonic=lambda: clock[0], time=time.time))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     file = HistoryFile(tmp_path / "history.jsonl")
     tracker = SweepTracker(uri, "exp", tmp_path / "state.json")
@@ -161,13 +172,10 @@ def test_a_running_trials_epochs_reach_mlflow_when_stale_and_its_run_at_once(
         run_id = tracker.trials.get("t1")
         return None if run_id is None else history_steps(client, client.get_run(run_id))
 
-    seen = [steps()]
-    deadline = time.monotonic() + 15
-    while seen[-1] != [1, 2] and time.monotonic() < deadline:
-        time.sleep(0.1)
-        seen.append(steps())
-    assert seen[-1] == [1, 2]  # written without an end or a wait: the epochs went stale
-    assert [] in seen  # the run was there, without points, before that
+    # the run is there, without points: its epochs are held (not stale while the clock stands)
+    assert wait_for(lambda: steps() is not None, "the run", 30) and steps() == []
+    clock[0] += 2.0  # the held epochs are stale now: the writer wakes within stale_s
+    wait_for(lambda: steps() == [1, 2], "the stale epochs", 30)  # without an end or a wait
     assert client.get_run(tracker.trials["t1"]).info.status == "RUNNING"
     recorder.end_sweep("interrupted")
 

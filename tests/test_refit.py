@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ from trainers.loop import CHECKPOINT_FILE, Trial
 from trainers.metrics import REFIT_CURVES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweeping import SWEEP, history_steps, output, runs_of, start_sweep  # noqa: E402
+from sweeping import SWEEP, Hold, history_steps, output, runs_of, start_sweep  # noqa: E402
 
 SMALL = {"source": "digits", "val_fraction": 0.16, "test_fraction": 0.2, "seed": 3}
 
@@ -185,16 +184,12 @@ def refit_epochs(history: Path) -> list[int]:
     return [e["metrics"]["epoch"] for e in lines if e["event"] == "refit_result"]
 
 
-def refit_until(history: Path, count: int, *args: str) -> subprocess.Popen:
-    """`sweep ARGS` in the background, once the record holds ``count`` refit epochs."""
-    proc = start_sweep(*args)
-    deadline = time.monotonic() + 300
-    while len(refit_epochs(history)) < count:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise AssertionError("the refit did not get there:\n" + output(proc))
-        time.sleep(0.05)
-    return proc
+def refit_held(workdir: Path, epoch: int, *args: str) -> tuple[subprocess.Popen, Hold]:
+    """`sweep ARGS` in the background, held once its refit has recorded epoch ``epoch``."""
+    hold = Hold(workdir / f"hold-{epoch}", f"refit-epoch-{epoch}")
+    proc = start_sweep(*args, hold=hold)
+    hold.reached(f"refit-epoch-{epoch}")
+    return proc, hold
 
 
 def stopped_cleanly(proc: subprocess.Popen) -> None:
@@ -207,9 +202,9 @@ def stopped_cleanly(proc: subprocess.Popen) -> None:
 
 @pytest.mark.slow
 def test_ctrl_c_usr1_and_sigkill_during_the_refit_then_resume_gives_one_refit_run(workdir):
-    """A refit slow enough to be hit (one trial, 30 epochs of small batches on 10,000
-    examples): Ctrl-C once the refit has recorded two epochs; a resume stopped by SIGUSR1 two
-    epochs further; a resume killed two epochs further; a resume to the end."""
+    """A refit held at its epochs (one trial, 30 epochs of small batches on 10,000 examples):
+    Ctrl-C once the refit has recorded two epochs; a resume stopped by SIGUSR1 two epochs
+    further; a resume killed two epochs further; a resume to the end."""
     epochs = 30
     cfg = sweep_config(
         workdir,
@@ -220,17 +215,20 @@ def test_ctrl_c_usr1_and_sigkill_during_the_refit_then_resume_gives_one_refit_ru
         space={"train.lr": {"grid": [0.01]}},
     )
     history = workdir / "runs/killrefit/history.jsonl"
-    proc = refit_until(history, 2, "run", str(cfg))
+    proc, hold = refit_held(workdir, 2, "run", str(cfg))
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the process group
+    hold.let_go("refit-epoch-2")
     stopped_cleanly(proc)
-    proc = refit_until(history, len(refit_epochs(history)) + 2, "resume", "killrefit")
+    assert refit_epochs(history) == [1, 2]
+    proc, hold = refit_held(workdir, 4, "resume", "killrefit")
     proc.send_signal(signal.SIGUSR1)  # SLURM's pre-timeout signal, sent to the driver
+    hold.let_go("refit-epoch-4")
     stopped_cleanly(proc)
-    proc = refit_until(history, len(refit_epochs(history)) + 2, "resume", "killrefit")
+    assert refit_epochs(history) == [1, 2, 3, 4]
+    proc, _ = refit_held(workdir, 6, "resume", "killrefit")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    before = refit_epochs(history)
-    assert before[-1] < epochs, "the refit ended before the kill: make it slower"
+    assert refit_epochs(history) == list(range(1, 7))
     client, parent, _ = runs_of(workdir, "killrefit")
     (killed,) = refit_runs(client, parent)
     assert killed.info.status == "RUNNING"  # as a SIGKILL leaves it

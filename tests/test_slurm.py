@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -26,9 +25,11 @@ import pytest
 
 from sweeps import submit as sub
 from sweeps.cli import main
+from sweeps.hold import ENV as HOLD_ENV
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import slurm_cluster as sc  # noqa: E402
+from sweeping import Hold, wait_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = str(Path(sys.executable).with_name("sweep"))
@@ -78,11 +79,22 @@ def profile(ray_tmp):
     return path
 
 
-def submit(cluster, profile: Path, workdir: Path, name: str, *args: str, epochs: int = 3) -> str:
-    """`sweep submit` in workdir as a user would; the job id."""
+def submit(
+    cluster,
+    profile: Path,
+    workdir: Path,
+    name: str,
+    *args: str,
+    epochs: int = 3,
+    hold: Hold | None = None,
+) -> str:
+    """`sweep submit` in workdir as a user would; the job id. With ``hold``, the job's driver
+    stops at its points (sbatch passes the environment on)."""
     (workdir / "sweep.yaml").write_text(CONFIG.replace("EPOCHS", str(epochs)))
     env = cluster.client_env()
     env.pop("MLFLOW_TRACKING_URI", None)
+    if hold:
+        env[HOLD_ENV] = str(hold.folder)
     cmd = [SWEEP, "submit", "sweep.yaml", "--profile", str(profile), "--name", name, *args]
     cp = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=60)
     assert cp.returncode == 0, cp.stderr
@@ -113,15 +125,6 @@ def squeue(cluster, name: str) -> list[str]:
         timeout=20,
     )
     return cp.stdout.split("\n")[:-1]
-
-
-def wait_for(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not (value := pred()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.5)
-    return value
 
 
 def check_sweep(workdir: Path, name: str, trials: int = 4) -> pd.DataFrame:
@@ -183,7 +186,7 @@ def trial_actors(tag: str) -> list[int]:
 def freeze_trials(tag: str) -> None:
     """SIGSTOP the node's trial actors as soon as there is one: the sweep cannot end while it
     is frozen, so a signal or a cancel sent next finds it mid-trial."""
-    for pid in wait_for(lambda: trial_actors(tag), 120, f"a trial running under {tag}"):
+    for pid in wait_for(lambda: trial_actors(tag), f"a trial running under {tag}", 120):
         os.kill(pid, signal.SIGSTOP)
 
 
@@ -194,10 +197,14 @@ def events(log: str, what: str) -> list[str]:
 # ---------------------------------------------------------------- single job
 @pytest.fixture(scope="module")
 def two_jobs(slurm_cluster, profile, tmp_path_factory):
-    """Two single-job sweeps submitted at once (same machine, maybe the same node)."""
+    """Two single-job sweeps submitted at once (same machine, maybe the same node), each held
+    before its report until both got there: they ran at the same time."""
     names = ["pair0", "pair1"]
     dirs = [tmp_path_factory.mktemp(name) for name in names]
-    jobs = [submit(slurm_cluster, profile, d, name) for d, name in zip(dirs, names)]
+    hold = Hold(tmp_path_factory.mktemp("hold"), "report")
+    jobs = [submit(slurm_cluster, profile, d, n, hold=hold) for d, n in zip(dirs, names)]
+    hold.reached("report", 2)
+    hold.let_go("report")
     states = [wait(slurm_cluster, *job) for job in zip(jobs, dirs, names)]
     logs = [log_of(d, name, j) for j, d, name in zip(jobs, dirs, names)]
     return list(zip(jobs, dirs, names, states, logs))
@@ -254,15 +261,16 @@ def test_workers_join_and_a_cancelled_worker_costs_no_trial(
     folder = tmp_path / "runs" / "wk"
     wait_for(
         lambda: len([j for j in squeue(slurm_cluster, "wk") if "_" in j and "RUNNING" in j]) == 2,
-        60,
         "two running worker jobs",
+        60,
+        poll=0.5,
     )
     # Worker 1's trials are frozen (SIGSTOP) the moment they start, then the worker is
     # cancelled: its trials are mid-way when it goes, however fast the machine trains (800
     # epochs take 6 s on an idle one: a plain cancel came after they had finished).
     (first,) = [j.split()[0] for j in squeue(slurm_cluster, "wk") if j.split()[0].endswith("_1")]
-    (log1,) = wait_for(lambda: list(folder.glob("worker-*_1.out")), 30, "worker 1's log")
-    (tag,) = wait_for(lambda: re.findall(r"temp dir (\S+)", log1.read_text()), 60, "its Ray")
+    (log1,) = wait_for(lambda: list(folder.glob("worker-*_1.out")), "worker 1's log", 30)
+    (tag,) = wait_for(lambda: re.findall(r"temp dir (\S+)", log1.read_text()), "its Ray", 60)
     freeze_trials(tag)
     subprocess.run(["scancel", first], env=slurm_cluster.client_env(), check=True, timeout=20)
 
@@ -279,7 +287,7 @@ def test_workers_join_and_a_cancelled_worker_costs_no_trial(
         (wlog,) = folder.glob(f"worker-*_{n}.out")
         assert "starting a Ray worker" in wlog.read_text(), wlog.read_text()[-2000:]
     # the head cancelled what was left of the array; nothing of this sweep stays queued
-    wait_for(lambda: squeue(slurm_cluster, "wk") == [], 30, "the worker jobs to end")
+    wait_for(lambda: squeue(slurm_cluster, "wk") == [], "the worker jobs to end", 30, poll=0.5)
     assert events(log, "cancelling the worker jobs")
     assert slurm_cluster.wait_job(first, timeout=5) == "CANCELLED"
     no_ray_left(ray_tmp)
@@ -295,8 +303,8 @@ def test_pre_timeout_signal_requeues_and_resumes(slurm_cluster, profile, tmp_pat
     # the refit and the report were left to interrupt).
     head_log = wait_for(
         lambda: re.search(r"starting a Ray head .* temp dir (\S+)", log_of(tmp_path, "rq", job)),
-        90,
         "the head",
+        90,
     )
     freeze_trials(head_log[1])
     subprocess.run(
@@ -515,14 +523,24 @@ def test_jobs_starting_at_once_with_one_slot_get_different_ports(tmp_path):
     """Two jobs whose ids share a slot (5 and 5 + 127), started together on one host: each
     claims its own 100 ports, though both found the formula's slot free."""
     env = {**os.environ, "PYTHON": sys.executable, "SWEEPS_RAY_TMP": str(tmp_path)}
-    script = f"source {ROOT}/slurm/ray.sh; ray_ports 0; echo $RAY_PORT; sleep 3"
+    go = tmp_path / "go"  # each keeps its claim (stays up) until both have their ports
+    script = f"source {ROOT}/slurm/ray.sh; ray_ports 0; echo $RAY_PORT; "
+    script += f"while [[ ! -e {go} ]]; do sleep 0.05; done"
     procs = [
         subprocess.Popen(
-            ["bash", "-c", script], env={**env, "SLURM_JOB_ID": job}, stdout=subprocess.PIPE
+            ["bash", "-c", script],
+            env={**env, "SLURM_JOB_ID": job},
+            stdout=subprocess.PIPE,
+            text=True,
         )
         for job in ("5", "132")
     ]
-    ports = [int(p.communicate(timeout=60)[0].split()[-1]) for p in procs]
+    try:
+        ports = [int(next(ln for ln in p.stdout if ln.strip().isdigit())) for p in procs]
+    finally:
+        go.touch()
+        for p in procs:
+            p.communicate(timeout=60)
     first = sub.ray_ports(5)["gcs"]
     assert sorted(ports) == [first, first + 100]
 

@@ -9,30 +9,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import slurm_cluster as sc  # noqa: E402
+from sweeping import wait_for  # noqa: E402
 
 pytestmark = pytest.mark.slurm
 
 
 def _read_lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
-
-
-def _wait_for(pred, timeout: float, what: str, poll: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(poll)
 
 
 def test_gpu_job_gets_cuda_visible_devices(slurm_cluster, tmp_path):
@@ -73,14 +62,21 @@ def test_two_node_job_runs_a_task_on_each_node(slurm_cluster, tmp_path):
 
 
 def test_two_one_cpu_jobs_run_at_the_same_time(slurm_cluster, tmp_path):
+    """Each job waits (a minute at most) until both have started: jobs SLURM ran one after the
+    other do not overlap, however fast or slow the machine is."""
     env = slurm_cluster.env
-    script = "#!/bin/bash\n#SBATCH -c 1\ndate +%s.%N > {f}\nsleep 3\ndate +%s.%N >> {f}\n"
+    started = " && ".join(f"[[ -s {tmp_path / f't{i}'} ]]" for i in range(2))
+    script = (
+        "#!/bin/bash\n#SBATCH -c 1\ndate +%s.%N > {f}\n"
+        f"for i in $(seq 600); do {started} && break; sleep 0.1; done\n"
+        "date +%s.%N >> {f}\n"
+    )
     jobs = [
         sc.submit(script.format(f=tmp_path / f"t{i}"), env, args=["-o", "/dev/null"])
         for i in range(2)
     ]
     for job in jobs:
-        assert sc.wait_job(job, env, timeout=30) == "COMPLETED"
+        assert sc.wait_job(job, env, timeout=120) == "COMPLETED"
     (s0, e0), (s1, e1) = ([float(x) for x in _read_lines(tmp_path / f"t{i}")] for i in range(2))
     assert max(s0, s1) < min(e0, e1), "the two jobs did not overlap in time"
 
@@ -92,11 +88,11 @@ def test_requeue_runs_the_job_again(slurm_cluster, tmp_path):
         "#!/bin/bash\n"
         "#SBATCH --requeue\n"
         f'echo "restart=${{SLURM_RESTART_COUNT:-0}}" >> {runs}\n'
-        "sleep 60\n"
+        "sleep 600\n"  # until requeued, then cancelled
     )
     job = sc.submit(script, env, args=["-o", "/dev/null"])
     try:
-        _wait_for(lambda: len(_read_lines(runs)) >= 1, 20, "the first run")
+        wait_for(lambda: len(_read_lines(runs)) >= 1, "the first run", 20)
         subprocess.run(
             ["scontrol", "requeue", job],
             env=sc.client_env(env),
@@ -104,7 +100,7 @@ def test_requeue_runs_the_job_again(slurm_cluster, tmp_path):
             capture_output=True,
             timeout=10,
         )
-        _wait_for(lambda: len(_read_lines(runs)) >= 2, 30, "the run after requeue")
+        wait_for(lambda: len(_read_lines(runs)) >= 2, "the run after requeue", 30)
         assert _read_lines(runs) == ["restart=0", "restart=1"]
         assert sc.job_state(job, env)["Restarts"] == "1"
     finally:
@@ -119,11 +115,11 @@ def test_scancel_signal_reaches_batch_script_trap(slurm_cluster, tmp_path):
         "#!/bin/bash\n"
         f"trap 'echo got-USR1 >> {log}; exit 0' USR1\n"
         f"echo started >> {log}\n"
-        "for i in $(seq 300); do sleep 0.1; done\n"
+        "for i in $(seq 3000); do sleep 0.1; done\n"  # until the signal
         f"echo no-signal >> {log}\n"
     )
     job = sc.submit(script, env, args=["-o", "/dev/null"])
-    _wait_for(lambda: "started" in _read_lines(log), 20, "the job to start")
+    wait_for(lambda: "started" in _read_lines(log), "the job to start", 20)
     subprocess.run(
         ["scancel", "--signal=USR1", "--batch", job],
         env=sc.client_env(env),

@@ -1,27 +1,32 @@
-"""`sweep status`: a real sweep while it runs, after a SIGINT and once resumed to its end; and
-the SLURM job's state where the folder holds its log."""
+"""`sweep status`: a real sweep held mid-way while it runs, after a SIGINT and once resumed to
+its end; a sweep killed hard (interrupted, not running: nobody holds its lock); and the SLURM
+job's state where the folder holds its log."""
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
-from sklearn.datasets import make_classification
 
 from sweeps.layout import SweepFolder
-from sweeps.status import show, status_of
+from sweeps.status import format_detail, show, status_of
 from sweeps.tracking import SweepTracker
 
-SWEEP = str(Path(sys.executable).with_name("sweep"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sweeping import SWEEP, Hold, make_data, start_sweep, wait_for, write_config  # noqa: E402
+
 LRS = [0.01, 0.02, 0.03, 0.04]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def status(cwd: Path, *args: str) -> str:
@@ -36,62 +41,51 @@ def row_of(table: str, name: str) -> list[str]:
     return line.split()
 
 
-def wait_for(predicate, proc: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.3)
+def held_sweep(tmp_path: Path, name: str, second: bool) -> tuple[subprocess.Popen, SweepFolder]:
+    """`sweep run` of four trials one at a time, held after a trial's epoch 2: the first
+    trial's, or (``second``) the second's once the first has ended; its MLflow runs say so."""
+    make_data(tmp_path)
+    write_config(
+        tmp_path,
+        name,
+        search={"type": "grid", "max_concurrent": 1},
+        space={"train.lr": {"grid": LRS}},
+    )
+    hold = Hold(tmp_path / "hold", "epoch-2")
+    proc = start_sweep("run", f"{name}.yaml", hold=hold, cwd=tmp_path)
+    if second:
+        hold.second("epoch-2")
+    else:
+        hold.reached("epoch-2")
+    folder = SweepFolder.of(tmp_path / "runs", name)
+    counts = {"running": 1, "completed": 1, "not started": 2} if second else {"running": 1}
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    wait_for(lambda: status_of(folder, uri).counts.items() >= counts.items(), "MLflow", proc=proc)
+    return proc, folder
 
 
 @pytest.mark.slow
 def test_status_of_a_running_then_interrupted_then_completed_sweep(tmp_path):
-    X, y = make_classification(n_samples=40_000, n_features=8, n_informative=6, n_classes=3)
-    np.savez(tmp_path / "good.npz", X=X.astype("float32"), y=y)
-    doc = {
-        "name": "watched",
-        "data": {"source": "npz", "path": str(tmp_path / "good.npz")},
-        "train": {"epochs": 24, "batch_size": 8, "optimizer": "sgd"},  # seconds per trial
-        "search": {"type": "grid", "max_concurrent": 1},  # one trial at a time: slow enough
-        "space": {"train.lr": {"grid": LRS}},
-    }
-    (tmp_path / "watched.yaml").write_text(yaml.safe_dump(doc))
-    state = tmp_path / "runs/watched/mlflow_runs.json"
-    proc = subprocess.Popen(
-        [SWEEP, "run", "watched.yaml"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc, _ = held_sweep(tmp_path, "watched", second=True)
     try:
-        # the second trial has started, so the first has ended
-        wait_for(lambda: state.exists() and len(json.loads(state.read_text())["trials"]) >= 2, proc)
-        folder = SweepFolder.of(tmp_path / "runs", "watched")
-        uri = f"sqlite:///{tmp_path}/mlflow.db"
-        wait_for(lambda: status_of(folder, uri).ended >= 1, proc)
-        detail = ""
-
-        def mid_sweep() -> bool:  # a trial running and one not started (asked again if missed)
-            nonlocal detail
-            detail = status(tmp_path, "watched")
-            return "1 running" in detail and "not started" in detail
-
-        wait_for(mid_sweep, proc)  # first: it holds only until the last trial starts
-        assert detail.startswith("sweep watched: running") and "best so far: val_acc" in detail
-        overview = status(tmp_path)  # holds until the last trial ends
+        detail = status(tmp_path, "watched").splitlines()
+        assert detail[0] == "sweep watched: running, 1/4 trials ended"
+        assert "  trials: 1 running, 1 completed, 2 not started" in detail
+        assert f"  driver: pid {proc.pid} on {socket.gethostname()}" in detail
+        assert any(ln.startswith("  best so far: val_acc") for ln in detail)
+        overview = status(tmp_path)
         name, state_, progress, metric, value, slurm = row_of(overview, "watched")
-        assert state_ == "running" and progress.split("/")[1] == "4"
-        assert 1 <= int(progress.split("/")[0]) < 4
+        assert (state_, progress) == ("running", "1/4")
         assert metric == "val_acc" and 0 <= float(value) <= 1 and slurm == "-"
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the sweep saves its state and stops
-        out, _ = proc.communicate(timeout=180)
-    assert proc.returncode == 130, out
+        proc.wait(timeout=180)
+    assert proc.returncode == 130, proc.log.read_text()
     name, state_, progress, *_ = row_of(status(tmp_path), "watched")
-    assert state_ == "interrupted" and int(progress.split("/")[0]) < 4
-    assert "interrupted" in status(tmp_path, "watched").splitlines()[0]
+    assert (state_, progress) == ("interrupted", "1/4")
+    detail = status(tmp_path, "watched").splitlines()
+    assert detail[0] == "sweep watched: interrupted, 1/4 trials ended"
+    assert "  continue with: sweep resume watched" in detail
 
     resumed = subprocess.run(
         [SWEEP, "resume", "watched"], cwd=tmp_path, capture_output=True, text=True
@@ -102,6 +96,42 @@ def test_status_of_a_running_then_interrupted_then_completed_sweep(tmp_path):
     detail = status(tmp_path, "watched")
     assert "  trials: 4 completed" in detail.splitlines()
     assert len([ln for ln in detail.splitlines() if ln.startswith("    ")]) == 4  # last trials
+    assert "continue with" not in detail and "driver:" not in detail
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_hard_is_interrupted_since_its_last_write_and_resumes(tmp_path):
+    """SIGKILL of the whole process group (as the OOM killer or a lost node leaves a sweep):
+    MLflow's runs stay RUNNING, but nobody holds the folder's lock any more."""
+    proc, folder = held_sweep(tmp_path, "killed", second=False)
+    try:
+        detail = status(tmp_path, "killed").splitlines()
+        assert detail[0] == "sweep killed: running, 0/4 trials ended"
+        assert f"  driver: pid {proc.pid} on {socket.gethostname()}" in detail
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    killed_at = time.time()
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert status_of(folder, uri).runs.parent.status == "RUNNING"  # nothing closed it
+
+    overview = status(tmp_path)
+    assert row_of(overview, "killed")[1:3] == ["interrupted", "0/4"]
+    assert overview.splitlines()[-1].startswith("interrupted: no driver; `sweep status NAME`")
+    detail = status(tmp_path, "killed").splitlines()
+    assert detail[0] == "sweep killed: interrupted, 0/4 trials ended"
+    assert "  continue with: sweep resume killed" in detail
+    (since,) = [ln for ln in detail if ln.startswith("  since: ")]
+    stamp = re.fullmatch(r"  since: (\S+ \S+) \([\d.]+ (s|min|h) ago\), no driver", since)
+    assert stamp, since
+    written = time.mktime(time.strptime(stamp[1], "%Y-%m-%d %H:%M:%S"))
+    assert written == int(folder.history.stat().st_mtime) and written <= killed_at
+
+    resumed = subprocess.run(
+        [SWEEP, "resume", "killed"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert row_of(status(tmp_path), "killed")[1:3] == ["completed", "4/4"]
 
 
 def open_sweep(tmp_path: Path, name: str) -> SweepFolder:
@@ -132,24 +162,55 @@ def fake_slurm(bin_dir: Path, squeue: str | None, sacct: str | None) -> None:
             (bin_dir / name).chmod(0o755)
 
 
+LOCKER = """
+import pathlib, sys
+from sweeps.layout import SweepFolder
+from sweeps.lock import SweepLock
+SweepLock(SweepFolder(pathlib.Path(sys.argv[1]))).take()
+print("locked", flush=True)
+sys.stdin.read()  # held until the test closes its stdin
+"""
+
+
+@contextlib.contextmanager
+def locked_elsewhere(folder: SweepFolder) -> Iterator[int]:
+    """The sweep's lock held by another process (its pid) while within."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with subprocess.Popen(
+        [sys.executable, "-c", LOCKER, str(folder.root)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+    ) as locker:
+        assert locker.stdout.readline() == b"locked\n"
+        yield locker.pid
+        locker.stdin.close()
+
+
 @pytest.mark.parametrize(
-    ("squeue", "sacct", "shown", "state"),
+    ("squeue", "sacct", "locked", "shown", "state"),
     [
-        ("RUNNING", None, "job 4242: RUNNING", "running"),
-        ("", "CANCELLED by 0", "job 4242: CANCELLED by 0", "interrupted"),
-        (None, None, "job 4242: unknown", "running"),
+        ("RUNNING", None, False, "job 4242: RUNNING", "running"),
+        ("PENDING", None, False, "job 4242: PENDING", "running"),  # requeued
+        ("", "CANCELLED by 0", False, "job 4242: CANCELLED by 0", "interrupted"),
+        (None, None, False, "job 4242: unknown", "interrupted"),  # nobody holds the lock
+        ("", "CANCELLED by 0", True, "job 4242: CANCELLED by 0", "running"),  # resumed by hand
     ],
 )
-def test_slurm_state_from_the_jobs_log(tmp_path, monkeypatch, squeue, sacct, shown, state):
+def test_slurm_state_from_the_jobs_log(tmp_path, monkeypatch, squeue, sacct, locked, shown, state):
     folder = open_sweep(tmp_path, "onslurm")
     (folder.root / "slurm-17.out").write_text("an older job\n")
     (folder.root / "slurm-4242.out").write_text("the latest job\n")
     fake_slurm(tmp_path / "bin", squeue, sacct)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
-    found = status_of(folder, f"sqlite:///{tmp_path}/mlflow.db")
+    with locked_elsewhere(folder) if locked else contextlib.nullcontext() as pid:
+        found = status_of(folder, f"sqlite:///{tmp_path}/mlflow.db")
     assert (found.slurm, found.state) == (shown, state)
+    assert found.driver == (f"pid {pid} on {socket.gethostname()}" if locked else None)
     assert (found.ended, found.planned) == (1, 3)
     assert found.counts == {"completed": 1, "not started": 2}
+    hint = "continue with: the `resume:` command `sweep submit` printed"
+    assert (hint in format_detail(found)) == (state == "interrupted")
 
 
 def test_no_sweeps_and_a_sweep_without_runs(tmp_path, monkeypatch):

@@ -25,13 +25,14 @@ from mlflow_server import mlflow_server  # noqa: E402
 from sweeping import (  # noqa: E402
     LRS,
     SWEEP,
+    Hold,
     check_complete,
     killable_config,
     output,
     reports,
     runs_of,
     start_sweep,
-    wait_for_trials,
+    wait_for,
     went_on_from_checkpoints,
     write_config,
 )
@@ -41,17 +42,23 @@ RUNNING = re.compile(r"error: sweep (\S+) is already running \(pid (\d+) on (\S+
 
 
 def interrupted_sweep(workdir: Path, name: str) -> Path:
-    """A sweep stopped by SIGTERM with two of its four trials started; its config."""
+    """A sweep stopped by SIGTERM with two of its four trials started, the first ended, the
+    second three epochs in; its config."""
     cfg = killable_config(workdir, name)
-    proc = start_sweep("run", str(cfg))
-    wait_for_trials(workdir / f"runs/{name}/mlflow_runs.json", 2, proc)
+    hold = Hold(workdir / f"hold-{name}", "epoch-3")
+    proc = start_sweep("run", str(cfg), hold=hold)
+    hold.second("epoch-3")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 130, output(proc)
     return cfg
 
 
-def both(procs: list[subprocess.Popen]) -> list[tuple[int, str]]:
+def both(procs: list[subprocess.Popen], hold: Hold, point: str) -> list[tuple[int, str]]:
+    """Two drivers of one sweep, held at ``point`` until one of them has exited (refused: the
+    other holds the sweep and cannot end meanwhile); their exit codes and output."""
     try:
+        wait_for(lambda: any(p.poll() is not None for p in procs), "one driver to exit", 300)
+        hold.let_go(point)
         return [(p.wait(timeout=300), output(p)) for p in procs]
     finally:
         for p in procs:
@@ -74,8 +81,11 @@ def check_one_refused(done: list[tuple[int, str]], procs: list, name: str) -> No
 
 def test_two_runs_of_one_new_name_one_runs_the_other_is_refused(workdir):
     cfg = killable_config(workdir, "race")
-    procs = [start_sweep("run", str(cfg)) for _ in range(2)]
-    done = both(procs)
+    hold = Hold(workdir / "hold", "ray-started", "epoch-1")
+    procs = [start_sweep("run", str(cfg), hold=hold) for _ in range(2)]
+    hold.reached("ray-started", 2)  # both checked that no such sweep exists: they race now
+    hold.let_go("ray-started")
+    done = both(procs, hold, "epoch-1")
     check_one_refused(done, procs, "race")
     check_complete(workdir, "race", LRS, 12)
     assert [p.name for p in (workdir / "runs").iterdir()] == ["race"]  # no staging folder left
@@ -110,8 +120,9 @@ def test_two_resumes_at_once_one_rebuilds_the_deleted_store_the_other_is_refused
     (workdir / "mlflow.db").unlink()
     shutil.rmtree(workdir / "mlartifacts", ignore_errors=True)
 
-    procs = [start_sweep("resume", "lost") for _ in range(2)]
-    check_one_refused(both(procs), procs, "lost")
+    hold = Hold(workdir / "hold", "epoch-12")  # every trial left to train ends there
+    procs = [start_sweep("resume", "lost", hold=hold) for _ in range(2)]
+    check_one_refused(both(procs, hold, "epoch-12"), procs, "lost")
     check_complete(workdir, "lost", LRS, 12)  # every child, full curves (each epoch once)
     check_nothing_trained_twice(workdir / "runs/lost", ended_before)
     client, parent, _ = runs_of(workdir, "lost")

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -24,13 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sweeping import (  # noqa: E402
     LRS,
     SWEEP,
+    Hold,
     check_complete,
     history_steps,
     killable_config,
     output,
     runs_of,
     start_sweep,
-    wait_for_trials,
     write_config,
 )
 
@@ -94,10 +93,10 @@ def test_grid_sweep_with_a_diverging_and_a_failing_trial(workdir, capsys):
 
 def test_sigkill_then_resume_continues_the_same_runs(workdir):
     cfg = killable_config(workdir, "killed")
-    proc = start_sweep("run", str(cfg))
+    hold = Hold(workdir / "hold", "epoch-3")
+    proc = start_sweep("run", str(cfg), hold=hold)
     try:
-        wait_for_trials(workdir / "runs/killed/mlflow_runs.json", 2, proc)
-        time.sleep(1.0)  # the second trial is a few epochs in
+        hold.second("epoch-3")  # the second trial is three epochs in, the first has ended
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -110,8 +109,9 @@ def test_sigkill_then_resume_continues_the_same_runs(workdir):
 
 def test_sigterm_interrupts_cleanly_and_sweep_resume_finishes(workdir):
     cfg = killable_config(workdir, "termed")
-    proc = start_sweep("run", str(cfg))
-    wait_for_trials(workdir / "runs/termed/mlflow_runs.json", 2, proc)
+    hold = Hold(workdir / "hold", "epoch-3")
+    proc = start_sweep("run", str(cfg), hold=hold)
+    hold.second("epoch-3")  # two trials started, the second one mid-way
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=120)
     out = output(proc)
