@@ -559,7 +559,16 @@ def test_a_worker_that_fails_to_join_tries_again(tmp_path, fails, code, tries):
         f'exec {sys.executable} "$@"\n'
     )
     fake.chmod(0o755)
-    env = {**os.environ, "PYTHON": str(fake), "SLURM_JOB_ID": "9", "SWEEPS_RAY_TMP": str(tmp_path)}
+    token = tmp_path / "ray-auth-token"  # as the head job leaves it for its workers
+    token.write_text("0" * 64)
+    env = {
+        **os.environ,
+        "PYTHON": str(fake),
+        "SLURM_JOB_ID": "9",
+        "SWEEPS_RAY_TMP": str(tmp_path),
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token),
+    }
     cp = subprocess.run(
         ["bash", str(ROOT / "slurm/ray.sh"), "worker", "10.0.0.1:20000", "1"],
         env=env,
