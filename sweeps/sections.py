@@ -1,4 +1,4 @@
-"""What the report shows, section by section (issue 10's list), from a ``SweepData``.
+"""What the report shows, section by section, from a ``SweepData``.
 
 Each section is some HTML and the figures that go with it; which trials to draw is chosen here
 (the best, a spread of learning rates) and the figures are made by sweeps.figures.
