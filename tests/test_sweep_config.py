@@ -144,7 +144,7 @@ def test_bad_sweep_configs(extra, message):
     ],
 )
 def test_spaces_whose_corners_all_hold_are_accepted(space):
-    spec(space=space)
+    assert spec(space=space).space == space
 
 
 def test_numbers_as_people_write_them():
@@ -160,13 +160,13 @@ def test_numbers_as_people_write_them():
 
 
 def test_momentum_may_be_searched_when_the_optimizer_is_searched_too():
-    spec(
-        train={"optimizer": "sgd"},
-        space={
-            "train.optimizer": {"choice": ["sgd", "momentum"]},
-            "train.momentum": {"uniform": [0.5, 0.9]},
-        },
-    )
+    space = {
+        "train.optimizer": {"choice": ["sgd", "momentum"]},
+        "train.momentum": {"uniform": [0.5, 0.9]},
+    }
+    resolved = spec(train={"optimizer": "sgd"}, space=space)
+    assert resolved.space == space
+    assert resolved.trial.train.optimizer == "sgd"  # the fixed value, where a trial draws none
 
 
 def test_dry_run_prints_space_and_trial_count(tmp_path, capsys, monkeypatch):
