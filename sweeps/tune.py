@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import os
 import signal
 import threading
@@ -29,6 +30,10 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 # A fused population's report writes many configurations' runs: seconds by design (its cadence
 # keeps it a small share of the sweep), not the bottleneck Ray's warning suggests.
 os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "60")
+# Ray's crash handler takes the driver's SIGTERM and, at ray.shutdown, leaves it to the default
+# action: a SIGTERM then killed the driver before it could say or record anything
+# (sweeps/stopping.py handles it).
+os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
 
 import numpy as np  # noqa: E402
 import ray  # noqa: E402
@@ -38,7 +43,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
 from ray.tune.search.basic_variant import BasicVariantGenerator  # noqa: E402
 from ray.tune.search.variant_generator import generate_variants  # noqa: E402
 
-from sweeps import fused  # noqa: E402
+from sweeps import fused, stopping  # noqa: E402
 from sweeps.cadence import EARLIER, asha_rungs  # noqa: E402
 from sweeps.config import apply_sets  # noqa: E402
 from sweeps.layout import SweepFolder  # noqa: E402
@@ -52,6 +57,21 @@ if TYPE_CHECKING:
     pass
 
 SEED_KEY = "train.seed"
+
+
+class _StopWords(logging.Filter):
+    """Ray Tune's own words on a stop: the driver says it once, in its own (Tune's point to
+    ``Tuner.restore``, and list as "Failed to fetch metrics" every trial that had not written
+    its results yet)."""
+
+    SAID = ("Stop signal received", "Experiment has been interrupted", "Failed to fetch metrics")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.SAID)
+
+
+for _name in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis"):
+    logging.getLogger(_name).addFilter(_StopWords())
 
 
 def can_resume(files: SweepFolder) -> bool:
@@ -143,6 +163,9 @@ class TrackingCallback(tune.Callback):
 
     def __setstate__(self, state: dict[str, Any]) -> None:  # tuner.pkl of an older version
         pass
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        stopping.hand_over()  # Tune's SIGINT handler is in place by now
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run = _run()
@@ -274,28 +297,26 @@ def connect() -> dict[str, float]:
 
 
 _stopping: threading.Thread | None = None
+_results: Any = None  # the last fit's ResultGrid, kept until Ray is stopped (``shutdown``)
 
 
 def stop_in_background() -> None:
-    """Start stopping Ray (about 1.5 s of waiting for its processes) while the driver goes on
-    with what needs no Ray: the refit, the test look, the report."""
+    """Start stopping Ray (seconds of waiting for its processes) while the driver goes on with
+    what needs no Ray: the refit, the test look, the report."""
     global _stopping
     _stopping = threading.Thread(target=ray.shutdown, name="ray-shutdown")
     _stopping.start()
 
 
 def shutdown() -> None:
-    """Ray stopped, when this returns."""
-    global _stopping
+    """Ray stopped, when this returns; then the last fit's results are let go (freed while Ray
+    stops, Ray objects end the process with exit code 1)."""
+    global _stopping, _results
     if _stopping is not None:
         _stopping.join()
         _stopping = None
     ray.shutdown()  # (a no-op once stopped)
-
-
-def stopping_in_background() -> bool:
-    """Whether stop_in_background was called (and shutdown not yet)."""
-    return _stopping is not None
+    _results = None
 
 
 def fit(
@@ -304,12 +325,14 @@ def fit(
     recorder: Recorder,
     resources: dict[str, float],
     resume: bool,
-) -> Any:
-    """Run (or resume) the sweep in ``files`` to its end; returns Ray's ResultGrid.
+) -> dict[str, Path] | fused.MemberCheckpoints:
+    """Run (or resume) the sweep in ``files`` to its end, or until a stop signal; returns each
+    trial's latest checkpoint folder (``checkpoints``).
 
     A resume restores Ray's state from the folder where it lies now (Ray takes its storage
     path and experiment name from the path it restores), so a moved folder goes on in place.
     """
+    global _results
     plan = None
     if spec.search.engine == "fused":  # a Ray trial per population (sweeps/fused.py)
         plan = fused.plan(spec, sample_params(spec))
@@ -328,7 +351,8 @@ def fit(
     else:
         tuner = new_tuner(spec, files, wrapped, plan)
     with _running(_Run(recorder, spec, files, plan)), _own_signals():
-        return tuner.fit()
+        _results = tuner.fit()
+    return checkpoints(_results)
 
 
 @contextlib.contextmanager
