@@ -249,9 +249,9 @@ def main(argv: list[str] | None = None, exiting: bool = False) -> int:
 
 def console() -> None:
     """The ``sweep`` executable: ``main``, then the process ends without the interpreter's
-    teardown. Every file and MLflow write is done by then (run() waits for them and stops
-    Ray, except after an interrupt), and unloading torch, Ray's core worker and MLflow took
-    about 2 s of each sweep."""
+    teardown. Every file and MLflow write is done by then (run() waits for them, then kills
+    Ray's local processes), and unloading torch, Ray's core worker and MLflow took about 2 s
+    of each sweep."""
     code = main(exiting=True)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -54,12 +54,10 @@ def sweep_params(spec: SweepSpec) -> dict[str, Any]:
 def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False, exiting: bool = False) -> int:
     """Run or resume a sweep; returns the exit code. With ``resume``, a sweep whose folder
     holds no Ray state yet starts, so a requeued SLURM job can always pass ``--resume``.
-    ``exiting``: the caller ends the process right after (the ``sweep`` executable). An
-    interrupted sweep then leaves Ray to the process's end: after an interrupt, Ray Tune's own
-    threads may still call into Ray, and Ray ends a process that does so after
-    ``ray.shutdown()`` with exit code 1, not 130 (a SLURM job would not be requeued). Ray's
-    local processes share the driver's fate; a cluster drops a dead driver's trials.
-    A stop signal at any point ends it with EXIT_INTERRUPTED (sweeps/stopping.py)."""
+    ``exiting``: the caller ends the process right after (the ``sweep`` executable): Ray's
+    local processes are then killed rather than stopped (``tune.kill_local``); a cluster drops
+    a dead driver's trials. A stop signal at any moment ends it with EXIT_INTERRUPTED, the
+    sweep's state saved (sweeps/stopping.py)."""
     stopping.install()
     files = spec.files
     tracking_uri = usable_store(spec.tracking_uri, Path.cwd())
@@ -95,7 +93,9 @@ def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False, exiting: boo
             print(f"interrupted before sweep {spec.name} started; nothing written", flush=True)
         return code
     finally:
-        if not (exiting and code == EXIT_INTERRUPTED):
+        if exiting:
+            tune.kill_local()
+        else:
             tune.shutdown()
         lock.release()
 
