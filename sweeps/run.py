@@ -85,7 +85,7 @@ def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False, exiting: boo
                 claim(files, lock, resume)  # another driver made the folder since we looked
         code = drive(spec, doc, files, tracking_uri, resources)
         return code
-    except KeyboardInterrupt:  # before the sweep started: nothing of it written
+    except KeyboardInterrupt:  # before the sweep (re)started, or a second signal
         code = EXIT_INTERRUPTED
         if lock.held:
             print(f"interrupted; continue with: sweep resume {spec.name}", flush=True)

@@ -109,6 +109,7 @@ def hand_over() -> None:
     if handler in (_ask, signal.default_int_handler):  # Tune's, already run
         return
     signal.signal(signal.SIGINT, _Noted(handler))
+    _install_others()  # Tune's SIGUSR1 handler too: the signal goes through the noted one
     if asked():
         handler(signal.SIGINT, None)
 

@@ -60,9 +60,9 @@ SEED_KEY = "train.seed"
 
 
 class _StopWords(logging.Filter):
-    """Ray Tune's own words on a stop: the driver says it once, in its own (Tune's point to
-    ``Tuner.restore``, and list as "Failed to fetch metrics" every trial that had not written
-    its results yet)."""
+    """Drops Ray Tune's own lines on a stop, which the driver says once in its own words: they
+    point to ``Tuner.restore``, not ``sweep resume``, and list each trial that had not written
+    results yet as "Failed to fetch metrics" (the folder's record, not Ray's, has the trials)."""
 
     SAID = ("Stop signal received", "Experiment has been interrupted", "Failed to fetch metrics")
 

@@ -1,4 +1,5 @@
-"""A stop signal to every process of a running sweep, at each moment of it, per engine.
+"""A stop signal to every process of a running sweep, at each moment of it, per engine; and
+the parts of sweeps/stopping.py that make it work, on their own.
 
 What `scancel`, a container's stop or `kill -- -PGID` do: SIGTERM to the driver's process
 group (Ray's GCS and raylet are in it) and to every other process of the sweep (the trial
@@ -16,11 +17,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
 
 import pytest
+
+from sweeps import stopping
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sweeping import (  # noqa: E402
@@ -32,8 +36,6 @@ from sweeping import (  # noqa: E402
     start_sweep,
     write_config,
 )
-
-pytestmark = pytest.mark.slow
 
 EPOCHS = 6
 STOP_S = 10  # an upper bound on a hang: a stop takes well under a second here
@@ -136,6 +138,7 @@ WALKS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", list(WALKS))
 def test_sigterm_to_every_process_at_each_moment_then_resume_completes(
     tmp_path, monkeypatch, engine
@@ -163,10 +166,12 @@ def test_sigterm_to_every_process_at_each_moment_then_resume_completes(
     monkeypatch.delenv("SWEEPS_HOLD")
     done = start_sweep("resume", name)
     assert done.wait(timeout=300) == 0, output(done)
+    assert not [w for w in ("Traceback", *RAY_FATAL) if w in output(done)], output(done)
     assert (folder / "report" / "index.html").exists()
     check_complete(tmp_path, name, LRS, EPOCHS)
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_only_what_the_user_needs(tmp_path, monkeypatch):
     """Ctrl-C (SIGINT to the group) with trials waiting that never started: one line, none of
     Ray Tune's warnings about files those trials never wrote."""
@@ -177,3 +182,80 @@ def test_ctrl_c_says_only_what_the_user_needs(tmp_path, monkeypatch):
     proc, took = stopped_at(monkeypatch, tmp_path, "epoch-2", "run", config, sig=signal.SIGINT)
     assert_stopped(proc, took, "interrupted; continue with: sweep resume ctrlc")
     assert_none_running(tmp_path, "ctrlc")
+
+
+# ---------------------------------------------------------------- sweeps/stopping.py alone
+STOPS = (signal.SIGINT, *stopping.OTHER_STOPS)
+
+
+@pytest.fixture
+def handlers():
+    """This process's stop handlers and signal mask, put back after the test."""
+    kept = {sig: signal.getsignal(sig) for sig in STOPS}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    stopping.install()
+    yield
+    for sig, handler in kept.items():
+        signal.signal(sig, handler)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def blocked(pid: int) -> set[int]:
+    """The signals process ``pid`` blocks (its SigBlk in /proc)."""
+    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if "SigBlk" in x)
+    bits = int(line.split()[1], 16)
+    return {sig for sig in range(1, 65) if bits >> (sig - 1) & 1}
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_processes_started_while_ray_starts_do_not_hear_the_stop_signals(handlers):
+    with stopping.ray_starting():
+        child = subprocess.Popen(["sleep", "60"])
+    try:
+        assert set(stopping.OTHER_STOPS) <= blocked(child.pid)
+        assert not set(stopping.OTHER_STOPS) & blocked(os.getpid())  # the driver hears them
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_stop_while_ray_starts_is_heard_once_it_has(handlers):
+    with stopping.deferred():
+        with stopping.ray_starting():
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+            assert signal.SIGTERM in signal.sigpending() and not stopping.asked()
+        assert stopping.asked()
+        with pytest.raises(KeyboardInterrupt):
+            stopping.check()
+
+
+def test_ray_inits_own_sigterm_exit_is_a_stop_and_its_handler_goes(handlers):
+    with stopping.deferred(), stopping.ray_starting():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))  # as ray.init
+        raise SystemExit(signal.SIGTERM)
+    assert stopping.asked()
+    assert signal.getsignal(signal.SIGTERM) is signal.getsignal(signal.SIGUSR1)  # the driver's
+
+
+def test_tunes_handler_gets_a_stop_asked_before_it_came_and_notes_its_own(handlers):
+    heard = []
+
+    def tune_handler(signum, frame):  # as Ray Tune's: stop, then the handler before it back
+        heard.append(signum)
+        signal.signal(signal.SIGINT, before)
+
+    with stopping.deferred():
+        before = signal.getsignal(signal.SIGINT)
+        signal.raise_signal(signal.SIGTERM)  # while Tune sets up: only asked
+        signal.signal(signal.SIGINT, tune_handler)
+        stopping.hand_over()
+        stopping.hand_over()  # at each step: passed on once
+        assert heard == [signal.SIGINT]
+
+    stopping.install()
+    signal.signal(signal.SIGINT, tune_handler)
+    before = signal.default_int_handler
+    stopping.hand_over()
+    assert not stopping.asked()
+    signal.raise_signal(signal.SIGUSR1)  # Tune's own stop: noted for the driver
+    assert heard == [signal.SIGINT, signal.SIGINT] and stopping.asked()
