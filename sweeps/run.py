@@ -27,13 +27,14 @@ from sweeps.lock import SweepLock
 from sweeps.refit import Model, refit
 from sweeps.results import first_error_line, format_table, mark_chosen, trial_row, write_csv
 from sweeps.spec import SweepSpec, check_data
+from sweeps.stopping import EXIT_INTERRUPTED
 from sweeps.store import usable_store
 from sweeps.sync import Recorder, load_saved, sync  # noqa: F401 (load_saved: `sweep resume`)
 from sweeps.tracking import SweepTracker, read_state
 from trainers.config import ConfigError
 from trainers.loop import Trial
 
-EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
+EXIT_FAILED = 1
 ELIGIBLE = ("completed", "early_stopped")  # outcomes a best config can come from
 
 
@@ -77,6 +78,7 @@ def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False, exiting: boo
                 check_data(spec)  # every corner of the searched data keys
                 with stopping.ray_starting():
                     cluster = tune.connect()
+                stopping.check()  # a stop that came while Ray started (and maybe cut it short)
                 local = "RAY_ADDRESS" not in os.environ
                 resources = trial_resources(spec, cluster, local=local)
                 hold.point("ray-started")

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
+EXIT_INTERRUPTED = 130  # as a shell reports Ctrl-C; a SLURM job requeues on a stop (> 128)
 OTHER_STOPS = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)  # besides SIGINT
 _asked = threading.Event()
 
