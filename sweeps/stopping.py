@@ -4,18 +4,19 @@ The stop signals: SIGINT (Ctrl-C), SIGTERM (``kill``, ``scancel``, a container's
 (a closed terminal; left ignored where the driver was started with it ignored, as by
 ``nohup``) and SIGUSR1 (SLURM's pre-timeout signal). ``install`` makes each act as Ctrl-C.
 
-A signal sent to the driver's process group (what a terminal, ``kill -- -PGID`` and SLURM do)
-reaches Ray's local processes too: they are the driver's children. Ray starts them deaf to
-SIGINT; ``ray_starting`` makes them deaf to the other stop signals the same way, so that the
-driver alone hears a stop and ends Ray itself. (Otherwise Ray's GCS died under the driver,
-which then waited a minute for it and was ended by Ray with exit code 1.)
+A signal sent to the driver's process group (a terminal's, ``kill -- -PGID``, a scheduler's)
+reaches the local Ray processes it started too. Ray starts them deaf to SIGINT;
+``ray_starting`` makes them deaf to the other stop signals the same way, so that the driver
+alone hears a stop and ends Ray itself (a GCS killed under it leaves the driver waiting a
+minute, then Ray ends it with exit code 1). A cluster the driver joins (a SLURM job's) is
+started, and stopped, by its job script.
 
 While Ray Tune runs, its own SIGINT handler stops the trials and saves the sweep's state. Around
 it the driver writes to the folder's record and to MLflow; a KeyboardInterrupt raised in the
 middle of a SQLite write leaves the store locked, and the interrupted sweep could not even be
-marked so. So, inside ``deferred``, a signal only asks to stop, and ``check`` (called before
-Ray Tune starts, between refit epochs and before the test look) stops there. A second signal
-stops at once.
+marked so. So, inside ``deferred``, a signal only asks to stop, and ``check`` (called once Ray
+is up, before and after Ray Tune, between refit epochs, before the test look and before the
+report) stops there. A second signal stops at once.
 """
 
 from __future__ import annotations
