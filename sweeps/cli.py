@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeps import config as config_file
+from sweeps import stopping
 from sweeps.config import add_set_argument
 from trainers.rules import ConfigError, Rule
 
@@ -256,13 +257,18 @@ def main(argv: list[str] | None = None, exiting: bool = False) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except KeyboardInterrupt:  # Ctrl-C or a stop signal where the command says no more
+        print("interrupted", flush=True)
+        return stopping.EXIT_INTERRUPTED
 
 
 def console() -> None:
     """The ``sweep`` executable: ``main``, then the process ends without the interpreter's
-    teardown. Every file and MLflow write is done by then (run() waits for them and stops
-    Ray, except after an interrupt), and unloading torch, Ray's core worker and MLflow took
-    about 2 s of each sweep."""
+    teardown. Every file and MLflow write is done by then (run() waits for them, then kills
+    Ray's local processes), and unloading torch, Ray's core worker and MLflow took about 2 s
+    of each sweep. A stop signal from the start on ends it as Ctrl-C does (sweeps/stopping.py),
+    with exit code 130."""
+    stopping.install()
     code = main(exiting=True)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,13 +29,14 @@ from sweeps.lock import SweepLock
 from sweeps.refit import Model, refit
 from sweeps.results import first_error_line, format_table, mark_chosen, trial_row, write_csv
 from sweeps.spec import SweepSpec, check_data
+from sweeps.stopping import EXIT_INTERRUPTED
 from sweeps.store import sqlite_file, usable_store
 from sweeps.sync import Recorder, load_saved, sync  # noqa: F401 (load_saved: `sweep resume`)
 from sweeps.tracking import SweepTracker, read_state
 from trainers.config import ConfigError
 from trainers.loop import Trial
 
-EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
+EXIT_FAILED = 1
 ELIGIBLE = ("completed", "early_stopped")  # outcomes a best config can come from
 
 
@@ -57,35 +57,39 @@ def sweep_params(spec: SweepSpec) -> dict[str, Any]:
 def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False, exiting: bool = False) -> int:
     """Run or resume a sweep; returns the exit code. With ``resume``, a sweep whose folder
     holds no Ray state yet starts, so a requeued SLURM job can always pass ``--resume``.
-    ``exiting``: the caller ends the process right after (the ``sweep`` executable). An
-    interrupted sweep then leaves Ray to the process's end: after an interrupt, Ray Tune's own
-    threads may still call into Ray, and Ray ends a process that does so after
-    ``ray.shutdown()`` with exit code 1, not 130 (a SLURM job would not be requeued). Ray's
-    local processes share the driver's fate; a cluster drops a dead driver's trials."""
-    # A driver started in the background by a job script inherits SIGINT ignored: restore it.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    ``exiting``: the caller ends the process right after (the ``sweep`` executable): Ray's
+    local processes are then killed rather than stopped (``tune.kill_local``); a cluster drops
+    a dead driver's trials. A stop signal at any moment ends it with EXIT_INTERRUPTED, the
+    sweep's state saved (sweeps/stopping.py)."""
+    stopping.install()
     files = spec.files
     tracking_uri = usable_store(spec.tracking_uri, Path.cwd())
     disks = Watch(files.root, sqlite_file(tracking_uri))
     lock = SweepLock(files)
     code = None
     try:
-        history = None
-        if files.root.exists():
-            claim(files, lock, resume)
-            history = HistoryFile(files.history).read(spec.name)  # damaged: refused now
-            read_state(files.state)
-        elif why := unwritable(files.root):
-            raise ConfigError(f"storage: {why}; set storage to a folder you can write")
-        disks.check()  # before the sweep writes anything (its lock aside)
-        quiet()
-        resources = None
-        if history is None or not history.completed:  # a completed sweep needs no Ray
-            check_data(spec)  # every corner of the searched data keys
-            resources = trial_resources(spec, tune.connect(), local="RAY_ADDRESS" not in os.environ)
-            hold.point("ray-started")
-        if not lock.held and not lock.create():
-            claim(files, lock, resume)  # another driver made the folder since we looked
+        with stopping.deferred():
+            history = None
+            if files.root.exists():
+                claim(files, lock, resume)
+                history = HistoryFile(files.history).read(spec.name)  # damaged: refused now
+                read_state(files.state)
+            elif why := unwritable(files.root):
+                raise ConfigError(f"storage: {why}; set storage to a folder you can write")
+            disks.check()  # before the sweep writes anything (its lock aside)
+            quiet()
+            resources = None
+            if history is None or not history.completed:  # a completed sweep needs no Ray
+                check_data(spec)  # every corner of the searched data keys
+                with stopping.ray_starting():
+                    cluster = tune.connect()
+                stopping.check()  # a stop that came while Ray started (and maybe cut it short)
+                local = "RAY_ADDRESS" not in os.environ
+                resources = trial_resources(spec, cluster, local=local)
+                hold.point("ray-started")
+            stopping.check()  # before the folder is made
+            if not lock.held and not lock.create():
+                claim(files, lock, resume)  # another driver made the folder since we looked
         code = drive(spec, doc, files, tracking_uri, resources, disks)
         return code
     except Exception as err:
@@ -93,8 +97,17 @@ def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False, exiting: boo
             raise
         code = out_of_space(files, full)
         return code
+    except KeyboardInterrupt:  # before the sweep (re)started, or a second signal
+        code = EXIT_INTERRUPTED
+        if lock.held:
+            print(f"interrupted; continue with: sweep resume {spec.name}", flush=True)
+        else:
+            print(f"interrupted before sweep {spec.name} started; nothing written", flush=True)
+        return code
     finally:
-        if not (exiting and code == EXIT_INTERRUPTED):
+        if exiting:
+            tune.kill_local()
+        else:
             tune.shutdown()
         lock.release()
 
@@ -120,14 +133,16 @@ def drive(
     resources: dict[str, float] | None,
     disks: Watch | None = None,
 ) -> int:
-    """The locked part: records brought into MLflow, Ray's trials, the end of the sweep."""
-    if not files.config.exists():
-        files.config.write_text(yaml.safe_dump({**doc, "name": spec.name}))
-    record = HistoryFile(files.history)
-    history = record.read(spec.name)
-    tracker = SweepTracker(tracking_uri, history.experiment, files.state)
-    if history.started:
-        sync(history, tracker, files.best())  # a store deleted, moved or new gets the sweep
+    """The locked part: records brought into MLflow, Ray's trials, the end of the sweep. A
+    stop waits for the writes around Ray Tune; while Tune runs, Tune stops it."""
+    with stopping.deferred():
+        if not files.config.exists():
+            files.config.write_text(yaml.safe_dump({**doc, "name": spec.name}))
+        record = HistoryFile(files.history)
+        history = record.read(spec.name)
+        tracker = SweepTracker(tracking_uri, history.experiment, files.state)
+        if history.started:
+            sync(history, tracker, files.best())  # a store deleted, moved or new gets the sweep
     if history.completed:
         print(f"sweep {spec.name} is complete, nothing to run; results in {files.results}")
         if not (files.report / "index.html").exists():  # interrupted while it was drawn
@@ -136,30 +151,22 @@ def drive(
     recorder = Recorder(history, record, tracker)
     recorder.disks = disks
     fresh = not tune.can_resume(files)
-    recorder.start_sweep(sweep_params(spec), fresh=fresh)
-    print(f"sweep {spec.name}: {spec.num_trials()} trials, results in {files.root}", flush=True)
-    print(f"MLflow: {tracking_uri} (experiment {history.experiment})", flush=True)
-    recorder.view = live_view(spec, history)
     try:
-        # SIGTERM (a scheduler's kill, `kill`) and SIGUSR1 (SLURM's pre-timeout signal, if
-        # sent to the driver itself) end the sweep the way Ctrl-C does: state saved. Installed
-        # after ray.init, which puts in a SIGTERM handler of its own that just exits.
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, lambda *_: os.kill(os.getpid(), signal.SIGINT))
-        with recorder.view:
-            grid = tune.fit(spec, files, recorder, resources, resume=not fresh)
         with stopping.deferred():
-            if recorder.history.finished(spec.num_trials()):  # not stopped by a signal (run())
+            recorder.start_sweep(sweep_params(spec), fresh=fresh)
+            print(f"sweep {spec.name}: {spec.num_trials()} trials, results in {files.root}")
+            print(f"MLflow: {tracking_uri} (experiment {history.experiment})", flush=True)
+            recorder.view = live_view(spec, history)
+            stopping.check()
+            with recorder.view:
+                checkpoints = tune.fit(spec, files, recorder, resources, resume=not fresh)
+            stopping.check()  # Tune stopped by a signal (even if every trial ended meanwhile)
+            if recorder.history.finished(spec.num_trials()):  # (so not stopped by Tune)
                 tune.stop_in_background()
-            code = finish(spec, files, recorder, tune.checkpoints(grid))
+            code = finish(spec, files, recorder, checkpoints)
         return write_report(files, tracking_uri) if code == 0 else code
-    except KeyboardInterrupt:  # in Ray Tune, or in the refit or before the test look
+    except KeyboardInterrupt:  # before or in Ray Tune, in the refit, or before the test look
         return interrupted(spec, recorder)
-    finally:
-        if tune.stopping_in_background():
-            # Ray stopped before this frame's Ray objects (grid) are freed: freed while it
-            # stops, they end the process with 1 (an interrupted SLURM job is then not requeued)
-            tune.shutdown()
 
 
 def out_of_space(files: SweepFolder, full: DiskFull) -> int:
@@ -189,6 +196,7 @@ def write_report(files: SweepFolder, tracking_uri: str) -> int:
     retry = f"draw it with: sweep resume {files.name}"
     try:
         hold.point("report")
+        stopping.check()  # asked while the sweep's end was recorded
         page = report(files.root, tracking_uri=tracking_uri)
     except KeyboardInterrupt:
         print(f"interrupted: the sweep is complete, its report not written; {retry}")

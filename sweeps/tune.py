@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import os
 import secrets
 import signal
@@ -17,48 +18,42 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-# Token authentication (Ray's RAY_AUTH_MODE=token): a process joins a sweep's Ray only with its
-# token; connect() makes a local one's, a SLURM job's comes from slurm/ray.sh.
-os.environ.setdefault("RAY_AUTH_MODE", "token")
-if "RAY_ADDRESS" not in os.environ:  # a local Ray, which nothing off this machine needs to reach:
-    # its node address is the loopback one, and its servers listen there only. (Ray reads this
-    # when it is imported; any other way to ask for 127.0.0.1 is turned into the machine's IP.)
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables; we print our own
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report thread, no prompt
-# Ray's loggers, chosen in new_tuner: its TensorBoard one wrote an event file per report and
-# cannot log the epochs a report carries.
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-# A snapshot forced by num_to_keep is rare now (new_tuner); Ray need not warn when one is.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-# A fused population's report writes many configurations' runs: seconds by design (its cadence
-# keeps it a small share of the sweep), not the bottleneck Ray's warning suggests.
-os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "60")
+import numpy as np
+import ray
+from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.basic_variant import BasicVariantGenerator
+from ray.tune.search.variant_generator import generate_variants
 
-import numpy as np  # noqa: E402
-import ray  # noqa: E402
-from ray import tune  # noqa: E402
-from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback  # noqa: E402
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
-from ray.tune.search.basic_variant import BasicVariantGenerator  # noqa: E402
-from ray.tune.search.variant_generator import generate_variants  # noqa: E402
-
-from sweeps import disk, fused  # noqa: E402
-from sweeps.cadence import EARLIER, asha_rungs  # noqa: E402
-from sweeps.config import apply_sets  # noqa: E402
-from sweeps.layout import SweepFolder  # noqa: E402
-from sweeps.results import outcome  # noqa: E402
-from sweeps.spec import SweepSpec  # noqa: E402
-from sweeps.sync import Recorder, TrialNews  # noqa: E402
-from sweeps.trainable import population_trainable, trainable  # noqa: E402
-from trainers.config import trial_config  # noqa: E402
-
-if TYPE_CHECKING:
-    pass
+from sweeps import disk, fused, stopping
+from sweeps.cadence import EARLIER, asha_rungs
+from sweeps.config import apply_sets
+from sweeps.layout import SweepFolder
+from sweeps.results import outcome
+from sweeps.spec import SweepSpec
+from sweeps.sync import Recorder, TrialNews
+from sweeps.trainable import population_trainable, trainable
+from trainers.config import trial_config
 
 SEED_KEY = "train.seed"
+
+
+class _StopWords(logging.Filter):
+    """Drops Ray Tune's own lines on a stop, which the driver says once in its own words: they
+    point to ``Tuner.restore``, not ``sweep resume``, and list each trial that had not written
+    results yet as "Failed to fetch metrics" (the folder's record, not Ray's, has the trials)."""
+
+    SAID = ("Stop signal received", "Experiment has been interrupted", "Failed to fetch metrics")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.SAID)
+
+
+for _name in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis"):
+    logging.getLogger(_name).addFilter(_StopWords())
 
 
 def can_resume(files: SweepFolder) -> bool:
@@ -163,6 +158,7 @@ class TrackingCallback(tune.Callback):
         pass
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        stopping.hand_over()  # Tune's SIGINT handler is in place by now
         recorder = _run().recorder
         if recorder.disks is not None:
             recorder.disks.check(len(recorder.history.trials))
@@ -307,28 +303,52 @@ def connect() -> dict[str, float]:
 
 
 _stopping: threading.Thread | None = None
+_results: Any = None  # the last fit's ResultGrid, kept until Ray is stopped (``shutdown``)
 
 
 def stop_in_background() -> None:
-    """Start stopping Ray (about 1.5 s of waiting for its processes) while the driver goes on
-    with what needs no Ray: the refit, the test look, the report."""
+    """Start stopping Ray (seconds of waiting for its processes) while the driver goes on with
+    what needs no Ray: the refit, the test look, the report."""
     global _stopping
     _stopping = threading.Thread(target=ray.shutdown, name="ray-shutdown")
     _stopping.start()
 
 
+def kill_local() -> None:
+    """For a driver that ends right after: every process it started, Ray's local ones (their
+    children too: Ray's agents, the trial workers) killed at once, with no wait. ray.shutdown
+    would wait a second for each (they do not hear its SIGTERM: sweeps/stopping.py) and, after
+    an interrupt, Ray Tune's threads may still call into Ray and Ray then ends the process
+    with exit code 1. Where there is no /proc, the kernel and Ray's reaper end them."""
+    for pid in descendants(os.getpid()):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid``, parents first (one read of /proc; none without it)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):  # (one that just ended)
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(0), [])
+        found += below
+        todo += below
+    return found
+
+
 def shutdown() -> None:
-    """Ray stopped, when this returns."""
-    global _stopping
+    """Ray stopped, when this returns; then the last fit's results are let go (freed while Ray
+    stops, Ray objects end the process with exit code 1)."""
+    global _stopping, _results
     if _stopping is not None:
         _stopping.join()
         _stopping = None
     ray.shutdown()  # (a no-op once stopped)
-
-
-def stopping_in_background() -> bool:
-    """Whether stop_in_background was called (and shutdown not yet)."""
-    return _stopping is not None
+    _results = None
 
 
 def fit(
@@ -337,12 +357,14 @@ def fit(
     recorder: Recorder,
     resources: dict[str, float],
     resume: bool,
-) -> Any:
-    """Run (or resume) the sweep in ``files`` to its end; returns Ray's ResultGrid.
+) -> dict[str, Path] | fused.MemberCheckpoints:
+    """Run (or resume) the sweep in ``files`` to its end, or until a stop signal; returns each
+    trial's latest checkpoint folder (``checkpoints``).
 
     A resume restores Ray's state from the folder where it lies now (Ray takes its storage
     path and experiment name from the path it restores), so a moved folder goes on in place.
     """
+    global _results
     plan = None
     if spec.search.engine == "fused":  # a Ray trial per population (sweeps/fused.py)
         plan = fused.plan(spec, sample_params(spec))
@@ -361,7 +383,8 @@ def fit(
     else:
         tuner = new_tuner(spec, files, wrapped, plan)
     with _running(_Run(recorder, spec, files, plan)), _own_signals():
-        return tuner.fit()
+        _results = tuner.fit()
+    return checkpoints(_results)
 
 
 @contextlib.contextmanager

@@ -9,16 +9,13 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-
-from sweeps.disk import MIN_FREE, DiskFull, Watch, disk_full, free_bytes
-from sweeps.history import HistoryFile
-from tests.sweeping import (
+from sweeping import (
     LRS,
     SWEEP,
+    Hold,
     history_steps,
     make_data,
     output,
@@ -26,6 +23,9 @@ from tests.sweeping import (
     start_sweep,
     write_config,
 )
+
+from sweeps.disk import MIN_FREE, DiskFull, Watch, disk_full, free_bytes
+from sweeps.history import HistoryFile
 
 EPOCHS = 4
 
@@ -60,15 +60,6 @@ def fill_up(disk: Path) -> Path:
     return filler
 
 
-def wait_for(folder: Path, pattern: str, proc: subprocess.Popen, timeout: float = 300) -> None:
-    """Until a file matching ``pattern`` is in ``folder`` (the held sweep wrote it)."""
-    deadline = time.monotonic() + timeout
-    while not list(folder.glob(pattern)):
-        assert proc.poll() is None, output(proc)
-        assert time.monotonic() < deadline, f"no {pattern} within {timeout} s"
-        time.sleep(0.1)
-
-
 def stopped_by_full_disk(workdir: Path, disk: Path, name: str, **sections) -> str:
     """Run a 4-trial sweep held after a trial's epoch 2, fill ``disk`` then, free it once the
     sweep has stopped; the sweep's output."""
@@ -81,18 +72,12 @@ def stopped_by_full_disk(workdir: Path, disk: Path, name: str, **sections) -> st
         space={"train.lr": {"grid": LRS}},
         **sections,
     )
-    holds = workdir / "holds"
-    holds.mkdir()
-    (holds / "epoch-2.hold").touch()
-    os.environ["SWEEPS_HOLD"] = str(holds)
+    holds = Hold(workdir / "holds", "epoch-2")
+    proc = start_sweep("run", str(config), hold=holds)
     try:
-        proc = start_sweep("run", str(config))
-    finally:
-        del os.environ["SWEEPS_HOLD"]
-    try:
-        wait_for(holds, "epoch-2.*.reached", proc)
+        holds.reached("epoch-2")
         filler = fill(disk, MIN_FREE // 2)
-        (holds / "epoch-2.go").touch()
+        holds.let_go("epoch-2")
         proc.wait(timeout=300)
     finally:
         if proc.poll() is None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweeping import check_complete, output, start_sweep, write_config  # noqa: E402
+from sweeping import Hold, check_complete, output, start_sweep, write_config  # noqa: E402
 from test_slurm import (  # noqa: E402, F401  (the module's fixtures, for the SLURM test)
     cancel_what_a_test_left,
     check_sweep,
@@ -32,8 +32,9 @@ from test_slurm import (  # noqa: E402, F401  (the module's fixtures, for the SL
     ray_tmp,
     submit,
     wait,
-    wait_for,
 )
+
+from sweeps.tune import descendants  # noqa: E402
 
 INTRUDER = """
 import sys
@@ -66,34 +67,6 @@ def refused(said: str, target: Path) -> None:
     assert not said.startswith("exit 0") and "the intruder's task ran" not in said, said
     assert REFUSAL in said, said[-3000:]
     assert not target.exists()
-
-
-def hold(folder: Path, point: str) -> Path:
-    folder.mkdir(exist_ok=True)
-    (folder / f"{point}.hold").touch()
-    return folder
-
-
-def reached(folder: Path, point: str, timeout: float = 180) -> list[int]:
-    """The pids that reached the held point, once one has."""
-    found = wait_for(lambda: list(folder.glob(f"{point}.*.reached")), timeout, point)
-    return [int(p.read_text()) for p in found]
-
-
-def descendants(pid: int) -> list[int]:
-    """pid and every process under it (from /proc)."""
-    parents: dict[int, list[int]] = {}
-    for status in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = status.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(status.parent.name))
-    tree, todo = [], [pid]
-    while todo:
-        tree.append(todo.pop())
-        todo += parents.get(tree[-1], [])
-    return tree
 
 
 def listening(pids: list[int]) -> dict[int, list[tuple[str, int]]]:
@@ -148,17 +121,16 @@ def _route_address() -> list[str]:
 def test_a_local_sweep_ray_listens_on_loopback_and_refuses_a_process_without_its_token(
     workdir, monkeypatch
 ):
-    holds = hold(workdir / "holds", "epoch-1")
-    monkeypatch.setenv("SWEEPS_HOLD", str(holds))
+    holds = Hold(workdir / "holds", "epoch-1")
     for var in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
         monkeypatch.delenv(var, raising=False)  # the sweep's defaults, not this process's
     lrs = [0.01, 0.02]
     search = {"type": "grid", "num_samples": 1}
     config = write_config(workdir, "guarded", search=search, space={"train.lr": {"grid": lrs}})
-    sweep = start_sweep("run", str(config))
+    sweep = start_sweep("run", str(config), hold=holds)
     try:
-        reached(holds, "epoch-1")  # a trial is mid-training, held
-        tree = descendants(sweep.pid)
+        holds.reached("epoch-1")  # a trial is mid-training, held
+        tree = [sweep.pid, *descendants(sweep.pid)]
         sockets = listening(tree)
         everything = [a for addrs in sockets.values() for a in addrs]
         assert everything and all(loopback(ip) for ip, _ in everything), sockets
@@ -181,7 +153,7 @@ def test_a_local_sweep_ray_listens_on_loopback_and_refuses_a_process_without_its
         wrong = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64, **local}
         refused(intrude(f"127.0.0.1:{port}", target, workdir / "home", **wrong), target)
     finally:
-        (holds / "epoch-1.go").touch()
+        holds.let_go("epoch-1")
     assert sweep.wait(timeout=300) == 0, output(sweep)
     check_complete(workdir, "guarded", lrs, epochs=4)
 
@@ -195,12 +167,12 @@ def test_a_slurm_sweep_ray_refuses_a_process_without_its_token(
     ray_tmp,  # noqa: F811
     monkeypatch,
 ):
-    holds = hold(tmp_path / "holds", "epoch-1")
-    monkeypatch.setenv("SWEEPS_HOLD", str(holds))
+    holds = Hold(tmp_path / "holds", "epoch-1")
+    monkeypatch.setenv("SWEEPS_HOLD", str(holds.folder))  # sbatch passes it on to the job
     job = submit(slurm_cluster, profile, tmp_path, "guarded")
     folder = tmp_path / "runs" / "guarded"
     try:
-        reached(holds, "epoch-1", timeout=240)
+        holds.reached("epoch-1", timeout=240)
         (up,) = events(log_of(tmp_path, "guarded", job), "Ray head up at")
         address = up.rsplit(" ", 1)[1]
         token = folder / "ray-auth-token"
@@ -209,7 +181,7 @@ def test_a_slurm_sweep_ray_refuses_a_process_without_its_token(
         target = folder / "intruder.txt"
         refused(intrude(address, target, tmp_path / "home"), target)
     finally:
-        (holds / "epoch-1.go").touch()
+        holds.let_go("epoch-1")
     state, log = (
         wait(slurm_cluster, job, tmp_path, "guarded", 300),
         log_of(tmp_path, "guarded", job),
