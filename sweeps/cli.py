@@ -133,7 +133,7 @@ def check_port_free(port: int) -> None:
 
 
 # ---------------------------------------------------------------- `sweep report`, `sweep status`
-# (issue 10: the HTML report and where sweeps stand; the work is in sweeps.report, .status)
+# (the HTML report and where sweeps stand; the work is in sweeps.report and sweeps.status)
 def cmd_report(args: argparse.Namespace) -> int:
     """Write a sweep's HTML report and file it on its MLflow parent run."""
     from sweeps.report import report

@@ -25,7 +25,7 @@ FULL_TEXTS = (*(os.strerror(e) for e in FULL_ERRNOS), "database or disk is full"
 MIN_FREE = 16 << 20  # what a sweep of a few trials writes between two checks, many times over
 PER_TRIAL = 16 << 10  # Ray's experiment state holds about 5 KiB per trial, rewritten whole
 # Where Ray and MLflow log a failed write with its traceback: a trial's, a trial's result that
-# nobody fetched once the sweep stopped, a SQLite session's.
+# nobody fetched once the sweep stopped, a SQLite transaction's.
 NOISY_LOGGERS = (
     "ray.tune.execution.tune_controller",
     "ray._private.worker",

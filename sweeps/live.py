@@ -60,7 +60,7 @@ class LiveView:
         self.stream = stream if stream is not None else sys.stdout
         self.interactive = self.stream.isatty() if interactive is None else interactive
         self.summary_every, self.clock = summary_every, clock
-        self.counts = dict.fromkeys(OUTCOMES, 0)  # ended this session (ETA's rate)
+        self.counts = dict.fromkeys(OUTCOMES, 0)  # ended since this driver started (the ETA's rate)
         self.prior = dict(prior or {})  # ended before a resume: progress, not rate
         self.running: dict[str, dict[str, Any]] = {}  # trial id -> params, epoch, value
         self.recent: list[str] = []  # lines about the latest ended trials
@@ -143,7 +143,8 @@ class LiveView:
         return sum(self.counts.values()) + sum(self.prior.values())
 
     def eta(self) -> float | None:
-        """Seconds left at this session's rate of ended trials; None before the first ends."""
+        """Seconds left at the rate trials ended since this driver started; None before the
+        first ends."""
         ended_now = sum(self.counts.values())
         if ended_now == 0:
             return None
