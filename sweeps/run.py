@@ -148,8 +148,7 @@ def drive(
         if not (files.report / "index.html").exists():  # interrupted while it was drawn
             return write_report(files, tracking_uri)
         return 0
-    recorder = Recorder(history, record, tracker)
-    recorder.disks = disks
+    recorder = Recorder(history, record, tracker, disks)
     fresh = not tune.can_resume(files)
     try:
         with stopping.deferred():

@@ -57,11 +57,17 @@ class Recorder:
     later; ``end_sweep`` waits for the writes queued before it.
     """
 
-    def __init__(self, history: SweepHistory, file: HistoryFile, tracker: SweepTracker) -> None:
+    def __init__(
+        self,
+        history: SweepHistory,
+        file: HistoryFile,
+        tracker: SweepTracker,
+        disks: Watch | None = None,
+    ) -> None:
         self.history, self.file, self.tracker = history, file, tracker
         self.mlflow = TrialWrites(tracker)
         self.view: LiveView | None = None
-        self.disks: Watch | None = None
+        self.disks = disks
 
     def _record(self, *events: dict[str, Any]) -> None:
         self.file.append(*events)
