@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sweeps.config import apply_sets
-from sweeps.history import HistoryFile
-from sweeps.layout import SweepFolder
+from sweeps.record.history import HistoryFile
+from sweeps.record.layout import SweepFolder
+from sweeps.spec.document import apply_sets
 from trainers.config import trial_config
 from trainers.loop import Trial
 from trainers.metrics import fold_keys

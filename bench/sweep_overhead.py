@@ -72,7 +72,7 @@ SCALING = {  # the --scaling sweeps: digits, 2 epochs, random search
 # ---------------------------------------------------------------- the sweep, as a user runs it
 def sweep_run(doc: dict[str, Any], workdir: Path) -> dict[str, Any]:
     """`sweep run` on ``doc`` in ``workdir``; its wall time and what the record says."""
-    from sweeps.history import HistoryFile
+    from sweeps.record.history import HistoryFile
 
     config = workdir / f"{doc['name']}.yaml"
     config.write_text(yaml.safe_dump(doc))
@@ -138,7 +138,7 @@ def bare_trainable(config: dict[str, Any], sections: dict[str, Any], cpus: float
     import torch
     from ray import tune
 
-    from sweeps.config import apply_sets
+    from sweeps.spec.document import apply_sets
     from trainers.config import trial_config
     from trainers.loop import Trial
 
@@ -154,11 +154,13 @@ def bare_main(config: str, storage: str) -> None:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from sweeps.config import load
-    from sweeps.spec import sweep_spec
+    from sweeps.spec.document import load
+    from sweeps.spec.sweep import sweep_spec
 
     saved = dict(os.environ)
-    from sweeps.tune import search_space  # (the same space; its Ray settings are undone here)
+    from sweeps.engine.ray_tune import (
+        search_space,  # (the same space; its Ray settings are undone here)
+    )
 
     os.environ.clear()
     os.environ.update(saved)
@@ -252,7 +254,7 @@ def mlflow_floor(workdir: Path, runs: int = 256) -> float:
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
-    from sweeps.store import sqlite_without_fsync
+    from sweeps.tracking.store import sqlite_without_fsync
 
     sqlite_without_fsync()
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating tables"
@@ -379,7 +381,7 @@ def main() -> None:
     if args.scaling:
         scaling([int(n) for n in args.sizes.split(",")])
         return
-    from sweeps import config as config_file
+    from sweeps.spec import document as config_file
 
     doc = config_file.load(args.config, [*(LONG if args.long else []), *args.set])
     doc["name"] = doc.get("name") or "bench"

@@ -103,8 +103,8 @@ def project(trials: int, folds: int, engine: str, workdir: Path) -> tuple[list[d
     """One `sweep run` (as a user types it): the tuned softmax and the tuned hinge, read from
     the sweep's folder (results.csv: the chosen rows and their test look) as a user would;
     and where the sweep's wall time went (the record's per-epoch training seconds)."""
-    from sweeps.history import HistoryFile
-    from sweeps.layout import SweepFolder
+    from sweeps.record.history import HistoryFile
+    from sweeps.record.layout import SweepFolder
 
     name = f"vs_sklearn_folds{folds}"
     doc = {

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Ray on SLURM: the shell half of `sweep submit` (sweeps/submit.py renders the job scripts).
+# Ray on SLURM: the shell half of `sweep submit` (sweeps/slurm/submit.py renders the job scripts).
 #
 # The rendered job scripts source this file; srun (the other nodes of a single job) and the
 # worker jobs of --mode workers run it as `bash slurm/ray.sh worker ADDRESS|ADDRESS_FILE [NODE]`.

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sweeps import config as config_file
-from sweeps import stopping
-from sweeps.config import add_set_argument
+from sweeps.engine import stopping
+from sweeps.spec import document as config_file
+from sweeps.spec.document import add_set_argument
 from trainers.rules import ConfigError, Rule
 
 EXIT_USER_ERROR = 2
@@ -58,7 +58,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """A sweep: validate everything first, then run it (or only describe it, --dry-run)."""
-    from sweeps.spec import check_data, sweep_spec
+    from sweeps.spec.sweep import check_data, sweep_spec
 
     doc = config_file.load(args.config, args.set)
     spec = sweep_spec(doc, name=args.name)
@@ -66,15 +66,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_data(spec)
         print(describe(spec))
         return 0
-    from sweeps.run import run
+    from sweeps.engine.driver import run
 
     return run(spec, doc, resume=args.resume, exiting=args.exiting)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     """Continue an interrupted sweep from its saved config and checkpoints."""
-    from sweeps.run import load_saved, run
-    from sweeps.spec import sweep_spec
+    from sweeps.engine.driver import load_saved, run
+    from sweeps.spec.sweep import sweep_spec
 
     doc = load_saved(args.name, args.storage)
     return run(sweep_spec(doc), doc, resume=True, exiting=args.exiting)
@@ -82,11 +82,11 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     """Serve the MLflow UI for this store on 127.0.0.1 and print where the latest sweep's view
-    is (sweeps.mlflow_view); the port is checked first, so that a mistake starts nothing and
+    is (sweeps.tracking.ui); the port is checked first, so that a mistake starts nothing and
     creates no store."""
     import shutil
 
-    from sweeps.store import resolve_tracking_uri
+    from sweeps.tracking.store import resolve_tracking_uri
 
     check_port_free(PORT.check("--port", args.port))
     uri = resolve_tracking_uri(args.tracking_uri, Path.cwd(), "--tracking-uri")
@@ -95,7 +95,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     print(f"MLflow UI for {uri} at {base} (Ctrl-C stops it)", flush=True)
     db = Path(uri.removeprefix("sqlite:///"))
     if uri.startswith("sqlite:///") and db.is_file():  # (reading a missing one would make it)
-        from sweeps.readback import latest_trials_page
+        from sweeps.tracking.reader import latest_trials_page
 
         page = latest_trials_page(uri, base=base)
         if page is not None:
@@ -133,10 +133,10 @@ def check_port_free(port: int) -> None:
 
 
 # ---------------------------------------------------------------- `sweep report`, `sweep status`
-# (the HTML report and where sweeps stand; the work is in sweeps.report and sweeps.status)
+# (the HTML report and where sweeps stand; the work is in sweeps.view.report and sweeps.view.status)
 def cmd_report(args: argparse.Namespace) -> int:
     """Write a sweep's HTML report and file it on its MLflow parent run."""
-    from sweeps.report import report
+    from sweeps.view.report import report
 
     out = Path(args.out) if args.out else None
     page = report(args.sweep, out, args.storage, args.tracking_uri, log=not args.no_log)
@@ -146,7 +146,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Every sweep's state, progress and best metric; or one sweep's detail."""
-    from sweeps.status import show
+    from sweeps.view.status import show
 
     print(show(args.name, args.storage, args.tracking_uri))
     return 0
@@ -171,7 +171,7 @@ def add_report_parsers(sub: argparse._SubParsersAction) -> None:
 # ---------------------------------------------------------------- sweep sync (folder records)
 def cmd_sync(args: argparse.Namespace) -> int:
     """Copy a sweep from its folder into an MLflow store; run twice, one copy."""
-    from sweeps.sync import sync_folder
+    from sweeps.record.recorder import sync_folder
 
     return sync_folder(args.name, args.storage, args.tracking_uri)
 
@@ -242,14 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_report_parsers(sub)  # `sweep report`, `sweep status`
     add_sync_parser(sub)
-    from sweeps.submit import add_parser as add_submit_parser  # `sweep submit`: SLURM jobs
+    from sweeps.slurm.submit import add_parser as add_submit_parser  # `sweep submit`: SLURM jobs
 
     add_submit_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None, exiting: bool = False) -> int:
-    """The CLI; ``exiting``: the process ends when this returns (see sweeps.run.run)."""
+    """The CLI; ``exiting``: the process ends when this returns (see sweeps.engine.driver.run)."""
     args = build_parser().parse_args(argv)
     args.exiting = exiting
     try:
@@ -266,8 +266,8 @@ def console() -> None:
     """The ``sweep`` executable: ``main``, then the process ends without the interpreter's
     teardown. Every file and MLflow write is done by then (run() waits for them, then kills
     Ray's local processes), and unloading torch, Ray's core worker and MLflow took about 2 s
-    of each sweep. A stop signal from the start on ends it as Ctrl-C does (sweeps/stopping.py),
-    with exit code 130."""
+    of each sweep. A stop signal from the start on ends it as Ctrl-C does
+    (sweeps/engine/stopping.py), with exit code 130."""
     stopping.install()
     code = main(exiting=True)
     sys.stdout.flush()

@@ -1,5 +1,5 @@
 """Helpers for tests that run real sweeps (a helper, not a test module): data, configs, the
-`sweep` command as a process, held where a test needs it (``Hold``: sweeps/hold.py's points),
+`sweep` command as a process, held where a test needs it (``Hold``: sweeps/engine/hold.py's points),
 waiting for a state the system writes (``wait_for``, never a sleep that guesses), and reading
 a sweep back from MLflow and from its folder."""
 
@@ -20,8 +20,8 @@ import pandas as pd
 import yaml
 from sklearn.datasets import make_classification
 
-from sweeps.cadence import EARLIER
-from sweeps.hold import ENV
+from sweeps.engine.cadence import EARLIER
+from sweeps.engine.hold import ENV
 
 if TYPE_CHECKING:  # MLflow is imported where it is used: the GPU machine has none
     from mlflow.tracking import MlflowClient
@@ -139,7 +139,7 @@ def wait_for(
 
 
 class Hold:
-    """Points where a sweep started with this hold stops (sweeps/hold.py), in a folder of
+    """Points where a sweep started with this hold stops (sweeps/engine/hold.py), in a folder of
     their own: ``reached`` waits for arrivals, ``let_go`` lets one of them (or all) go on."""
 
     def __init__(self, folder: Path, *points: str) -> None:

@@ -1,13 +1,13 @@
 """docs/config.md lists every rule exactly as the rule tables state it."""
 
-from sweeps import docs
-from sweeps.spec import SWEEP_RULES
+from sweeps.spec import docs
+from sweeps.spec.sweep import SWEEP_RULES
 from trainers.config import RULES, TOGETHER
 
 
 def test_config_md_holds_the_generated_tables():
     text = docs.DOC.read_text()
-    assert docs.render(text) == text, "docs/config.md is stale: run python -m sweeps.docs"
+    assert docs.render(text) == text, "docs/config.md is stale: run python -m sweeps.spec.docs"
     assert docs.main(["--check"]) == 0
 
 

@@ -10,7 +10,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def refused(args: list[str], cwd: Path, *needles: str, env: dict | None = None) -> str:
     """Run `sweep ARGS`; check one error line holding every needle, exit 2; the line."""
-    start = time.monotonic()
     done = subprocess.run(
         [SWEEP, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120
     )
@@ -34,7 +32,6 @@ def refused(args: list[str], cwd: Path, *needles: str, env: dict | None = None) 
     assert "Traceback" not in done.stdout + done.stderr
     for needle in needles:
         assert needle in lines[0]
-    assert time.monotonic() - start < 60  # imports included, on a loaded machine
     return lines[0]
 
 
@@ -134,7 +131,7 @@ def test_resume_of_a_damaged_folder_is_refused(workdir, damage, needles):
 def test_resume_of_a_sweep_another_process_runs_names_it(workdir):
     folder = saved_sweep(workdir)
     hold = (
-        "import sys; from sweeps.layout import SweepFolder; from sweeps.lock import "
+        "import sys; from sweeps.record.layout import SweepFolder; from sweeps.record.lock import "
         "SweepLock; SweepLock(SweepFolder.of('runs', 'saved')).take(); print('ok', flush=True); "
         "sys.stdin.read()"
     )

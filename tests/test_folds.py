@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sweeps.results import trial_row
+from sweeps.record.results import trial_row
 from trainers.config import trial_config
 from trainers.loop import Trial
 from trainers.metrics import CURVES, fold_key, fold_keys

@@ -1,8 +1,8 @@
 """A full disk under a running sweep, on a real small filesystem (a tmpfs, mounted as root): the
 sweep folder's disk, or the SQLite store's. The sweep stops in one `error:` line naming the
 path and how to go on, exit code 1, no traceback; once space is freed, `sweep resume` ends it
-with every trial and every curve once. The disk is filled at a held point (sweeps/hold.py), so
-nothing races the sweep."""
+with every trial and every curve once. The disk is filled at a held point (sweeps/engine/hold.py),
+so nothing races the sweep."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ from sweeping import (
     write_config,
 )
 
-from sweeps.disk import MIN_FREE, DiskFull, Watch, disk_full, free_bytes
-from sweeps.history import HistoryFile
+from sweeps.record.disk import MIN_FREE, DiskFull, Watch, disk_full, free_bytes
+from sweeps.record.history import HistoryFile
 
 EPOCHS = 4
 

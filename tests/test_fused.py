@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sweeps import fused
-from sweeps.spec import sweep_spec
+from sweeps.engine import fused
+from sweeps.spec.sweep import sweep_spec
 from trainers.config import trial_config
 from trainers.data import prepare
 from trainers.loop import Trial
@@ -135,7 +135,7 @@ def test_brackets_have_their_own_rungs():
 
 # ---------------------------------------------------------------- the plan (fast)
 def test_plan_names_groups_and_splits_evenly():
-    from sweeps.tune import sample_params
+    from sweeps.engine.ray_tune import sample_params
 
     space = {
         "train.lr": {"grid": [0.01, 0.02, 0.03, 0.04, 0.05]},
@@ -153,7 +153,7 @@ def test_plan_names_groups_and_splits_evenly():
 
 
 def test_sampling_is_reproducible_and_random_draws_differ_by_seed():
-    from sweeps.tune import sample_params
+    from sweeps.engine.ray_tune import sample_params
 
     space = {
         "train.lr": {"loguniform": [1e-4, 1.0]},
@@ -242,9 +242,9 @@ def epochs(*numbers: int) -> list[dict]:
 def test_population_news_reach_the_record_and_mlflow_once_each(tmp_path):
     """A population's reports go through the Recorder: the record first, then MLflow from
     the writer thread, each run made once and each epoch logged once, also after a resume."""
-    from sweeps.history import HistoryFile
-    from sweeps.sync import Recorder, TrialNews
-    from sweeps.tracking import SweepTracker
+    from sweeps.record.history import HistoryFile
+    from sweeps.record.recorder import Recorder, TrialNews
+    from sweeps.tracking.writer import SweepTracker
 
     uri, state = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "state.json"
     file = HistoryFile(tmp_path / "history.jsonl")
@@ -285,7 +285,7 @@ def test_population_news_reach_the_record_and_mlflow_once_each(tmp_path):
 def test_sqlite_connections_commit_without_fsync(tmp_path):
     from sqlalchemy import create_engine
 
-    from sweeps.store import sqlite_without_fsync
+    from sweeps.tracking.store import sqlite_without_fsync
 
     sqlite_without_fsync()
     with create_engine(f"sqlite:///{tmp_path}/x.db").connect() as connection:

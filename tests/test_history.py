@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sweeps.history import HistoryFile
+from sweeps.record.history import HistoryFile
 from trainers.config import ConfigError
 
 

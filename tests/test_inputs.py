@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from sweeps import config as config_file
 from sweeps.cli import main
+from sweeps.spec import document as config_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = str(Path(sys.executable).with_name("sweep"))

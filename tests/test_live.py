@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sweeps.live import LiveView
+from sweeps.view.live import LiveView
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from browser import ensure_installed  # noqa: E402
@@ -20,7 +20,7 @@ from sweeping import wait_for  # noqa: E402
 OUTCOMES = ["completed", "early_stopped", "diverged", "error"]
 DRIVER = """
 import os, sys, time
-from sweeps.live import LiveView
+from sweeps.view.live import LiveView
 n, pause = int(sys.argv[1]), float(sys.argv[2])
 gate = sys.argv[3] if len(sys.argv) > 3 else None  # trial i started: wait for the file gate/i
 with LiveView(n, name="demo", summary_every=1.0) as view:

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from sweeps.layout import SweepFolder
-from sweeps.lock import SweepLock, SweepRunning
+from sweeps.record.layout import SweepFolder
+from sweeps.record.lock import SweepLock, SweepRunning
 
 ROOT = Path(__file__).resolve().parents[1]
 HOLD = """
 import sys, time
-from sweeps.layout import SweepFolder
-from sweeps.lock import SweepLock
+from sweeps.record.layout import SweepFolder
+from sweeps.record.lock import SweepLock
 lock = SweepLock(SweepFolder.of(sys.argv[1], sys.argv[2]))
 if sys.argv[3] == "create":
     print("ready", flush=True)

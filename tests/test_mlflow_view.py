@@ -15,9 +15,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from sweeps import mlflow_view as view
-from sweeps.readback import latest_trials_page
-from sweeps.tracking import NOTE, SweepTracker
+from sweeps.tracking import ui as view
+from sweeps.tracking.reader import latest_trials_page
+from sweeps.tracking.writer import NOTE, SweepTracker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from browser import Chromium  # noqa: E402

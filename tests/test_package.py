@@ -91,12 +91,12 @@ def site_of(venv: Path) -> Path:
 def test_the_wheel_holds_one_copy_of_the_launch_scripts_and_profiles(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert [n for n in names if n.endswith(("ray.sh", "ray_cluster.py"))] == [
-        "sweeps/_slurm/ray.sh",
-        "sweeps/_slurm/ray_cluster.py",
+        "sweeps/slurm/scripts/ray.sh",
+        "sweeps/slurm/scripts/ray_cluster.py",
     ]
     profiles = sorted(n for n in names if n.endswith(".yaml"))
     bundled = sorted(p.name for p in (ROOT / "configs/clusters").glob("*.yaml"))
-    assert profiles == [f"sweeps/_profiles/{name}" for name in bundled]
+    assert profiles == [f"sweeps/slurm/profiles/{name}" for name in bundled]
 
 
 def test_installed_sweep_submit_renders_a_job_with_its_own_ray_sh(venv, tmp_path):
@@ -106,7 +106,7 @@ def test_installed_sweep_submit_renders_a_job_with_its_own_ray_sh(venv, tmp_path
     sweep = str(venv / "bin" / "sweep")
     cp = run([sweep, "submit", "sweep.yaml", "--profile", "discovery", "--dry-run"], tmp_path)
     assert cp.returncode == 0, cp.stderr
-    script, ray_sh = cp.stdout, site_of(venv) / "sweeps" / "_slurm" / "ray.sh"
+    script, ray_sh = cp.stdout, site_of(venv) / "sweeps" / "slurm" / "scripts" / "ray.sh"
     assert f"source {ray_sh}\n" in script
     assert re.search(rf"^exec bash {re.escape(str(ray_sh))} worker \S+ 0$", script, re.M)
     assert ray_sh.is_file() and not ray_sh.is_symlink()
@@ -155,7 +155,7 @@ def test_installed_package_runs_a_two_node_sweep_on_slurm(venv, slurm_cluster, t
         shutil.rmtree(ray_tmp, ignore_errors=True)
     log = (folder / f"slurm-{job}.out").read_text(errors="replace")
     assert state == "COMPLETED", log[-3000:]
-    ray_sh = site_of(venv) / "sweeps" / "_slurm" / "ray.sh"
+    ray_sh = site_of(venv) / "sweeps" / "slurm" / "scripts" / "ray.sh"
     assert f"source {ray_sh}\n" in (folder / "job.sbatch").read_text()
     assert "Ray cluster ready: 2 nodes" in log and "trial actors per SLURM node:" in log, log
     table = pd.read_csv(folder / "results.csv")

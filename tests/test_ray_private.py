@@ -1,5 +1,6 @@
-"""The one use of Ray's private state (sweeps.tune.repoint_unmade_trials), checked without
-starting Ray, so that a Ray release that changes it fails here, in the fast tests, loudly."""
+"""The one use of Ray's private state (sweeps.engine.ray_tune.repoint_unmade_trials), checked
+without starting Ray, so that a Ray release that changes it fails here, in the fast tests,
+loudly."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 from ray import tune
 from ray.tune.experiment import Experiment
 
-from sweeps.tune import Variants, repoint_unmade_trials
+from sweeps.engine.ray_tune import Variants, repoint_unmade_trials
 
 
 def nothing(config: dict) -> None:

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sweeps import submit
 from sweeps.cli import PORT
-from sweeps.spec import SWEEP_RULES, sweep_spec
+from sweeps.slurm import submit
+from sweeps.spec.sweep import SWEEP_RULES, sweep_spec
 from trainers.config import RULES, ConfigError, trial_config
 from trainers.rules import Rule, shown
 

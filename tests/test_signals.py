@@ -1,13 +1,13 @@
 """A stop signal to every process of a running sweep, at each moment of it, per engine; and
-the parts of sweeps/stopping.py that make it work, on their own.
+the parts of sweeps/engine/stopping.py that make it work, on their own.
 
-What `scancel`, a container's stop or `kill -- -PGID` do: SIGTERM to the driver's process
-group (Ray's GCS and raylet are in it) and to every other process of the sweep (the trial
-workers lead groups of their own). Each test holds the sweep at a named point (sweeps/hold.py),
-signals, and reads what a user reads: the exit code, the terminal, the time the sweep took to
-stop, and, once resumed to its end, that every trial or configuration is in results.csv and
-MLflow once, with each of its epochs once. One sweep per engine walks through every moment,
-resumed after each stop, so that the module runs a dozen sweeps.
+What `scancel`, a container's stop or `kill -- -PGID` do: SIGTERM to the driver's process group
+(Ray's GCS and raylet are in it) and to every other process of the sweep (the trial workers lead
+groups of their own). Each test holds the sweep at a named point (sweeps/engine/hold.py), signals,
+and reads what a user reads: the exit code, the terminal, the time the sweep took to stop, and, once
+resumed to its end, that every trial or configuration is in results.csv and MLflow once, with each
+of its epochs once. One sweep per engine walks through every moment, resumed after each stop, so
+that the module runs a dozen sweeps.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from sweeps import stopping
-from sweeps.tune import descendants
+from sweeps.engine import stopping
+from sweeps.engine.ray_tune import descendants
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sweeping import (  # noqa: E402
@@ -168,7 +168,7 @@ def test_ctrl_c_says_only_what_the_user_needs(tmp_path, monkeypatch):
     assert_none_running(tmp_path, "ctrlc")
 
 
-# ---------------------------------------------------------------- sweeps/stopping.py alone
+# ---------------------------------------------------------------- sweeps/engine/stopping.py alone
 STOPS = (signal.SIGINT, *stopping.OTHER_STOPS)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sweeps.cli import main
-from sweeps.spec import MAX_CONFIGS, sweep_spec
+from sweeps.spec.sweep import MAX_CONFIGS, sweep_spec
 from trainers.config import MAX_EPOCHS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,9 +23,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sweeps import submit as sub
 from sweeps.cli import main
-from sweeps.hold import ENV as HOLD_ENV
+from sweeps.engine.hold import ENV as HOLD_ENV
+from sweeps.slurm import submit as sub
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import slurm_cluster as sc  # noqa: E402

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sweeps.layout import SweepFolder
-from sweeps.status import format_detail, show, status_of
-from sweeps.tracking import SweepTracker
+from sweeps.record.layout import SweepFolder
+from sweeps.tracking.writer import SweepTracker
+from sweeps.view.status import format_detail, show, status_of
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sweeping import SWEEP, Hold, make_data, start_sweep, wait_for, write_config  # noqa: E402
@@ -164,8 +164,8 @@ def fake_slurm(bin_dir: Path, squeue: str | None, sacct: str | None) -> None:
 
 LOCKER = """
 import pathlib, sys
-from sweeps.layout import SweepFolder
-from sweeps.lock import SweepLock
+from sweeps.record.layout import SweepFolder
+from sweeps.record.lock import SweepLock
 SweepLock(SweepFolder(pathlib.Path(sys.argv[1]))).take()
 print("locked", flush=True)
 sys.stdin.read()  # held until the test closes its stdin

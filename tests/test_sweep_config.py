@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from sweeps.cli import main
-from sweeps.config import apply_sets, load, parse_sets
-from sweeps.spec import sweep_spec
+from sweeps.spec.document import apply_sets, load, parse_sets
+from sweeps.spec.sweep import sweep_spec
 from trainers.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -230,7 +230,7 @@ def test_a_trial_larger_than_the_machine_is_refused_before_anything_is_written(w
 
 
 def test_results_rank_ties_by_the_trial_drawn_first(tmp_path: Path) -> None:
-    from sweeps.results import write_csv
+    from sweeps.record.results import write_csv
 
     rows = [
         {"trial_id": t, "final_val_acc": acc}

@@ -172,8 +172,8 @@ def test_bad_config_leaves_nothing_behind(workdir, sets, message):
 
 def test_sweep_ui_serves_this_store(workdir):
     """`sweep ui` serves the MLflow UI for ./mlflow.db on 127.0.0.1 and prints the address."""
-    from sweeps.store import resolve_tracking_uri
-    from sweeps.tracking import SweepTracker
+    from sweeps.tracking.store import resolve_tracking_uri
+    from sweeps.tracking.writer import SweepTracker
     from tests.mlflow_server import free_port, serving
 
     tracker = SweepTracker(resolve_tracking_uri(None, workdir), "shown", workdir / "state.json")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from sweeps.history import HistoryFile
-from sweeps.sync import sync
-from sweeps.tracking import SweepTracker
+from sweeps.record.history import HistoryFile
+from sweeps.record.recorder import sync
+from sweeps.tracking.writer import SweepTracker
 from trainers.config import TrialConfig
 
 CONFIG = TrialConfig().flat()

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sweeps.store import check_store, resolve_tracking_uri
-from sweeps.tracking import SweepTracker
+from sweeps.tracking.store import check_store, resolve_tracking_uri
+from sweeps.tracking.writer import SweepTracker
 from trainers.config import ConfigError, TrialConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -423,7 +423,7 @@ def test_state_naming_runs_of_another_store_starts_fresh(uri: str, tmp_path: Pat
 def test_module_imports_no_ray() -> None:
     import ast
 
-    import sweeps.tracking as mod
+    import sweeps.tracking.writer as mod
 
     tree = ast.parse(Path(mod.__file__).read_text())
     names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]

@@ -2,8 +2,8 @@
 
 One ``Rule`` per key (a type, optional bounds, names or a pattern), in the scikit-learn
 ``_param_validation`` style. The trainer's keys (trainers/config.py), the sweep's
-(sweeps/spec.py) and a cluster profile's (sweeps/submit.py) are tables of these, so every
-mistake reads ``<key> must be <what is allowed>; got <value>``, on one line. Pure Python: no
+(sweeps/spec/sweep.py) and a cluster profile's (sweeps/slurm/submit.py) are tables of these, so
+every mistake reads ``<key> must be <what is allowed>; got <value>``, on one line. Pure Python: no
 torch, Ray or MLflow, so a login node checks a config cheaply.
 """
 

@@ -1,8 +1,8 @@
 """Every MLflow call of the report and of ``sweep status``: reading a sweep back, and filing the
 report on its parent run.
 
-The sweep driver writes MLflow (sweeps.tracking); this module only reads what it wrote, plus one
-write after the fact: the report's files as artifacts of the parent run. It works from any
+The sweep driver writes MLflow (sweeps.tracking.writer); this module only reads what it wrote,
+plus one write after the fact: the report's files as artifacts of the parent run. It works from any
 machine that reaches the store (a login node while the sweep runs as a SLURM job).
 """
 
@@ -18,7 +18,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from sweeps import mlflow_view as view
+from sweeps.tracking import ui as view
 
 DEFAULT_UI = "http://127.0.0.1:5000"  # where `sweep ui` serves a local store
 PAGE = 1000  # runs per search page
@@ -140,7 +140,7 @@ def trials_page_url(
     MLflow 3 nests child runs under a collapsed parent unless the runs are filtered or sorted
     (other than by date); a filter on the parent id lists the trials flat, and the chart view
     draws the curves of the first ten at once. ``workflowType``: the training pages, not the
-    GenAI ones (sweeps.mlflow_view). A sweep's own view (``view_url``) shows more.
+    GenAI ones (sweeps.tracking.ui). A sweep's own view (``view_url``) shows more.
     """
     query = {
         "searchFilter": f"tags.`mlflow.parentRunId` = '{parent_id}'",
@@ -161,7 +161,7 @@ def latest_trials_page(
     charts: bool = False,
 ) -> str | None:
     """For `sweep ui`: the latest sweep (named ``experiment``, else the latest of all) in
-    its view (sweeps.mlflow_view): its table of trials, or (``charts``) its charts; a store
+    its view (sweeps.tracking.ui): its table of trials, or (``charts``) its charts; a store
     that lacks the view, its trials page. None when the store holds no sweep."""
     client = MlflowClient(tracking_uri)
     if experiment is None:

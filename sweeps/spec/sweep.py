@@ -13,13 +13,16 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from sweeps.config import apply_sets, trainer_config
-from sweeps.layout import DEFAULT_STORAGE, SweepFolder
+from sweeps.record.layout import DEFAULT_STORAGE, SweepFolder
+from sweeps.spec.document import apply_sets, trainer_config
 from trainers.config import RULES, TOGETHER, ConfigError, TrialConfig, trial_config
 from trainers.rules import Rule, check_mapping, one_line, shown, unknown_key_error
 
 SEARCH_TYPES = ("grid", "random", "asha")
-ENGINES = ("trial", "fused")  # one Ray trial per configuration, or populations (sweeps/fused.py)
+ENGINES = (
+    "trial",
+    "fused",
+)  # one Ray trial per configuration, or populations (sweeps/engine/fused.py)
 METRICS = {"val_acc": "max", "val_loss": "min"}
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint", "quniform", "qloguniform")
 DISCRETE = ("grid", "choice")

@@ -1,7 +1,7 @@
 """Every Ray Tune call of the project: the search space, the trainable, the tuner, the callback.
 
 Ray's reporting API has been renamed several times across versions; keeping it here means one
-module to read when Ray moves. MLflow is written only through ``sweeps.tracking``, from the
+module to read when Ray moves. MLflow is written only through ``sweeps.tracking.writer``, from the
 driver (this module's callback runs there), so one process writes the store.
 """
 
@@ -28,14 +28,15 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.variant_generator import generate_variants
 
-from sweeps import disk, fused, stopping
-from sweeps.cadence import EARLIER, asha_rungs
-from sweeps.config import apply_sets
-from sweeps.layout import SweepFolder
-from sweeps.results import outcome
-from sweeps.spec import SweepSpec
-from sweeps.sync import Recorder, TrialNews
-from sweeps.trainable import population_trainable, trainable
+from sweeps.engine import fused, stopping
+from sweeps.engine.cadence import EARLIER, asha_rungs
+from sweeps.engine.trainable import population_trainable, trainable
+from sweeps.record import disk
+from sweeps.record.layout import SweepFolder
+from sweeps.record.recorder import Recorder, TrialNews
+from sweeps.record.results import outcome
+from sweeps.spec.document import apply_sets
+from sweeps.spec.sweep import SweepSpec
 from trainers.config import trial_config
 
 SEED_KEY = "train.seed"
@@ -139,7 +140,7 @@ def _running(run: _Run) -> Iterator[None]:
 
 def trial_error(trial: Any) -> str:
     """A failed trial's error, as Ray wrote it to the trial's folder before calling back. A
-    full disk (a checkpoint the trial could not write) stops the sweep (sweeps.disk) rather
+    full disk (a checkpoint the trial could not write) stops the sweep (sweeps.record.disk) rather
     than failing the trial: once there is space, the trial goes on."""
     error = Path(trial.error_file).read_text() if trial.error_file else "unknown error"
     if disk.is_full_text(error):
@@ -149,7 +150,7 @@ def trial_error(trial: Any) -> str:
 
 class TrackingCallback(tune.Callback):
     """Forwards trial events to the sweep's Recorder (folder, MLflow, the live view); stops
-    the sweep, at each step of Ray Tune's loop, when its disks fill up (sweeps.disk)."""
+    the sweep, at each step of Ray Tune's loop, when its disks fill up (sweeps.record.disk)."""
 
     def __getstate__(self) -> dict[str, Any]:
         return {}
@@ -316,10 +317,10 @@ def stop_in_background() -> None:
 
 def kill_local() -> None:
     """For a driver that ends right after: every process it started, Ray's local ones (their
-    children too: Ray's agents, the trial workers) killed at once, with no wait. ray.shutdown
-    would wait a second for each (they do not hear its SIGTERM: sweeps/stopping.py) and, after
-    an interrupt, Ray Tune's threads may still call into Ray and Ray then ends the process
-    with exit code 1. Where there is no /proc, the kernel and Ray's reaper end them."""
+    children too: Ray's agents, the trial workers) killed at once, with no wait. ray.shutdown would
+    wait a second for each (they do not hear its SIGTERM: sweeps/engine/stopping.py) and, after an
+    interrupt, Ray Tune's threads may still call into Ray and Ray then ends the process with exit
+    code 1. Where there is no /proc, the kernel and Ray's reaper end them."""
     for pid in descendants(os.getpid()):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -366,7 +367,7 @@ def fit(
     """
     global _results
     plan = None
-    if spec.search.engine == "fused":  # a Ray trial per population (sweeps/fused.py)
+    if spec.search.engine == "fused":  # a Ray trial per population (sweeps/engine/fused.py)
         plan = fused.plan(spec, sample_params(spec))
         function = tune.with_parameters(
             population_trainable, populations=plan.populations, cpus=resources["cpu"]

@@ -10,8 +10,8 @@ driver, the MLflow writes) that submits an array of worker jobs, one GPU each, w
 Ray cluster as they start and leave when they end. The shell side (ports from the job id,
 starting and stopping Ray, signals, requeue) is slurm/ray.sh.
 
-slurm/ and configs/clusters/ are installed inside the package (sweeps/_slurm and
-sweeps/_profiles are links to them in the checkout), so an installed ``sweep`` finds its ray.sh
+slurm/ and configs/clusters/ are installed inside the package (sweeps/slurm/scripts and
+sweeps/slurm/profiles are links to them in the checkout), so an installed ``sweep`` finds its ray.sh
 and its profiles wherever pip put it, and the job sources that ray.sh.
 """
 
@@ -28,15 +28,15 @@ from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 
-from sweeps import config as config_file
-from sweeps.layout import DEFAULT_DB, SweepFolder
-from sweeps.spec import TRACKING_URI_PATTERN, TRACKING_URI_WHAT, SweepSpec, sweep_spec
+from sweeps.record.layout import DEFAULT_DB, SweepFolder
+from sweeps.spec import document as config_file
+from sweeps.spec.sweep import TRACKING_URI_PATTERN, TRACKING_URI_WHAT, SweepSpec, sweep_spec
 from trainers.rules import ConfigError, Rule, shown, unknown_key_error
 
 # On disk, the links followed (in a checkout: configs/clusters/ and slurm/): the job sources
 # ray.sh by its path when it runs.
-PACKAGE = Path(str(resources.files("sweeps")))
-PROFILES, SLURM_DIR = (PACKAGE / "_profiles").resolve(), (PACKAGE / "_slurm").resolve()
+PACKAGE = Path(str(resources.files("sweeps.slurm")))
+PROFILES, SLURM_DIR = (PACKAGE / "profiles").resolve(), (PACKAGE / "scripts").resolve()
 MODES = ("single-job", "workers")
 WORKERS_MIN_FAILURES = 3  # workers mode: a worker leaving fails its trials; retry them elsewhere
 # Ports: slurm/ray.sh's ray_slot, the same formula: 100 ports for node `node` of job `job_id`.
@@ -332,7 +332,8 @@ def render(job: Job) -> str:
         "#!/bin/bash",
         f"# sweep {job.name}, --mode {job.mode}: {size}; "
         f"each trial {job.trial['cpu']:g} CPU, {job.trial['gpu']:g} GPU",
-        "# rendered by `sweep submit` (sweeps/submit.py); the Ray side: ray.sh, sourced below",
+        "# rendered by `sweep submit` (sweeps/slurm/submit.py); the Ray side: ray.sh, sourced"
+        " below",
         *_sbatch(head),
         "",
         "# setup",

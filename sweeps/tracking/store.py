@@ -29,7 +29,7 @@ from mlflow.tracking import MlflowClient
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from sweeps.layout import DEFAULT_DB, unwritable
+from sweeps.record.layout import DEFAULT_DB, unwritable
 from trainers.config import ConfigError
 
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
@@ -47,8 +47,8 @@ def resolve_tracking_uri(configured: Any, workdir: Path, key: str = "mlflow.trac
     $MLFLOW_TRACKING_URI, else a SQLite database in ``workdir``. Relative paths in the
     configured URI are made absolute against ``workdir`` (the environment's against the
     current directory): trials and the UI run elsewhere. A bare path ending in .db/.sqlite
-    means a SQLite database. The form is checked by the rule table (sweeps.spec)."""
-    from sweeps.spec import SWEEP_RULES
+    means a SQLite database. The form is checked by the rule table (sweeps.spec.sweep)."""
+    from sweeps.spec.sweep import SWEEP_RULES
 
     rule = SWEEP_RULES["mlflow.tracking_uri"]
     if configured is not None and configured != "":

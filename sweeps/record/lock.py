@@ -21,7 +21,7 @@ import socket
 import struct
 import sys
 
-from sweeps.layout import SweepFolder
+from sweeps.record.layout import SweepFolder
 from trainers.config import ConfigError
 
 _HELD: set[tuple[int, int]] = set()  # (device, inode) of the lock files this process holds

@@ -23,7 +23,7 @@ DEFAULTS = {
     "TUNE_WARN_THRESHOLD_S": "60",
     # Ray's crash handler takes the driver's SIGTERM and, at ray.shutdown, leaves it to the
     # default action, which killed the driver before it could say or record anything
-    # (sweeps/stopping.py handles it).
+    # (sweeps/engine/stopping.py handles it).
     "RAY_DISABLE_FAILURE_SIGNAL_HANDLER": "1",
 }
 # A local Ray (no RAY_ADDRESS to join), which nothing off this machine needs to reach: its node

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 from ray import tune
 
-from sweeps import hold
-from sweeps.cadence import EARLIER, Cadence
-from sweeps.config import apply_sets
+from sweeps.engine import hold
+from sweeps.engine.cadence import EARLIER, Cadence
+from sweeps.spec.document import apply_sets
 from trainers.config import trial_config
 
 if TYPE_CHECKING:
-    from sweeps.fused import PopulationPlan
+    from sweeps.engine.fused import PopulationPlan
     from trainers.data import Dataset
 
 
@@ -82,10 +82,10 @@ def population_trainable(
     config: dict[str, Any], populations: list[PopulationPlan], cpus: float
 ) -> None:
     """One population of a fused sweep: train it epoch by epoch; report its members' news and
-    checkpoint it every so often (sweeps.fused.next_report_after), and at its end."""
+    checkpoint it every so often (sweeps.engine.fused.next_report_after), and at its end."""
     import torch
 
-    from sweeps import fused
+    from sweeps.engine import fused
 
     torch.set_num_threads(max(1, int(cpus)))
     plan = populations[config[fused.POPULATION_KEY]]

@@ -7,7 +7,7 @@ the parent, ``sweep.trial_id`` on each child), so every write is "log what is mi
 resumed sweep continues the same runs, and a sweep copied twice into a store is there once.
 The ids are also kept in a JSON state file, a cache of the sweep's own store.
 
-Which store, and whether it can take the sweep, is sweeps/store.py's.
+Which store, and whether it can take the sweep, is sweeps/tracking/store.py's.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from sweeps import mlflow_view as view
-from sweeps.store import PreparedStore, sqlite_file, sqlite_without_fsync
+from sweeps.tracking import ui as view
+from sweeps.tracking.store import PreparedStore, sqlite_file, sqlite_without_fsync
 from trainers.config import ConfigError
 from trainers.metrics import curve_points
 
@@ -202,7 +202,7 @@ class SweepTracker:
 
     # ------------------------------------------------------------------ the UI's view
     def write_view(self) -> None:
-        """The sweep's view in the MLflow UI (sweeps.mlflow_view) as an experiment tag, from
+        """The sweep's view in the MLflow UI (sweeps.tracking.ui) as an experiment tag, from
         the parent's params (the space, the metric) and its trials' runs; and on the parent,
         a description linking to it. Writes only what changed."""
         parent = self.client.get_run(self._parent())
@@ -248,7 +248,7 @@ class SweepTracker:
         tags: dict[str, str] | None = None,
     ) -> str:
         """The trial's child run, created (RUNNING, with ``tags``) if this store lacks it;
-        params it lacks. ``name``: the run's readable name (sweeps.naming.run_name); the id
+        params it lacks. ``name``: the run's readable name (sweeps.view.naming.run_name); the id
         stays a tag."""
         run_id, params = self._open_trial(trial_id, config, name, tags)
         self._log_batch(run_id, params=params)

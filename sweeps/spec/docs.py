@@ -1,7 +1,7 @@
 """docs/config.md's key tables, generated from the rule tables themselves.
 
-``python -m sweeps.docs`` rewrites each table between its markers in docs/config.md (the
-prose around them is kept); ``python -m sweeps.docs --check`` exits 1 when the file is stale,
+``python -m sweeps.spec.docs`` rewrites each table between its markers in docs/config.md (the
+prose around them is kept); ``python -m sweeps.spec.docs --check`` exits 1 when the file is stale,
 as tests/test_docs.py does. A new rule is documented by adding its row to its table.
 """
 
@@ -11,11 +11,11 @@ import re
 import sys
 from pathlib import Path
 
-from sweeps.spec import DEPENDS_ON, SWEEP_RULES, sweep_defaults
+from sweeps.spec.sweep import DEPENDS_ON, SWEEP_RULES, sweep_defaults
 from trainers.config import RULES, TOGETHER, TrialConfig
 from trainers.rules import markdown_table
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "config.md"
 BLOCK = re.compile(r"(<!-- rules: (\w+)[^>]*-->\n)(.*?)(<!-- end rules -->)", re.S)
 
 
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     fresh = render(text)
     if "--check" in (argv if argv is not None else sys.argv[1:]):
         if fresh != text:
-            print(f"{DOC} is out of date: run python -m sweeps.docs", file=sys.stderr)
+            print(f"{DOC} is out of date: run python -m sweeps.spec.docs", file=sys.stderr)
             return 1
         return 0
     DOC.write_text(fresh)

@@ -19,7 +19,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from sweeps.naming import run_name
+from sweeps.view.naming import run_name
 
 OUTCOMES = ("completed", "early_stopped", "diverged", "error", "interrupted")
 WORDS = {  # outcome -> how the view says it

@@ -6,7 +6,7 @@ hyperparameters matter, and what the sweep cost. It reads the sweep's folder (sw
 results.csv, the per-epoch curves of its record) and its MLflow runs (links, the parent's
 tags and times), writes ``report/index.html`` (figures embedded: it opens from disk, with no
 server and no network) beside ``report/*.png``, and files them on the sweep's MLflow parent
-run under ``report/``. What the page shows: sweeps.sections.
+run under ``report/``. What the page shows: sweeps.view.sections.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from sweeps import sections
-from sweeps.history import HistoryFile
-from sweeps.layout import DEFAULT_STORAGE, SweepFolder
-from sweeps.readback import (
+from sweeps.record.history import HistoryFile
+from sweeps.record.layout import DEFAULT_STORAGE, SweepFolder
+from sweeps.record.results import best_first
+from sweeps.spec.sweep import SweepSpec, sweep_spec
+from sweeps.tracking.reader import (
     SweepRuns,
     log_report,
     param_value,
@@ -35,8 +36,7 @@ from sweeps.readback import (
     run_url,
     ui_base,
 )
-from sweeps.results import best_first
-from sweeps.spec import SweepSpec, sweep_spec
+from sweeps.view import sections
 from trainers.config import ConfigError
 from trainers.metrics import CURVES, FINAL, curve_points
 
@@ -124,7 +124,7 @@ def find_folder(target: str, storage: str | Path = DEFAULT_STORAGE) -> SweepFold
 
 def load(folder: SweepFolder, tracking_uri: str | None = None) -> SweepData:
     """The sweep's config, results (results.csv, else what MLflow holds so far) and curves."""
-    from sweeps.store import resolve_tracking_uri
+    from sweeps.tracking.store import resolve_tracking_uri
 
     doc = yaml.safe_load(folder.config.read_text())
     spec = sweep_spec(doc)

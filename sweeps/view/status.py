@@ -3,7 +3,7 @@
 It starts nothing and needs neither Ray nor the data, so it answers from a login node while the
 sweep runs elsewhere as a SLURM job; where the folder holds a job's log (``slurm-<id>.out``) it
 asks SLURM (squeue, else sacct) for that job's state. An open MLflow run says only that the
-sweep has not ended: it runs while a driver holds the folder's lock (sweeps.lock, which the
+sweep has not ended: it runs while a driver holds the folder's lock (sweeps.record.lock, which the
 kernel drops however the driver dies) or its SLURM job is queued or running, and is
 interrupted otherwise, since its record's last write.
 """
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import yaml
 
-from sweeps.layout import DEFAULT_STORAGE, SweepFolder
-from sweeps.lock import holder
-from sweeps.naming import run_name
-from sweeps.readback import RunInfo, SweepRuns, param_value, read_sweep
+from sweeps.record.layout import DEFAULT_STORAGE, SweepFolder
+from sweeps.record.lock import holder
+from sweeps.tracking.reader import RunInfo, SweepRuns, param_value, read_sweep
+from sweeps.view.naming import run_name
 from trainers.config import ConfigError
 
 ENDED = ("completed", "early_stopped", "diverged", "error")  # a trial's final outcomes
@@ -125,8 +125,8 @@ def sweep_folders(storage: str | Path) -> list[SweepFolder]:
 
 def status_of(folder: SweepFolder, tracking_uri: str | None = None) -> Status:
     """A sweep's standing from its folder, its MLflow runs and (if any) its SLURM job."""
-    from sweeps.spec import sweep_spec
-    from sweeps.store import resolve_tracking_uri
+    from sweeps.spec.sweep import sweep_spec
+    from sweeps.tracking.store import resolve_tracking_uri
 
     doc = yaml.safe_load(folder.config.read_text()) or {}
     search = doc.get("search") or {}
@@ -309,6 +309,6 @@ def show(
         if not folders:
             return f"no sweeps under {Path(storage).expanduser()}/"
         return format_overview([status_of(f, tracking_uri) for f in folders])
-    from sweeps.report import find_folder
+    from sweeps.view.report import find_folder
 
     return format_detail(status_of(find_folder(name, storage), tracking_uri))

@@ -12,7 +12,7 @@ from what the browser last chose (GenAI at first); other versions read the exper
 ``mlflow.experimentKind`` tag. The sweep's experiment has the tag, and the address says
 ``workflowType=machine_learning``. One view per sweep, keyed by its parent run's id.
 
-This module only builds the view; ``sweeps.tracking`` writes it and ``sweep ui`` prints its
+This module only builds the view; ``sweeps.tracking.writer`` writes it and ``sweep ui`` prints its
 address.
 """
 
@@ -24,7 +24,7 @@ from urllib.parse import urlencode
 
 import pandas as pd
 
-from sweeps.spec import METRICS
+from sweeps.spec.sweep import METRICS
 
 VIEW_TAG = "mlflow.sharedViewState."  # + key: the view's state (JSON), an experiment tag
 KIND_TAG = "mlflow.experimentKind"  # an experiment tag: which pages the UI opens it on
@@ -121,9 +121,9 @@ def encode(state: dict[str, Any]) -> str:
 
 def chart_key(table: pd.DataFrame, keys: list[str], space: dict[str, Any], metric: str) -> str:
     """The hyperparameter the metric is drawn against: the one that explains most of its
-    variance (sweeps.importance, as the report computes it), else the first searched one."""
-    from sweeps.figures import is_log_scale
-    from sweeps.importance import Importance, importance
+    variance (sweeps.view.importance, as the report computes it), else the first searched one."""
+    from sweeps.view.figures import is_log_scale
+    from sweeps.view.importance import Importance, importance
 
     varied = [k for k in keys if k in table and table[k].nunique() > 1]
     logs = [k for k in varied if is_log_scale(table[k], next(iter(space[k]), None))]

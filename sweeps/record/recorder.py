@@ -17,20 +17,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sweeps.config import load_document
-from sweeps.history import RESULT_KEYS, HistoryFile, SweepHistory
-from sweeps.layout import DEFAULT_STORAGE, SweepFolder
-from sweeps.lock import SweepLock
-from sweeps.naming import run_name
-from sweeps.results import first_error_line
-from sweeps.store import usable_store
-from sweeps.tracking import SweepTracker, refit_tags
+from sweeps.record.history import RESULT_KEYS, HistoryFile, SweepHistory
+from sweeps.record.layout import DEFAULT_STORAGE, SweepFolder
+from sweeps.record.lock import SweepLock
+from sweeps.record.results import first_error_line
+from sweeps.spec.document import load_document
+from sweeps.tracking.store import usable_store
+from sweeps.tracking.writer import SweepTracker, refit_tags
+from sweeps.view.naming import run_name
 from trainers.config import ConfigError
 from trainers.metrics import REFIT_CURVES, fold_keys
 
 if TYPE_CHECKING:
-    from sweeps.disk import Watch
-    from sweeps.live import LiveView
+    from sweeps.record.disk import Watch
+    from sweeps.view.live import LiveView
 
 
 @dataclass
@@ -48,7 +48,7 @@ class TrialNews:
 class Recorder:
     """The driver's writes: each to history.jsonl (kept folded in ``history``), then MLflow;
     and, when a live view watches the sweep, to it (``view``). ``disks``: the disks it writes
-    to, checked by the driver's loop (sweeps.disk).
+    to, checked by the driver's loop (sweeps.record.disk).
 
     A trial's events reach MLflow from a thread of their own (``TrialWrites``): the driver's
     loop, which starts trials and answers their reports, never waits for the store (a SQLite
@@ -117,8 +117,8 @@ class Recorder:
             why = first_error_line(error) if error else None
             self.view.ended(trial_id, outcome, results[-1] if results else None, why)
 
-    # A refit (sweeps.refit) is recorded as a trial is, as a child run tagged sweep.role=refit,
-    # through the same writer: it trains while the trials' last writes drain.
+    # A refit (sweeps.engine.refit) is recorded as a trial is, as a child run tagged
+    # sweep.role=refit, through the same writer: it trains while the trials' last writes drain.
     def refit_started(
         self, refit_id: str, source: str, params: dict[str, Any], config: dict[str, Any]
     ) -> None:
@@ -330,7 +330,7 @@ def file_report(files: SweepFolder, tracker: SweepTracker, uri: str) -> None:
     this store's runs (the folder's own report keeps pointing at the store it was made for)."""
     if "report" in {a.path for a in tracker.client.list_artifacts(tracker.parent)}:
         return
-    from sweeps.report import report  # matplotlib: only when a report is drawn
+    from sweeps.view.report import report  # matplotlib: only when a report is drawn
 
     with tempfile.TemporaryDirectory() as out:
         report(files.root, out=Path(out), tracking_uri=uri)

@@ -14,7 +14,7 @@ not decayed yet, and was chosen for what it showed by then; its config, run as c
 the full 30 epochs (a completed trial's epochs_run is the same number).
 
 It runs in the driver's process, one refit after the other, with no Ray: a linear model trains
-in seconds to minutes. Each epoch is recorded like a trial's (sweeps.sync.Recorder: the
+in seconds to minutes. Each epoch is recorded like a trial's (sweeps.record.recorder.Recorder: the
 folder's history.jsonl, then an MLflow child run tagged ``sweep.role=refit``). It checkpoints
 as a trial does: once CHECKPOINT_S seconds of training are unsaved, when a stop is asked for,
 and at its end (a checkpoint an epoch cost more than a digits epoch's training). A refit
@@ -31,11 +31,11 @@ from pathlib import Path
 
 import torch
 
-from sweeps import hold, stopping
-from sweeps.cadence import CHECKPOINT_S
-from sweeps.config import apply_sets
-from sweeps.layout import SweepFolder
-from sweeps.sync import Recorder
+from sweeps.engine import hold, stopping
+from sweeps.engine.cadence import CHECKPOINT_S
+from sweeps.record.layout import SweepFolder
+from sweeps.record.recorder import Recorder
+from sweeps.spec.document import apply_sets
 from trainers.config import trial_config
 from trainers.data import refit_dataset
 from trainers.loop import CHECKPOINT_FILE, Trial

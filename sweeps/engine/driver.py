@@ -20,19 +20,19 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from sweeps import hold, stopping, tune
-from sweeps.disk import DiskFull, Watch, quiet
-from sweeps.history import HistoryFile, SweepHistory
-from sweeps.layout import SweepFolder, unwritable
-from sweeps.live import LiveView
-from sweeps.lock import SweepLock
-from sweeps.refit import Model, refit
-from sweeps.results import first_error_line, format_table, mark_chosen, trial_row, write_csv
-from sweeps.spec import SweepSpec, check_data
-from sweeps.stopping import EXIT_INTERRUPTED
-from sweeps.store import sqlite_file, usable_store
-from sweeps.sync import Recorder, load_saved, sync  # noqa: F401 (load_saved: `sweep resume`)
-from sweeps.tracking import SweepTracker, read_state
+from sweeps.engine import hold, ray_tune, stopping
+from sweeps.engine.refit import Model, refit
+from sweeps.engine.stopping import EXIT_INTERRUPTED
+from sweeps.record.disk import DiskFull, Watch, quiet
+from sweeps.record.history import HistoryFile, SweepHistory
+from sweeps.record.layout import SweepFolder, unwritable
+from sweeps.record.lock import SweepLock
+from sweeps.record.recorder import Recorder, load_saved, sync  # noqa: F401 (load_saved: `sweep resume`)
+from sweeps.record.results import first_error_line, format_table, mark_chosen, trial_row, write_csv
+from sweeps.spec.sweep import SweepSpec, check_data
+from sweeps.tracking.store import sqlite_file, usable_store
+from sweeps.tracking.writer import SweepTracker, read_state
+from sweeps.view.live import LiveView
 from trainers.config import ConfigError
 from trainers.loop import Trial
 
@@ -58,9 +58,9 @@ def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False, exiting: boo
     """Run or resume a sweep; returns the exit code. With ``resume``, a sweep whose folder
     holds no Ray state yet starts, so a requeued SLURM job can always pass ``--resume``.
     ``exiting``: the caller ends the process right after (the ``sweep`` executable): Ray's
-    local processes are then killed rather than stopped (``tune.kill_local``); a cluster drops
+    local processes are then killed rather than stopped (``ray_tune.kill_local``); a cluster drops
     a dead driver's trials. A stop signal at any moment ends it with EXIT_INTERRUPTED, the
-    sweep's state saved (sweeps/stopping.py)."""
+    sweep's state saved (sweeps/engine/stopping.py)."""
     stopping.install()
     files = spec.files
     tracking_uri = usable_store(spec.tracking_uri, Path.cwd())
@@ -82,7 +82,7 @@ def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False, exiting: boo
             if history is None or not history.completed:  # a completed sweep needs no Ray
                 check_data(spec)  # every corner of the searched data keys
                 with stopping.ray_starting():
-                    cluster = tune.connect()
+                    cluster = ray_tune.connect()
                 stopping.check()  # a stop that came while Ray started (and maybe cut it short)
                 local = "RAY_ADDRESS" not in os.environ
                 resources = trial_resources(spec, cluster, local=local)
@@ -106,9 +106,9 @@ def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False, exiting: boo
         return code
     finally:
         if exiting:
-            tune.kill_local()
+            ray_tune.kill_local()
         else:
-            tune.shutdown()
+            ray_tune.shutdown()
         lock.release()
 
 
@@ -149,7 +149,7 @@ def drive(
             return write_report(files, tracking_uri)
         return 0
     recorder = Recorder(history, record, tracker, disks)
-    fresh = not tune.can_resume(files)
+    fresh = not ray_tune.can_resume(files)
     try:
         with stopping.deferred():
             recorder.start_sweep(sweep_params(spec), fresh=fresh)
@@ -158,10 +158,10 @@ def drive(
             recorder.view = live_view(spec, history)
             stopping.check()
             with recorder.view:
-                checkpoints = tune.fit(spec, files, recorder, resources, resume=not fresh)
+                checkpoints = ray_tune.fit(spec, files, recorder, resources, resume=not fresh)
             stopping.check()  # Tune stopped by a signal (even if every trial ended meanwhile)
             if recorder.history.finished(spec.num_trials()):  # (so not stopped by Tune)
-                tune.stop_in_background()
+                ray_tune.stop_in_background()
             code = finish(spec, files, recorder, checkpoints)
         return write_report(files, tracking_uri) if code == 0 else code
     except KeyboardInterrupt:  # before or in Ray Tune, in the refit, or before the test look
@@ -190,7 +190,7 @@ def live_view(spec: SweepSpec, history: SweepHistory) -> LiveView:
 def write_report(files: SweepFolder, tracking_uri: str) -> int:
     """The HTML report of a completed sweep (sweep report); the exit code. A failure to draw it
     is said, but does not undo a finished sweep; an interrupt while drawing it exits 130."""
-    from sweeps.report import report
+    from sweeps.view.report import report
 
     retry = f"draw it with: sweep resume {files.name}"
     try:

@@ -1,10 +1,10 @@
 """The fused engine (``search.engine: fused``): configurations trained as populations.
 
-Every configuration is sampled up front (sweeps/tune.py draws them with Ray's own variant
+Every configuration is sampled up front (sweeps/engine/ray_tune.py draws them with Ray's own variant
 generator, so they are the per-trial engine's), named ``c0000``, ``c0001``, ... and grouped by
 what a population cannot mix (the data settings, ``train.batch_size``, ``train.device``); each
 group is cut into populations of at most ``search.population_size``. Each population is one
-Ray trial (sweeps/tune.py) that runs ``PopulationRun`` epoch by epoch: it trains, applies
+Ray trial (sweeps/engine/ray_tune.py) that runs ``PopulationRun`` epoch by epoch: it trains, applies
 Ray's ASHA rung rule inside the population (``Rungs``), takes ended configurations out, and
 collects each configuration's news (started, its epochs, how it ended) for the driver, which
 records every configuration as a trial of its own. Pure Python, numpy and trainers/: no Ray,
@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from sweeps.config import apply_sets
-from sweeps.spec import SweepSpec
+from sweeps.spec.document import apply_sets
+from sweeps.spec.sweep import SweepSpec
 from trainers.config import trial_config
 from trainers.data import Dataset
 from trainers.population import Population

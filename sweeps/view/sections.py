@@ -1,7 +1,7 @@
 """What the report shows, section by section, from a ``SweepData``.
 
 Each section is some HTML and the figures that go with it; which trials to draw is chosen here
-(the best, a spread of learning rates) and the figures are made by sweeps.figures.
+(the best, a spread of learning rates) and the figures are made by sweeps.view.figures.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from sweeps import figures as figs
-from sweeps.importance import importance
-from sweeps.naming import format_value, run_name, short_key
-from sweeps.readback import trials_page_url, ui_base
+from sweeps.tracking.reader import trials_page_url, ui_base
+from sweeps.view import figures as figs
+from sweeps.view.importance import importance
+from sweeps.view.naming import format_value, run_name, short_key
 
 if TYPE_CHECKING:
-    from sweeps.report import SweepData
+    from sweeps.view.report import SweepData
 
 TOP = 5  # trials in the top-trials curves
 SPREAD = 6  # learning rates shown side by side
