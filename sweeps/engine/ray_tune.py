@@ -29,12 +29,13 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.variant_generator import generate_variants
 
 from sweeps.engine import fused, stopping
-from sweeps.engine.cadence import EARLIER, asha_rungs
+from sweeps.engine.cadence import EARLIER
 from sweeps.engine.trainable import population_trainable, trainable
 from sweeps.record import disk
 from sweeps.record.layout import SweepFolder
 from sweeps.record.recorder import Recorder, TrialNews
 from sweeps.record.results import outcome
+from sweeps.search.asha import milestones
 from sweeps.spec.document import apply_sets
 from sweeps.spec.sweep import SweepSpec
 from trainers.config import trial_config
@@ -94,16 +95,6 @@ def sample_params(spec: SweepSpec) -> list[dict[str, Any]]:
 def resolved_config(sections: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """A trial's full config as flat dotted keys: the fixed sections with its sampled params."""
     return trial_config(apply_sets(sections, params)).flat()
-
-
-def milestones(spec: SweepSpec) -> frozenset[int]:
-    """Epochs every trial reports and checkpoints at: ASHA's rungs (it decides on the result
-    reported at each; an early-stopped trial's model is its rung's) and the last epoch."""
-    s, epochs = spec.search, spec.trial.train.epochs
-    rungs = set()
-    if s.type == "asha":
-        rungs = asha_rungs(s.grace_period, epochs, s.reduction_factor, s.brackets)
-    return frozenset({*rungs, epochs})
 
 
 # ---------------------------------------------------------------- driver-side objects
