@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from sweeps.engine import fused
+from sweeps.search.asha import Asha, Rungs
 from sweeps.spec.sweep import sweep_spec
 from trainers.config import trial_config
 from trainers.data import prepare
@@ -52,7 +53,7 @@ def spec_of(search: dict, space: dict, train: dict | None = None, data: dict | N
     return sweep_spec(doc)
 
 
-def population_plan(lrs: list[float], asha: fused.Asha | None = None, epochs: int = 4):
+def population_plan(lrs: list[float], asha: Asha | None = None, epochs: int = 4):
     """One population of configurations differing in lr, as the plan makes it."""
     train = {**TRAIN, "epochs": epochs}
     cfgs = [trial_config({"data": DATA, "train": {**train, "lr": lr}}) for lr in lrs]
@@ -82,21 +83,21 @@ def test_milestones_and_bracket_odds_are_rays():
         ray = AsyncHyperBandScheduler(
             max_t=max_t, grace_period=grace, reduction_factor=rf, brackets=brackets
         )
-        ours = fused.Asha(grace, rf, brackets, max_t, "val_acc", "max")
+        ours = Asha(grace, rf, brackets, max_t, "val_acc", "max")
         for s, bracket in enumerate(ray._brackets):
             assert ours.milestones(s) == sorted(m for m, _ in bracket._rungs)
         sizes = np.array([len(b._rungs) for b in ray._brackets])
         odds = np.e ** (sizes - sizes.max())
         assert np.allclose(ours.bracket_odds(), odds / odds.sum())
         values = [0.2, 0.5, np.nan, 0.9, 0.1]
-        cutoff = fused.Rungs(ours, {}).cutoff(values)
+        cutoff = Rungs(ours, {}).cutoff(values)
         assert cutoff == ray._brackets[0].cutoff(dict(enumerate(values)))
 
 
 def test_the_rung_rule_stops_below_the_quantile_of_the_cohort():
-    asha = fused.Asha(1, reduction_factor=3, brackets=1, max_t=9, metric="val_acc", mode="max")
+    asha = Asha(1, reduction_factor=3, brackets=1, max_t=9, metric="val_acc", mode="max")
     ids = [f"c{i}" for i in range(6)]
-    rungs = fused.Rungs(asha, dict.fromkeys(ids, 0))
+    rungs = Rungs(asha, dict.fromkeys(ids, 0))
     accs = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
     first = {i: {"epoch": 1, "val_acc": a, "diverged": False} for i, a in zip(ids, accs)}
     # 66.7th percentile of 0.1..0.6 by linear interpolation: 0.4 + (5 * 2/3 - 3) * 0.1 = 0.4333
@@ -110,8 +111,8 @@ def test_the_rung_rule_stops_below_the_quantile_of_the_cohort():
 
 
 def test_the_rung_rule_for_a_loss_spares_diverged_members_and_ignores_nan():
-    asha = fused.Asha(1, 2, 1, 4, "val_loss", "min")
-    rungs = fused.Rungs(asha, {"a": 0, "b": 0, "c": 0, "d": 0})
+    asha = Asha(1, 2, 1, 4, "val_loss", "min")
+    rungs = Rungs(asha, {"a": 0, "b": 0, "c": 0, "d": 0})
     results = {
         "a": {"epoch": 1, "val_loss": 0.5},
         "b": {"epoch": 1, "val_loss": 2.0},
@@ -124,9 +125,9 @@ def test_the_rung_rule_for_a_loss_spares_diverged_members_and_ignores_nan():
 
 
 def test_brackets_have_their_own_rungs():
-    asha = fused.Asha(1, 2, 2, 8, "val_acc", "max")
+    asha = Asha(1, 2, 2, 8, "val_acc", "max")
     assert asha.milestones(0) == [1, 2, 4, 8] and asha.milestones(1) == [2, 4, 8]
-    rungs = fused.Rungs(asha, {"a": 0, "b": 0, "c": 1, "d": 1})
+    rungs = Rungs(asha, {"a": 0, "b": 0, "c": 1, "d": 1})
     at_1 = {i: {"epoch": 1, "val_acc": v} for i, v in zip("abcd", (0.9, 0.1, 0.8, 0.2))}
     assert rungs.stopped(at_1) == {"b": 1}  # bracket 1's first rung is epoch 2
     at_2 = {i: {"epoch": 2, "val_acc": v} for i, v in zip("acd", (0.9, 0.8, 0.2))}
@@ -185,7 +186,7 @@ def test_a_diverging_member_ends_diverged_and_leaves_the_others_as_they_were():
 
 def test_asha_inside_a_run_stops_members_and_keeps_their_checkpoints(tmp_path):
     datasets = prepare(trial_config({"data": DATA}).data)
-    asha = fused.Asha(1, 3, 1, 9, "val_acc", "max")
+    asha = Asha(1, 3, 1, 9, "val_acc", "max")
     lrs = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0]
     run = fused.PopulationRun.start(population_plan(lrs, asha, epochs=9), datasets)
     news = run_to_end(run)
@@ -205,7 +206,7 @@ def test_asha_inside_a_run_stops_members_and_keeps_their_checkpoints(tmp_path):
 
 def test_a_restored_run_goes_on_as_if_never_stopped(tmp_path):
     datasets = prepare(trial_config({"data": DATA}).data)
-    asha = fused.Asha(1, 2, 1, 6, "val_acc", "max")
+    asha = Asha(1, 2, 1, 6, "val_acc", "max")
     plan = population_plan([1e-3, 1e-2, 0.03, 0.1, 0.3, 1e30], asha, epochs=6)
     whole = run_to_end(fused.PopulationRun.start(plan, datasets))
     first = fused.PopulationRun.start(plan, datasets)
@@ -405,7 +406,7 @@ def test_asha_stops_the_configurations_the_rung_rule_names(workdir, asha):
         i: {m.step: m.value for m in client.get_metric_history(r.info.run_id, "val_acc")}
         for i, r in children.items()
     }
-    rungs = fused.Rungs(fused.Asha(1, 3, 1, 9, "val_acc", "max"), dict.fromkeys(curves, 0))
+    rungs = Rungs(Asha(1, 3, 1, 9, "val_acc", "max"), dict.fromkeys(curves, 0))
     expected = {}
     for epoch in range(1, 10):  # the rule replayed on the logged curves
         alive = {i: c for i, c in curves.items() if i not in expected and epoch in c}

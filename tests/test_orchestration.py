@@ -18,10 +18,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 from ray.tune.schedulers import ASHAScheduler
 
-from sweeps.engine.cadence import Cadence, asha_rungs
+from sweeps.engine.cadence import Cadence
 from sweeps.record import recorder as recording
 from sweeps.record.history import HistoryFile
 from sweeps.record.recorder import Recorder, TrialWrites, _due, merge
+from sweeps.search.asha import Asha
 from sweeps.tracking.store import usable_store
 from sweeps.tracking.writer import SweepTracker
 from trainers.config import TrialConfig
@@ -86,7 +87,7 @@ def test_asha_rungs_are_those_of_rays_scheduler(grace, max_t, rf, brackets) -> N
         time_attr="epoch", max_t=max_t, grace_period=grace, reduction_factor=rf, brackets=brackets
     )
     ray_rungs = {int(m) for b in scheduler._brackets for m, _ in b._rungs}
-    assert asha_rungs(grace, max_t, rf, brackets) == ray_rungs
+    assert Asha(grace, rf, brackets, max_t, "val_acc", "max").rungs() == ray_rungs
 
 
 # ---------------------------------------------------------------- the driver's MLflow writes

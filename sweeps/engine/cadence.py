@@ -17,23 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
-
 EARLIER = "earlier_epochs"  # a report's key: the epochs since the report before, oldest first
 REPORT_S = 1.0  # the driver and the live view hear from a running trial at least this often
 REPORT_EPOCHS = 100  # epochs carried in one report at most (Ray keeps the last in its state)
 CHECKPOINT_S = 5.0  # training time a kill may cost, at most (plus one report's worth)
-
-
-def asha_rungs(grace_period: int, max_t: int, reduction_factor: int, brackets: int) -> set[int]:
-    """The epochs at which Ray's ASHAScheduler compares trials, over all its brackets (a trial
-    is put in one at random): grace_period * rf**k for the k that stay below max_t, the way
-    ray.tune.schedulers.async_hyperband._Bracket counts them (checked against it in a test)."""
-    rungs = set()
-    for s in range(brackets):
-        count = int(np.log(max_t / grace_period) / np.log(reduction_factor) - s + 1)
-        rungs |= {int(grace_period * reduction_factor ** (k + s)) for k in range(count)}
-    return rungs
 
 
 @dataclass

@@ -5,10 +5,11 @@ generator, so they are the per-trial engine's), named ``c0000``, ``c0001``, ... 
 what a population cannot mix (the data settings, ``train.batch_size``, ``train.device``); each
 group is cut into populations of at most ``search.population_size``. Each population is one
 Ray trial (sweeps/engine/ray_tune.py) that runs ``PopulationRun`` epoch by epoch: it trains, applies
-Ray's ASHA rung rule inside the population (``Rungs``), takes ended configurations out, and
-collects each configuration's news (started, its epochs, how it ended) for the driver, which
-records every configuration as a trial of its own. Pure Python, numpy and trainers/: no Ray,
-no MLflow. docs/fused.md says how this differs from one Ray trial per configuration.
+Ray's ASHA rung rule inside the population (sweeps/search/asha.py ``Rungs``), takes ended
+configurations out, and collects each configuration's news (started, its epochs, how it ended)
+for the driver, which records every configuration as a trial of its own. Pure Python, numpy
+and trainers/: no Ray, no MLflow. docs/fused.md says how this differs from one Ray trial per
+configuration.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import json
 import math
 import shutil
 import tempfile
-import warnings
 import weakref
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from sweeps.search.asha import Asha, Rungs
 from sweeps.spec.document import apply_sets
 from sweeps.spec.sweep import SweepSpec
 from trainers.config import trial_config
@@ -48,30 +49,6 @@ def config_ids(count: int) -> list[str]:
 
 
 # ---------------------------------------------------------------- the plan (driver)
-@dataclass(frozen=True)
-class Asha:
-    """The rung rule's settings, as ASHAScheduler takes them (time: epochs)."""
-
-    grace_period: int
-    reduction_factor: int
-    brackets: int
-    max_t: int  # train.epochs
-    metric: str
-    mode: str  # max | min
-
-    def milestones(self, bracket: int) -> list[int]:
-        """Ray's _Bracket rungs for bracket s, ascending: grace * rf**(k + s)."""
-        rf, s = self.reduction_factor, bracket
-        count = int(np.log(self.max_t / self.grace_period) / np.log(rf) - s + 1)
-        return [self.grace_period * rf ** (k + s) for k in range(count)]
-
-    def bracket_odds(self) -> np.ndarray:
-        """Ray's odds of a new trial joining each bracket: e**(rungs - most rungs), normalized."""
-        sizes = np.array([len(self.milestones(s)) for s in range(self.brackets)])
-        odds = np.e ** (sizes - sizes.max())
-        return odds / odds.sum()
-
-
 @dataclass(frozen=True)
 class PopulationPlan:
     """What one population trains: its members' ids, configs and (asha) brackets."""
@@ -103,14 +80,7 @@ def plan(spec: SweepSpec, sampled: list[dict[str, Any]]) -> Plan:
     asha = None
     brackets = [0] * len(cfgs)
     if s.type == "asha":
-        asha = Asha(
-            s.grace_period,
-            s.reduction_factor,
-            s.brackets,
-            spec.trial.train.epochs,
-            s.metric,
-            s.mode,
-        )
+        asha = Asha.of(spec)
         rng = np.random.default_rng(s.seed)
         odds = asha.bracket_odds()
         brackets = [int(rng.choice(len(odds), p=odds)) for _ in cfgs]
@@ -140,48 +110,6 @@ def plan(spec: SweepSpec, sampled: list[dict[str, Any]]) -> Plan:
 def _plain(value: Any) -> Any:
     """A numpy scalar (Ray samples some) as the Python number it is."""
     return value.item() if isinstance(value, np.generic) else value
-
-
-# ---------------------------------------------------------------- ASHA inside a population
-class Rungs:
-    """Ray's ASHA rung rule (ray.tune.schedulers.async_hyperband._Bracket), in lockstep.
-
-    A configuration that reaches a milestone of its bracket (below max_t) records its metric
-    there and is stopped if that is below the (1 - 1/rf) quantile (numpy's nanpercentile, as
-    Ray) of the values recorded at that rung. Ray compares each trial with those that reached
-    the rung before it; here every member reaches it in the same epoch, so all are recorded
-    first and each is compared with the whole cohort of its population.
-    """
-
-    def __init__(self, asha: Asha, brackets: dict[str, int], recorded: dict | None = None) -> None:
-        self.asha, self.brackets = asha, brackets
-        self.milestones = {b: set(asha.milestones(b)) for b in set(brackets.values())}
-        self.recorded: dict[str, dict[str, float]] = recorded or {}  # "bracket/epoch" -> values
-
-    def cutoff(self, values: list[float]) -> float | None:
-        if not values:
-            return None
-        with warnings.catch_warnings():  # all NaN: no cutoff, as nanpercentile's NaN compares
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return float(np.nanpercentile(values, (1 - 1 / self.asha.reduction_factor) * 100))
-
-    def stopped(self, results: dict[str, dict[str, Any]]) -> dict[str, int]:
-        """Record one epoch's results at their rungs; the stopped ids and the rung of each."""
-        sign = 1.0 if self.asha.mode == "max" else -1.0
-        cohorts: dict[str, list[str]] = {}
-        for id_, m in results.items():
-            epoch, bracket = int(m["epoch"]), self.brackets[id_]
-            if epoch < self.asha.max_t and epoch in self.milestones[bracket]:
-                cohorts.setdefault(f"{bracket}/{epoch}", []).append(id_)
-        stopped = {}
-        for rung, members in cohorts.items():
-            recorded = self.recorded.setdefault(rung, {})
-            recorded |= {i: sign * float(results[i][self.asha.metric]) for i in members}
-            cut = self.cutoff(list(recorded.values()))
-            for i in members:  # a diverged member ends as diverged: the rule leaves it be
-                if cut is not None and recorded[i] < cut and not results[i].get("diverged"):
-                    stopped[i] = int(results[i]["epoch"])
-        return stopped
 
 
 # ---------------------------------------------------------------- one population (worker)

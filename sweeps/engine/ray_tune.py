@@ -29,12 +29,13 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.variant_generator import generate_variants
 
 from sweeps.engine import fused, stopping
-from sweeps.engine.cadence import EARLIER, asha_rungs
+from sweeps.engine.cadence import EARLIER
 from sweeps.engine.trainable import population_trainable, trainable
 from sweeps.record import disk
 from sweeps.record.layout import SweepFolder
 from sweeps.record.recorder import Recorder, TrialNews
 from sweeps.record.results import outcome
+from sweeps.search.asha import milestones
 from sweeps.spec.document import apply_sets
 from sweeps.spec.sweep import SweepSpec
 from trainers.config import trial_config
@@ -96,21 +97,11 @@ def resolved_config(sections: dict[str, Any], params: dict[str, Any]) -> dict[st
     return trial_config(apply_sets(sections, params)).flat()
 
 
-def milestones(spec: SweepSpec) -> frozenset[int]:
-    """Epochs every trial reports and checkpoints at: ASHA's rungs (it decides on the result
-    reported at each; an early-stopped trial's model is its rung's) and the last epoch."""
-    s, epochs = spec.search, spec.trial.train.epochs
-    rungs = set()
-    if s.type == "asha":
-        rungs = asha_rungs(s.grace_period, epochs, s.reduction_factor, s.brackets)
-    return frozenset({*rungs, epochs})
-
-
 # ---------------------------------------------------------------- driver-side objects
 # Ray pickles the callback and the search algorithm into tuner.pkl and, on resume, uses those
 # copies: anything they kept from the first start (the folder's path, above all) would be
-# stale once the folder moved. So they keep nothing, and read the run's own from here, set by
-# ``fit`` for the time of the run, in this (the driver's) process.
+# stale once the folder moved. So they keep nothing, and read the run's own from ``_driver``,
+# set by ``fit`` for the time of the run, in this (the driver's) process.
 @dataclass
 class _Run:
     recorder: Recorder
@@ -119,23 +110,32 @@ class _Run:
     plan: fused.Plan | None = None  # a fused sweep's configurations and populations
 
 
-_active: _Run | None = None
+@dataclass
+class _Driver:
+    """The driver's Ray Tune state, in one object at module level: the callbacks and the
+    searcher that Ray unpickles find the run nowhere else."""
+
+    run: _Run | None = None  # the run being fitted (``_running``)
+    stopping: threading.Thread | None = None  # ray.shutdown in the background
+    results: Any = None  # the last fit's ResultGrid, kept until Ray is stopped (``shutdown``)
+
+
+_driver = _Driver()
 
 
 def _run() -> _Run:
-    if _active is None:
+    if _driver.run is None:
         raise RuntimeError("used outside tune.fit()")
-    return _active
+    return _driver.run
 
 
 @contextlib.contextmanager
 def _running(run: _Run) -> Iterator[None]:
-    global _active
-    _active = run
+    _driver.run = run
     try:
         yield
     finally:
-        _active = None
+        _driver.run = None
 
 
 def trial_error(trial: Any) -> str:
@@ -303,16 +303,11 @@ def connect() -> dict[str, float]:
     return ray.cluster_resources()
 
 
-_stopping: threading.Thread | None = None
-_results: Any = None  # the last fit's ResultGrid, kept until Ray is stopped (``shutdown``)
-
-
 def stop_in_background() -> None:
     """Start stopping Ray (seconds of waiting for its processes) while the driver goes on with
     what needs no Ray: the refit, the test look, the report."""
-    global _stopping
-    _stopping = threading.Thread(target=ray.shutdown, name="ray-shutdown")
-    _stopping.start()
+    _driver.stopping = threading.Thread(target=ray.shutdown, name="ray-shutdown")
+    _driver.stopping.start()
 
 
 def kill_local() -> None:
@@ -344,12 +339,11 @@ def descendants(pid: int) -> list[int]:
 def shutdown() -> None:
     """Ray stopped, when this returns; then the last fit's results are let go (freed while Ray
     stops, Ray objects end the process with exit code 1)."""
-    global _stopping, _results
-    if _stopping is not None:
-        _stopping.join()
-        _stopping = None
+    if _driver.stopping is not None:
+        _driver.stopping.join()
+        _driver.stopping = None
     ray.shutdown()  # (a no-op once stopped)
-    _results = None
+    _driver.results = None
 
 
 def fit(
@@ -365,7 +359,6 @@ def fit(
     A resume restores Ray's state from the folder where it lies now (Ray takes its storage
     path and experiment name from the path it restores), so a moved folder goes on in place.
     """
-    global _results
     plan = None
     if spec.search.engine == "fused":  # a Ray trial per population (sweeps/engine/fused.py)
         plan = fused.plan(spec, sample_params(spec))
@@ -384,8 +377,8 @@ def fit(
     else:
         tuner = new_tuner(spec, files, wrapped, plan)
     with _running(_Run(recorder, spec, files, plan)), _own_signals():
-        _results = tuner.fit()
-    return checkpoints(_results)
+        _driver.results = tuner.fit()
+    return checkpoints(_driver.results)
 
 
 @contextlib.contextmanager

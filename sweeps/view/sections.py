@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from sweeps.search.asha import milestones
 from sweeps.tracking.reader import trials_page_url, ui_base
 from sweeps.view import figures as figs
 from sweeps.view.importance import importance
@@ -97,13 +98,8 @@ def lr_spread(data: SweepData) -> list[str]:
 
 
 def rungs(data: SweepData) -> list[int]:
-    """ASHA's milestones (grace_period * reduction_factor**k up to max_t), then max_t."""
-    s, max_t = data.spec.search, data.spec.trial.train.epochs
-    found, r = [], s.grace_period
-    while r <= max_t:
-        found.append(r)
-        r *= s.reduction_factor
-    return found if found[-1] == max_t else [*found, max_t]
+    """ASHA's rungs, then the last epoch, ascending: the epochs every trial reported at."""
+    return sorted(milestones(data.spec))
 
 
 def searched(data: SweepData) -> list[str]:
