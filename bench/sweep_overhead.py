@@ -158,7 +158,7 @@ def bare_main(config: str, storage: str) -> None:
     from sweeps.spec.sweep import sweep_spec
 
     saved = dict(os.environ)
-    from sweeps.engine.ray_tune import (
+    from sweeps.search.draws import (
         search_space,  # (the same space; its Ray settings are undone here)
     )
 

@@ -204,7 +204,7 @@ def describe(spec: Any) -> str:
             f"brackets {s.brackets}"
         )
     lines.append(f"resources per trial: {spec.resources.cpu:g} cpu, {spec.resources.gpu:g} gpu")
-    lines += [f"  {key}: {json.dumps(dist)}" for key, dist in spec.space.items()]
+    lines += [f"  {key}: {json.dumps(d.doc())}" for key, d in spec.space.items()]
     return "\n".join(lines)
 
 

@@ -136,7 +136,7 @@ def test_brackets_have_their_own_rungs():
 
 # ---------------------------------------------------------------- the plan (fast)
 def test_plan_names_groups_and_splits_evenly():
-    from sweeps.engine.ray_tune import sample_params
+    from sweeps.search.draws import sample_params
 
     space = {
         "train.lr": {"grid": [0.01, 0.02, 0.03, 0.04, 0.05]},
@@ -154,7 +154,7 @@ def test_plan_names_groups_and_splits_evenly():
 
 
 def test_sampling_is_reproducible_and_random_draws_differ_by_seed():
-    from sweeps.engine.ray_tune import sample_params
+    from sweeps.search.draws import sample_params
 
     space = {
         "train.lr": {"loguniform": [1e-4, 1.0]},

@@ -144,13 +144,13 @@ def test_bad_sweep_configs(extra, message):
     ],
 )
 def test_spaces_whose_corners_all_hold_are_accepted(space):
-    assert spec(space=space).space == space
+    assert spec(space=space).space.doc() == space
 
 
 def test_numbers_as_people_write_them():
     sets = parse_sets(["train.lr=1e-3", "space.train.lambda={loguniform: [1e-4, 1E-1]}"])
     assert sets["train.lr"] == 0.001
-    assert spec(**apply_sets({}, sets)).space == {"train.lambda": {"loguniform": [1e-4, 0.1]}}
+    assert spec(**apply_sets({}, sets)).space.doc() == {"train.lambda": {"loguniform": [1e-4, 0.1]}}
     assert parse_sets(["x=1e", "y=e5", "z=1_000", "w=-2.5e+3"]) == {
         "x": "1e",
         "y": "e5",
@@ -165,7 +165,7 @@ def test_momentum_may_be_searched_when_the_optimizer_is_searched_too():
         "train.momentum": {"uniform": [0.5, 0.9]},
     }
     resolved = spec(train={"optimizer": "sgd"}, space=space)
-    assert resolved.space == space
+    assert resolved.space.doc() == space
     assert resolved.trial.train.optimizer == "sgd"  # the fixed value, where a trial draws none
 
 

@@ -50,7 +50,7 @@ def sweep_params(spec: SweepSpec) -> dict[str, Any]:
         "data.path": spec.trial.data.path or "",
         "data.folds": spec.trial.data.folds,
         "search.refit": spec.search.refit,
-        "space": json.dumps(spec.space),
+        "space": json.dumps(spec.space.doc()),
     }
 
 

@@ -1,4 +1,5 @@
-"""Every Ray Tune call of the project: the search space, the trainable, the tuner, the callback.
+"""Every Ray Tune call of the project but the space's domains (sweeps/search/draws.py): the
+trainable, the tuner, the callback.
 
 Ray's reporting API has been renamed several times across versions; keeping it here means one
 module to read when Ray moves. MLflow is written only through ``sweeps.tracking.writer``, from the
@@ -20,13 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
-from ray.tune.search.variant_generator import generate_variants
 
 from sweeps.engine import fused, stopping
 from sweeps.engine.cadence import EARLIER
@@ -36,11 +35,10 @@ from sweeps.record.layout import SweepFolder
 from sweeps.record.recorder import Recorder, TrialNews
 from sweeps.record.results import outcome
 from sweeps.search.asha import milestones
+from sweeps.search.draws import sample_params, search_space
 from sweeps.spec.document import apply_sets
 from sweeps.spec.sweep import SweepSpec
 from trainers.config import trial_config
-
-SEED_KEY = "train.seed"
 
 
 class _StopWords(logging.Filter):
@@ -60,36 +58,6 @@ for _name in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis"):
 
 def can_resume(files: SweepFolder) -> bool:
     return files.tuner_state.exists()
-
-
-# ---------------------------------------------------------------- search space
-def search_space(spec: SweepSpec) -> dict[str, Any]:
-    """Dotted trainer keys to Ray Tune domains."""
-    domains = {
-        "grid": tune.grid_search,
-        "choice": tune.choice,
-        "uniform": lambda a: tune.uniform(*a),
-        "loguniform": lambda a: tune.loguniform(*a),
-        "randint": lambda a: tune.randint(a[0], a[1] + 1),  # [low, high], both included
-        "quniform": lambda a: tune.quniform(*a),
-        "qloguniform": lambda a: tune.qloguniform(*a),
-    }
-    space = {key: domains[kind](args) for key, d in spec.space.items() for kind, args in d.items()}
-    if spec.search.type == "grid" and spec.search.num_samples > 1 and SEED_KEY not in space:
-        space[SEED_KEY] = tune.randint(0, 2**31 - 1)  # each repeat of the grid, its own seed
-    return space
-
-
-def sample_params(spec: SweepSpec) -> list[dict[str, Any]]:
-    """Every configuration of the sweep, drawn up front as the per-trial engine draws them:
-    Ray's variant generator with the search's seed, num_samples passes over the space."""
-    rng = np.random.default_rng(spec.search.seed)
-    space = {"config": search_space(spec)}
-    return [
-        resolved["config"]
-        for _ in range(spec.search.num_samples)
-        for _, resolved in generate_variants(space, random_state=rng)
-    ]
 
 
 def resolved_config(sections: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import re
 import sys
 from pathlib import Path
 
+from sweeps.spec.space import DISTRIBUTIONS
 from sweeps.spec.sweep import DEPENDS_ON, SWEEP_RULES, sweep_defaults
 from trainers.config import RULES, TOGETHER, TrialConfig
 from trainers.rules import markdown_table
@@ -19,9 +20,19 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "config.md"
 BLOCK = re.compile(r"(<!-- rules: (\w+)[^>]*-->\n)(.*?)(<!-- end rules -->)", re.S)
 
 
+def distributions_markdown() -> str:
+    """The rows of docs/config.md's table of distributions: form, keys, draws."""
+    keys = {None: "any", int: "integer", float: "number"}
+    rows = ["| form | keys | draws |", "| --- | --- | --- |"]
+    for d in DISTRIBUTIONS.values():
+        rows.append(f"| `{{{d.name}: {d.form}}}` | {keys[d.kind]} | {d.doc} |")
+    return "\n".join(rows) + "\n"
+
+
 def rules_markdown() -> dict[str, str]:
     """Each generated block of docs/config.md by its name: the key tables (data, model,
-    train, sweep) and the rules over several keys (together)."""
+    train, sweep), the distributions of a space (space) and the rules over several keys
+    (together)."""
     trainer = TrialConfig().flat()
     tables = {
         name: markdown_table({k: r for k, r in RULES.items() if k.startswith(f"{name}.")}, trainer)
@@ -36,6 +47,7 @@ def rules_markdown() -> dict[str, str]:
     together[-1] = together[-1][:-1] + "."
     return tables | {
         "sweep": markdown_table(SWEEP_RULES, sweep_defaults()),
+        "space": distributions_markdown(),
         "together": "\n".join(together) + "\n",
     }
 

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from sweeps.record.layout import DEFAULT_STORAGE, SweepFolder
 from sweeps.spec.document import apply_sets, trainer_config
-from trainers.config import RULES, TOGETHER, ConfigError, TrialConfig, trial_config
-from trainers.rules import Rule, check_mapping, one_line, shown, unknown_key_error
+from sweeps.spec.space import Dimension, Space, distribution_of
+from trainers.config import TOGETHER, ConfigError, TrialConfig, trial_config
+from trainers.rules import Rule, check_mapping
 
 SEARCH_TYPES = ("grid", "random", "asha")
 ENGINES = (
@@ -24,8 +24,6 @@ ENGINES = (
     "fused",
 )  # one Ray trial per configuration, or populations (sweeps/engine/fused.py)
 METRICS = {"val_acc": "max", "val_loss": "min"}
-DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint", "quniform", "qloguniform")
-DISCRETE = ("grid", "choice")
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"  # a folder, an MLflow experiment, a job name
 # The stores MLflow 3 can track to (it refuses file:// stores); a server is http(s)://.
 _PORT = r"(6553[0-5]|655[0-2]\d|65[0-4]\d\d|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3})"
@@ -38,7 +36,6 @@ TRACKING_URI_WHAT = (
     "an MLflow store URI: http(s)://HOST:PORT, sqlite:///FILE, postgresql://..., "
     "or a path ending in .db"
 )
-STEP = Rule(float, low=0.0, low_open=True)  # quniform's q
 # The most configurations one sweep may have (draws, or repeats x grid points): far beyond any
 # real search of a linear model, and refused before anything is drawn (a fused sweep draws
 # every configuration up front; a billion took minutes before training anything).
@@ -85,7 +82,7 @@ class SweepSpec:
     name: str
     trial: TrialConfig  # the fixed part: every trial starts from it
     sections: dict[str, Any]  # the same, as the user's data/model/train mappings
-    space: dict[str, dict[str, Any]]  # dotted key -> {distribution: args}
+    space: Space  # the searched keys, each with its distribution
     search: Search = field(default_factory=Search)
     resources: Resources = field(default_factory=Resources)
     storage: Path = Path(DEFAULT_STORAGE)
@@ -102,12 +99,7 @@ class SweepSpec:
         return SweepFolder.of(self.storage, self.name)
 
     def num_trials(self) -> int:
-        return grid_points(self.space) * self.search.num_samples
-
-
-def grid_points(space: dict[str, dict[str, Any]]) -> int:
-    """The points of the space's grid (1 without one): each repeat draws them all."""
-    return math.prod(len(d["grid"]) for d in space.values() if "grid" in d)
+        return self.space.grid_points() * self.search.num_samples
 
 
 SWEEP_RULES: dict[str, Rule] = {
@@ -197,69 +189,29 @@ def sweep_defaults() -> dict[str, Any]:
     return out
 
 
-def _check_distribution(key: str, spec: Any, search_type: str) -> dict[str, Any]:
-    """One ``space`` entry: exactly one distribution, every value of which the key's rule
-    accepts (its bounds; for grid and choice each value)."""
-    if key not in RULES:
-        raise unknown_key_error(f"space.{key}", [f"space.{k}" for k in RULES])
-    if not isinstance(spec, dict) or len(spec) != 1:
+def _dimension(key: str, given: Any, search_type: str) -> Dimension:
+    """One ``space`` entry, with the checks that belong to the search type made before its
+    arguments are."""
+    dist = distribution_of(key, given)
+    if search_type == "grid" and dist.name != "grid":
         raise ConfigError(
-            f"space.{key} must be one distribution, e.g. {{choice: [a, b]}} or "
-            f"{{loguniform: [1e-4, 1e-1]}}; got {shown(spec)}"
-        )
-    (kind, args), rule, label = next(iter(spec.items())), RULES[key], f"space.{key}"
-    if kind not in DISTRIBUTIONS:
-        raise ConfigError(
-            f"{label}: unknown distribution {one_line(str(kind))}; use one of "
-            f"{', '.join(DISTRIBUTIONS)}"
-        )
-    if search_type == "grid" and kind != "grid":
-        raise ConfigError(
-            f"{label}: a grid search needs explicit values ({{grid: [...]}}), not {kind}; "
-            "use search.type random or asha to sample"
+            f"space.{key}: a grid search needs explicit values ({{grid: [...]}}), not "
+            f"{dist.name}; use search.type random or asha to sample"
         )
     if key == "train.epochs" and search_type == "asha":
         raise ConfigError(
             "space.train.epochs cannot be searched with asha: its max_t is train.epochs"
         )
-    if not isinstance(args, list) or not args:
-        raise ConfigError(f"{label}.{kind} must be a non-empty list; got {shown(args)}")
-    if kind in DISCRETE:
-        return {kind: [rule.check(label, v) for v in args]}
-    n_args = 3 if kind.startswith("q") else 2
-    if len(args) != n_args or rule.choices or rule.kind not in (int, float):
-        form = "[low, high, step]" if n_args == 3 else "[low, high]"
-        raise ConfigError(f"{label}.{kind} must be {form} of a numeric key; got {shown(args)}")
-    if kind == "randint" and rule.kind is not int:
-        raise ConfigError(f"{label}: randint is for integer keys; use uniform or loguniform")
-    if kind != "randint" and rule.kind is int:
-        raise ConfigError(f"{label} takes integers: use randint or choice, not {kind}")
-    low, high = (rule.check(label, v) for v in args[:2])
-    if not low < high:
-        raise ConfigError(f"{label}.{kind} needs low < high; got {shown(args)}")
-    if "log" in kind and low <= 0:
-        raise ConfigError(f"{label}.{kind} needs low > 0 for a log scale; got {shown(low)}")
-    if n_args == 2:
-        return {kind: [low, high]}
-    q = STEP.check(f"{label}.{kind} step", args[2])
-    if not all(math.isclose(x / q, round(x / q)) for x in (low, high)):
-        raise ConfigError(
-            f"{label}.{kind} needs low and high that are multiples of the step {q:g} "
-            f"(draws are rounded to it); got {shown(args)}"
-        )
-    return {kind: [low, high, q]}
+    return Dimension.parse(key, given)
 
 
-def reachable(key: str, trial: TrialConfig, space: dict[str, dict[str, Any]]) -> list[Any]:
-    """The values of ``key`` a rule must hold for: each of a grid or choice, both ends of a
-    range, or the fixed value. Rules here are monotonic in each key, so these corners do."""
-    if key not in space:
-        return [trial.flat()[key]]
-    ((kind, args),) = space[key].items()
-    return list(dict.fromkeys(args if kind in DISCRETE else args[:2]))
+def reachable(key: str, trial: TrialConfig, space: Space) -> list[Any]:
+    """The values of ``key`` a rule must hold for: a searched key's corners, or the fixed
+    value."""
+    return space[key].corners() if key in space else [trial.flat()[key]]
 
 
-def _check_corners(trial: TrialConfig, space: dict[str, dict[str, Any]]) -> None:
+def _check_corners(trial: TrialConfig, space: Space) -> None:
     """The rules over several keys (trainers.config.TOGETHER), on every corner of the space."""
     flat = trial.flat()
     for rule in TOGETHER:
@@ -268,7 +220,7 @@ def _check_corners(trial: TrialConfig, space: dict[str, dict[str, Any]]) -> None
                 rule.check({**flat, **dict(zip(rule.keys, values))}, " (a corner of space)")
 
 
-def _check_dependencies(trial: TrialConfig, space: dict[str, dict[str, Any]]) -> None:
+def _check_dependencies(trial: TrialConfig, space: Space) -> None:
     for key, (parent, needs) in DEPENDS_ON.items():
         if key in space and not set(reachable(parent, trial, space)) & set(needs):
             raise ConfigError(
@@ -289,13 +241,13 @@ def sweep_spec(doc: dict[str, Any], name: str | None = None) -> SweepSpec:
         raise ConfigError(
             "space must map trainer keys to distributions, e.g. train.lr: {loguniform: [1e-4, 1]}"
         )
-    space = {str(k): _check_distribution(str(k), v, search.type) for k, v in space_doc.items()}
+    space = Space(_dimension(str(k), v, search.type) for k, v in space_doc.items())
     _check_dependencies(trial, space)
     _check_corners(trial, space)
-    if (configs := grid_points(space) * search.num_samples) > MAX_CONFIGS:
+    if (configs := space.grid_points() * search.num_samples) > MAX_CONFIGS:
         raise ConfigError(
             f"search.num_samples x the grid's points must be <= {MAX_CONFIGS} configurations; "
-            f"got {search.num_samples} x {grid_points(space)} = {configs}"
+            f"got {search.num_samples} x {space.grid_points()} = {configs}"
         )
     name = SWEEP_RULES["name"].check("name", name or doc.get("name"))
     storage = SWEEP_RULES["storage"].check("storage", doc.get("storage")) or DEFAULT_STORAGE

@@ -24,6 +24,7 @@ from urllib.parse import urlencode
 
 import pandas as pd
 
+from sweeps.spec.space import Space
 from sweeps.spec.sweep import METRICS
 
 VIEW_TAG = "mlflow.sharedViewState."  # + key: the view's state (JSON), an experiment tag
@@ -119,14 +120,14 @@ def encode(state: dict[str, Any]) -> str:
     return json.dumps(state, separators=(",", ":"))
 
 
-def chart_key(table: pd.DataFrame, keys: list[str], space: dict[str, Any], metric: str) -> str:
+def chart_key(table: pd.DataFrame, keys: list[str], space: Space, metric: str) -> str:
     """The hyperparameter the metric is drawn against: the one that explains most of its
     variance (sweeps.view.importance, as the report computes it), else the first searched one."""
     from sweeps.view.figures import is_log_scale
     from sweeps.view.importance import Importance, importance
 
     varied = [k for k in keys if k in table and table[k].nunique() > 1]
-    logs = [k for k in varied if is_log_scale(table[k], next(iter(space[k]), None))]
+    logs = [k for k in varied if is_log_scale(table[k], space[k].is_log)]
     found = importance(table, varied, logs, metric) if varied else None
     if isinstance(found, Importance):
         return max(zip(found.mean, found.keys, strict=True))[1]

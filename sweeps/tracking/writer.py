@@ -26,6 +26,7 @@ from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from sweeps.spec.space import Space
 from sweeps.tracking import ui as view
 from sweeps.tracking.store import PreparedStore, sqlite_file, sqlite_without_fsync
 from trainers.config import ConfigError
@@ -209,7 +210,7 @@ class SweepTracker:
         params = parent.data.params
         if "space" not in params or "search.metric" not in params:
             return  # not a sweep's parent run
-        space, metric = json.loads(params["space"]), params["search.metric"]
+        space, metric = Space.read(json.loads(params["space"])), params["search.metric"]
         keys = list(space)
         x_key = (
             view.chart_key(self._trials_table(keys, metric), keys, space, metric) if keys else None

@@ -366,9 +366,9 @@ def status_counts(counts: dict[str, int]) -> Figure:
     return fig
 
 
-def is_log_scale(values: pd.Series, distribution: str | None) -> bool:
+def is_log_scale(values: pd.Series, log_sampled: bool) -> bool:
     """Log axes for log-sampled keys, and for positive values spanning 100x or more."""
-    if distribution in ("loguniform", "qloguniform"):
+    if log_sampled:
         return True
     v = pd.to_numeric(values, errors="coerce").dropna()
     return bool(len(v)) and v.min() > 0 and v.max() / v.min() >= 100 and math.isfinite(v.max())

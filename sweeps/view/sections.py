@@ -109,7 +109,7 @@ def searched(data: SweepData) -> list[str]:
 
 def log_keys(data: SweepData) -> list[str]:
     space = data.spec.space
-    return [k for k in searched(data) if figs.is_log_scale(data.table[k], next(iter(space[k])))]
+    return [k for k in searched(data) if figs.is_log_scale(data.table[k], space[k].is_log)]
 
 
 def numeric(data: SweepData, key: str) -> bool:
@@ -305,7 +305,7 @@ def versus(data: SweepData) -> Section:
         if data.spec.search.type == "asha":
             caption += " Trials ASHA stopped show their value at the epoch they stopped."
         sec.figures.append(Shown(f"metric_vs_{short_key(key)}", fig, caption))
-    grid = [k for k, d in data.spec.space.items() if "grid" in d and k in searched(data)]
+    grid = [k for k, d in data.spec.space.items() if d.is_grid and k in searched(data)]
     if data.spec.search.type == "grid" and len(grid) >= 2:
         x, y = (
             ("train.lr", "train.lambda") if {"train.lr", "train.lambda"} <= set(grid) else grid[:2]
