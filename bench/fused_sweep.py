@@ -51,13 +51,13 @@ TRACKER_CALLS += ("trial_result", "log_results", "trial_ended", "write_trial", "
 
 def timed_tracker(totals: dict[str, float]) -> None:
     """Time SweepTracker's public writes (the outermost call only: some call others), apart
-    for the driver's thread and the writer thread (sweeps.record.recorder.TrialWrites), and the
+    for the driver's thread and the writer thread (sweeps.tracking.writes.TrialWrites), and the
     driver's waits for that thread: what the driver waits on is what MLflow adds to the wall
     time."""
     import threading
 
-    from sweeps.record.recorder import TrialWrites
     from sweeps.tracking.writer import SweepTracker
+    from sweeps.tracking.writes import TrialWrites
 
     local = threading.local()
 

@@ -73,7 +73,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     """Continue an interrupted sweep from its saved config and checkpoints."""
-    from sweeps.engine.driver import load_saved, run
+    from sweeps.engine.driver import run
+    from sweeps.spec.document import load_saved
     from sweeps.spec.sweep import sweep_spec
 
     doc = load_saved(args.name, args.storage)
@@ -171,9 +172,15 @@ def add_report_parsers(sub: argparse._SubParsersAction) -> None:
 # ---------------------------------------------------------------- sweep sync (folder records)
 def cmd_sync(args: argparse.Namespace) -> int:
     """Copy a sweep from its folder into an MLflow store; run twice, one copy."""
-    from sweeps.record.recorder import sync_folder
+    from sweeps.tracking.sync import sync_folder
 
-    return sync_folder(args.name, args.storage, args.tracking_uri)
+    done = sync_folder(args.name, args.storage, args.tracking_uri)
+    print(
+        f"sweep {args.name} -> {done.uri} (experiment {done.experiment}): parent run "
+        f"{done.parent} and {done.trials} trial runs, {done.refits} refit runs; "
+        f"created {done.created} runs, logged {done.logged} epochs"
+    )
+    return 0
 
 
 def add_sync_parser(sub: Any) -> None:

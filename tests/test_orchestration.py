@@ -1,5 +1,5 @@
 """The cheap orchestration: when trials report and checkpoint (sweeps.engine.cadence), the driver's
-MLflow writes merged in a thread (sweeps.record.recorder), the store made ready while Ray starts
+MLflow writes merged in a thread (sweeps.tracking.writes), the store made ready while Ray starts
 (sweeps.tracking.writer), and a real sweep whose reports carry the epochs between them."""
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ from mlflow.tracking import MlflowClient
 from ray.tune.schedulers import ASHAScheduler
 
 from sweeps.engine.cadence import Cadence
-from sweeps.record import recorder as recording
 from sweeps.record.history import HistoryFile
-from sweeps.record.recorder import Recorder, TrialWrites, _due, merge
+from sweeps.record.recorder import Recorder
 from sweeps.search.asha import Asha
+from sweeps.tracking import writes
 from sweeps.tracking.store import usable_store
 from sweeps.tracking.writer import SweepTracker
+from sweeps.tracking.writes import TrialWrites, _due, merge
 from trainers.config import TrialConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -158,9 +159,7 @@ def test_a_running_trials_epochs_reach_mlflow_when_stale_and_its_run_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = [1000.0]  # the writer's monotonic clock, moved by the test: no race with the machine
-    monkeypatch.setattr(
-        recording, "time", SimpleNamespace(monotonic=lambda: clock[0], time=time.time)
-    )
+    monkeypatch.setattr(writes, "time", SimpleNamespace(monotonic=lambda: clock[0], time=time.time))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     file = HistoryFile(tmp_path / "history.jsonl")
     tracker = SweepTracker(uri, "exp", tmp_path / "state.json")

@@ -7,7 +7,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from sweeps.record.history import HistoryFile
-from sweeps.record.recorder import sync
+from sweeps.tracking.sync import sync
 from sweeps.tracking.writer import SweepTracker
 from trainers.config import TrialConfig
 

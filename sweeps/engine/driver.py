@@ -27,10 +27,11 @@ from sweeps.record.disk import DiskFull, Watch, quiet
 from sweeps.record.history import HistoryFile, SweepHistory
 from sweeps.record.layout import SweepFolder, unwritable
 from sweeps.record.lock import SweepLock
-from sweeps.record.recorder import Recorder, load_saved, sync  # noqa: F401 (load_saved: `sweep resume`)
+from sweeps.record.recorder import Recorder
 from sweeps.record.results import first_error_line, format_table, mark_chosen, trial_row, write_csv
 from sweeps.spec.sweep import SweepSpec, check_data
 from sweeps.tracking.store import sqlite_file, usable_store
+from sweeps.tracking.sync import sync
 from sweeps.tracking.writer import SweepTracker, read_state
 from sweeps.view.live import LiveView
 from trainers.config import ConfigError

@@ -1,31 +1,22 @@
 """The sweep folder is the source of truth; MLflow is a copy of it.
 
 ``Recorder`` is the driver's writer: each event goes to the folder's history.jsonl first, then
-to MLflow. ``sync`` copies a folder's history into any store, writing only what that store
-lacks (runs are matched by their tags, epochs by their step), so it can run any number of
-times: a resume runs it first (a store deleted, moved or never reached is rebuilt), and
-``sweep sync`` runs it on demand, into the sweep's own store or another one.
+to MLflow (from a thread of its own, sweeps.tracking.writes), then to the live view when one
+watches the sweep. What MLflow lacks, ``sync`` (sweeps.tracking.sync) copies from the record.
 """
 
 from __future__ import annotations
 
-import queue
-import tempfile
-import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sweeps.record.history import RESULT_KEYS, HistoryFile, SweepHistory
-from sweeps.record.layout import DEFAULT_STORAGE, SweepFolder
-from sweeps.record.lock import SweepLock
 from sweeps.record.results import first_error_line
-from sweeps.spec.document import load_document
-from sweeps.tracking.store import usable_store
 from sweeps.tracking.writer import SweepTracker, refit_tags
+from sweeps.tracking.writes import TrialWrites
 from sweeps.view.naming import run_name
-from trainers.config import ConfigError
 from trainers.metrics import REFIT_CURVES, fold_keys
 
 if TYPE_CHECKING:
@@ -35,7 +26,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class TrialNews:
-    """What one trial did since its last news (a fused population's report of a member)."""
+    """What one trial did since its last news: one event of a Ray trial, or a fused
+    population's report of a member. ``params`` and ``config`` are read when it started."""
 
     trial_id: str
     params: dict[str, Any]  # its sampled values of the searched keys (the folder's record)
@@ -83,39 +75,19 @@ class Recorder:
         )
         self.tracker.start_sweep(params, h.id)
 
+    # A Ray trial's events, one at a time, recorded as a fused population's members' are.
     def trial_started(self, trial_id: str, params: dict[str, Any], config: dict[str, Any]) -> None:
-        self._record(
-            {"event": "trial_started", "trial": trial_id, "params": params} | {"config": config}
-        )
-        self.mlflow.put(trial_id, config=config, name=run_name(params))
-        if self.view is not None:
-            self.view.started(trial_id, params)
+        self.trials_news([TrialNews(trial_id, params, config, started=True, results=[], end=None)])
 
     def trial_results(self, trial_id: str, epochs: list[dict[str, Any]]) -> None:
-        """One report of a trial: its epochs (oldest first), an event each, in one write to
-        the record. ``time`` is when the epoch ended, else now."""
-        now = int(time.time() * 1000)
-        kept = [_kept(m) | {"time": m.get("time", now)} for m in epochs]
-        self._record(*({"event": "result", "trial": trial_id, "metrics": k} for k in kept))
-        self.mlflow.put(trial_id, results=kept)
-        if self.view is not None:
-            for m in kept:
-                self.view.result(trial_id, m)
+        """One report of a trial: its epochs (oldest first)."""
+        self.trials_news([TrialNews(trial_id, {}, {}, started=False, results=epochs, end=None)])
 
     def trial_ended(
         self, trial_id: str, outcome: str, epochs_run: int, error: str | None = None
     ) -> None:
-        self._record(
-            {"event": "trial_ended", "trial": trial_id, "outcome": outcome}
-            | {"epochs_run": epochs_run, "error": error}
-        )
-        self.mlflow.put(
-            trial_id, end={"outcome": outcome, "epochs_run": epochs_run, "error": error}
-        )
-        if self.view is not None:
-            results = self.history.trials[trial_id].results
-            why = first_error_line(error) if error else None
-            self.view.ended(trial_id, outcome, results[-1] if results else None, why)
+        end = {"outcome": outcome, "epochs_run": epochs_run, "error": error}
+        self.trials_news([TrialNews(trial_id, {}, {}, started=False, results=[], end=end)])
 
     # A refit (sweeps.engine.refit) is recorded as a trial is, as a child run tagged
     # sweep.role=refit, through the same writer: it trains while the trials' last writes drain.
@@ -154,9 +126,11 @@ class Recorder:
         self.tracker.end_sweep(status, best, artifact_dir)
 
     def trials_news(self, news: list[TrialNews]) -> None:
-        """Many trials' news at once (a fused population's report): each event recorded as the
-        methods above record it, in one write to the record, then queued for the MLflow
-        thread as one event per trial (a run made, curves, an end: merged per trial there)."""
+        """Trials' news (one trial's event, or a fused population's report): every event
+        recorded in one write to the record, each epoch an event of its own, then queued for
+        the MLflow thread as one event per trial (a run made, curves, an end: merged per trial
+        there), then shown on the live view."""
+        now = int(time.time() * 1000)
         events: list[dict[str, Any]] = []
         kept = []
         for n in news:
@@ -165,7 +139,7 @@ class Recorder:
                     {"event": "trial_started", "trial": n.trial_id, "params": n.params}
                     | {"config": n.config}
                 )
-            results = [_kept(m) for m in n.results]
+            results = [_kept(m, now) for m in n.results]
             events += ({"event": "result", "trial": n.trial_id, "metrics": m} for m in results)
             if n.end is not None:
                 events.append({"event": "trial_ended", "trial": n.trial_id} | n.end)
@@ -199,182 +173,8 @@ class Recorder:
             self.view.ended(trial_id, end["outcome"], last[-1] if last else None, why)
 
 
-def _kept(metrics: dict[str, Any]) -> dict[str, Any]:
-    """What the record keeps of a reported epoch, stamped with the time it was recorded."""
+def _kept(metrics: dict[str, Any], now: int) -> dict[str, Any]:
+    """What the record keeps of a reported epoch, stamped with its ``time``: when the epoch
+    ended (a Ray trial's report says), else ``now``, when it was recorded."""
     keys = (*RESULT_KEYS, *fold_keys(metrics))
-    return {k: metrics[k] for k in keys if k in metrics} | {"time": int(time.time() * 1000)}
-
-
-STALE_S = 30.0  # at most this long a running trial's new epochs wait to be written to MLflow
-
-
-class TrialWrites:
-    """Trial events written to MLflow in a thread, in order, in few calls. A start is written
-    at once (the run is made) and so is an end; the epochs in between are held until their
-    trial ends, or for ``stale_s`` at most, or until ``wait``: a trial then costs three calls
-    (make the run; params, curves and tags in one batch; end it) rather than one per report,
-    and MLflow's cost grows with the points logged, not with how often trials report. Events
-    written together are merged per trial (``merge``). The first error stops the writes: later
-    ones are dropped (``sync`` brings them in on resume) and every later ``put`` or ``wait``
-    raises it."""
-
-    def __init__(self, tracker: SweepTracker, stale_s: float = STALE_S) -> None:
-        self.tracker, self.stale_s = tracker, stale_s
-        self.queue: queue.Queue[Any] = queue.Queue()
-        self.error: Exception | None = None
-        threading.Thread(target=self._run, name="mlflow-writes", daemon=True).start()
-
-    def put(self, trial_id: str, **event: Any) -> None:
-        """One of a trial's events: config=... (and its run's name=..., new_tags=...),
-        results=[...] or end={...}."""
-        self._raise()
-        self.queue.put((trial_id, event))
-
-    def wait(self) -> None:
-        """Until every event put so far is written."""
-        self.queue.put(_FLUSH)
-        self.queue.join()
-        self._raise()
-
-    def _raise(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-    def _run(self) -> None:
-        held: list[tuple[str, dict[str, Any], float]] = []  # (trial, event, when it came)
-        while True:
-            due_at = min((came + self.stale_s for _, _, came in held), default=None)
-            got = []
-            try:
-                got.append(self.queue.get(timeout=None if due_at is None else _left(due_at)))
-                while not self.queue.empty():
-                    got.append(self.queue.get_nowait())
-            except queue.Empty:  # a held event's time is up
-                pass
-            now = time.monotonic()
-            held += [(*item, now) for item in got if item is not _FLUSH]
-            written, held = _due(held, _FLUSH in got, now - self.stale_s)
-            try:
-                for trial_id, write in merge(written):
-                    if self.error is None:
-                        self.tracker.write_trial(trial_id, **write, save=False)
-                self.tracker.save_state()  # once for all the runs made (its size grows)
-            except Exception as err:
-                self.error = err
-            finally:
-                for _ in got:
-                    self.queue.task_done()
-
-
-_FLUSH = object()  # TrialWrites.wait's marker: what is held is written before it is done
-
-
-def _left(due_at: float) -> float:
-    return max(0.0, due_at - time.monotonic())
-
-
-def _due(
-    held: list[tuple[str, dict[str, Any], float]], flush: bool, stale_before: float
-) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, dict[str, Any], float]]]:
-    """The held events to write now, and those still held. A trial's events are written up
-    to its last start or end, or all of them once one is stale (or on a flush)."""
-    stale = {t for t, _, came in held if flush or came <= stale_before}
-    last = {t: i for i, (t, event, _) in enumerate(held) if "config" in event or "end" in event}
-    due = [t in stale or i <= last.get(t, -1) for i, (t, _, _) in enumerate(held)]
-    written = [(t, e) for (t, e, _), now in zip(held, due, strict=True) if now]
-    return written, [h for h, now in zip(held, due, strict=True) if not now]
-
-
-def merge(events: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
-    """Trial events (in order) as fewer writes, each {config?, results, end?} of one trial:
-    a trial's events go into its latest write unless that one has ended, or the event is a
-    new start after anything. Writes keep each trial's order of events."""
-    writes: list[tuple[str, dict[str, Any]]] = []
-    open_write: dict[str, dict[str, Any]] = {}
-    for trial_id, event in events:
-        write = open_write.get(trial_id)
-        if write is None or write.get("end") is not None or "config" in event:
-            write = open_write[trial_id] = {"results": []}
-            writes.append((trial_id, write))
-        if "config" in event:
-            write["config"] = event["config"]
-            for key in ("name", "new_tags"):  # the run's readable name and tags, when made
-                if key in event:
-                    write[key] = event[key]
-        write["results"] += event.get("results", [])
-        if "end" in event:
-            write["end"] = event["end"]
-    return writes
-
-
-def sync(history: SweepHistory, tracker: SweepTracker, best_dir: Path) -> None:
-    """Make the tracker's store hold the sweep as its folder records it, writing only what the
-    store lacks. Called by the lock holder, so no driver is running: a sweep whose record has
-    no end was interrupted."""
-    tracker.open_sweep(history.params, history.id)
-    for trial_id, trial in [*history.trials.items(), *history.refits.items()]:
-        if trial.end is not None and tracker.ended.get(trial_id) == trial.end["outcome"]:
-            continue  # ended in the store as in the folder: its curves were logged before
-        name = run_name(trial.params) if trial.source is None else f"refit of {trial.source}"
-        tracker.ensure_trial(trial_id, trial.config, name, refit_tags(trial.source))
-        tracker.log_results(trial_id, trial.results)
-        if trial.end is not None:
-            tracker.trial_ended(trial_id, **trial.end)
-    end = history.end or {"status": "interrupted", "best": None}
-    model = best_dir if end["best"] is not None and best_dir.is_dir() else None
-    tracker.end_sweep(end["status"], end["best"], model)
-
-
-def file_report(files: SweepFolder, tracker: SweepTracker, uri: str) -> None:
-    """Give a store that lacks it the sweep's report, drawn anew so that its links point at
-    this store's runs (the folder's own report keeps pointing at the store it was made for)."""
-    if "report" in {a.path for a in tracker.client.list_artifacts(tracker.parent)}:
-        return
-    from sweeps.view.report import report  # matplotlib: only when a report is drawn
-
-    with tempfile.TemporaryDirectory() as out:
-        report(files.root, out=Path(out), tracking_uri=uri)
-
-
-def load_saved(name: str, storage: str | Path = DEFAULT_STORAGE) -> dict[str, Any]:
-    """The config document a sweep was started with, for ``sweep resume NAME``: pointed at the
-    folder where it was found, so a moved or renamed sweep goes on where it now lies."""
-    files = SweepFolder.of(storage, name)
-    if not files.config.exists():
-        raise ConfigError(f"no sweep named {name} under {storage}/ ({files.config} is missing)")
-    doc = load_document(files.config)
-    if not doc:
-        raise ConfigError(f"{files.config} is empty; it should hold the sweep's config")
-    return {**doc, "name": name, "storage": str(storage)}
-
-
-def sync_folder(name: str, storage: str | Path, tracking_uri: str | None) -> int:
-    """``sweep sync``: copy the sweep in ``storage/name`` into a store (by default its own)."""
-    files = SweepFolder.of(storage, name)
-    doc = load_saved(name, storage)
-    if not files.history.exists():
-        raise ConfigError(
-            f"{files.history} is missing: sweep {name} was run before sweeps kept a record"
-        )
-    if tracking_uri:
-        key, configured = "--tracking-uri", tracking_uri
-    else:
-        key, configured = "mlflow.tracking_uri", (doc.get("mlflow") or {}).get("tracking_uri")
-    uri = usable_store(configured, Path.cwd(), key)
-    lock = SweepLock(files)
-    lock.take()
-    try:
-        history = HistoryFile(files.history).read(name)
-        tracker = SweepTracker(uri, history.experiment)
-        sync(history, tracker, files.best())
-        if files.report.is_dir():
-            file_report(files, tracker, uri)
-    finally:
-        lock.release()
-    print(
-        f"sweep {name} -> {uri} (experiment {history.experiment}): parent run {tracker.parent} "
-        f"and {len(history.trials)} trial runs, {len(history.refits)} refit runs; "
-        f"created {tracker.created} runs, "
-        f"logged {tracker.logged} epochs"
-    )
-    return 0
+    return {k: metrics[k] for k in keys if k in metrics} | {"time": metrics.get("time", now)}

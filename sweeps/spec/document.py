@@ -4,6 +4,7 @@ A config file holds the trainer's sections (data, model, train) and, for sweeps,
 own (name, storage, search, space, resources, mlflow). Every mistake is a ConfigError: one
 line naming the file or key. Config files, cluster profiles and ``--set`` values are all read
 by ``Loader``: YAML's safe subset, numbers as people write them (``1e-4``), no duplicate keys.
+A sweep's folder keeps the document it was started with, which ``load_saved`` reads back.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from sweeps.record.layout import DEFAULT_STORAGE, SweepFolder
 from trainers.config import SECTIONS, ConfigError, TrialConfig, trial_config, unknown_key_error
 from trainers.rules import shown
 
@@ -102,6 +104,18 @@ def load_document(path: str | Path) -> dict[str, Any]:
         if key not in TOP_LEVEL:
             raise unknown_key_error(str(key), TOP_LEVEL)
     return doc
+
+
+def load_saved(name: str, storage: str | Path = DEFAULT_STORAGE) -> dict[str, Any]:
+    """The config document a sweep was started with, for ``sweep resume NAME``: pointed at the
+    folder where it was found, so a moved or renamed sweep goes on where it now lies."""
+    files = SweepFolder.of(storage, name)
+    if not files.config.exists():
+        raise ConfigError(f"no sweep named {name} under {storage}/ ({files.config} is missing)")
+    doc = load_document(files.config)
+    if not doc:
+        raise ConfigError(f"{files.config} is empty; it should hold the sweep's config")
+    return {**doc, "name": name, "storage": str(storage)}
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:

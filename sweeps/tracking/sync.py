@@ -1,0 +1,94 @@
+"""The sweep folder is the source of truth; MLflow is a copy of it, which ``sync`` rebuilds.
+
+``sync`` copies a folder's history into any store, writing only what that store lacks (runs
+are matched by their tags, epochs by their step), so it can run any number of times: a resume
+runs it first (a store deleted, moved or never reached is rebuilt), and ``sweep sync`` runs it
+on demand (``sync_folder``), into the sweep's own store or another one.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from sweeps.record.history import HistoryFile, SweepHistory
+from sweeps.record.layout import SweepFolder
+from sweeps.record.lock import SweepLock
+from sweeps.spec.document import load_saved
+from sweeps.tracking.store import usable_store
+from sweeps.tracking.writer import SweepTracker, refit_tags
+from sweeps.view.naming import run_name
+from trainers.config import ConfigError
+
+
+def sync(history: SweepHistory, tracker: SweepTracker, best_dir: Path) -> None:
+    """Make the tracker's store hold the sweep as its folder records it, writing only what the
+    store lacks. Called by the lock holder, so no driver is running: a sweep whose record has
+    no end was interrupted."""
+    tracker.open_sweep(history.params, history.id)
+    for trial_id, trial in [*history.trials.items(), *history.refits.items()]:
+        if trial.end is not None and tracker.ended.get(trial_id) == trial.end["outcome"]:
+            continue  # ended in the store as in the folder: its curves were logged before
+        name = run_name(trial.params) if trial.source is None else f"refit of {trial.source}"
+        tracker.ensure_trial(trial_id, trial.config, name, refit_tags(trial.source))
+        tracker.log_results(trial_id, trial.results)
+        if trial.end is not None:
+            tracker.trial_ended(trial_id, **trial.end)
+    end = history.end or {"status": "interrupted", "best": None}
+    model = best_dir if end["best"] is not None and best_dir.is_dir() else None
+    tracker.end_sweep(end["status"], end["best"], model)
+
+
+def file_report(files: SweepFolder, tracker: SweepTracker, uri: str) -> None:
+    """Give a store that lacks it the sweep's report, drawn anew so that its links point at
+    this store's runs (the folder's own report keeps pointing at the store it was made for)."""
+    if "report" in {a.path for a in tracker.client.list_artifacts(tracker.parent)}:
+        return
+    from sweeps.view.report import report  # matplotlib: only when a report is drawn
+
+    with tempfile.TemporaryDirectory() as out:
+        report(files.root, out=Path(out), tracking_uri=uri)
+
+
+@dataclass(frozen=True)
+class Synced:
+    """What ``sweep sync`` did: the store it copied the sweep into, its runs there, and how
+    many runs and epochs that store lacked."""
+
+    uri: str
+    experiment: str
+    parent: str  # its parent run's id
+    trials: int
+    refits: int
+    created: int
+    logged: int
+
+
+def sync_folder(name: str, storage: str | Path, tracking_uri: str | None) -> Synced:
+    """``sweep sync``: copy the sweep in ``storage/name`` into a store (by default its own)."""
+    files = SweepFolder.of(storage, name)
+    doc = load_saved(name, storage)
+    if not files.history.exists():
+        raise ConfigError(
+            f"{files.history} is missing: sweep {name} was run before sweeps kept a record"
+        )
+    if tracking_uri:
+        key, configured = "--tracking-uri", tracking_uri
+    else:
+        key, configured = "mlflow.tracking_uri", (doc.get("mlflow") or {}).get("tracking_uri")
+    uri = usable_store(configured, Path.cwd(), key)
+    lock = SweepLock(files)
+    lock.take()
+    try:
+        history = HistoryFile(files.history).read(name)
+        tracker = SweepTracker(uri, history.experiment)
+        sync(history, tracker, files.best())
+        if files.report.is_dir():
+            file_report(files, tracker, uri)
+    finally:
+        lock.release()
+    trials, refits = len(history.trials), len(history.refits)
+    return Synced(
+        uri, history.experiment, tracker.parent, trials, refits, tracker.created, tracker.logged
+    )
