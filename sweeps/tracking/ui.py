@@ -27,7 +27,7 @@ import pandas as pd
 from sweeps.spec.sweep import METRICS
 from sweeps.tracking import tags as tag
 
-TRAINING_KIND = "custom_model_development"  # the kind tag's: training (3.17: the address decides)
+TRAINING_KIND = "custom_model_development"  # training (MLflow 3.17: the address decides)
 SECTION = "sweep"  # uuid of the charts' section made for the sweep
 
 
