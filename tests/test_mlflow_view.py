@@ -15,9 +15,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from sweeps.tracking import tags as tag
 from sweeps.tracking import ui as view
 from sweeps.tracking.reader import latest_trials_page
-from sweeps.tracking.writer import NOTE, SweepTracker
+from sweeps.tracking.writer import SweepTracker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from browser import Chromium  # noqa: E402
@@ -31,7 +32,7 @@ LRS = [1e-4, 1e-3, 1e-2, 0.1, 0.3, 1.0]
 
 def view_of(client: MlflowClient, experiment_id: str, parent: str) -> dict:
     tags = client.get_experiment(experiment_id).tags
-    return json.loads(tags[view.VIEW_TAG + view.view_key(parent)])
+    return json.loads(tags[tag.VIEW + view.view_key(parent)])
 
 
 def record_trials(tracker: SweepTracker, n: int) -> None:
@@ -50,7 +51,7 @@ def test_the_view_lists_the_trials_and_draws_the_metric_against_the_key_that_mat
     parent = tracker.start_sweep(PARAMS, "sweep-1")
     client = MlflowClient(uri)
     experiment = client.get_experiment(tracker.experiment_id)
-    assert experiment.tags[view.KIND_TAG] == view.TRAINING_KIND
+    assert experiment.tags[tag.KIND] == view.TRAINING_KIND
 
     started = view_of(client, tracker.experiment_id, parent)  # written as the sweep starts
     assert started["searchFilter"] == f"tags.`mlflow.parentRunId` = '{parent}'"
@@ -74,7 +75,7 @@ def test_the_view_lists_the_trials_and_draws_the_metric_against_the_key_that_mat
     ended = view_of(client, tracker.experiment_id, parent)
     assert ended["compareRunCharts"][1]["xaxis"] == {"key": "train.lr", "type": "PARAM"}
 
-    note = client.get_run(parent).data.tags[NOTE]
+    note = client.get_run(parent).data.tags[tag.NOTE]
     links = re.findall(r"\]\((#/experiments/[^)]+)\)", note)
     assert links == [
         view.view_link(tracker.experiment_id, parent),
@@ -95,13 +96,13 @@ def test_the_scatter_follows_the_most_important_key_and_a_user_note_stays(tmp_pa
     assert view_of(client, tracker.experiment_id, parent)["compareRunCharts"][1]["xaxis"][
         "key"
     ] == ("train.lambda")  # the first key, before any trial
-    client.set_tag(parent, NOTE, "my own words")
+    client.set_tag(parent, tag.NOTE, "my own words")
     record_trials(tracker, 12)
     tracker.end_sweep("completed")
     assert view_of(client, tracker.experiment_id, parent)["compareRunCharts"][1]["xaxis"][
         "key"
     ] == ("train.lr")  # 12 trials: the one that explains val_acc
-    assert client.get_run(parent).data.tags[NOTE] == "my own words"
+    assert client.get_run(parent).data.tags[tag.NOTE] == "my own words"
 
 
 def test_a_store_without_the_view_gets_the_filtered_trials_page(tmp_path):
@@ -109,7 +110,7 @@ def test_a_store_without_the_view_gets_the_filtered_trials_page(tmp_path):
     tracker = SweepTracker(uri, "exp")
     parent = tracker.start_sweep(PARAMS, "sweep-1")
     client = MlflowClient(uri)
-    client.delete_experiment_tag(tracker.experiment_id, view.VIEW_TAG + parent)
+    client.delete_experiment_tag(tracker.experiment_id, tag.VIEW + parent)
     page = latest_trials_page(uri, base="http://h:1")
     assert page is not None and "viewStateShareKey" not in page
     assert "workflowType=machine_learning" in page

@@ -27,6 +27,7 @@ from sweeps.record.disk import DiskFull, Watch, quiet
 from sweeps.record.history import HistoryFile, SweepHistory
 from sweeps.record.layout import SweepFolder, unwritable
 from sweeps.record.lock import SweepLock
+from sweeps.record.outcomes import CHOOSABLE, SweepOutcome
 from sweeps.record.recorder import Recorder
 from sweeps.record.results import first_error_line, format_table, mark_chosen, trial_row, write_csv
 from sweeps.spec.sweep import SweepSpec, check_data
@@ -38,7 +39,6 @@ from trainers.config import ConfigError
 from trainers.loop import Trial
 
 EXIT_FAILED = 1
-ELIGIBLE = ("completed", "early_stopped")  # outcomes a best config can come from
 
 
 def sweep_params(spec: SweepSpec) -> dict[str, Any]:
@@ -239,7 +239,7 @@ def finish(
     if recorder.disks is not None:  # the results, refit and test look write to the folder
         recorder.disks.check(len(history.trials))
     table = write_results(spec, files, history)
-    eligible = table[table["status"].isin(ELIGIBLE)]
+    eligible = table[table["status"].isin(CHOOSABLE)]
     if eligible.empty:
         return failed(recorder, history)
     chosen = choose(spec, eligible)
@@ -248,13 +248,13 @@ def finish(
     stopping.check()  # the last point to stop at: the test look is recorded at once
     best = look_at_test(files, chosen, history, models)
     mark_chosen(table, best["looks"], files.results)
-    recorder.end_sweep("completed", best=best, artifact_dir=files.best())
+    recorder.end_sweep(SweepOutcome.COMPLETED, best=best, artifact_dir=files.best())
     print(f"results: {files.results}; compare runs with: sweep ui", flush=True)
     return 0
 
 
 def interrupted(spec: SweepSpec, recorder: Recorder) -> int:
-    recorder.end_sweep("interrupted")
+    recorder.end_sweep(SweepOutcome.INTERRUPTED)
     print(f"interrupted; continue with: sweep resume {spec.name}", flush=True)
     return EXIT_INTERRUPTED
 
@@ -262,7 +262,7 @@ def interrupted(spec: SweepSpec, recorder: Recorder) -> int:
 def failed(recorder: Recorder, history: SweepHistory) -> int:
     first = next((t.end["error"] for t in history.trials.values() if t.end["error"]), None)
     why = first_error_line(first) if first is not None else "every trial diverged"
-    recorder.end_sweep("failed")
+    recorder.end_sweep(SweepOutcome.FAILED)
     print(f"error: no trial finished; first error: {why}", flush=True)
     return EXIT_FAILED
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from sweeps.record.outcomes import Outcome
 from sweeps.search.asha import Asha, Rungs
 from sweeps.spec.document import apply_sets
 from sweeps.spec.sweep import SweepSpec
@@ -154,15 +155,15 @@ class PopulationRun:
         """Train one epoch, apply the rung rule, and end the members that are done."""
         results = self.population.step()
         stopped = self.rungs.stopped(results) if self.rungs else {}
-        ended: dict[str, str] = {}
+        ended: dict[str, Outcome] = {}
         for id_, metrics in results.items():
             epoch = int(metrics["epoch"])
             if metrics.get("diverged"):
-                ended[id_] = "diverged"
+                ended[id_] = Outcome.DIVERGED
             elif id_ in stopped:
-                ended[id_] = "early_stopped"
+                ended[id_] = Outcome.EARLY_STOPPED
             elif epoch >= self.epochs[id_]:
-                ended[id_] = "completed"
+                ended[id_] = Outcome.COMPLETED
             news = self.news.setdefault(id_, {"started": False, "results": [], "end": None})
             news["results"].append(metrics)
             if id_ in ended:
@@ -170,7 +171,7 @@ class PopulationRun:
         self.done = all(i in ended for i in self.population.ids)
         if ended and not self.done:
             for id_, outcome in ended.items():
-                if outcome != "diverged":
+                if outcome is not Outcome.DIVERGED:
                     self.archive[id_] = _exported(self.population, id_)
             self.population.remove(list(ended))
 

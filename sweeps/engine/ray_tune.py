@@ -32,6 +32,7 @@ from sweeps.engine.cadence import EARLIER
 from sweeps.engine.trainable import population_trainable, trainable
 from sweeps.record import disk
 from sweeps.record.layout import SweepFolder
+from sweeps.record.outcomes import Outcome
 from sweeps.record.recorder import Recorder, TrialNews
 from sweeps.record.results import outcome
 from sweeps.search.asha import milestones
@@ -156,7 +157,7 @@ class TrackingCallback(tune.Callback):
             self.on_trial_start(iteration, trials, trial)
         error = trial_error(trial)
         epochs = int((trial.last_result or {}).get("epoch", 0))
-        recorder.trial_ended(trial.trial_id, "error", epochs, error=str(error))
+        recorder.trial_ended(trial.trial_id, Outcome.ERROR, epochs, error=str(error))
 
 
 class Variants(BasicVariantGenerator):
@@ -183,7 +184,7 @@ def repoint_unmade_trials(generator: BasicVariantGenerator, experiment: Path) ->
             spec["storage"] = storage
 
 
-ENDS = ("completed", "early_stopped", "diverged")  # what a population's line counts
+ENDS = (Outcome.COMPLETED, Outcome.EARLY_STOPPED, Outcome.DIVERGED)  # a population's line counts
 
 
 class PopulationCallback(TrackingCallback):
@@ -218,7 +219,7 @@ class PopulationCallback(TrackingCallback):
         for i in run.plan.populations[index].ids:
             if i not in history or history[i].end is None:  # never started, or not ended
                 epochs = history[i].last_epoch if i in history else 0
-                end = {"outcome": "error", "epochs_run": epochs}
+                end = {"outcome": Outcome.ERROR, "epochs_run": epochs}
                 news.append(_member_news(run.plan, i, i not in history, [], end, str(error)))
         run.recorder.trials_news(news)  # the live view says each member failed, and why
 

@@ -34,6 +34,7 @@ import torch
 from sweeps.engine import hold, stopping
 from sweeps.engine.cadence import CHECKPOINT_S
 from sweeps.record.layout import SweepFolder
+from sweeps.record.outcomes import Outcome
 from sweeps.record.recorder import Recorder
 from sweeps.spec.document import apply_sets
 from trainers.config import trial_config
@@ -76,7 +77,7 @@ def refit(files: SweepFolder, recorder: Recorder, trial_id: str, cpus: float) ->
     if source.last_epoch < cfg.train.epochs:
         note += f" (the trial was stopped at epoch {source.last_epoch})"
     if record is not None and record.end is not None:  # ended before a kill: not again
-        if record.end["outcome"] == "diverged":
+        if record.end["outcome"] == Outcome.DIVERGED:
             return None
         if (folder / CHECKPOINT_FILE).exists():
             return Model(folder, "refit", note, rid)
@@ -101,7 +102,9 @@ def refit(files: SweepFolder, recorder: Recorder, trial_id: str, cpus: float) ->
 
     trial.run(on_epoch)
     trial.save(folder)  # the model the test look loads; before its end is recorded
-    recorder.refit_ended(rid, "diverged" if trial.diverged else "completed", trial.epoch)
+    recorder.refit_ended(
+        rid, Outcome.DIVERGED if trial.diverged else Outcome.COMPLETED, trial.epoch
+    )
     if trial.diverged:
         print(f"trial {trial_id}: the refit diverged; its checkpoint gets the test look")
         return None

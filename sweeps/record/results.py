@@ -15,19 +15,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sweeps.record.outcomes import Outcome
 from trainers.metrics import FINAL, fold_keys
 
 
-def outcome(metrics: dict[str, Any] | None, epochs: int, error: Any) -> str:
+def outcome(metrics: dict[str, Any] | None, epochs: int, error: Any) -> Outcome:
     """How a trial ended: error, diverged, early_stopped (by ASHA) or completed."""
     if error is not None:
-        return "error"
+        return Outcome.ERROR
     metrics = metrics or {}
     if metrics.get("diverged"):
-        return "diverged"
+        return Outcome.DIVERGED
     if int(metrics.get("epoch", 0)) < epochs:
-        return "early_stopped"
-    return "completed"
+        return Outcome.EARLY_STOPPED
+    return Outcome.COMPLETED
 
 
 def first_error_line(error: Any) -> str:

@@ -3,25 +3,30 @@ report on its parent run.
 
 The sweep driver writes MLflow (sweeps.tracking.writer); this module only reads what it wrote,
 plus one write after the fact: the report's files as artifacts of the parent run. It works from any
-machine that reaches the store (a login node while the sweep runs as a SLURM job).
+machine that reaches the store (a login node while the sweep runs as a SLURM job). Its reads of
+a run by id and its paginated searches are the writer's too.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
-from mlflow.entities import Run
+from mlflow.entities import Experiment, Run
 from mlflow.exceptions import MlflowException
+from mlflow.store.entities import PagedList
 from mlflow.tracking import MlflowClient
 
+from sweeps.tracking import tags as tag
 from sweeps.tracking import ui as view
 
 DEFAULT_UI = "http://127.0.0.1:5000"  # where `sweep ui` serves a local store
-PAGE = 1000  # runs per search page
+PAGE = 1000  # results per search page
+T = TypeVar("T")
 
 
 @dataclass
@@ -69,17 +74,15 @@ def read_sweep(
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return None
-    parent = _get(client, parent_id) if parent_id else None
+    parent = get_run(client, parent_id) if parent_id else None
     if parent is None:
         parent = latest_parent(client, [found.experiment_id])
     if parent is None:
         return None
-    query = f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
-    children = [RunInfo.of(r) for r in _search(client, [found.experiment_id], query)]
+    query = tag.children_of(parent.info.run_id)
+    children = [RunInfo.of(r) for r in runs_where(client, [found.experiment_id], query)]
     trials = {  # a refit (sweep.role=refit) is no trial of the search
-        r.tags.get("sweep.trial_id", r.run_id): r
-        for r in children
-        if r.tags.get("sweep.role") != "refit"
+        r.tags.get(tag.TRIAL_ID, r.run_id): r for r in children if r.tags.get(tag.ROLE) != tag.REFIT
     }
     return SweepRuns(tracking_uri, found.experiment_id, RunInfo.of(parent), trials)
 
@@ -90,7 +93,7 @@ def latest_parent(client: MlflowClient, experiment_ids: list[str]) -> Run | None
         return None
     runs = client.search_runs(
         experiment_ids,
-        "tags.`sweep.role` = 'parent'",
+        tag.equals(tag.ROLE, tag.PARENT),
         max_results=1,
         order_by=["attributes.start_time DESC"],
     )
@@ -143,7 +146,7 @@ def trials_page_url(
     GenAI ones (sweeps.tracking.ui). A sweep's own view (``view_url``) shows more.
     """
     query = {
-        "searchFilter": f"tags.`mlflow.parentRunId` = '{parent_id}'",
+        "searchFilter": tag.children_of(parent_id),
         "orderByKey": f"metrics.`{metric}`",
         "orderByAsc": str(ascending).lower(),
         "compareRunsMode": "CHART",
@@ -165,7 +168,7 @@ def latest_trials_page(
     that lacks the view, its trials page. None when the store holds no sweep."""
     client = MlflowClient(tracking_uri)
     if experiment is None:
-        ids = [e.experiment_id for e in _all_experiments(client)]
+        ids = [e.experiment_id for e in all_experiments(client)]
     else:
         found = client.get_experiment_by_name(experiment)
         ids = [found.experiment_id] if found else []
@@ -173,15 +176,17 @@ def latest_trials_page(
     if parent is None:
         return None
     experiment_id, key = parent.info.experiment_id, view.view_key(parent.info.run_id)
-    if view.VIEW_TAG + key in client.get_experiment(experiment_id).tags:
+    if tag.VIEW + key in client.get_experiment(experiment_id).tags:
         return view.view_url(base or ui_base(tracking_uri), experiment_id, key, charts)
     return trials_page_url(
         base or ui_base(tracking_uri), experiment_id, parent.info.run_id, metric, ascending
     )
 
 
-# ---------------------------------------------------------------- helpers
-def _get(client: MlflowClient, run_id: str) -> Run | None:
+# ---------------------------------------------------------------- reads the writer uses too
+def get_run(client: MlflowClient, run_id: str) -> Run | None:
+    """The run, or None when the store has no such run; any other error (a server that does
+    not answer) is raised, not taken for "no such run"."""
     try:
         return client.get_run(run_id)
     except MlflowException as e:
@@ -190,21 +195,28 @@ def _get(client: MlflowClient, run_id: str) -> Run | None:
         raise
 
 
-def _search(client: MlflowClient, experiment_ids: list[str], query: str) -> list[Run]:
-    found, token = [], None
+def pages(search: Callable[[str | None], PagedList[T]]) -> Iterator[T]:
+    """Every result of a paginated MLflow search; ``search(token)`` fetches one page."""
+    token = None
     while True:
-        page = client.search_runs(experiment_ids, query, max_results=PAGE, page_token=token)
-        found += list(page)
+        page = search(token)
+        yield from page
         token = page.token
         if not token:
-            return found
+            return
 
 
-def _all_experiments(client: MlflowClient) -> list:
-    found, token = [], None
-    while True:
-        page = client.search_experiments(max_results=PAGE, page_token=token)
-        found += list(page)
-        token = page.token
-        if not token:
-            return found
+def runs_where(
+    client: MlflowClient, experiment_ids: list[str], query: str, order_by: list[str] | None = None
+) -> Iterator[Run]:
+    """Every run of these experiments that matches the filter ``query``, page by page."""
+    return pages(
+        lambda token: client.search_runs(
+            experiment_ids, query, max_results=PAGE, order_by=order_by, page_token=token
+        )
+    )
+
+
+def all_experiments(client: MlflowClient) -> list[Experiment]:
+    """Every active experiment of the store."""
+    return list(pages(lambda token: client.search_experiments(max_results=PAGE, page_token=token)))

@@ -26,9 +26,8 @@ import pandas as pd
 
 from sweeps.spec.space import Space
 from sweeps.spec.sweep import METRICS
+from sweeps.tracking import tags as tag
 
-VIEW_TAG = "mlflow.sharedViewState."  # + key: the view's state (JSON), an experiment tag
-KIND_TAG = "mlflow.experimentKind"  # an experiment tag: which pages the UI opens it on
 TRAINING_KIND = "custom_model_development"  # training (MLflow 3.17: the address decides)
 SECTION = "sweep"  # uuid of the charts' section made for the sweep
 
@@ -72,13 +71,13 @@ def view_state(parent_id: str, keys: list[str], metric: str, x_key: str | None) 
             )
         )
     return {
-        "searchFilter": f"tags.`mlflow.parentRunId` = '{parent_id}'",
+        "searchFilter": tag.children_of(parent_id),
         "orderByKey": f"metrics.`{metric}`",
         "orderByAsc": METRICS.get(metric) == "min",  # best first
         "selectedColumns": [
             *(f"params.`{k}`" for k in keys),
             f"metrics.`{metric}`",
-            "tags.`sweep.status`",
+            tag.column(tag.STATUS),
         ],
         "runsHiddenMode": "SHOW_ALL",  # every trial in the charts, not the first ten
         "compareRunCharts": charts,

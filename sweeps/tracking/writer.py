@@ -23,31 +23,24 @@ from typing import Any
 
 import pandas as pd
 from mlflow.entities import Metric, Param, Run, RunTag
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from sweeps.record.outcomes import RUNNING, Outcome, SweepOutcome
 from sweeps.spec.space import Space
+from sweeps.tracking import tags as tag
 from sweeps.tracking import ui as view
+from sweeps.tracking.reader import get_run, runs_where
 from sweeps.tracking.store import PreparedStore, sqlite_file, sqlite_without_fsync
 from trainers.config import ConfigError
 from trainers.metrics import curve_points
 
-TRIAL_STATUS = {  # outcome -> MLflow run status
-    "completed": "FINISHED",
-    "early_stopped": "KILLED",
-    "diverged": "FAILED",
-    "error": "FAILED",
-    "interrupted": "KILLED",
-}
-REFIT_ROLE = "refit"  # sweep.role of a refit's run: the chosen config on train+validation
-SWEEP_STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 BATCH = 100  # MLflow: at most 100 params or tags per log_batch
 METRIC_BATCH = 1000  # MLflow: at most 1000 metrics, params and tags together per log_batch
 PARAM_MAX = 6000  # MLflow: param values up to 6000 characters
 TAG_MAX = 8000  # MLflow: tag values up to 8000 characters
 ERROR_MAX = 5000  # characters of an error's full text kept in the sweep.error tag
 NOTHING = -1  # "no epoch logged yet"
-NOTE = "mlflow.note.content"  # a run's description in the UI (Markdown)
+OLDEST_FIRST = ["attributes.start_time ASC"]  # a trial's oldest run is its own
 
 
 def read_state(path: Path) -> dict[str, Any]:
@@ -68,7 +61,7 @@ def read_state(path: Path) -> dict[str, Any]:
 
 def refit_tags(source: str | None) -> dict[str, str]:
     """The tags that mark a child run as the refit of trial ``source`` (none for a trial)."""
-    return {"sweep.role": REFIT_ROLE, "sweep.source_trial_id": source} if source else {}
+    return {tag.ROLE: tag.REFIT, tag.SOURCE_TRIAL_ID: source} if source else {}
 
 
 class SweepTracker:
@@ -109,7 +102,7 @@ class SweepTracker:
             name = re.sub(r"[^\w.-]", "_", self.experiment)
             location = (db_dir / "mlartifacts" / name).as_uri()
         # The MLflow 3 UI opens an experiment on its GenAI pages unless told otherwise.
-        kind = {view.KIND_TAG: view.TRAINING_KIND}
+        kind = {tag.KIND: view.TRAINING_KIND}
         return self.client.create_experiment(self.experiment, location, tags=kind)
 
     # ------------------------------------------------------------------ the sweep
@@ -117,12 +110,12 @@ class SweepTracker:
         """Find the sweep's parent run in this store, or create it; log params it lacks.
         Its status is left as it is (a new one is RUNNING)."""
         run = self._active(self.parent) if self.parent else None
-        if run is not None and sweep_id and run.data.tags.get("sweep.id", sweep_id) != sweep_id:
+        if run is not None and sweep_id and run.data.tags.get(tag.SWEEP_ID, sweep_id) != sweep_id:
             run = None  # the state names another sweep's run
         if run is None and sweep_id:
             run = self._find_parent(sweep_id)
         if run is None:
-            tags = {"sweep.role": "parent", "sweep.status": "running", "sweep.id": sweep_id}
+            tags = {tag.ROLE: tag.PARENT, tag.STATUS: RUNNING, tag.SWEEP_ID: sweep_id}
             run = self.client.create_run(
                 self.experiment_id,
                 tags={k: v for k, v in tags.items() if v},
@@ -130,14 +123,14 @@ class SweepTracker:
             )
             self.created += 1
         elif sweep_id:
-            self._set_tags(run, {"sweep.id": sweep_id})
+            self._set_tags(run, {tag.SWEEP_ID: sweep_id})
         self.parent = run.info.run_id
         self._read_children()
         self._save()
         self._log_batch(
             self.parent, params={k: v for k, v in params.items() if k not in run.data.params}
         )
-        if view.VIEW_TAG + view.view_key(self.parent) not in self._experiment_tags():
+        if tag.VIEW + view.view_key(self.parent) not in self._experiment_tags():
             self.write_view()  # its charts' axis is chosen again when the sweep ends
         return self.parent
 
@@ -145,7 +138,7 @@ class SweepTracker:
         """``open_sweep``, then mark it RUNNING: a driver works on it."""
         parent = self.open_sweep(params, sweep_id)
         self.client.update_run(parent, status="RUNNING")
-        self._log_tags(parent, {"sweep.status": "running"})
+        self._log_tags(parent, {tag.STATUS: RUNNING})
         return parent
 
     def end_sweep(
@@ -163,22 +156,23 @@ class SweepTracker:
             if run_id != parent:
                 trial = by_run.get(run_id)
                 if trial is None:  # a child made by another process since we looked
-                    trial = self.client.get_run(run_id).data.tags.get("sweep.trial_id", run_id)
+                    trial = self.client.get_run(run_id).data.tags.get(tag.TRIAL_ID, run_id)
                     self.trials[trial] = run_id
-                self.trial_ended(trial, "interrupted", max(self._last(run_id), 0))
+                self.trial_ended(trial, Outcome.INTERRUPTED, max(self._last(run_id), 0))
         self.write_view()
         run = self.client.get_run(parent)
-        self._set_tags(run, {"sweep.status": status})
-        if run.info.status != SWEEP_STATUS[status] or run.info.end_time is None:
-            self.client.set_terminated(parent, SWEEP_STATUS[status])
+        self._set_tags(run, {tag.STATUS: status})
+        run_status = SweepOutcome.of(status).run_status
+        if run.info.status != run_status or run.info.end_time is None:
+            self.client.set_terminated(parent, run_status)
 
     def _record_best(self, run: Run, best: dict[str, Any], artifact_dir: Path | None) -> None:
         parent = run.info.run_id
         stored = {a.path for a in self.client.list_artifacts(parent)}
         if "best_config.json" not in stored:
             self.client.log_dict(parent, best, "best_config.json")
-        tags = {"best.trial_id": best.get("trial_id", "")}
-        self._set_tags(run, tags | {f"best.{k}": v for k, v in best.get("config", {}).items()})
+        tags = {tag.BEST_TRIAL_ID: best.get("trial_id", "")}
+        self._set_tags(run, tags | {tag.BEST + k: v for k, v in best.get("config", {}).items()})
 
         now = _now()
         metrics = [
@@ -217,12 +211,12 @@ class SweepTracker:
         )
         key = view.view_key(parent.info.run_id)
         value = view.encode(view.view_state(parent.info.run_id, keys, metric, x_key))
-        if self._experiment_tags().get(view.VIEW_TAG + key) != value:
-            self.client.set_experiment_tag(self.experiment_id, view.VIEW_TAG + key, value)
-        if NOTE not in parent.data.tags:  # a description the user wrote stays
+        if self._experiment_tags().get(tag.VIEW + key) != value:
+            self.client.set_experiment_tag(self.experiment_id, tag.VIEW + key, value)
+        if tag.NOTE not in parent.data.tags:  # a description the user wrote stays
             table, charts = (view.view_link(self.experiment_id, key, c) for c in (False, True))
             note = f"This sweep's [trials, best first]({table}) and [charts]({charts})."
-            self._log_tags(parent.info.run_id, {NOTE: note})
+            self._log_tags(parent.info.run_id, {tag.NOTE: note})
 
     def _experiment_tags(self) -> dict[str, str]:
         return self.client.get_experiment(self.experiment_id).tags
@@ -231,12 +225,12 @@ class SweepTracker:
         """One row per trial's run, in trial id order (what importance's folds draw from
         stays the same however the trials' runs were made): its searched values, outcome and
         latest metric."""
-        runs = [r for r in self._children() if r.data.tags.get("sweep.role") != REFIT_ROLE]
+        runs = [r for r in self._children() if r.data.tags.get(tag.ROLE) != tag.REFIT]
         rows = [
             {k: run.data.params.get(k) for k in keys}
-            | {"status": run.data.tags.get("sweep.status", "")}
+            | {"status": run.data.tags.get(tag.STATUS, "")}
             | {metric: run.data.metrics.get(metric, math.nan)}
-            for run in sorted(runs, key=lambda r: r.data.tags.get("sweep.trial_id", ""))
+            for run in sorted(runs, key=lambda r: r.data.tags.get(tag.TRIAL_ID, ""))
         ]
         return pd.DataFrame(rows, columns=[*keys, "status", metric])
 
@@ -288,13 +282,11 @@ class SweepTracker:
         (the curves of those the run lacks are logged, step = epoch; a diverged result
         repeats the last finite values: no point, a sweep.diverged tag); ``end`` is
         {"outcome", "epochs_run", "error"}: the outcome tagged and the run ended with the
-        status of TRIAL_STATUS. Params, curves and tags go in one log_batch (as many as
-        MLflow's limits need); nothing the run has already is written again. ``save``: the
-        state file now, if a run was made (else the caller calls ``save_state`` later)."""
-        if end is not None and end["outcome"] not in TRIAL_STATUS:
-            raise ValueError(
-                f"outcome must be one of {', '.join(TRIAL_STATUS)}; got {end['outcome']!r}"
-            )
+        outcome's MLflow status (sweeps.record.outcomes). Params, curves and tags go in one
+        log_batch (as many as MLflow's limits need); nothing the run has already is written
+        again. ``save``: the state file now, if a run was made (else the caller calls
+        ``save_state`` later)."""
+        outcome = Outcome.of(end["outcome"]) if end is not None else None
         params: dict[str, Any] = {}
         tags: dict[str, Any] = {}
         if config is not None:
@@ -303,19 +295,19 @@ class SweepTracker:
             if known:  # a resumed trial: running again, from the epochs its run has
                 if end is None:
                     self.client.update_run(run_id, status="RUNNING")
-                    tags["sweep.status"] = "running"
+                    tags[tag.STATUS] = RUNNING
                 self.last_epoch[run_id] = self._read_last_epoch(run_id)
             self.ended.pop(trial_id, None)
         run_id = self._child(trial_id)
         metrics, diverged = self._new_points(run_id, results or [])
         if diverged:
-            tags["sweep.diverged"] = "true"
+            tags[tag.DIVERGED] = "true"
         if end is not None:
             tags |= end_tags(**end)
         self._log_batch(run_id, metrics, params, tags)
-        if end is not None:
-            self.client.set_terminated(run_id, TRIAL_STATUS[end["outcome"]])
-            self.ended[trial_id] = end["outcome"]
+        if outcome is not None:
+            self.client.set_terminated(run_id, outcome.run_status)
+            self.ended[trial_id] = outcome
         if save:
             self.save_state()
 
@@ -340,7 +332,7 @@ class SweepTracker:
     def trial_ended(
         self, trial_id: str, outcome: str, epochs_run: int, error: str | None = None
     ) -> None:
-        """Tag the outcome and end the child run with the status of TRIAL_STATUS (idempotent)."""
+        """Tag the outcome and end the child run with the outcome's MLflow status (idempotent)."""
         self.write_trial(
             trial_id, end={"outcome": outcome, "epochs_run": epochs_run, "error": error}
         )
@@ -368,9 +360,9 @@ class SweepTracker:
         self, trial_id: str, name: str | None = None, tags: dict[str, str] | None = None
     ) -> str:
         """A new child run for the trial, RUNNING, without params yet; named ``name``."""
-        tags = {"mlflow.parentRunId": self._parent(), "sweep.trial_id": trial_id, **(tags or {})}
+        tags = {tag.PARENT_RUN_ID: self._parent(), tag.TRIAL_ID: trial_id, **(tags or {})}
         run = self.client.create_run(
-            self.experiment_id, tags=tags | {"sweep.status": "running"}, run_name=name or trial_id
+            self.experiment_id, tags=tags | {tag.STATUS: RUNNING}, run_name=name or trial_id
         )
         run_id = self.trials[trial_id] = run.info.run_id
         self.created += 1
@@ -389,49 +381,32 @@ class SweepTracker:
         return self.trials[trial_id]
 
     def _active(self, run_id: str) -> Run | None:
-        """The run, unless this store lacks it or it was deleted."""
-        try:
-            run = self.client.get_run(run_id)
-        except MlflowException as e:  # only "no such run"; a server outage must not fork runs
-            if e.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return None
-            raise
-        return run if run.info.lifecycle_stage == "active" else None
+        """The run, unless this store lacks it or it was deleted (a server outage raises: it
+        must not fork runs)."""
+        run = get_run(self.client, run_id)
+        return run if run is not None and run.info.lifecycle_stage == "active" else None
 
     def _find_parent(self, sweep_id: str) -> Run | None:
-        query = f"tags.`sweep.id` = '{sweep_id}' and tags.`sweep.role` = 'parent'"
+        query = f"{tag.equals(tag.SWEEP_ID, sweep_id)} and {tag.equals(tag.ROLE, tag.PARENT)}"
         found = self.client.search_runs(
-            [self.experiment_id], query, max_results=1, order_by=["attributes.start_time ASC"]
+            [self.experiment_id], query, max_results=1, order_by=OLDEST_FIRST
         )
         return found[0] if found else None
 
     def _children(self, extra: str = "") -> Iterator[Run]:
         """The parent's child runs (oldest first), page by page."""
-        query = f"tags.`mlflow.parentRunId` = '{self._parent()}'" + (
-            f" and {extra}" if extra else ""
-        )
-        token = None
-        while True:
-            page = self.client.search_runs(
-                [self.experiment_id],
-                query,
-                order_by=["attributes.start_time ASC"],
-                page_token=token,
-            )
-            yield from page
-            token = page.token
-            if not token:
-                return
+        query = tag.children_of(self._parent()) + (f" and {extra}" if extra else "")
+        return runs_where(self.client, [self.experiment_id], query, OLDEST_FIRST)
 
     def _read_children(self) -> None:
         self.trials, self.ended = {}, {}
         for run in self._children():
-            trial = run.data.tags.get("sweep.trial_id")
+            trial = run.data.tags.get(tag.TRIAL_ID)
             if trial is None or trial in self.trials:  # the oldest of a trial's runs is its own
                 continue
             self.trials[trial] = run.info.run_id
             if run.info.status != "RUNNING":
-                self.ended[trial] = run.data.tags.get("sweep.status", "")
+                self.ended[trial] = run.data.tags.get(tag.STATUS, "")
 
     def _last(self, run_id: str) -> int:
         if run_id not in self.last_epoch:
@@ -490,15 +465,14 @@ class SweepTracker:
 
 def end_tags(outcome: str, epochs_run: int, error: str | None = None) -> dict[str, str]:
     """A trial's end as tags: its outcome and epochs, ASHA's rung, the error's text."""
-    if outcome not in TRIAL_STATUS:
-        raise ValueError(f"outcome must be one of {', '.join(TRIAL_STATUS)}; got {outcome!r}")
-    tags = {"sweep.status": outcome, "sweep.epochs_run": str(epochs_run)}
-    if outcome == "early_stopped":
-        tags["sweep.rung"] = str(epochs_run)
+    outcome = Outcome.of(outcome)
+    tags = {tag.STATUS: outcome.value, tag.EPOCHS_RUN: str(epochs_run)}
+    if outcome is Outcome.EARLY_STOPPED:
+        tags[tag.RUNG] = str(epochs_run)
     if error:
         first = error.strip().splitlines()[0] if error.strip() else error
         full = error if len(error) <= ERROR_MAX else "..." + error[-ERROR_MAX:]
-        tags["sweep.error"] = first if full.strip() == first else f"{first}\n\n{full}"
+        tags[tag.ERROR] = first if full.strip() == first else f"{first}\n\n{full}"
     return tags
 
 

@@ -18,17 +18,18 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from sweeps.record.outcomes import CHOOSABLE, RUNNING, Outcome
 from sweeps.view.naming import format_value, short_key
 
 CROWD = 200  # from this many trials on, lines and markers get thin and translucent
 MARKERS = ("o", "s", "^", "D", "v", "P")  # one per loss (or other group)
 STATUS_COLOURS = {
-    "completed": "tab:green",
-    "early_stopped": "tab:blue",
-    "diverged": "tab:red",
-    "error": "tab:gray",
-    "interrupted": "tab:orange",
-    "running": "tab:purple",
+    Outcome.COMPLETED: "tab:green",
+    Outcome.EARLY_STOPPED: "tab:blue",
+    Outcome.DIVERGED: "tab:red",
+    Outcome.ERROR: "tab:gray",
+    Outcome.INTERRUPTED: "tab:orange",
+    RUNNING: "tab:purple",
 }
 CMAP = "viridis"
 
@@ -171,12 +172,12 @@ def metric_vs(
     y = table[metric].astype(float)
     finite = y[np.isfinite(y)]
     bottom = finite.min() - 0.05 * (np.ptp(finite) or 1.0) if len(finite) else 0.0
-    ok = table["status"].isin(["completed", "early_stopped", "interrupted", "running"])
+    ok = table["status"].isin([*CHOOSABLE, Outcome.INTERRUPTED, RUNNING])  # not failed
     groups = table[group] if group in table else pd.Series("trials", index=table.index)
     for marker, value in zip(MARKERS * 10, sorted(groups[ok].unique(), key=str)):
         rows = ok & (groups == value)
         ax.scatter(table[key][rows], y[rows], s=size, alpha=alpha, marker=marker, label=str(value))
-    diverged = table["status"] == "diverged"
+    diverged = table["status"] == Outcome.DIVERGED
     if diverged.any():
         ax.scatter(
             table[key][diverged],
@@ -227,7 +228,7 @@ def heatmap(
     """A grid over two hyperparameters: the metric's mean per cell (over repeats and any other
     searched key); cells with no finite value say why (diverged, failed)."""
     finite = table[np.isfinite(table[metric].astype(float))]
-    ok = finite[finite["status"] != "diverged"]
+    ok = finite[finite["status"] != Outcome.DIVERGED]
     xs, ys = sorted(table[xkey].unique()), sorted(table[ykey].unique())
     grid = ok.pivot_table(index=ykey, columns=xkey, values=metric, aggfunc="mean")
     grid = grid.reindex(index=ys, columns=xs)
@@ -260,7 +261,7 @@ def heatmap(
 
 
 def _why_empty(statuses: pd.Series) -> str:
-    return "diverged" if (statuses == "diverged").any() else "failed"
+    return "diverged" if (statuses == Outcome.DIVERGED).any() else "failed"
 
 
 # ---------------------------------------------------------------- all hyperparameters at once

@@ -19,22 +19,22 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from sweeps.record.outcomes import Outcome
 from sweeps.view.naming import run_name
 
-OUTCOMES = ("completed", "early_stopped", "diverged", "error", "interrupted")
 WORDS = {  # outcome -> how the view says it
-    "completed": "completed",
-    "early_stopped": "stopped early",
-    "diverged": "diverged",
-    "error": "failed",
-    "interrupted": "interrupted",
+    Outcome.COMPLETED: "completed",
+    Outcome.EARLY_STOPPED: "stopped early",
+    Outcome.DIVERGED: "diverged",
+    Outcome.ERROR: "failed",
+    Outcome.INTERRUPTED: "interrupted",
 }
 STYLES = {
-    "completed": "green",
-    "early_stopped": "cyan",
-    "diverged": "red",
-    "error": "bold red",
-    "interrupted": "yellow",
+    Outcome.COMPLETED: "green",
+    Outcome.EARLY_STOPPED: "cyan",
+    Outcome.DIVERGED: "red",
+    Outcome.ERROR: "bold red",
+    Outcome.INTERRUPTED: "yellow",
 }
 SHOWN_RUNNING = 12  # running trials listed; more are counted
 SHOWN_ENDED = 5  # latest ended trials listed
@@ -60,7 +60,7 @@ class LiveView:
         self.stream = stream if stream is not None else sys.stdout
         self.interactive = self.stream.isatty() if interactive is None else interactive
         self.summary_every, self.clock = summary_every, clock
-        self.counts = dict.fromkeys(OUTCOMES, 0)  # ended since this driver started (the ETA's rate)
+        self.counts = dict.fromkeys(Outcome, 0)  # ended since this driver started (the ETA's rate)
         self.prior = dict(prior or {})  # ended before a resume: progress, not rate
         self.running: dict[str, dict[str, Any]] = {}  # trial id -> params, epoch, value
         self.recent: list[str] = []  # lines about the latest ended trials
@@ -94,15 +94,14 @@ class LiveView:
     ) -> None:
         """A trial ended: completed, early_stopped, diverged, error (``error``: its one line)
         or interrupted."""
-        if outcome not in OUTCOMES:
-            raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}; got {outcome!r}")
+        outcome = Outcome.of(outcome)
         metrics = metrics or {}
         with self.lock:
             trial = self.running.pop(trial_id, {"params": {}, "epoch": 0, "value": math.nan})
             self.counts[outcome] += 1
             value = _number(metrics.get(self.metric, trial["value"]))
             epochs = int(metrics.get("epoch", trial["epoch"]))
-            if outcome in ("completed", "early_stopped") and self._better(value):
+            if outcome.choosable and self._better(value):
                 self.best = (value, trial_id, trial["params"])
             score = "" if math.isnan(value) else f", {self.metric} {value:.4f}"
             line = (
@@ -175,7 +174,7 @@ class LiveView:
                 (f"{len(self.running)} running", "magenta"),
                 *[
                     (f"  {self.counts[o] + self.prior.get(o, 0)} {WORDS[o]}", STYLES[o])
-                    for o in OUTCOMES
+                    for o in Outcome
                 ],
             )
             best = Text(self._best_text(), style="bold")

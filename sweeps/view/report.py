@@ -26,8 +26,10 @@ import yaml
 
 from sweeps.record.history import HistoryFile
 from sweeps.record.layout import DEFAULT_STORAGE, SweepFolder
+from sweeps.record.outcomes import CHOOSABLE, RUNNING
 from sweeps.record.results import best_first
 from sweeps.spec.sweep import SweepSpec, sweep_spec
+from sweeps.tracking import tags as tag
 from sweeps.tracking.reader import (
     SweepRuns,
     log_report,
@@ -40,7 +42,6 @@ from sweeps.view import sections
 from trainers.config import ConfigError
 from trainers.metrics import CURVES, FINAL, curve_points
 
-ENDED_OK = ("completed", "early_stopped")  # outcomes a trial can be chosen from
 METRIC_LABELS = {"val_acc": "validation accuracy (fraction)", "val_loss": "validation loss"}
 
 
@@ -68,14 +69,14 @@ class SweepData:
     def ranked(self) -> pd.DataFrame:
         """Trials that can be chosen, best first; ties as results.csv ranks them."""
         t = self.table
-        ok = t[t["status"].isin(ENDED_OK) & np.isfinite(t[self.metric].astype(float))]
+        ok = t[t["status"].isin(CHOOSABLE) & np.isfinite(t[self.metric].astype(float))]
         return best_first(ok, self.metric, self.spec.search.mode)
 
     @property
     def chosen(self) -> str | None:
         """The chosen trial: the one the parent run names, else the best ranked."""
-        if self.runs is not None and self.runs.parent.tags.get("best.trial_id"):
-            return self.runs.parent.tags["best.trial_id"]
+        if self.runs is not None and self.runs.parent.tags.get(tag.BEST_TRIAL_ID):
+            return self.runs.parent.tags[tag.BEST_TRIAL_ID]
         return None if self.ranked.empty else str(self.ranked.iloc[0]["trial_id"])
 
     def link(self, trial_id: str) -> str:
@@ -149,12 +150,12 @@ def table_from_runs(runs: SweepRuns, keys: list[str]) -> pd.DataFrame:
     """results.csv's columns from the child runs, for a sweep still running or interrupted."""
     rows = []
     for trial_id, run in runs.trials.items():
-        status = "running" if run.status == "RUNNING" else run.tags.get("sweep.status", "")
+        status = RUNNING if run.status == "RUNNING" else run.tags.get(tag.STATUS, "")
         row: dict[str, Any] = {"trial_id": trial_id, "status": status}
         row |= {k: param_value(run.params.get(k)) for k in keys}
-        row["epochs_run"] = int(run.tags.get("sweep.epochs_run", 0) or 0)
+        row["epochs_run"] = int(run.tags.get(tag.EPOCHS_RUN, 0) or 0)
         row |= {f"final_{k}": run.metrics.get(k, math.nan) for k in FINAL}
-        row["error"] = run.tags.get("sweep.error", "").split("\n")[0]
+        row["error"] = run.tags.get(tag.ERROR, "").split("\n")[0]
         rows.append(row)
     columns = ["trial_id", "status", *keys, "epochs_run", *(f"final_{k}" for k in FINAL), "error"]
     return pd.DataFrame(rows, columns=columns)

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from sweeps.record.outcomes import Outcome
 from sweeps.search.asha import milestones
 from sweeps.tracking.reader import trials_page_url, ui_base
 from sweeps.view import figures as figs
@@ -74,7 +75,7 @@ def lr_spread(data: SweepData) -> list[str]:
     if key not in data.spec.space or key not in t:
         return []
     lr = pd.to_numeric(t[key], errors="coerce")
-    rows = t[(t["status"] != "error") & (lr > 0)]
+    rows = t[(t["status"] != Outcome.ERROR) & (lr > 0)]
     if rows.empty:
         return []
     log_lr = np.log10(rows[key].astype(float))
@@ -85,7 +86,7 @@ def lr_spread(data: SweepData) -> list[str]:
             break
         picked.append((free - target).abs().idxmin())
     musts = list(rows.index[rows["trial_id"] == data.chosen])
-    diverged = rows[rows["status"] == "diverged"]
+    diverged = rows[rows["status"] == Outcome.DIVERGED]
     if not diverged.empty:
         musts.append(log_lr[diverged.index].idxmin())
     ends = {log_lr.idxmin(), log_lr.idxmax()}
@@ -138,7 +139,7 @@ def chosen_config(data: SweepData) -> Section:
         why += f" (next: {nxt[metric]:.4f}, trial {data.link(nxt['trial_id'])})"
     said = [why + "."]
     said += [_range_sentence(data, k) for k in ("train.lr", "train.lambda") if k in searched(data)]
-    diverged = t[t["status"] == "diverged"]
+    diverged = t[t["status"] == Outcome.DIVERGED]
     if len(diverged) and "train.lr" in t and numeric(data, "train.lr"):
         said.append(
             f"{len(diverged)} trial(s) diverged, all with a learning rate of "
@@ -266,7 +267,9 @@ def loss_curves(data: SweepData) -> Section:
         return sec
     labels = [(s, _spread_label(by_id.loc[s], data)) for s in spread]
     diverged = (
-        " and the lowest rate that diverged" if (data.table["status"] == "diverged").any() else ""
+        " and the lowest rate that diverged"
+        if (data.table["status"] == Outcome.DIVERGED).any()
+        else ""
     )
     caption = (
         f"{len(spread)} trials across the learning rates tried, lowest to highest, with the "
@@ -329,7 +332,7 @@ def asha(data: SweepData) -> Section:
     sec = Section("What ASHA stopped, and when")
     t, s = data.table, data.spec.search
     milestones = rungs(data)
-    fig = figs.rung_counts(t["epochs_run"], t["status"] == "early_stopped", milestones)
+    fig = figs.rung_counts(t["epochs_run"], t["status"] == Outcome.EARLY_STOPPED, milestones)
     caption = (
         f"Of {len(t)} trials, how many trained to each rung (epochs) and how many ASHA stopped "
         f"there (grace period {s.grace_period}, reduction factor {s.reduction_factor})."

@@ -24,12 +24,14 @@ import yaml
 
 from sweeps.record.layout import DEFAULT_STORAGE, SweepFolder
 from sweeps.record.lock import holder
+from sweeps.record.outcomes import RUNNING, Outcome
+from sweeps.tracking import tags as tag
 from sweeps.tracking.reader import RunInfo, SweepRuns, param_value, read_sweep
 from sweeps.view.naming import run_name
 from trainers.config import ConfigError
 
-ENDED = ("completed", "early_stopped", "diverged", "error")  # a trial's final outcomes
-OUTCOMES = ("running", *ENDED, "interrupted")
+ENDED = tuple(o for o in Outcome if o is not Outcome.INTERRUPTED)  # final: not to be resumed
+OUTCOMES = (RUNNING, *Outcome)
 SLURM_LOG = re.compile(r"^slurm-(\d+)\.out$")
 SLURM_LIVE = (
     "PENDING",
@@ -94,7 +96,7 @@ class Status:
         scored = [
             (t, r)
             for t, r in self.runs.trials.items()
-            if _outcome(r) not in ("diverged", "error")
+            if _outcome(r) not in (Outcome.DIVERGED, Outcome.ERROR)
             and math.isfinite(r.metrics.get(self.metric, math.nan))
         ]
         if not scored:
@@ -111,7 +113,7 @@ class Status:
 
 
 def _outcome(run: RunInfo) -> str:
-    return "running" if run.status == "RUNNING" else run.tags.get("sweep.status", "unknown")
+    return RUNNING if run.status == "RUNNING" else run.tags.get(tag.STATUS, "unknown")
 
 
 # ---------------------------------------------------------------- reading
@@ -169,7 +171,7 @@ def _state(st: Status, folder: SweepFolder) -> str:
     parent = st.runs.parent
     if parent.status == "RUNNING":  # not ended: killed hard, unless a driver still runs it
         return "running" if st.alive else "interrupted"
-    tagged = parent.tags.get("sweep.status", "")
+    tagged = parent.tags.get(tag.STATUS, "")
     if tagged == "completed" and not folder.results.exists():
         tagged = "interrupted"
     state = tagged or ("completed" if folder.results.exists() else "interrupted")
@@ -263,7 +265,7 @@ def format_detail(s: Status, now_ms: float | None = None) -> str:
     lines.append(f"  last {min(LAST, len(recent))} trials:")
     for trial, run in recent[:LAST]:
         value = run.metrics.get(s.metric, math.nan)
-        epochs = run.tags.get("sweep.epochs_run", "-")
+        epochs = run.tags.get(tag.EPOCHS_RUN, "-")
         lines.append(
             f"    {trial}  {_outcome(run):<13} epochs {epochs:>3}  {s.metric} {value:.4f}  "
             f"{run_name(_params(run, s.space))}"
