@@ -1,6 +1,6 @@
 """The fused engine (``search.engine: fused``): configurations trained as populations.
 
-Every configuration is sampled up front (sweeps/engine/ray_tune.py draws them with Ray's own variant
+Every configuration is sampled up front (sweeps/search/draws.py draws them with Ray's own variant
 generator, so they are the per-trial engine's), named ``c0000``, ``c0001``, ... and grouped by
 what a population cannot mix (the data settings, ``train.batch_size``, ``train.device``); each
 group is cut into populations of at most ``search.population_size``. Each population is one
