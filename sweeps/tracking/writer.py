@@ -1,4 +1,4 @@
-"""Every MLflow call of the project: one parent run per sweep, one nested child run per trial.
+"""Every MLflow write of a sweep: one parent run per sweep, one nested child run per trial.
 
 Used from one process at a time per sweep (the driver, or ``sweep sync``, holding the sweep's
 lock), so a SQLite store is safe. It speaks to MLflow through ``MlflowClient`` with explicit
@@ -7,7 +7,8 @@ the parent, ``sweep.trial_id`` on each child), so every write is "log what is mi
 resumed sweep continues the same runs, and a sweep copied twice into a store is there once.
 The ids are also kept in a JSON state file, a cache of the sweep's own store.
 
-Which store, and whether it can take the sweep, is sweeps/tracking/store.py's.
+Which store, and whether it can take the sweep, is sweeps/tracking/store.py's; the reads of the
+report and ``sweep status`` are sweeps/tracking/reader.py's.
 """
 
 from __future__ import annotations
