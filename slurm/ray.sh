@@ -147,8 +147,7 @@ ray_start() {
   SWEEPS_RAY_TAG=$RAY_TAG RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0 "$PYTHON" -c '
 import os, signal, sys
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1})
-os.execv(sys.executable, [sys.executable, "-m", "ray.scripts.scripts", *sys.argv[1:]])' \
-    start "${args[@]}" "$@" &
+os.execvp(sys.argv[1], sys.argv[1:])' "$PYTHON" -m ray.scripts.scripts start "${args[@]}" "$@" &
   RAY_PID=$!
 }
 
