@@ -141,13 +141,8 @@ ray_start() {
   fi
   sweeps_log "starting a Ray $role on $(hostname -s) (SLURM node ${SLURMD_NODENAME:-?}," \
     "node index $node): $* ports $p-$((p + 99)), temp dir $RAY_TEMP"
-  # Ray's processes inherit SIGTERM, SIGHUP and SIGUSR1 blocked: scancel (or a signal to the
-  # whole job) reaches every process of the job, and a Ray that ended on it would leave the
-  # driver without its cluster while it saves the sweep's state. ray_cleanup ends Ray, after.
-  SWEEPS_RAY_TAG=$RAY_TAG RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0 "$PYTHON" -c '
-import os, signal, sys
-signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1})
-os.execvp(sys.argv[1], sys.argv[1:])' "$PYTHON" -m ray.scripts.scripts start "${args[@]}" "$@" &
+  SWEEPS_RAY_TAG=$RAY_TAG RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0 \
+    "$PYTHON" -m ray.scripts.scripts start "${args[@]}" "$@" &
   RAY_PID=$!
 }
 
@@ -246,11 +241,17 @@ ray_worker() {
   return "$rc"
 }
 
-# ray_cleanup: end this job's Ray processes on this node, and nothing else (idempotent). They
-# do not hear SIGTERM (ray_start), and their state is the sweep folder's to keep, not theirs.
+# ray_cleanup: stop this job's Ray processes on this node, and nothing else (idempotent).
 ray_cleanup() {
   [[ -n $RAY_TAG ]] || return 0
-  local pids
+  local i pids
+  if [[ -n $RAY_PID ]] && kill -0 "$RAY_PID" 2>/dev/null; then
+    kill -TERM "$RAY_PID" 2>/dev/null
+    for ((i = 0; i < 30; i++)); do
+      kill -0 "$RAY_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+  fi
   pids=$(grep -lzxF "SWEEPS_RAY_TAG=$RAY_TAG" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3)
   if [[ -n $pids ]]; then
     # shellcheck disable=SC2086  # one pid per word

@@ -329,43 +329,6 @@ def test_pre_timeout_signal_requeues_and_resumes(slurm_cluster, profile, tmp_pat
     no_ray_left(ray_tmp)
 
 
-@slurm
-def test_sigterm_to_every_process_of_the_job_stops_it_cleanly_and_it_resumes(
-    slurm_cluster, profile, tmp_path, ray_tmp
-):
-    """What scancel does before its SIGKILL, and a node's shutdown: SIGTERM to every process
-    of the job at once, Ray's included. The driver stops in its own words with the sweep's
-    state saved (its Ray, deaf to the signal, is still there to save it: no "Failed to connect
-    to GCS"), the job's cleanup ends Ray, and the sweep resumes to its end."""
-    job = submit(slurm_cluster, profile, tmp_path, "tm", epochs=600)
-    head_log = wait_for(
-        lambda: re.search(r"starting a Ray head .* temp dir (\S+)", log_of(tmp_path, "tm", job)),
-        "the head",
-        90,
-    )
-    freeze_trials(head_log[1])  # mid-trial when the signal comes, however fast the machine
-    subprocess.run(
-        ["scancel", "--signal=TERM", "--full", job],
-        env=slurm_cluster.client_env(),
-        check=True,
-        timeout=20,
-    )
-    wait(slurm_cluster, job, tmp_path, "tm")
-    log = log_of(tmp_path, "tm", job)
-    for said in ("got SIGTERM", "interrupted; continue with", "the sweep driver exited with 130"):
-        assert events(log, said), f"{said!r} not in the log:\n{log[-3000:]}"
-    for unsaid in ("Failed to connect to GCS", "Traceback"):
-        assert unsaid not in log, log[-3000:]
-    no_ray_left(ray_tmp)
-
-    resumed = submit(slurm_cluster, profile, tmp_path, "tm", "--resume", epochs=600)
-    assert wait(slurm_cluster, resumed, tmp_path, "tm") == "COMPLETED", log_of(
-        tmp_path, "tm", resumed
-    )[-3000:]
-    check_sweep(tmp_path, "tm")
-    no_ray_left(ray_tmp)
-
-
 # ---------------------------------------------------------------- the renderer, no cluster
 def dry_run(capsys, monkeypatch, tmp_path, *args: str) -> str:
     monkeypatch.chdir(tmp_path)
