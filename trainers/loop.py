@@ -26,6 +26,15 @@ from trainers.schedule import FlatOptimizer, lr_factor
 
 CHECKPOINT_FILE = "trial.pt"
 EpochCallback = Callable[[dict[str, Any], "Trial"], None]
+# what a running configuration may change (Population Based Training's explore): values the
+# state's layout does not depend on
+RECONFIGURABLE = (
+    "train.lr",
+    "train.lambda",
+    "train.momentum",
+    "train.elastic_beta",
+    "model.margin",
+)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -49,6 +58,17 @@ def split_tensors(
         return on_device[split]
     part = getattr(data, split)
     return torch.as_tensor(part.X, device=device), torch.as_tensor(part.y, device=device)
+
+
+def check_reconfigurable(old: TrialConfig, new: TrialConfig) -> None:
+    """ValueError naming the first key other than RECONFIGURABLE's where ``new`` differs."""
+    before = old.flat()
+    for key, value in new.flat().items():
+        if key not in RECONFIGURABLE and value != before[key]:
+            raise ValueError(
+                f"{key} cannot change during training (only {', '.join(RECONFIGURABLE)}); "
+                f"{before[key]!r} -> {value!r}"
+            )
 
 
 def capture_epoch(
@@ -123,6 +143,13 @@ class Trainer:
             self._steps(self._batch_starts())
         self.epoch += 1
         return lr
+
+    def reconfigure(self, cfg: TrialConfig) -> None:
+        """Train on with ``cfg`` (Trial.reconfigure checks it): the schedule's base lr, lambda,
+        elastic beta and margin are read from it at each step; rho is the optimizer's, set here
+        as FlatOptimizer sets it. A captured graph baked the old values in: it is made again."""
+        self.cfg, self.graph = cfg, None
+        self.optimizer.rho = 0.0 if cfg.train.optimizer == "sgd" else cfg.train.momentum
 
     def _shuffle(self) -> None:
         """This epoch's order into ``perm``: drawn on the device from the trainer's generator,
@@ -289,6 +316,15 @@ class Trial:
             self.last_finite = metrics
         self.history.append(metrics)
         return metrics
+
+    def reconfigure(self, cfg: TrialConfig) -> None:
+        """Train on with ``cfg``, which may differ from the current config only in
+        RECONFIGURABLE's keys (else ValueError); the lr schedule goes on from this epoch with
+        the new base lr. What Population.reconfigure does for one of its members."""
+        check_reconfigurable(self.cfg, cfg)
+        self.cfg = cfg
+        for trainer in self.trainers:
+            trainer.reconfigure(cfg)
 
     @property
     def done(self) -> bool:

@@ -21,6 +21,12 @@ Configurations end on their own: one that diverges (non-finite loss) is frozen, 
 zeroed so that nothing non-finite lingers, and reports its last finite metrics flagged
 ``diverged``, as Trial.step does; one that has run its ``train.epochs`` is frozen too. Frozen
 configurations still ride along in the matrix products until ``remove`` compacts them away.
+
+For adaptive search the population also changes while it trains: ``add`` starts new members
+(a sampler's refills), ``copy_member`` and ``reconfigure`` are Population Based Training's
+exploit (a member takes another's weights and optimizer state) and explore (a member's
+lr, lambda, momentum, elastic beta or margin change). Each member counts its own optimizer
+steps, so a member that joined later is bias-corrected by Adam as its own Trial would be.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import json
 import math
 import time
 from collections.abc import Hashable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +45,13 @@ import torch
 from trainers import triton_step
 from trainers.config import ConfigError, TrialConfig, trial_config
 from trainers.data import Dataset, prepare
-from trainers.loop import Trial, capture_epoch, resolve_device, split_tensors
+from trainers.loop import (
+    Trial,
+    capture_epoch,
+    check_reconfigurable,
+    resolve_device,
+    split_tensors,
+)
 from trainers.metrics import fold_key
 from trainers.model import LinearClassifier, multiprocessors, scores, split_k
 from trainers.schedule import lr_factor
@@ -48,7 +60,8 @@ CHECKPOINT_FILE = "population.pt"
 ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, which trainers/schedule.py uses
 ADAM_EPS = 1e-8
 MEASURE_ELEMENTS = 2**24  # scores held at once when measuring a whole split: 64 MB in fp32
-PER_MEMBER = ("epochs_run", "diverged", "history", "last_finite")  # lists: an entry a member
+# lists, an entry a member; step_epochs: the epochs of optimizer steps in a member's state
+PER_MEMBER = ("epochs_run", "step_epochs", "diverged", "history", "last_finite")
 
 
 # ---------------------------------------------------------------- per-configuration columns
@@ -187,19 +200,34 @@ def new_state(param: torch.Tensor, cols: Columns) -> dict[str, torch.Tensor]:
     return {name: torch.zeros_like(param) for name in names}
 
 
+def adam_corrections(
+    step_epochs: Sequence[int], batches: int, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adam's bias corrections for each step of an epoch of ``batches`` steps, per member:
+    1 - b1^t and sqrt(1 - b2^t), each (batches, K, 1), where t = step_epochs[k] * batches + i
+    at the epoch's step i = 1..batches is member k's own step count, as torch.optim.Adam keeps
+    it. Made in float64, as the powers are, then cast to the parameters' dtype."""
+    done = torch.tensor(step_epochs, dtype=torch.float64, device=device) * batches  # (K,)
+    steps = torch.arange(1, batches + 1, dtype=torch.float64, device=device)  # (S,)
+    t = (done + steps[:, None])[..., None]  # (S, K, 1)
+    b1, b2 = ADAM_BETAS
+    return (1 - b1**t).to(dtype), (1 - b2**t).sqrt().to(dtype)
+
+
 def optimizer_step(
     param: torch.Tensor,
     grad: torch.Tensor,
     state: dict[str, torch.Tensor],
     cols: Columns,
     lr: torch.Tensor,
-    adam_t: int,
+    corrections: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> None:
     """One step of each configuration's optimizer, in place; param, grad (..., K, C), lr (K, 1).
 
     sgd / momentum / nesterov as torch.optim.SGD with dampening 0: v = rho v + g, then
     w -= lr v, or w -= lr (g + rho v) for nesterov (sgd is rho = 0, so v = g).
-    adam as torch.optim.Adam: m, s moving averages of g and g^2, bias-corrected, t = adam_t.
+    adam as torch.optim.Adam: m, s moving averages of g and g^2, bias-corrected by this step's
+    ``corrections`` (1 - b1^t, sqrt(1 - b2^t)), each (K, 1): see adam_corrections.
     """
     # each family gives a direction d and a (K, 1) step size a; then w -= a d, in one pass
     sgd = adam = None
@@ -208,15 +236,24 @@ def optimizer_step(
         sgd = torch.addcmul(v * cols.keep_v, grad, cols.keep_g) if cols.any_nesterov else v
     if cols.any_adam:
         (b1, b2), m, s = ADAM_BETAS, state["m"], state["s"]
+        bias1, bias2 = corrections
         m.lerp_(grad, 1 - b1)
         s.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        denom = (s.sqrt() / math.sqrt(1 - b2**adam_t)).add_(ADAM_EPS)
+        denom = (s.sqrt() / bias2).add_(ADAM_EPS)
         adam = m / denom
-    size = _pick(lr / (1 - b1**adam_t), lr, cols.adam) if cols.any_adam else lr
+    size = _pick(lr / bias1, lr, cols.adam) if cols.any_adam else lr
     param.addcmul_(_pick(adam, sgd, cols.adam), size, value=-1.0)
 
 
 # ---------------------------------------------------------------- one fold
+def initial_weights(cfgs: Sequence[TrialConfig], D: int, C: int) -> torch.Tensor:
+    """(D, K, C) on the CPU: each configuration's W exactly as its own LinearClassifier starts."""
+    inits = [
+        LinearClassifier(D, C, torch.Generator().manual_seed(c.train.seed)).W.detach() for c in cfgs
+    ]
+    return torch.stack(inits, dim=1)
+
+
 class Fold:
     """One data set (one fold) on the device, with the population's weights for it.
 
@@ -237,12 +274,7 @@ class Fold:
         self.X_val = torch.as_tensor(data.val.X, device=device)
         self.y_val = torch.as_tensor(data.val.y, device=device)
         D, C = self.X.shape[1], data.n_classes
-        # each configuration starts exactly as its own LinearClassifier would
-        inits = [
-            LinearClassifier(D, C, torch.Generator().manual_seed(c.train.seed)).W.detach()
-            for c in cfgs
-        ]
-        self.W = torch.stack(inits, dim=1).to(device).contiguous()  # (D, K, C)
+        self.W = initial_weights(cfgs, D, C).to(device).contiguous()  # (D, K, C)
         self.b = torch.zeros(len(cfgs), C, device=device)  # (K, C)
         self.state = {"W": new_state(self.W, cols), "b": new_state(self.b, cols)}
         self.order = torch.Generator(device=device).manual_seed(order_seed)
@@ -256,31 +288,47 @@ class Fold:
         K, C = self.b.shape
         return scores(self.W.view(-1, K * C), self.b.view(-1), X, parts).view(-1, K, C)
 
-    def train_epoch(self, cols: Columns, lr: torch.Tensor, batch_size: int, adam_t: int) -> int:
-        """One pass over a fresh permutation; returns the Adam step count after it.
+    def batches(self, batch_size: int) -> range:
+        """Where an epoch's minibatches start: its number of steps is their number."""
+        return range(0, len(self.y), batch_size)
+
+    def train_epoch(
+        self, cols: Columns, lr: torch.Tensor, batch_size: int, step_epochs: Sequence[int]
+    ) -> None:
+        """One pass over a fresh permutation; ``step_epochs``: each member's epochs of steps
+        before it (Adam's step counts, see adam_corrections).
 
         On CUDA, for a population without Adam, the epoch's steps are captured once in a CUDA
         graph and replayed every epoch, as ``loop.Trainer`` does: an eager epoch is thousands of
-        small kernel launches. Adam's bias correction uses the step count as a host number, so
-        a population with Adam runs eagerly."""
+        small kernel launches. The graph reads the columns' tensors and lr, so new values
+        written into them take effect. A population with Adam runs eagerly."""
         torch.randperm(len(self.y), generator=self.order, out=self.perm)
-        starts = range(0, len(self.y), batch_size)
+        starts = self.batches(batch_size)
         if self.device.type != "cuda" or cols.any_adam or not self.use_graph:
-            return self._steps(cols, lr, batch_size, adam_t, starts)
+            corrections = None
+            if cols.any_adam:
+                corrections = adam_corrections(step_epochs, len(starts), self.W.dtype, self.device)
+            self._steps(cols, lr, batch_size, corrections, starts)
+            return
         if self.graph is None:
             self.lr = lr.clone()  # read by the graph; set before each replay
             state = [self.W, self.b, *(t for s in self.state.values() for t in s.values())]
-            steps = functools.partial(self._steps, cols, self.lr, batch_size, 0)
+            steps = functools.partial(self._steps, cols, self.lr, batch_size, None)
             self.graph = capture_epoch(self.device, state, steps, starts)
         self.lr.copy_(lr)
         self.graph.replay()
-        return adam_t + len(starts)  # counted as the eager steps count
 
     def _steps(
-        self, cols: Columns, lr: torch.Tensor, batch_size: int, adam_t: int, starts: Sequence[int]
-    ) -> int:
+        self,
+        cols: Columns,
+        lr: torch.Tensor,
+        batch_size: int,
+        corrections: tuple[torch.Tensor, torch.Tensor] | None,
+        starts: Sequence[int],
+    ) -> None:
         """The minibatch steps starting at ``starts`` of ``perm``: device work only, in as few
-        kernels as the math allows (on a GPU a small step is bound by their number)."""
+        kernels as the math allows (on a GPU a small step is bound by their number).
+        ``corrections``: Adam's for every step of the epoch, None without Adam."""
         W, b = self.W.view(self.W.shape[0], -1), self.b.view(-1)  # (D, K*C), (K*C,)
         parts = split_k(W.shape[0], batch_size, W.shape[1], multiprocessors(self.device))
         labels = self.y.index_select(0, self.perm)  # (N,) in this epoch's order
@@ -294,16 +342,16 @@ class Fold:
             # addmv ignore their input); a column mean as a reduction is 3 times as slow on a GPU
             grad_W = torch.addmm(W, X.T, dscores, beta=0.0, alpha=1.0 / n).view_as(self.W)
             grad_b = torch.addmv(b, dscores.T, ones[:n], beta=0.0, alpha=1.0 / n).view_as(self.b)
-            adam_t += 1
             if self.use_triton and not cols.any_adam:  # the same math, one pass each
                 sgd_step = triton_step.sgd_family_step
                 sgd_step(self.W, grad_W, self.state["W"]["v"], cols, lr, penalized=True)
                 sgd_step(self.b, grad_b, self.state["b"]["v"], cols, lr, penalized=False)
             else:
+                step = start // batch_size
+                bias = None if corrections is None else (corrections[0][step], corrections[1][step])
                 add_penalty_gradient(grad_W, self.W, cols)
-                optimizer_step(self.W, grad_W, self.state["W"], cols, lr, adam_t)
-                optimizer_step(self.b, grad_b, self.state["b"], cols, lr, adam_t)
-        return adam_t
+                optimizer_step(self.W, grad_W, self.state["W"], cols, lr, bias)
+                optimizer_step(self.b, grad_b, self.state["b"], cols, lr, bias)
 
     def measure(self, X: torch.Tensor, y: torch.Tensor, cols: Columns) -> dict[str, torch.Tensor]:
         """Data loss, total loss and accuracy of every configuration on a split: each (K,)."""
@@ -331,6 +379,32 @@ class Fold:
         self.state = {
             p: {k: t.index_select(-2, keep) for k, t in s.items()} for p, s in self.state.items()
         }
+
+    def add(self, cfgs: Sequence[TrialConfig], cols: Columns) -> None:
+        """Append these configurations as they would start (``cols``: the grown population's).
+        Their optimizer buffers start at zero; a family the population did not need yet (its
+        first Adam member) starts at zero for every configuration, exact for those that never
+        read it; a family no configuration needs any longer is dropped."""
+        K, C = self.b.shape
+        self.graph = None
+        new_W = initial_weights(cfgs, self.W.shape[0], C).to(self.device)
+        self.W = torch.cat([self.W, new_W], dim=1)
+        self.b = torch.cat([self.b, self.b.new_zeros(len(cfgs), C)])
+        grown = {"W": new_state(self.W, cols), "b": new_state(self.b, cols)}
+        for p, buffers in grown.items():
+            for name, t in buffers.items():
+                if name in self.state[p]:
+                    t[..., :K, :] = self.state[p][name]
+        self.state = grown
+
+    def copy(self, src: int, dst: int) -> None:
+        """Configuration dst takes src's weights and optimizer buffers, in place (a captured
+        graph reads these tensors and stays valid)."""
+        self.W[:, dst] = self.W[:, src]
+        self.b[dst] = self.b[src]
+        for s in self.state.values():
+            for t in s.values():
+                t[..., dst, :] = t[..., src, :]
 
     def zero(self, k: int) -> None:
         """Frozen for good: zero configuration k's weights and buffers so nothing non-finite
@@ -381,8 +455,8 @@ class Population:
     still running and returns each one's metrics, keyed by its id, as Trial.step would.
 
     ids: the caller's names for the configurations (str or int; default 0..K-1), stable
-    across ``remove``. order_seed: seeds the shared minibatch order (default: the first
-    configuration's train.seed).
+    across ``add`` and ``remove``. order_seed: seeds the shared minibatch order (default: the
+    first configuration's train.seed).
     """
 
     def __init__(
@@ -412,8 +486,8 @@ class Population:
         self.folds = [
             Fold(ds, self.cfgs, self.cols, self.device, self.order_seed) for ds in self.datasets
         ]
-        self.adam_t = 0  # optimizer steps taken; shared, as every configuration steps together
         self.epochs_run = [0] * len(cfgs)
+        self.step_epochs = [0] * len(cfgs)  # as epochs_run, but moves with copy_member
         self.diverged = [False] * len(cfgs)
         self.history: list[list[dict[str, Any]]] = [[] for _ in cfgs]
         # fallback if epoch 1 diverges, as in Trial
@@ -441,12 +515,11 @@ class Population:
             lrs[k] = cfg.lr * lr_factor(self.epochs_run[k], cfg)
         if active:
             lr = torch.tensor(lrs, device=self.device).reshape(-1, 1)  # (K, 1)
-            adam_t = self.adam_t
             for fold in self.folds:
-                adam_t = fold.train_epoch(self.cols, lr, self.batch_size, self.adam_t)
-            self.adam_t = adam_t
+                fold.train_epoch(self.cols, lr, self.batch_size, self.step_epochs)
         for k in active:
             self.epochs_run[k] += 1
+            self.step_epochs[k] += 1
         return active, lrs
 
     def step(self) -> dict[Hashable, dict[str, Any]]:
@@ -526,6 +599,60 @@ class Population:
         acc = sum(s["acc"][k].item() for s in scores) / len(scores)
         return {f"{split}_loss": loss, f"{split}_acc": acc}
 
+    # ------------------------------------------------------------ growing and changing
+    def add(self, cfgs: Sequence[TrialConfig], ids: Sequence[Hashable]) -> None:
+        """New configurations join at epoch 0, each as it would start in a new population; from
+        now on they see the population's minibatch order. They must share the data, batch size
+        and device (ConfigError) and their ids must be new (ValueError)."""
+        cfgs, ids = list(cfgs), list(ids)
+        _check_shared(self.cfgs + cfgs)
+        if len(ids) != len(cfgs) or len(set(self.ids + ids)) != len(self.ids) + len(ids):
+            raise ValueError(
+                f"ids must be {len(cfgs)} distinct names not in the population; got {ids!r}"
+            )
+        K = len(self.ids)
+        self.cfgs += cfgs
+        self.cfg_dicts += [c.to_dict() for c in cfgs]
+        self.ids += ids
+        self.cols = columns(self.cfgs, self.device)
+        for fold in self.folds:  # each captures its graph again
+            fold.add(cfgs, self.cols)
+        for name, start in (("epochs_run", 0), ("step_epochs", 0), ("diverged", False)):
+            getattr(self, name).extend([start] * len(cfgs))
+        self.history += [[] for _ in cfgs]
+        lrs = [c.train.lr for c in self.cfgs]
+        self.last_finite += self._measure(lrs, [0] * len(self.ids), 0.0)[K:]
+
+    def copy_member(self, src: Hashable, dst: Hashable) -> None:
+        """dst takes src's weights, optimizer buffers and step count, in every fold (Population
+        Based Training's exploit), and src's diverged flag, which is a property of the weights.
+        dst keeps its id, config, epochs run and metrics."""
+        s, d = self._position(src), self._position(dst)
+        for fold in self.folds:
+            fold.copy(s, d)
+        self.step_epochs[d], self.diverged[d] = self.step_epochs[s], self.diverged[s]
+
+    def reconfigure(self, id_: Hashable, cfg: TrialConfig) -> None:
+        """Train one configuration on with ``cfg`` (Population Based Training's explore), which
+        may differ from its config only in loop.RECONFIGURABLE's keys, else ValueError: lr,
+        lambda, momentum, elastic beta, margin. Its schedule goes on from its epochs run with
+        the new base lr, as Trial.reconfigure's."""
+        k = self._position(id_)
+        check_reconfigurable(self.cfgs[k], cfg)
+        self.cfgs[k], self.cfg_dicts[k] = cfg, cfg.to_dict()
+        # A CUDA graph reads the columns' tensors, and runs the code paths their host flags
+        # chose when it was captured: with the same flags, the new values go into those
+        # tensors and the graph stays valid; else the columns are new and it is captured again.
+        new = {f.name: getattr(columns(self.cfgs, self.device), f.name) for f in fields(Columns)}
+        tensors = {n: t for n, t in new.items() if isinstance(t, torch.Tensor)}
+        if all(getattr(self.cols, n) == flag for n, flag in new.items() if n not in tensors):
+            for n, t in tensors.items():
+                getattr(self.cols, n).copy_(t)
+            return
+        self.cols = Columns(**new)
+        for fold in self.folds:
+            fold.graph = None
+
     # ------------------------------------------------------------ stopping
     def _position(self, id_: Hashable) -> int:
         try:
@@ -557,7 +684,7 @@ class Population:
         pickles object by object, which took most of a save with a thousand members."""
         path = Path(directory) / CHECKPOINT_FILE
         plain = {"configs": self.cfg_dicts, "ids": self.ids, "order_seed": self.order_seed}
-        plain |= {k: getattr(self, k) for k in ("adam_t", *PER_MEMBER)}
+        plain |= {k: getattr(self, k) for k in PER_MEMBER}
         state = {"plain": json.dumps(plain), "folds": [f.state_dict() for f in self.folds]}
         tmp = path.with_suffix(".tmp")
         torch.save(state, tmp)
@@ -569,11 +696,13 @@ class Population:
         """Rebuild a population from ``save``; it continues as if never interrupted."""
         state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
         plain = json.loads(state["plain"])
+        # a checkpoint from before step_epochs: every member then trained from epoch 0 on
+        plain.setdefault("step_epochs", plain["epochs_run"])
         cfgs = [trial_config(c) for c in plain["configs"]]
         pop = cls(cfgs, datasets, ids=plain["ids"], order_seed=plain["order_seed"])
         for fold, saved in zip(pop.folds, state["folds"]):
             fold.load_state_dict(saved)
-        for name in ("adam_t", *PER_MEMBER):
+        for name in PER_MEMBER:
             setattr(pop, name, plain[name])
         return pop
 
@@ -592,8 +721,9 @@ class Population:
             for name in ("W", "b"):
                 buffers = {names[n]: t[..., k, :].clone() for n, t in fold.state[name].items()}
                 if cfg.train.optimizer == "adam":
-                    buffers["step"] = torch.tensor(float(self.adam_t))
-                per_param.append(buffers if self.epochs_run[k] else {})
+                    steps = self.step_epochs[k] * len(fold.batches(self.batch_size))
+                    buffers["step"] = torch.tensor(float(steps))
+                per_param.append(buffers if self.step_epochs[k] else {})
             trainer.load_state_dict(
                 {
                     "model": {"W": fold.W[:, k], "b": fold.b[k]},
