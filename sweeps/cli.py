@@ -199,16 +199,23 @@ def add_sync_parser(sub: Any) -> None:
 
 def describe(spec: Any) -> str:
     """What --dry-run prints: the resolved search and space, and the number of trials."""
+    from sweeps.spec.sweep import STOPS_EARLY
+
     s = spec.search
     lines = [
         f"sweep {spec.name}: {s.type} search, {spec.num_trials()} trials, "
         f"metric {s.metric} ({s.mode}), results in {spec.folder}"
     ]
-    if s.type == "asha":
+    if s.type in STOPS_EARLY:
         lines.append(
-            f"asha: max_t {spec.trial.train.epochs} epochs, grace_period "
+            f"{s.type}: max_t {spec.trial.train.epochs} epochs, grace_period "
             f"{s.grace_period}, reduction_factor {s.reduction_factor}, "
             f"brackets {s.brackets}"
+        )
+    if s.type == "pbt":
+        lines.append(
+            f"pbt: perturbation_interval {s.perturbation_interval}, quantile_fraction "
+            f"{s.quantile_fraction:g}, resample_probability {s.resample_probability:g}"
         )
     lines.append(f"resources per trial: {spec.resources.cpu:g} cpu, {spec.resources.gpu:g} gpu")
     lines += [f"  {key}: {json.dumps(d.doc())}" for key, d in spec.space.items()]

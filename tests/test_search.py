@@ -209,18 +209,22 @@ def test_reports_reach_the_study_and_a_pruned_trial_keeps_its_last(tmp_path):
 # ---------------------------------------------------------------- TPE: a reopened journal
 def test_a_reopened_journal_continues_as_if_never_closed(tmp_path):
     def history(s: Sampler) -> list:
-        drive(s, rounds=3)  # 12 told
+        told = drive(s, rounds=3)  # 12 told
         running = s.ask(4, population=1) + s.ask(2, population=2)  # asked, then a kill
         s.tell(running[0].number, 0.1, "complete")
-        return running
+        return told + running
 
     killed, kept = sampler(tmp_path, "a.journal"), sampler(tmp_path, "b.journal")
-    running = history(killed)
-    assert history(kept) == running
+    asked = history(killed)
+    assert history(kept) == asked
+    told, running = asked[:12], asked[12:]
     del killed
 
-    reopened = sampler(tmp_path, "a.journal")
+    # the record holds the first 12 ends, not running[0]'s: it was told, then the kill
+    reopened = sampler(tmp_path, "a.journal", recorded=[a.id for a in told])
     held = {running[1].id}  # population 1's checkpoint holds one member
+    assert reopened.orphans(1, held) == [running[0], *running[2:4]]
+    reopened.recorded([running[0].id])
     assert reopened.orphans(1, held) == running[2:4]
     assert reopened.orphans(2, set()) == running[4:]
     assert reopened.orphans(0, set()) == []

@@ -23,6 +23,8 @@ CURVES = (
 FINAL = ("val_acc", "val_loss", "train_acc", "train_loss")
 # With data.folds k > 1, val_acc is the mean over folds and each fold's is a curve of its own:
 # val_acc_fold0 .. val_acc_fold{k-1}. results.csv keeps their spread as final_val_acc_std.
+# A PBT member's hyperparameters as it trains them, beside its lr (search.type pbt changes them).
+PBT_CURVES = ("lambda", "momentum")
 FOLD_PREFIX = "val_acc_fold"
 # A refit (train+validation together) has no held-out split: it logs the training curves only.
 REFIT_CURVES = tuple(k for k in CURVES if not k.startswith("val_"))
@@ -40,8 +42,9 @@ def fold_keys(metrics: Mapping[str, Any]) -> list[str]:
 
 
 def curve_keys(metrics: Mapping[str, Any]) -> list[str]:
-    """The curves of one reported epoch: CURVES, then the per-fold accuracies it has."""
-    return [*CURVES, *fold_keys(metrics)]
+    """The curves of one reported epoch: CURVES, the PBT_CURVES and per-fold accuracies it
+    has."""
+    return [*CURVES, *(k for k in PBT_CURVES if k in metrics), *fold_keys(metrics)]
 
 
 def curve_points(metrics: Mapping[str, Any]) -> dict[str, float]:

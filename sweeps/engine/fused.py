@@ -1,19 +1,30 @@
 """The fused engine (``search.engine: fused``): configurations trained as populations.
 
-Every configuration is sampled up front (sweeps/search/draws.py draws them with Ray's own variant
-generator, so they are the per-trial engine's), named ``c0000``, ``c0001``, ... and grouped by
-what a population cannot mix (the data settings, ``train.batch_size``, ``train.device``); each
-group is cut into populations of at most ``search.population_size``. Each population is one
-Ray trial (sweeps/engine/ray_tune.py) that runs ``PopulationRun`` epoch by epoch: it trains, applies
-Ray's ASHA rung rule inside the population (sweeps/search/asha.py ``Rungs``), takes ended
-configurations out, and collects each configuration's news (started, its epochs, how it ended)
-for the driver, which records every configuration as a trial of its own. Pure Python, numpy
-and trainers/: no Ray, no MLflow. docs/fused.md says how this differs from one Ray trial per
-configuration.
+Configurations are grouped by what a population cannot mix (the data settings,
+``train.batch_size``, ``train.device``), and each population is one Ray trial
+(sweeps/engine/ray_tune.py) that runs ``PopulationRun`` epoch by epoch: it trains, applies the
+search's rules inside the population, takes ended configurations out, and collects each
+configuration's news (started, its epochs, how it ended) for the driver, which records every
+configuration as a trial of its own. Configurations are named ``c0000``, ``c0001``, ...
+
+Where the configurations come from depends on the search:
+- grid, random, asha, pbt: all drawn up front (sweeps/search/draws.py, with Ray's own variant
+  generator, so they are the per-trial engine's) and cut into populations of at most
+  ``search.population_size``. asha applies Ray's rung rule inside each population
+  (sweeps/search/asha.py ``Rungs``); pbt exploits and explores inside its one population
+  (sweeps/search/pbt.py).
+- tpe, bohb: open populations. Each holds ``slots`` configurations in flight; as members end
+  (finished, stopped at a rung, diverged) it tells the sweep's one sampler how they did and asks
+  it for as many new ones (sweeps/search/tpe.py, in a Ray actor), until the sampler's budget of
+  ``search.num_samples`` is spent.
+
+Pure Python, numpy and trainers/: no Ray, no MLflow (the sampler comes in as an object with the
+``Asker`` methods). docs/fused.md says how this differs from one Ray trial per configuration.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -23,15 +34,17 @@ import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from sweeps.record.outcomes import Outcome
 from sweeps.search.asha import Asha, Rungs
+from sweeps.search.pbt import Pbt
+from sweeps.search.tpe import Asked
 from sweeps.spec.document import apply_sets
-from sweeps.spec.sweep import SweepSpec
-from trainers.config import trial_config
+from sweeps.spec.sweep import SweepSpec, unfusable
+from trainers.config import TrialConfig, trial_config
 from trainers.data import Dataset
 from trainers.population import Population
 
@@ -49,10 +62,41 @@ def config_ids(count: int) -> list[str]:
     return [f"c{i:0{width}d}" for i in range(count)]
 
 
+def in_flight(spec: SweepSpec) -> int:
+    """tpe and bohb: how many configurations train at once, over all populations. The sampler
+    learns only from configurations that ended before it is asked, so a search that asked for
+    all of them at once would be random search: an eighth of the budget at a time refills each
+    slot about 8 times (at least 4 slots, at most search.population_size)."""
+    s = spec.search
+    return max(1, min(s.population_size, max(4, math.ceil(s.num_samples / 8))))
+
+
+class Asker(Protocol):
+    """The sweep's sampler as a population sees it (sweeps.search.tpe.Sampler, through Ray)."""
+
+    def ask(self, n: int, population: int, fixed: dict[str, Any] | None = None) -> list[Asked]:
+        """At most n new configurations."""
+
+    def report(self, number: int, epoch: int, value: float) -> None:
+        """A configuration's value at a rung."""
+
+    def tell(self, number: int, value: float | None, state: str) -> None:
+        """How a configuration ended: complete, pruned or fail."""
+
+    def orphans(self, population: int, held: list[str]) -> list[Asked]:
+        """What the population asked for and no longer holds (asked after its checkpoint)."""
+
+
+def number_of(id_: str) -> int:
+    """A configuration's sampler trial number, from its id (c0012 -> 12)."""
+    return int(id_[1:])
+
+
 # ---------------------------------------------------------------- the plan (driver)
 @dataclass(frozen=True)
 class PopulationPlan:
-    """What one population trains: its members' ids, configs and (asha) brackets."""
+    """What one population trains: its members' ids, configs and (asha) brackets; or, for an
+    open population (tpe, bohb), how many it holds at once and what it asks with."""
 
     ids: list[str]
     configs: list[dict[str, Any]]  # TrialConfig.to_dict() of each
@@ -60,6 +104,18 @@ class PopulationPlan:
     asha: Asha | None
     metric: str  # the sweep's: each report carries the best member's, for Ray
     mode: str
+    index: int = 0  # its Ray trial's POPULATION_KEY
+    slots: int = 0  # open: configurations in flight; 0: the members above, all it trains
+    fixed: dict[str, Any] = field(default_factory=dict)  # open: its values of unfusable keys
+    sections: dict[str, Any] = field(default_factory=dict)  # open: an asked member's base
+    pbt: Pbt | None = None
+    seed: int = 0  # brackets of asked members, pbt's draws
+
+    def data(self) -> dict[str, Any]:
+        """The data settings its members share (TrialConfig.to_dict()'s data section)."""
+        if self.configs:
+            return self.configs[0]["data"]
+        return trial_config(apply_sets(self.sections, self.fixed)).to_dict()["data"]
 
 
 @dataclass
@@ -69,6 +125,11 @@ class Plan:
     params: dict[str, dict[str, Any]]  # id -> the sampled values of the searched keys
     configs: dict[str, dict[str, Any]]  # id -> the full config, flat dotted keys
     populations: list[PopulationPlan] = field(default_factory=list)
+    members: dict[int, set[str]] = field(default_factory=dict)  # open: the ids each reported
+
+    def members_of(self, index: int) -> list[str]:
+        """A population's configurations: planned, or (open) asked and reported so far."""
+        return sorted({*self.populations[index].ids, *self.members.get(index, ())})
 
 
 def plan(spec: SweepSpec, sampled: list[dict[str, Any]]) -> Plan:
@@ -89,6 +150,12 @@ def plan(spec: SweepSpec, sampled: list[dict[str, Any]]) -> Plan:
     for i, cfg in enumerate(cfgs):
         shared = [asdict(cfg.data), cfg.train.batch_size, cfg.train.device]
         groups.setdefault(json.dumps(shared, sort_keys=True), []).append(i)
+    chunks = [
+        chunk
+        for members in groups.values()
+        for chunk in np.array_split(members, math.ceil(len(members) / s.population_size))
+    ]
+    pbt = Pbt.of(spec) if s.type == "pbt" else None
     populations = [
         PopulationPlan(
             [ids[i] for i in chunk],
@@ -97,14 +164,49 @@ def plan(spec: SweepSpec, sampled: list[dict[str, Any]]) -> Plan:
             asha,
             s.metric,
             s.mode,
+            index=index,
+            pbt=pbt,
+            seed=s.seed,
         )
-        for members in groups.values()
-        for chunk in np.array_split(members, math.ceil(len(members) / s.population_size))
+        for index, chunk in enumerate(chunks)
     ]
     return Plan(
         params=dict(zip(ids, params)),
         configs={i: cfg.flat() for i, cfg in zip(ids, cfgs)},
         populations=populations,
+    )
+
+
+def open_plan(spec: SweepSpec) -> Plan:
+    """tpe, bohb: a population for each combination of the values of the searched keys that a
+    population cannot mix (none searched: one), the slots in flight shared out among them."""
+    s = spec.search
+    keys = [k for k in spec.space if unfusable(k)]
+    combos = [
+        dict(zip(keys, values))
+        for values in itertools.product(*(spec.space[k].values for k in keys))
+    ]
+    slots = max(1, in_flight(spec) // len(combos))
+    asha = Asha.of(spec) if s.type == "bohb" else None
+    return Plan(
+        params={},
+        configs={},
+        populations=[
+            PopulationPlan(
+                [],
+                [],
+                [],
+                asha,
+                s.metric,
+                s.mode,
+                index=index,
+                slots=slots,
+                fixed=fixed,
+                sections=spec.sections,
+                seed=s.seed,
+            )
+            for index, fixed in enumerate(combos)
+        ],
     )
 
 
@@ -116,7 +218,8 @@ def _plain(value: Any) -> Any:
 # ---------------------------------------------------------------- one population (worker)
 class PopulationRun:
     """One population of a fused sweep, epoch by epoch, and the news of its members since the
-    last report: ``{id: {"started", "results", "end"}}``, end ``{"outcome", "epochs_run"}``.
+    last report: ``{id: {"started", "results", "end", "exploits"}}`` (``params`` too for a
+    member asked of the sampler), end ``{"outcome", "epochs_run"}``.
 
     Between epochs the population holds only members still training: one that ends while
     others go on leaves it (Population.remove), its Trial checkpoint archived first unless it
@@ -125,35 +228,98 @@ class PopulationRun:
     """
 
     def __init__(
-        self, spec: PopulationPlan, population: Population, rungs: Rungs | None, archive: dict
+        self,
+        spec: PopulationPlan,
+        population: Population | None,
+        rungs: Rungs | None,
+        archive: dict,
+        sampler: Asker | None = None,
+        rng: np.random.Generator | None = None,
     ) -> None:
         self.spec, self.population, self.rungs = spec, population, rungs
         self.archive: dict[str, dict[str, bytes]] = archive  # id -> its checkpoint's files
-        self.epochs = dict(zip(spec.ids, (c["train"]["epochs"] for c in spec.configs)))
-        self.done = population.done
+        self.sampler = sampler
+        self.rng = rng or np.random.default_rng([spec.seed, spec.index])
+        self.epochs = {i: c.train.epochs for i, c in self._members()}
+        self.done = population is None or population.done
         # (re)started: each member still here gets (or gets back) its run
-        self.news: dict[str, dict[str, Any]] = {
-            i: {"started": True, "results": [], "end": None} for i in population.ids
-        }
+        self.news: dict[str, dict[str, Any]] = {}
+        for id_, _ in self._members():
+            self._news(id_)["started"] = True
+
+    def _members(self) -> list[tuple[str, TrialConfig]]:
+        p = self.population
+        return [] if p is None else list(zip(p.ids, p.cfgs))
+
+    def _news(self, id_: str) -> dict[str, Any]:
+        empty = {"started": False, "results": [], "end": None, "exploits": []}
+        return self.news.setdefault(id_, empty)
 
     @classmethod
-    def start(cls, spec: PopulationPlan, datasets: list[Dataset] | None = None) -> PopulationRun:
-        cfgs = [trial_config(c) for c in spec.configs]
-        return cls(spec, Population(cfgs, datasets, ids=spec.ids), _rungs(spec), {})
+    def start(
+        cls,
+        spec: PopulationPlan,
+        datasets: list[Dataset] | None = None,
+        sampler: Asker | None = None,
+    ) -> PopulationRun:
+        if not spec.slots:
+            cfgs = [trial_config(c) for c in spec.configs]
+            return cls(spec, Population(cfgs, datasets, ids=spec.ids), _rungs(spec), {})
+        run = cls(spec, None, _rungs(spec), {}, sampler)
+        run._join(sampler.orphans(spec.index, []), datasets)  # asked before a kill, if any
+        run._join(sampler.ask(spec.slots - len(run._members()), spec.index, spec.fixed), datasets)
+        return run
 
     @classmethod
     def restore(
-        cls, spec: PopulationPlan, folder: str | Path, datasets: list[Dataset] | None = None
+        cls,
+        spec: PopulationPlan,
+        folder: str | Path,
+        datasets: list[Dataset] | None = None,
+        sampler: Asker | None = None,
     ) -> PopulationRun:
-        """Continue from ``save``: the population, its rung records and its archive."""
+        """Continue from ``save``: the population, its rung records, draws and archive; an open
+        population takes back first what it asked for after that checkpoint."""
         folder = Path(folder)
         state = json.loads((folder / STATE_FILE).read_text())
         archive = _read_archive(folder / ARCHIVE_FILE)
-        return cls(spec, Population.load(folder, datasets), _rungs(spec, state["rungs"]), archive)
+        rng = np.random.default_rng([spec.seed, spec.index])
+        if "rng" in state:
+            rng.bit_generator.state = state["rng"]
+        population = Population.load(folder, datasets)
+        rungs = _rungs(spec, state.get("rungs"), state.get("brackets"))
+        run = cls(spec, population, rungs, archive, sampler, rng)
+        if spec.slots:
+            run._join(sampler.orphans(spec.index, population.ids), datasets)
+        return run
+
+    def _join(self, asked: list[Asked], datasets: list[Dataset] | None = None) -> None:
+        """Asked configurations join the population (or start it), each in a bracket."""
+        if not asked:
+            return
+        cfgs = [trial_config(apply_sets(self.spec.sections, a.params)) for a in asked]
+        ids = [a.id for a in asked]
+        if self.population is None:
+            self.population = Population(cfgs, datasets, ids=ids)
+        else:
+            self.population.add(cfgs, ids)
+        if self.rungs is not None:
+            odds = self.spec.asha.bracket_odds()
+            self.rungs.brackets |= {i: int(self.rng.choice(len(odds), p=odds)) for i in ids}
+        for a, cfg in zip(asked, cfgs):
+            self.epochs[a.id] = cfg.train.epochs
+            self._news(a.id).update(started=True, params=a.params)
+        self.done = False
 
     def step(self) -> None:
-        """Train one epoch, apply the rung rule, and end the members that are done."""
-        results = self.population.step()
+        """Train one epoch, apply the search's rules, end the members that are done and, in an
+        open population, refill their slots."""
+        population = self.population
+        results = population.step()
+        if self.spec.pbt is not None:  # the hyperparameters it perturbs, as curves
+            for id_, metrics in results.items():
+                train = population.cfgs[population.ids.index(id_)].train
+                metrics |= {"lambda": train.lambda_, "momentum": train.momentum}
         stopped = self.rungs.stopped(results) if self.rungs else {}
         ended: dict[str, Outcome] = {}
         for id_, metrics in results.items():
@@ -164,16 +330,57 @@ class PopulationRun:
                 ended[id_] = Outcome.EARLY_STOPPED
             elif epoch >= self.epochs[id_]:
                 ended[id_] = Outcome.COMPLETED
-            news = self.news.setdefault(id_, {"started": False, "results": [], "end": None})
+            news = self._news(id_)
             news["results"].append(metrics)
             if id_ in ended:
                 news["end"] = {"outcome": ended[id_], "epochs_run": epoch}
-        self.done = all(i in ended for i in self.population.ids)
+        if self.sampler is not None:
+            self._tell(results, ended)
+        running = [i for i in population.ids if i not in ended]
+        if self.spec.pbt is not None and running:
+            self._perturb(results, running)
+        asked = []
+        if self.sampler is not None:
+            free = self.spec.slots - len(running)
+            asked = self.sampler.ask(free, self.spec.index, self.spec.fixed) if free > 0 else []
+        self.done = not running and not asked
         if ended and not self.done:
             for id_, outcome in ended.items():
                 if outcome is not Outcome.DIVERGED:
-                    self.archive[id_] = _exported(self.population, id_)
-            self.population.remove(list(ended))
+                    self.archive[id_] = _exported(population, id_)
+        self._join(asked)  # before the removal: a population is never empty
+        if ended and not self.done:
+            population.remove(list(ended))
+
+    def _tell(self, results: dict[str, dict[str, Any]], ended: dict[str, Outcome]) -> None:
+        """The sampler hears each rung's values (bohb) and how each member ended."""
+        metric = self.spec.metric
+        for id_, metrics in results.items():
+            epoch = int(metrics["epoch"])
+            at_rung = self.rungs is not None and epoch in self.rungs.at(id_)
+            if at_rung and not metrics.get("diverged"):
+                self.sampler.report(number_of(id_), epoch, float(metrics[metric]))
+        for id_, outcome in ended.items():
+            value = float(results[id_][metric])
+            state = {Outcome.COMPLETED: "complete", Outcome.EARLY_STOPPED: "pruned"}
+            self.sampler.tell(number_of(id_), value, state.get(outcome, "fail"))
+
+    def _perturb(self, results: dict[str, dict[str, Any]], running: list[str]) -> None:
+        """pbt, every perturbation_interval epochs: the bottom quantile takes a top member's
+        weights and optimizer state (exploit), then its hyperparameters, perturbed (explore)."""
+        policy, population = self.spec.pbt, self.population
+        epoch = int(results[running[0]]["epoch"])
+        if epoch % policy.interval:
+            return
+        scores = {i: float(results[i][self.spec.metric]) for i in running}
+        for dst, src in policy.exploits(scores, self.spec.mode, self.rng):
+            source = population.cfgs[population.ids.index(src)]
+            values = policy.explore({k: source.flat()[k] for k in policy.mutations}, self.rng)
+            target = population.cfgs[population.ids.index(dst)]
+            population.copy_member(src, dst)
+            population.reconfigure(dst, trial_config(apply_sets(target.to_dict(), values)))
+            exploit = {"epoch": epoch, "source": src, "params": values}
+            self._news(dst)["exploits"].append(exploit)
 
     def take_news(self) -> dict[str, dict[str, Any]]:
         """The members' news since the last call (then forgotten)."""
@@ -184,8 +391,11 @@ class PopulationRun:
         """Everything ``restore`` needs, in ``folder``."""
         folder = Path(folder)
         self.population.save(folder)
-        rungs = self.rungs.recorded if self.rungs else {}
-        (folder / STATE_FILE).write_text(json.dumps({"ids": self.spec.ids, "rungs": rungs}))
+        ids = list(dict.fromkeys([*self.spec.ids, *self.archive, *self.population.ids]))
+        state = {"ids": ids, "rng": self.rng.bit_generator.state}
+        if self.rungs is not None:
+            state |= {"rungs": self.rungs.recorded, "brackets": self.rungs.brackets}
+        (folder / STATE_FILE).write_text(json.dumps(state))
         if self.archive:
             with zipfile.ZipFile(folder / ARCHIVE_FILE, "w") as z:
                 for id_, files in self.archive.items():
@@ -193,10 +403,12 @@ class PopulationRun:
                         z.writestr(f"{id_}/{name}", data)
 
 
-def _rungs(spec: PopulationPlan, recorded: dict | None = None) -> Rungs | None:
+def _rungs(
+    spec: PopulationPlan, recorded: dict | None = None, brackets: dict | None = None
+) -> Rungs | None:
     if spec.asha is None:
         return None
-    return Rungs(spec.asha, dict(zip(spec.ids, spec.brackets)), recorded)
+    return Rungs(spec.asha, brackets or dict(zip(spec.ids, spec.brackets)), recorded)
 
 
 def _exported(population: Population, id_: str) -> dict[str, bytes]:

@@ -21,11 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
 import ray
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.basic_variant import BasicVariantGenerator
+from ray.tune.search.optuna import OptunaSearch
 
 from sweeps.engine import fused, stopping
 from sweeps.engine.cadence import EARLIER
@@ -35,10 +38,12 @@ from sweeps.record.layout import SweepFolder
 from sweeps.record.outcomes import Outcome
 from sweeps.record.recorder import Recorder, TrialNews
 from sweeps.record.results import outcome
+from sweeps.search import pbt, tpe
 from sweeps.search.asha import milestones
-from sweeps.search.draws import sample_params, search_space
+from sweeps.search.draws import DOMAINS, sample_params, search_space
 from sweeps.spec.document import apply_sets
-from sweeps.spec.sweep import SweepSpec
+from sweeps.spec.space import Space
+from sweeps.spec.sweep import STOPS_EARLY, SweepSpec
 from trainers.config import trial_config
 
 
@@ -77,6 +82,7 @@ class _Run:
     spec: SweepSpec
     files: SweepFolder
     plan: fused.Plan | None = None  # a fused sweep's configurations and populations
+    sampler: Any = None  # tpe and bohb, fused: the sampler's actor
 
 
 @dataclass
@@ -137,7 +143,13 @@ class TrackingCallback(tune.Callback):
         trial_error(trial)  # Ray retries a failed trial: not when the disk is full
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """A trial's run keeps the params it started with: after a PBT exploit its config is
+        another's, perturbed, and the run shows that as curves and an exploit record."""
         run = _run()
+        known = run.recorder.history.trials.get(trial.trial_id)
+        if known is not None:
+            run.recorder.trial_started(trial.trial_id, known.params, known.config)
+            return
         config = resolved_config(run.spec.sections, trial.config)
         run.recorder.trial_started(trial.trial_id, dict(trial.config), config)
 
@@ -196,15 +208,22 @@ class PopulationCallback(TrackingCallback):
 
     def on_trial_result(self, iteration, trials, trial, result: dict, **info: Any) -> None:
         run = _run()
-        news = json.loads(result[fused.NEWS_KEY]).items()
-        run.recorder.trials_news(
-            [_member_news(run.plan, i, n["started"], n["results"], n["end"]) for i, n in news]
-        )
+        index = trial.config[fused.POPULATION_KEY]
+        news = json.loads(result[fused.NEWS_KEY])
+        for id_, n in news.items():
+            if "params" in n:  # asked of the sampler: the plan learns it now
+                run.plan.params[id_] = n["params"]
+                run.plan.configs[id_] = resolved_config(run.spec.sections, n["params"])
+        run.plan.members.setdefault(index, set()).update(news)
+        run.recorder.trials_news([_member_news(run.plan, i, n) for i, n in news.items()])
+        ended = [i for i, n in news.items() if n["end"] is not None]
+        if run.sampler is not None and ended:
+            run.sampler.recorded.remote(ended)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run = _run()
         index = trial.config[fused.POPULATION_KEY]
-        ids = run.plan.populations[index].ids
+        ids = run.plan.members_of(index)
         ends = [run.recorder.history.trials[i].end for i in ids if i in run.recorder.history.trials]
         outcomes = {o: sum(e is not None and e["outcome"] == o for e in ends) for o in ENDS}
         shown = ", ".join(f"{n} {o}" for o, n in outcomes.items() if n)
@@ -216,25 +235,30 @@ class PopulationCallback(TrackingCallback):
         error = trial_error(trial)
         index, history = trial.config[fused.POPULATION_KEY], run.recorder.history.trials
         news = []
-        for i in run.plan.populations[index].ids:
+        for i in run.plan.members_of(index):
             if i not in history or history[i].end is None:  # never started, or not ended
                 epochs = history[i].last_epoch if i in history else 0
                 end = {"outcome": Outcome.ERROR, "epochs_run": epochs}
-                news.append(_member_news(run.plan, i, i not in history, [], end, str(error)))
+                n = {"started": i not in history, "results": [], "end": end}
+                news.append(_member_news(run.plan, i, n, str(error)))
         run.recorder.trials_news(news)  # the live view says each member failed, and why
 
 
 def _member_news(
-    plan: fused.Plan,
-    id_: str,
-    started: bool,
-    results: list[dict[str, Any]],
-    end: dict[str, Any] | None,
-    error: str | None = None,
+    plan: fused.Plan, id_: str, news: dict[str, Any], error: str | None = None
 ) -> TrialNews:
-    """One configuration's news as a trial's, with its params and config from the plan."""
-    end = None if end is None else {**end, "error": error}
-    return TrialNews(id_, plan.params[id_], plan.configs[id_], started, results, end)
+    """One configuration's news (PopulationRun.news) as a trial's, with its params and config
+    from the plan."""
+    end = None if news["end"] is None else {**news["end"], "error": error}
+    return TrialNews(
+        id_,
+        plan.params[id_],
+        plan.configs[id_],
+        news["started"],
+        news["results"],
+        end,
+        news.get("exploits", []),
+    )
 
 
 # ---------------------------------------------------------------- driver
@@ -328,15 +352,30 @@ def fit(
     A resume restores Ray's state from the folder where it lies now (Ray takes its storage
     path and experiment name from the path it restores), so a moved folder goes on in place.
     """
-    plan = None
+    plan = sampler = None
     if spec.search.engine == "fused":  # a Ray trial per population (sweeps/engine/fused.py)
-        plan = fused.plan(spec, sample_params(spec))
+        if spec.search.type in ("tpe", "bohb"):  # open populations ask the sweep's one sampler
+            plan = fused.open_plan(spec)
+            known = recorder.history.trials  # a resume: asked before
+            for id_, trial in known.items():
+                plan.params[id_], plan.configs[id_] = trial.params, trial.config
+            ended = [i for i, trial in known.items() if trial.end is not None]
+            sampler = new_sampler(spec, files, ended)
+        else:
+            plan = fused.plan(spec, sample_params(spec))
         function = tune.with_parameters(
-            population_trainable, populations=plan.populations, cpus=resources["cpu"]
+            population_trainable,
+            populations=plan.populations,
+            cpus=resources["cpu"],
+            sampler=sampler,
         )
     else:
         function = tune.with_parameters(
-            trainable, sections=spec.sections, cpus=resources["cpu"], milestones=milestones(spec)
+            trainable,
+            sections=spec.sections,
+            cpus=resources["cpu"],
+            milestones=milestones(spec),
+            pbt=spec.search.type == "pbt",
         )
     wrapped = tune.with_resources(function, resources)
     if resume:
@@ -345,9 +384,20 @@ def fit(
         )
     else:
         tuner = new_tuner(spec, files, wrapped, plan)
-    with _running(_Run(recorder, spec, files, plan)), _own_signals():
+    with _running(_Run(recorder, spec, files, plan, sampler)), _own_signals():
         _driver.results = tuner.fit()
     return checkpoints(_driver.results)
+
+
+def new_sampler(spec: SweepSpec, files: SweepFolder, recorded: list[str]) -> Any:
+    """tpe and bohb's sampler for a fused sweep: one Ray actor that every population asks, its
+    study in the sweep's folder, so a resumed sweep's search goes on where it stopped.
+    ``recorded``: the configurations whose end the record holds (the driver adds each end it
+    records), so that a restarted population retrains the others."""
+    s = spec.search
+    actor = ray.remote(num_cpus=0)(tpe.Sampler)
+    journal = files.search_journal
+    return actor.remote(journal, spec.space, s.mode, s.seed, s.num_samples, spec.name, recorded)
 
 
 @contextlib.contextmanager
@@ -363,23 +413,95 @@ def _own_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def new_tuner(
-    spec: SweepSpec, files: SweepFolder, wrapped: Any, plan: fused.Plan | None = None
-) -> tune.Tuner:
-    """A Tuner for a new sweep, its state saved in ``files.ray``; with a fused ``plan``, a
-    trial per population (FIFO: ASHA runs inside each population)."""
+# ---------------------------------------------------------------- per trial: searcher, scheduler
+class DefineByRun:
+    """The space as Optuna's define-by-run for Ray's OptunaSearch: each key suggested from its
+    Optuna distribution (sweeps.search.tpe), the config given the values as the space means
+    them (rounded to a q-distribution's step). A class, not a closure: Ray pickles it."""
+
+    def __init__(self, space: Space) -> None:
+        self.space = space
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        drawn = {k: suggest(trial, k, d) for k, d in tpe.distributions(self.space).items()}
+        return tpe.params(self.space, drawn)
+
+
+def suggest(trial: Any, key: str, dist: Any) -> Any:
+    """One draw through Optuna's public suggest_* calls, the only ones Ray's captor passes on."""
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return trial.suggest_categorical(key, dist.choices)
+    if isinstance(dist, optuna.distributions.IntDistribution):
+        return trial.suggest_int(key, dist.low, dist.high, step=dist.step, log=dist.log)
+    return trial.suggest_float(key, dist.low, dist.high, step=dist.step, log=dist.log)
+
+
+class Pbt(PopulationBasedTraining):
+    """Ray's PBT, each exploit also recorded in the sweep's folder and MLflow run."""
+
+    def __init__(self, policy: pbt.Pbt, **settings: Any) -> None:
+        super().__init__(**settings)
+        self.keys = list(policy.mutations)
+
+    def _exploit(self, tune_controller: Any, trial: Any, trial_to_clone: Any) -> None:
+        super()._exploit(tune_controller, trial, trial_to_clone)
+        epoch = int((trial_to_clone.last_result or {}).get("epoch", 0))
+        new = {k: trial.config[k] for k in self.keys}
+        _run().recorder.exploited(trial.trial_id, trial_to_clone.trial_id, epoch, new)
+
+
+def searcher(spec: SweepSpec) -> Any:
+    """Who draws the per-trial engine's configurations: Ray's variant generator (grid, random,
+    asha, pbt's first draws), or Optuna's TPE through Ray's OptunaSearch (tpe, bohb)."""
     s = spec.search
-    if s.type == "asha" and plan is None:
-        scheduler = ASHAScheduler(
+    if s.type not in ("tpe", "bohb"):
+        return Variants(random_state=s.seed, max_concurrent=s.max_concurrent)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    found = OptunaSearch(
+        space=DefineByRun(spec.space),
+        metric=s.metric,
+        mode=s.mode,
+        sampler=tpe.tpe_sampler(s.seed, 0),
+    )
+    return ConcurrencyLimiter(found, s.max_concurrent) if s.max_concurrent else found
+
+
+def scheduler(spec: SweepSpec) -> Any:
+    """What stops or perturbs the per-trial engine's trials: ASHA (asha, bohb), PBT, or none."""
+    s, epochs = spec.search, spec.trial.train.epochs
+    if s.type in STOPS_EARLY:
+        return ASHAScheduler(
             time_attr="epoch",  # our epoch count, kept across checkpoint restores
-            max_t=spec.trial.train.epochs,
+            max_t=epochs,
             grace_period=s.grace_period,
             reduction_factor=s.reduction_factor,
             brackets=s.brackets,
         )
-    else:
-        scheduler = FIFOScheduler()
-    space = search_space(spec)
+    if s.type == "pbt":
+        policy = pbt.Pbt.of(spec)
+        return Pbt(
+            policy,
+            time_attr="epoch",
+            synch=True,  # all members at the epoch before any exploits: the fused engine's lockstep
+            perturbation_interval=policy.interval,
+            hyperparam_mutations={
+                k: DOMAINS[d.distribution.name](d) for k, d in policy.mutations.items()
+            },
+            quantile_fraction=policy.quantile,
+            resample_probability=policy.resample_probability,
+            perturbation_factors=policy.factors,
+            custom_explore_fn=policy.within,
+        )
+    return FIFOScheduler()
+
+
+def new_tuner(
+    spec: SweepSpec, files: SweepFolder, wrapped: Any, plan: fused.Plan | None = None
+) -> tune.Tuner:
+    """A Tuner for a new sweep, its state saved in ``files.ray``; with a fused ``plan``, a
+    trial per population (FIFO: the search runs inside each population)."""
+    s = spec.search
+    space = {} if s.type in ("tpe", "bohb") else search_space(spec)  # OptunaSearch's own
     if plan is not None:
         space = {fused.POPULATION_KEY: tune.grid_search(list(range(len(plan.populations))))}
     return tune.Tuner(
@@ -389,8 +511,10 @@ def new_tuner(
             metric=s.metric,
             mode=s.mode,
             num_samples=s.num_samples if plan is None else 1,
-            scheduler=scheduler,
-            search_alg=Variants(random_state=s.seed, max_concurrent=s.max_concurrent),
+            scheduler=FIFOScheduler() if plan is not None else scheduler(spec),
+            search_alg=searcher(spec)
+            if plan is None
+            else Variants(random_state=s.seed, max_concurrent=s.max_concurrent),
             reuse_actors=True,  # ~0.2 s per trial instead of ~1 s, and the data stays loaded
         ),
         run_config=tune.RunConfig(

@@ -38,11 +38,15 @@ def _datasets(data_json: str) -> list[Dataset]:
 
 
 def trainable(
-    config: dict[str, Any], sections: dict[str, Any], cpus: float, milestones: frozenset[int]
+    config: dict[str, Any],
+    sections: dict[str, Any],
+    cpus: float,
+    milestones: frozenset[int],
+    pbt: bool = False,
 ) -> None:
     """One trial: train epoch by epoch; report and checkpoint when its Cadence says (at
     ``milestones``, its end, and every so often), each report carrying the epochs since the
-    one before."""
+    one before. ``pbt``: each epoch also reports the hyperparameters PBT perturbs."""
     import torch
 
     from trainers.loop import Trial
@@ -56,12 +60,17 @@ def trainable(
     else:
         with checkpoint.as_directory() as folder:
             trial = Trial.load(folder, datasets)
+        if trial.cfg != cfg:  # PBT: another's checkpoint, with this trial's explored config
+            trial.reconfigure(cfg)
     cadence = Cadence(milestones, start=time.monotonic())
     earlier: list[dict[str, Any]] = []
 
     def on_epoch(metrics: dict[str, Any], current: Trial) -> None:
         hold.epoch(current.epoch)
         metrics = {**metrics, "time": int(time.time() * 1000)}
+        if pbt:
+            train = current.cfg.train
+            metrics |= {"lambda": train.lambda_, "momentum": train.momentum}
         report, save = cadence.due(current.epoch, current.done, time.monotonic())
         if not report:
             earlier.append(metrics)
@@ -78,24 +87,43 @@ def trainable(
     trial.run(on_epoch)
 
 
+class RemoteSampler:
+    """The sweep's sampler actor (sweeps.search.tpe.Sampler) with the methods a population
+    calls (sweeps.engine.fused.Asker), each call waited for: a population asks between epochs."""
+
+    def __init__(self, actor: Any) -> None:
+        self.actor = actor
+
+    def __getattr__(self, name: str) -> Any:
+        import ray
+
+        method = getattr(self.actor, name)
+        return lambda *args: ray.get(method.remote(*args))
+
+
 def population_trainable(
-    config: dict[str, Any], populations: list[PopulationPlan], cpus: float
+    config: dict[str, Any],
+    populations: list[PopulationPlan],
+    cpus: float,
+    sampler: Any = None,
 ) -> None:
     """One population of a fused sweep: train it epoch by epoch; report its members' news and
-    checkpoint it every so often (sweeps.engine.fused.next_report_after), and at its end."""
+    checkpoint it every so often (sweeps.engine.fused.next_report_after), and at its end.
+    ``sampler``: tpe and bohb's actor, which an open population asks for its members."""
     import torch
 
     from sweeps.engine import fused
 
     torch.set_num_threads(max(1, int(cpus)))
     plan = populations[config[fused.POPULATION_KEY]]
-    datasets = _datasets(json.dumps(plan.configs[0]["data"], sort_keys=True))
+    sampler = RemoteSampler(sampler) if sampler is not None else None
+    datasets = _datasets(json.dumps(plan.data(), sort_keys=True))
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
-        run = fused.PopulationRun.start(plan, datasets)
+        run = fused.PopulationRun.start(plan, datasets, sampler)
     else:
         with checkpoint.as_directory() as folder:
-            run = fused.PopulationRun.restore(plan, folder, datasets)
+            run = fused.PopulationRun.restore(plan, folder, datasets, sampler)
     wait, since = 0.0, time.monotonic()
     while not run.done:
         run.step()

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from trainers.config import ConfigError
-from trainers.metrics import CURVES
+from trainers.metrics import CURVES, PBT_CURVES
 
-RESULT_KEYS = ("epoch", "diverged", *CURVES)  # what a reported epoch keeps of Ray's result
+RESULT_KEYS = ("epoch", "diverged", *CURVES, *PBT_CURVES)  # what the record keeps of an epoch
+END_KEYS = ("outcome", "epochs_run", "error")  # a trial's end; a PBT member's adds "exploits"
 
 
 @dataclass
@@ -36,6 +37,7 @@ class TrialHistory:
     results: list[dict[str, Any]] = field(default_factory=list)  # epochs ascending, no repeats
     end: dict[str, Any] | None = None  # {"outcome", "epochs_run", "error"}, once it ended
     source: str | None = None  # a refit: the trial whose config it retrains
+    exploits: list[dict[str, Any]] = field(default_factory=list)  # PBT: {epoch, source, params}
 
     @property
     def last_epoch(self) -> int:
@@ -93,7 +95,13 @@ class SweepHistory:
             if int(event["metrics"]["epoch"]) > trial.last_epoch:  # replays after a restore
                 trial.results.append(event["metrics"])
         elif kind in ("trial_ended", "refit_ended"):
-            self._run(event).end = {k: event[k] for k in ("outcome", "epochs_run", "error")}
+            self._run(event).end = {k: event[k] for k in END_KEYS}
+            if event.get("exploits"):
+                self._run(event).end["exploits"] = event["exploits"]
+        elif kind == "exploit":  # PBT: the trial took another's weights, then explored
+            trial = self.trials[event["trial"]]
+            trial.exploits = [e for e in trial.exploits if e["epoch"] != event["epoch"]]
+            trial.exploits.append({k: event[k] for k in ("epoch", "source", "params")})
         else:
             raise ValueError(f"unknown event {kind!r}")
 

@@ -83,6 +83,12 @@ class SweepFolder:
         return self.root / "ray"
 
     @property
+    def search_journal(self) -> Path:
+        """tpe and bohb: the Optuna study of the fused engine's sampler (sweeps.search.tpe): a
+        resumed sweep's search goes on from it."""
+        return self.root / "search.journal"
+
+    @property
     def tuner_state(self) -> Path:
         """Present once Ray has saved the experiment: a sweep that can be resumed."""
         return self.ray / "tuner.pkl"

@@ -8,7 +8,7 @@ watches the sweep. What MLflow lacks, ``sync`` (sweeps.tracking.sync) copies fro
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,7 @@ class TrialNews:
     started: bool  # it (re)started: a run that had ended is RUNNING again
     results: list[dict[str, Any]]  # its new epochs
     end: dict[str, Any] | None  # {"outcome", "epochs_run", "error"} once it ended
+    exploits: list[dict[str, Any]] = field(default_factory=list)  # PBT: {epoch, source, params}
 
 
 class Recorder:
@@ -89,6 +90,11 @@ class Recorder:
         end = {"outcome": outcome, "epochs_run": epochs_run, "error": error}
         self.trials_news([TrialNews(trial_id, {}, {}, started=False, results=[], end=end)])
 
+    def exploited(self, trial_id: str, source: str, epoch: int, params: dict[str, Any]) -> None:
+        """PBT: after ``epoch``, the trial took ``source``'s weights and these values."""
+        exploit = {"epoch": epoch, "source": source, "params": params}
+        self.trials_news([TrialNews(trial_id, {}, {}, False, [], None, [exploit])])
+
     # A refit (sweeps.engine.refit) is recorded as a trial is, as a child run tagged
     # sweep.role=refit, through the same writer: it trains while the trials' last writes drain.
     def refit_started(
@@ -141,9 +147,13 @@ class Recorder:
                 )
             results = [_kept(m, now) for m in n.results]
             events += ({"event": "result", "trial": n.trial_id, "metrics": m} for m in results)
-            if n.end is not None:
-                events.append({"event": "trial_ended", "trial": n.trial_id} | n.end)
-            kept.append(replace(n, results=results))
+            events += ({"event": "exploit", "trial": n.trial_id} | e for e in n.exploits)
+            end = n.end
+            if end is not None:  # it names every exploit of the trial (PBT)
+                known = self.history.trials.get(n.trial_id)
+                end = end | lineage([*(known.exploits if known else []), *n.exploits])
+                events.append({"event": "trial_ended", "trial": n.trial_id} | end)
+            kept.append(replace(n, results=results, end=end))
         self._record(*events)
         for n in kept:
             if n.started:  # its run made at once, its epochs held (TrialWrites)
@@ -171,6 +181,13 @@ class Recorder:
             why = first_error_line(end["error"]) if end.get("error") else None
             last = self.history.trials[trial_id].results
             self.view.ended(trial_id, end["outcome"], last[-1] if last else None, why)
+
+
+def lineage(exploits: list[dict[str, Any]]) -> dict[str, str]:
+    """A PBT member's exploits in one line, for its end ({} for any other trial)."""
+    if not exploits:
+        return {}
+    return {"exploits": ", ".join(f"epoch {e['epoch']} from {e['source']}" for e in exploits)}
 
 
 def _kept(metrics: dict[str, Any], now: int) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from sweeps.spec.sweep import SweepSpec
+from sweeps.spec.sweep import STOPS_EARLY, SweepSpec
 
 
 @dataclass(frozen=True)
@@ -54,9 +54,13 @@ class Asha:
 
 def milestones(spec: SweepSpec) -> frozenset[int]:
     """Epochs every trial reports and checkpoints at: ASHA's rungs (it decides on the result
-    reported at each; an early-stopped trial's model is its rung's) and the last epoch."""
-    rungs = Asha.of(spec).rungs() if spec.search.type == "asha" else set()
-    return frozenset({*rungs, spec.trial.train.epochs})
+    reported at each; an early-stopped trial's model is its rung's), PBT's perturbations (an
+    exploit copies the checkpoint saved there) and the last epoch."""
+    s, epochs = spec.search, spec.trial.train.epochs
+    rungs = Asha.of(spec).rungs() if s.type in STOPS_EARLY else set()
+    if s.type == "pbt":
+        rungs = set(range(s.perturbation_interval, epochs, s.perturbation_interval))
+    return frozenset({*rungs, epochs})
 
 
 class Rungs:
@@ -70,9 +74,14 @@ class Rungs:
     """
 
     def __init__(self, asha: Asha, brackets: dict[str, int], recorded: dict | None = None) -> None:
-        self.asha, self.brackets = asha, brackets
-        self.milestones = {b: set(asha.milestones(b)) for b in set(brackets.values())}
+        self.asha = asha
+        self.brackets = brackets  # member -> its bracket; members may join later (bohb)
+        self.milestones = {b: set(asha.milestones(b)) for b in range(asha.brackets)}
         self.recorded: dict[str, dict[str, float]] = recorded or {}  # "bracket/epoch" -> values
+
+    def at(self, id_: str) -> set[int]:
+        """The epochs at which a member is compared: its bracket's rungs below max_t."""
+        return {m for m in self.milestones[self.brackets[id_]] if m < self.asha.max_t}
 
     def cutoff(self, values: list[float]) -> float | None:
         if not values:
@@ -86,9 +95,9 @@ class Rungs:
         sign = 1.0 if self.asha.mode == "max" else -1.0
         cohorts: dict[str, list[str]] = {}
         for id_, m in results.items():
-            epoch, bracket = int(m["epoch"]), self.brackets[id_]
-            if epoch < self.asha.max_t and epoch in self.milestones[bracket]:
-                cohorts.setdefault(f"{bracket}/{epoch}", []).append(id_)
+            epoch = int(m["epoch"])
+            if epoch in self.at(id_):
+                cohorts.setdefault(f"{self.brackets[id_]}/{epoch}", []).append(id_)
         stopped = {}
         for rung, members in cohorts.items():
             recorded = self.recorded.setdefault(rung, {})

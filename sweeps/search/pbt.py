@@ -21,12 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from sweeps.spec.space import Dimension
-from sweeps.spec.sweep import SweepSpec
-
-# The hyperparameters PBT perturbs while training runs, when the space searches them with one
-# of the CONTINUOUS distributions; every other key keeps the value its configuration was given.
-MUTABLE = ("train.lr", "train.lambda", "train.momentum")
-CONTINUOUS = ("uniform", "loguniform", "quniform", "qloguniform")
+from sweeps.spec.sweep import PBT_MUTABLE, SweepSpec
 
 
 @dataclass(frozen=True)
@@ -42,10 +37,10 @@ class Pbt:
     @classmethod
     def of(cls, spec: SweepSpec) -> Pbt:
         s = spec.search
-        mutations = {
+        mutations = {  # the rule (sweeps.spec.sweep): PBT_MUTABLE keys searched with a range
             key: dim
             for key, dim in spec.space.items()
-            if key in MUTABLE and dim.distribution.name in CONTINUOUS
+            if key in PBT_MUTABLE and dim.distribution.kind is float
         }
         return cls(s.perturbation_interval, s.quantile_fraction, s.resample_probability, mutations)
 
@@ -88,6 +83,11 @@ class Pbt:
             else:
                 out[key] = snap(dim, params[key] * self.factors[int(rng.integers(2))])
         return out
+
+    def within(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Ray's explored config kept in the space (``snap``), as ``explore`` keeps ours: Ray
+        Tune's custom_explore_fn."""
+        return config | {k: snap(dim, config[k]) for k, dim in self.mutations.items()}
 
 
 def draw(dim: Dimension, rng: np.random.Generator) -> Any:

@@ -125,10 +125,18 @@ class Sampler:
     """
 
     def __init__(
-        self, journal: Path, space: Space, mode: str, seed: int, budget: int, name: str
+        self,
+        journal: Path,
+        space: Space,
+        mode: str,
+        seed: int,
+        budget: int,
+        name: str,
+        recorded: Collection[str] = (),
     ) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per trial
         self.space, self.seed, self.budget = space, seed, budget
+        self._recorded = set(recorded)  # ids whose end the sweep's record holds
         self._distributions = distributions(space)
         self._width = max(4, len(str(budget - 1)))  # as sweeps.engine.fused.config_ids
         self._seconds = 0.0
@@ -188,16 +196,25 @@ class Sampler:
         with self._timed():
             self._study.tell(number, value, state=told, skip_if_finished=True)
 
+    def recorded(self, ids: Collection[str]) -> None:
+        """These configurations' ends are in the sweep's record (the driver says so as it
+        records them): they are never orphans."""
+        self._recorded.update(ids)
+
     def orphans(self, population: int, held: Collection[str]) -> list[Asked]:
-        """The running trials ``population`` asked but no longer holds (asked after its last
-        checkpoint, before a kill): a restored population takes them back first, so that no
-        configuration is asked twice or lost."""
+        """The trials ``population`` asked that it no longer holds and whose end the sweep's
+        record lacks: asked after its last checkpoint, or ended (and told) after its last
+        report, before a kill. A restarted population takes them back first, so that no
+        configuration is asked twice or lost; a told one trains again and its second tell is
+        ignored."""
         with self._timed():
-            running = self._study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            trials = self._study.get_trials(deepcopy=False)
         return [
             self._asked(t.number, t.params)
-            for t in running
-            if t.user_attrs.get(POPULATION) == population and self._id(t.number) not in held
+            for t in trials
+            if t.user_attrs.get(POPULATION) == population
+            and self._id(t.number) not in held
+            and self._id(t.number) not in self._recorded
         ]
 
     def _sampler(self, trials: int, fixed: dict[str, Any] | None) -> BaseSampler:

@@ -18,7 +18,11 @@ from sweeps.spec.space import Dimension, Space, distribution_of
 from trainers.config import TOGETHER, ConfigError, TrialConfig, trial_config
 from trainers.rules import Rule, check_mapping
 
-SEARCH_TYPES = ("grid", "random", "asha")
+SEARCH_TYPES = ("grid", "random", "asha", "tpe", "bohb", "pbt")
+ADAPTIVE = ("tpe", "bohb", "pbt")  # each draw learns from the results before it (sweeps/search/)
+STOPS_EARLY = ("asha", "bohb")  # ASHA's rungs stop configurations early
+# What pbt perturbs, where the space searches it with a range (sweeps/search/pbt.py).
+PBT_MUTABLE = ("train.lr", "train.lambda", "train.momentum")
 ENGINES = (
     "trial",
     "fused",
@@ -53,13 +57,16 @@ DEPENDS_ON = {
 
 @dataclass
 class Search:
-    type: str = "random"  # grid | random | asha
-    num_samples: int | None = None  # random/asha: draws (default 10); grid: repeats (default 1)
+    type: str = "random"  # grid | random | asha | tpe | bohb | pbt
+    num_samples: int | None = None  # configurations (default 10); grid: repeats (default 1)
     metric: str = "val_acc"  # val_acc (max) or val_loss (min), measured on the validation split
     max_concurrent: int = 0  # 0: as many trials at once as the resources allow
-    grace_period: int = 2  # asha: epochs every trial gets before it can be stopped
-    reduction_factor: int = 3  # asha: keep the best 1/reduction_factor at each rung
-    brackets: int = 1  # asha
+    grace_period: int = 2  # asha, bohb: epochs every trial gets before it can be stopped
+    reduction_factor: int = 3  # asha, bohb: keep the best 1/reduction_factor at each rung
+    brackets: int = 1  # asha, bohb
+    perturbation_interval: int = 4  # pbt: epochs between exploits
+    quantile_fraction: float = 0.25  # pbt: the bottom quantile copies the top one
+    resample_probability: float = 0.25  # pbt: explore draws afresh, else scales by 0.8 or 1.2
     max_failures: int = 1  # retries of a trial that raises, before it is recorded FAILED
     seed: int = 0  # seeds the draws of the search
     refit: bool = True  # retrain the chosen config on train+validation for the test look
@@ -120,8 +127,10 @@ SWEEP_RULES: dict[str, Rule] = {
     "search.type": Rule(
         str,
         choices=SEARCH_TYPES,
-        doc="grid: every grid point; random: draws; asha: draws stopped early by Ray Tune's "
-        "ASHAScheduler",
+        doc="grid: every grid point; random: draws; asha: draws stopped early by ASHA; tpe: "
+        "Optuna's TPE, each draw modelled on the results before it; bohb: tpe stopped early by "
+        "ASHA, the model fed with the rungs' results; pbt: Population Based Training "
+        "(docs/search.md)",
     ),
     "search.num_samples": Rule(
         int,
@@ -139,11 +148,30 @@ SWEEP_RULES: dict[str, Rule] = {
     "search.max_concurrent": Rule(
         int, low=0, doc="trials at once; 0: as many as the resources allow"
     ),
-    "search.grace_period": Rule(int, low=1, doc="asha: epochs every trial gets, <= train.epochs"),
-    "search.reduction_factor": Rule(
-        int, low=2, doc="asha: keeps the best 1/reduction_factor at each rung"
+    "search.grace_period": Rule(
+        int, low=1, doc="asha, bohb: epochs every trial gets, <= train.epochs (bohb: <)"
     ),
-    "search.brackets": Rule(int, low=1, doc="asha"),
+    "search.reduction_factor": Rule(
+        int, low=2, doc="asha, bohb: keeps the best 1/reduction_factor at each rung"
+    ),
+    "search.brackets": Rule(int, low=1, doc="asha, bohb"),
+    "search.perturbation_interval": Rule(
+        int, low=1, doc="pbt: epochs between exploits, < train.epochs"
+    ),
+    "search.quantile_fraction": Rule(
+        float,
+        low=0.0,
+        low_open=True,
+        high=0.5,
+        doc="pbt: the bottom quantile copies a member of the top one (Ray Tune's default)",
+    ),
+    "search.resample_probability": Rule(
+        float,
+        low=0.0,
+        high=1.0,
+        doc="pbt: explore draws a hyperparameter afresh with this probability, else scales it "
+        "by 0.8 or 1.2 (Ray Tune's default)",
+    ),
     "search.max_failures": Rule(int, low=0, doc="retries of a trial that raises"),
     "search.seed": Rule(int, low=0, high=2**32 - 1, doc="seeds the draws"),
     "search.refit": Rule(
@@ -163,7 +191,8 @@ SWEEP_RULES: dict[str, Rule] = {
         int,
         low=1,
         doc="fused: at most this many configurations per population; resources, "
-        "max_concurrent and max_failures then count populations",
+        "max_concurrent and max_failures then count populations. tpe and bohb train fewer at "
+        "once (docs/search.md); pbt's population is num_samples",
     ),
     "resources.cpu": Rule(float, low=0.0, low_open=True, doc="CPUs per trial"),
     "resources.gpu": Rule(
@@ -198,11 +227,69 @@ def _dimension(key: str, given: Any, search_type: str) -> Dimension:
             f"space.{key}: a grid search needs explicit values ({{grid: [...]}}), not "
             f"{dist.name}; use search.type random or asha to sample"
         )
-    if key == "train.epochs" and search_type == "asha":
+    if search_type in ADAPTIVE and dist.name == "grid":
         raise ConfigError(
-            "space.train.epochs cannot be searched with asha: its max_t is train.epochs"
+            f"space.{key}: {search_type} draws from distributions; a grid is search.type grid's: "
+            "write {choice: [...]} for a set of values"
+        )
+    if key == "train.epochs" and search_type in (*STOPS_EARLY, "pbt"):
+        raise ConfigError(
+            f"space.train.epochs cannot be searched with {search_type}: "
+            + ("its population trains in lockstep" if search_type == "pbt" else "its max_t")
+            + " is train.epochs"
         )
     return Dimension.parse(key, given)
+
+
+def unfusable(key: str) -> bool:
+    """Whether configurations that differ in ``key`` cannot share a population: they would not
+    share each batch (trainers.population)."""
+    return key.startswith("data.") or key in ("train.batch_size", "train.device")
+
+
+def _check_search(search: Search, trial: TrialConfig, space: Space) -> None:
+    """The rules of the adaptive searches, each refusal naming its key and what to change."""
+    epochs = trial.train.epochs
+    if search.type in STOPS_EARLY and search.grace_period > epochs:
+        raise ConfigError(
+            f"search.grace_period must be <= train.epochs ({epochs}); got {search.grace_period}"
+        )
+    if search.type == "bohb" and search.grace_period == epochs:
+        raise ConfigError(
+            f"search.grace_period must be < train.epochs ({epochs}) for bohb: its first rung is "
+            "at grace_period, and a rung at the last epoch stops nothing; lower it, or use tpe"
+        )
+    if search.type == "pbt":
+        if not any(k in space and space[k].distribution.kind is float for k in PBT_MUTABLE):
+            raise ConfigError(
+                f"search.type pbt perturbs {', '.join(PBT_MUTABLE)}: search at least one of them "
+                "with a range (uniform, loguniform, quniform, qloguniform)"
+            )
+        if others := [k for k in space if k not in PBT_MUTABLE]:
+            raise ConfigError(
+                f"space.{others[0]}: pbt searches only {', '.join(PBT_MUTABLE)} (its members "
+                "take each other's weights and optimizer state, so they share the rest); fix it "
+                "in the config, or use search.type tpe"
+            )
+        if search.perturbation_interval >= epochs:
+            raise ConfigError(
+                f"search.perturbation_interval must be < train.epochs ({epochs}); "
+                f"got {search.perturbation_interval}"
+            )
+    if search.engine != "fused":
+        return
+    for key, dim in space.items():
+        if search.type in ("tpe", "bohb") and unfusable(key) and not dim.distribution.discrete:
+            raise ConfigError(
+                f"space.{key}: with search.engine fused, {search.type} gives each of its values "
+                "populations of their own; search it with {choice: [...]}, or use search.engine "
+                "trial"
+            )
+    if search.type == "pbt" and search.num_samples > search.population_size:
+        raise ConfigError(
+            f"search.num_samples ({search.num_samples}) is pbt's population, trained together "
+            f"by the fused engine: set search.population_size >= {search.num_samples}"
+        )
 
 
 def reachable(key: str, trial: TrialConfig, space: Space) -> list[Any]:
@@ -244,6 +331,7 @@ def sweep_spec(doc: dict[str, Any], name: str | None = None) -> SweepSpec:
     space = Space(_dimension(str(k), v, search.type) for k, v in space_doc.items())
     _check_dependencies(trial, space)
     _check_corners(trial, space)
+    _check_search(search, trial, space)
     if (configs := space.grid_points() * search.num_samples) > MAX_CONFIGS:
         raise ConfigError(
             f"search.num_samples x the grid's points must be <= {MAX_CONFIGS} configurations; "
@@ -251,11 +339,6 @@ def sweep_spec(doc: dict[str, Any], name: str | None = None) -> SweepSpec:
         )
     name = SWEEP_RULES["name"].check("name", name or doc.get("name"))
     storage = SWEEP_RULES["storage"].check("storage", doc.get("storage")) or DEFAULT_STORAGE
-    if search.type == "asha" and search.grace_period > trial.train.epochs:
-        raise ConfigError(
-            f"search.grace_period must be <= train.epochs ({trial.train.epochs}); "
-            f"got {search.grace_period}"
-        )
     sections = {k: doc.get(k) or {} for k in ("data", "model", "train")}
     return SweepSpec(
         name=name,

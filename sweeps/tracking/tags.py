@@ -20,6 +20,7 @@ EPOCHS_RUN = "sweep.epochs_run"  # an ended trial's: the epochs it trained
 RUNG = "sweep.rung"  # an early-stopped trial's: the epoch ASHA stopped it at
 ERROR = "sweep.error"  # a failed trial's: the error's line, then its text
 DIVERGED = "sweep.diverged"  # "true" once a trial reported a diverged epoch
+EXPLOITS = "sweep.exploits"  # a PBT member's: "epoch 4 from c0003, ..." (whose weights it took)
 BEST = "best."  # on the parent, + "trial_id" or a searched key: the chosen trial, its config
 BEST_TRIAL_ID = BEST + "trial_id"
 

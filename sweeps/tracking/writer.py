@@ -464,12 +464,16 @@ class SweepTracker:
         os.replace(tmp, self.state_file)
 
 
-def end_tags(outcome: str, epochs_run: int, error: str | None = None) -> dict[str, str]:
+def end_tags(
+    outcome: str, epochs_run: int, error: str | None = None, exploits: str | None = None
+) -> dict[str, str]:
     """A trial's end as tags: its outcome and epochs, ASHA's rung, the error's text."""
     outcome = Outcome.of(outcome)
     tags = {tag.STATUS: outcome.value, tag.EPOCHS_RUN: str(epochs_run)}
     if outcome is Outcome.EARLY_STOPPED:
         tags[tag.RUNG] = str(epochs_run)
+    if exploits:
+        tags[tag.EXPLOITS] = exploits
     if error:
         first = error.strip().splitlines()[0] if error.strip() else error
         full = error if len(error) <= ERROR_MAX else "..." + error[-ERROR_MAX:]

@@ -152,6 +152,68 @@ def rung_counts(epochs_run: pd.Series, stopped: pd.Series, rungs: Sequence[int])
     return fig
 
 
+# ---------------------------------------------------------------- adaptive searches
+def best_so_far(values: Sequence[float], mode: str, metric_label: str) -> Figure:
+    """tpe, bohb: each configuration's value in the order it was asked for, and the best so
+    far: how fast the search found what it found."""
+    fig = Figure(figsize=(7, 3.8), layout="constrained")
+    ax = fig.subplots()
+    v = pd.Series(values, dtype=float)
+    best = v.cummax() if mode == "max" else v.cummin()
+    x = np.arange(1, len(v) + 1)
+    ax.scatter(x, v, s=10, color="tab:gray", alpha=0.6, label="each configuration")
+    ax.step(x, best.ffill(), where="post", color="tab:blue", linewidth=2, label="best so far")
+    ax.set(
+        title="The search's progress",
+        xlabel="configurations tried (in the order asked)",
+        ylabel=metric_label,
+    )
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def lineage(
+    curves: pd.DataFrame, exploits: dict[str, list[dict]], metric: str, metric_label: str
+) -> Figure:
+    """pbt: each member's metric per epoch, and each exploit as a dashed step from the member
+    whose weights it took (at the epoch it took them) to the member that took them."""
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.subplots()
+    by_trial = {t: c.sort_values("epoch") for t, c in curves.groupby("trial_id")}
+    colours = dict(zip(by_trial, _colours(len(by_trial))))
+    for trial_id, c in by_trial.items():
+        ax.plot(c["epoch"], c[metric], color=colours[trial_id], linewidth=1.2, alpha=0.9)
+    for trial_id, taken in exploits.items():
+        for e in taken:
+            source = by_trial.get(e["source"])
+            target = by_trial.get(trial_id)
+            if source is None or target is None:
+                continue
+            at = source[source["epoch"] == e["epoch"]][metric]
+            after = target[target["epoch"] == e["epoch"] + 1][metric]
+            if at.empty or after.empty:
+                continue
+            x, y = [e["epoch"], e["epoch"] + 1], [at.iloc[0], after.iloc[0]]
+            ax.plot(x, y, linestyle="--", color=colours[trial_id], linewidth=1)
+            ax.scatter([e["epoch"]], [at.iloc[0]], s=12, color=colours[e["source"]], zorder=3)
+    n = sum(len(v) for v in exploits.values())
+    ax.set(
+        title=f"PBT: {len(by_trial)} members, {n} exploits",
+        xlabel="epoch",
+        ylabel=metric_label,
+    )
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _colours(n: int) -> list:
+    from matplotlib import colormaps
+
+    return [colormaps["tab20"](i % 20) for i in range(n)]
+
+
 # ---------------------------------------------------------------- metric against a hyperparameter
 def metric_vs(
     table: pd.DataFrame,

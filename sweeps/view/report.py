@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from sweeps.record.history import HistoryFile
+from sweeps.record.history import HistoryFile, SweepHistory
 from sweeps.record.layout import DEFAULT_STORAGE, SweepFolder
 from sweeps.record.outcomes import CHOOSABLE, RUNNING
 from sweeps.record.results import best_first
@@ -55,6 +55,8 @@ class SweepData:
     runs: SweepRuns | None = None  # the MLflow runs: links, test results, wall time
     finished: bool = True  # results.csv exists: the sweep ran to its end
     notes: list[str] = field(default_factory=list)  # what could not be read, said on the page
+    order: list[str] = field(default_factory=list)  # trial ids in the order they started
+    exploits: dict[str, list[dict]] = field(default_factory=dict)  # pbt: each member's
 
     @property
     def metric(self) -> str:
@@ -141,8 +143,10 @@ def load(folder: SweepFolder, tracking_uri: str | None = None) -> SweepData:
         table = table_from_runs(runs, list(spec.space))
     else:
         raise ConfigError(f"sweep {spec.name} has no {folder.results.name} and no MLflow runs")
-    data = SweepData(spec, table, record_curves(folder, spec.name), runs, finished)
-    data.notes = notes
+    history = HistoryFile(folder.history).read(spec.name)
+    data = SweepData(spec, table, record_curves(history), runs, finished, notes)
+    data.order = list(history.trials)
+    data.exploits = {i: t.exploits for i, t in history.trials.items() if t.exploits}
     return data
 
 
@@ -161,12 +165,11 @@ def table_from_runs(runs: SweepRuns, keys: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def record_curves(folder: SweepFolder, name: str) -> pd.DataFrame:
+def record_curves(history: SweepHistory) -> pd.DataFrame:
     """Every trial's per-epoch curves from the sweep folder's record: the points MLflow gets
     (trainers.metrics.curve_points). The record has every epoch as soon as it is reported
     (MLflow's copy of a running trial trails it by up to 30 s), and it is read in one pass,
     where MLflow answers a request per run and key (seconds for a thousand trials)."""
-    history = HistoryFile(folder.history).read(name)
     rows = [
         {"trial_id": trial_id, "epoch": int(m["epoch"]), **points}
         for trial_id, trial in history.trials.items()

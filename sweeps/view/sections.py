@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from sweeps.record.outcomes import Outcome
 from sweeps.search.asha import milestones
+from sweeps.spec.sweep import STOPS_EARLY
 from sweeps.tracking.reader import trials_page_url, ui_base
 from sweeps.view import figures as figs
 from sweeps.view.importance import importance
@@ -54,7 +55,9 @@ def sections(data: SweepData) -> list[Section]:
         chosen_config(data),
         loss_curves(data),
         versus(data),
-        *([asha(data)] if data.spec.search.type == "asha" else []),
+        *([progress(data)] if data.spec.search.type in ("tpe", "bohb") else []),
+        *([asha(data)] if data.spec.search.type in STOPS_EARLY else []),
+        *([pbt_lineage(data)] if data.spec.search.type == "pbt" else []),
         parallel(data),
         importance_section(data),
         cost(data),
@@ -305,7 +308,7 @@ def versus(data: SweepData) -> Section:
             "Red crosses: diverged (their last finite value); grey crosses on the bottom edge: "
             "failed, with no metric; star: the chosen trial."
         )
-        if data.spec.search.type == "asha":
+        if data.spec.search.type in STOPS_EARLY:
             caption += " Trials ASHA stopped show their value at the epoch they stopped."
         sec.figures.append(Shown(f"metric_vs_{short_key(key)}", fig, caption))
     grid = [k for k, d in data.spec.space.items() if d.is_grid and k in searched(data)]
@@ -348,6 +351,42 @@ def asha(data: SweepData) -> Section:
             f"{thin}, ending where it stopped; a dot marks each end."
         )
         sec.figures.append(Shown("asha_curves", fig, caption))
+    return sec
+
+
+# ---------------------------------------------------------------- adaptive searches
+def progress(data: SweepData) -> Section:
+    """tpe, bohb: the best value against configurations tried, in the order they were asked."""
+    sec = Section("How the search improved")
+    values = data.table.set_index("trial_id")[data.metric]
+    ordered = [float(values[i]) for i in data.order if i in values.index]
+    fig = figs.best_so_far(ordered, data.spec.search.mode, data.metric_label)
+    s = data.spec.search
+    stopped = " (a stopped configuration: its value at the rung it stopped at)"
+    caption = (
+        f"Each configuration's final {data.metric_label}, in the order {s.type} asked for it"
+        f"{stopped if s.type == 'bohb' else ''}, and the best so far. Optuna's TPE models every "
+        "value told before each ask; its first 10 draws are random."
+    )
+    sec.figures.append(Shown("search_progress", fig, caption))
+    return sec
+
+
+def pbt_lineage(data: SweepData) -> Section:
+    """pbt: the members' curves, and which member took whose weights, when."""
+    sec = Section("PBT: who copied whom")
+    metric, s = data.spec.search.metric, data.spec.search
+    if metric not in data.curves:
+        sec.html = "<p>No member reported an epoch.</p>"
+        return sec
+    fig = figs.lineage(data.curves, data.exploits, metric, data.metric_label)
+    caption = (
+        f"Each member's {data.metric_label} per epoch. Every {s.perturbation_interval} epochs the "
+        f"bottom {s.quantile_fraction:g} of the population takes the weights and optimizer state "
+        "of a top member (dashed: from the dot on the member it copied) and explores its "
+        "hyperparameters; each member's run shows its lr, lambda and momentum per epoch."
+    )
+    sec.figures.append(Shown("pbt_lineage", fig, caption))
     return sec
 
 
