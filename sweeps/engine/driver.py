@@ -299,7 +299,10 @@ def chosen_models(
     models = {}
     hold.point("refit")
     for trial_id in dict.fromkeys(row["trial_id"] for row in chosen.values()):
-        model = refit(files, recorder, trial_id, spec.resources.cpu) if spec.search.refit else None
+        # a pbt member's result is its learnt schedule and inherited weights, which a retrain
+        # of the values it started with would not repeat: its own checkpoint has the look
+        refits = spec.search.refit and spec.search.type != "pbt"
+        model = refit(files, recorder, trial_id, spec.resources.cpu) if refits else None
         if model is None:
             epochs = recorder.history.trials[trial_id].last_epoch
             note = f"its checkpoint (trained on train only, epoch {epochs})"

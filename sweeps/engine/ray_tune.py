@@ -437,15 +437,23 @@ def suggest(trial: Any, key: str, dist: Any) -> Any:
 
 
 class Pbt(PopulationBasedTraining):
-    """Ray's PBT, each exploit also recorded in the sweep's folder and MLflow run."""
+    """Ray's PBT, each exploit also recorded in the sweep's folder and MLflow run, and none at
+    the last epoch (Ray would perturb there too and restart finished trials from another's
+    checkpoint; a fused population perturbs only members still training)."""
 
-    def __init__(self, policy: pbt.Pbt, **settings: Any) -> None:
+    def __init__(self, policy: pbt.Pbt, epochs: int, **settings: Any) -> None:
         super().__init__(**settings)
-        self.keys = list(policy.mutations)
+        self.keys, self.epochs = list(policy.mutations), epochs
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if result.get("epoch", 0) >= self.epochs:
+            return self.CONTINUE  # the trial ends on this result
+        return super().on_trial_result(tune_controller, trial, result)
 
     def _exploit(self, tune_controller: Any, trial: Any, trial_to_clone: Any) -> None:
         super()._exploit(tune_controller, trial, trial_to_clone)
-        epoch = int((trial_to_clone.last_result or {}).get("epoch", 0))
+        # the epoch of the checkpoint cloned, which the trial goes on from
+        epoch = int(self._trial_state[trial_to_clone].last_result.get("epoch", 0))
         new = {k: trial.config[k] for k in self.keys}
         _run().recorder.exploited(trial.trial_id, trial_to_clone.trial_id, epoch, new)
 
@@ -481,6 +489,7 @@ def scheduler(spec: SweepSpec) -> Any:
         policy = pbt.Pbt.of(spec)
         return Pbt(
             policy,
+            epochs,
             time_attr="epoch",
             synch=True,  # all members at the epoch before any exploits: the fused engine's lockstep
             perturbation_interval=policy.interval,

@@ -179,7 +179,8 @@ SWEEP_RULES: dict[str, Rule] = {
         doc="true: after selection, the chosen config (and the best of each searched loss) is "
         "retrained with its hyperparameters, seed and train.epochs on train+validation "
         "together (all folds), on the driver, and that model gets the one look at test; "
-        "false: the chosen trial's checkpoint does",
+        "false (and always with pbt, whose members learn a schedule): the chosen trial's "
+        "checkpoint does",
     ),
     "search.engine": Rule(
         str,
