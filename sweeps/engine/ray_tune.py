@@ -386,6 +386,8 @@ def fit(
         tuner = new_tuner(spec, files, wrapped, plan)
     with _running(_Run(recorder, spec, files, plan, sampler)), _own_signals():
         _driver.results = tuner.fit()
+    if sampler is not None:  # the search's own cost, beside the training's (docs/search.md)
+        print(f"sampler: {ray.get(sampler.seconds.remote()):.2f} s in Optuna", flush=True)
     return checkpoints(_driver.results)
 
 

@@ -151,9 +151,9 @@ class Sampler:
             )
             self._study_id = self._storage.get_study_id_from_name(name)
 
-    @property
     def seconds(self) -> float:
-        """Time spent in Optuna so far (asks, reports, tells, reads of the journal)."""
+        """Time spent in Optuna so far (asks, reports, tells, reads of the journal): a method,
+        so that the driver can ask the sampler's actor."""
         return self._seconds
 
     def ask(self, n: int, population: int, fixed: dict[str, Any] | None = None) -> list[Asked]:
