@@ -367,6 +367,7 @@ def fit(
             population_trainable,
             populations=plan.populations,
             cpus=resources["cpu"],
+            data=str(files.prepared),
             sampler=sampler,
         )
     else:
@@ -375,6 +376,7 @@ def fit(
             sections=spec.sections,
             cpus=resources["cpu"],
             milestones=milestones(spec),
+            data=str(files.prepared),
             pbt=spec.search.type == "pbt",
         )
     wrapped = tune.with_resources(function, resources)
@@ -471,7 +473,7 @@ def searcher(spec: SweepSpec) -> Any:
         space=DefineByRun(spec.space),
         metric=s.metric,
         mode=s.mode,
-        sampler=tpe.tpe_sampler(s.seed, 0),
+        sampler=tpe.tpe_sampler(s.seed, 0, tpe.distributions(spec.space)),
     )
     return ConcurrencyLimiter(found, s.max_concurrent) if s.max_concurrent else found
 

@@ -30,11 +30,13 @@ if TYPE_CHECKING:
 
 
 @functools.lru_cache(maxsize=4)
-def _datasets(data_json: str) -> list[Dataset]:
-    """Load once per worker process: actors are reused, so later trials skip the load."""
-    from trainers.data import prepare
+def _datasets(data_json: str, folder: str) -> list[Dataset]:
+    """The prepared data, memory-mapped from the sweep folder's ``data/`` (trainers.prepared:
+    one copy per node, prepared by the first trial to need it); mapped once per worker
+    process: actors are reused, so later trials skip even that."""
+    from trainers.prepared import shared
 
-    return prepare(trial_config({"data": json.loads(data_json)}).data)
+    return shared(trial_config({"data": json.loads(data_json)}).data, folder)
 
 
 def trainable(
@@ -42,18 +44,20 @@ def trainable(
     sections: dict[str, Any],
     cpus: float,
     milestones: frozenset[int],
+    data: str,
     pbt: bool = False,
 ) -> None:
     """One trial: train epoch by epoch; report and checkpoint when its Cadence says (at
     ``milestones``, its end, and every so often), each report carrying the epochs since the
-    one before. ``pbt``: each epoch also reports the hyperparameters PBT perturbs."""
+    one before. ``data``: the sweep folder's prepared data (``_datasets``). ``pbt``: each epoch
+    also reports the hyperparameters PBT perturbs."""
     import torch
 
     from trainers.loop import Trial
 
     torch.set_num_threads(max(1, int(cpus)))
     cfg = trial_config(apply_sets(sections, config))
-    datasets = _datasets(json.dumps(asdict(cfg.data), sort_keys=True))
+    datasets = _datasets(json.dumps(asdict(cfg.data), sort_keys=True), data)
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         trial = Trial(cfg, datasets)
@@ -105,6 +109,7 @@ def population_trainable(
     config: dict[str, Any],
     populations: list[PopulationPlan],
     cpus: float,
+    data: str,
     sampler: Any = None,
 ) -> None:
     """One population of a fused sweep: train it epoch by epoch; report its members' news and
@@ -117,7 +122,7 @@ def population_trainable(
     torch.set_num_threads(max(1, int(cpus)))
     plan = populations[config[fused.POPULATION_KEY]]
     sampler = RemoteSampler(sampler) if sampler is not None else None
-    datasets = _datasets(json.dumps(plan.data(), sort_keys=True))
+    datasets = _datasets(json.dumps(plan.data(), sort_keys=True), data)
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         run = fused.PopulationRun.start(plan, datasets, sampler)

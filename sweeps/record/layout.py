@@ -89,6 +89,12 @@ class SweepFolder:
         return self.root / "search.journal"
 
     @property
+    def prepared(self) -> Path:
+        """The trials' prepared data, one copy for the node (trainers.prepared): derived, so a
+        deleted one is written again by the next trial."""
+        return self.root / "data"
+
+    @property
     def tuner_state(self) -> Path:
         """Present once Ray has saved the experiment: a sweep that can be resumed."""
         return self.ray / "tuner.pkl"

@@ -98,14 +98,28 @@ def params(space: Space, sampled: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def tpe_sampler(seed: int, trials: int) -> TPESampler:
-    """Multivariate TPE with the constant liar, seeded from the search's seed and the number of
-    trials so far: the same history gives the same next asks, whether the journal was reopened
-    in between or not."""
+class KnownSpaceTPE(TPESampler):
+    """TPE over a search space given up front. Every configuration draws every key of the
+    sweep's space, so the space TPE models is known; Optuna's own TPE infers it at each ask by
+    intersecting the distributions of every trial so far, which is quadratic in the trials
+    asked (14 of 32 s of 1,024 asks) and starts again from nothing with each new sampler."""
+
+    def __init__(self, space: Mapping[str, BaseDistribution], **settings: Any) -> None:
+        super().__init__(**settings)
+        self._known = {key: d for key, d in space.items() if not d.single()}
+
+    def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, BaseDistribution]:
+        return dict(self._known)
+
+
+def tpe_sampler(seed: int, trials: int, space: Mapping[str, BaseDistribution]) -> TPESampler:
+    """Multivariate TPE with the constant liar over ``space``, seeded from the search's seed and
+    the number of trials so far: the same history gives the same next asks, whether the
+    journal was reopened in between or not."""
     entropy = int(np.random.SeedSequence([seed, trials]).generate_state(1)[0])
     with warnings.catch_warnings():  # experimental in some Optuna versions
         warnings.simplefilter("ignore", ExperimentalWarning)
-        return TPESampler(multivariate=True, constant_liar=True, seed=entropy)
+        return KnownSpaceTPE(space, multivariate=True, constant_liar=True, seed=entropy)
 
 
 @dataclass(frozen=True)
@@ -146,7 +160,7 @@ class Sampler:
                 study_name=name,
                 storage=self._storage,
                 direction=DIRECTIONS[mode],
-                sampler=tpe_sampler(seed, 0),  # replaced before each ask
+                sampler=tpe_sampler(seed, 0, self._distributions),  # replaced before each ask
                 load_if_exists=True,
             )
             self._study_id = self._storage.get_study_id_from_name(name)
@@ -165,10 +179,8 @@ class Sampler:
                 raise ValueError(f"fixed {key}={value!r} is not a value of the space")
         asked = []
         with self._timed():
-            for _ in range(n):
-                trials = len(self._study.get_trials(deepcopy=False))
-                if trials >= self.budget:
-                    break
+            start = len(self._study.get_trials(deepcopy=False))  # one process asks at a time
+            for trials in range(start, min(start + n, self.budget)):
                 self._study.sampler = self._sampler(trials, fixed)
                 trial = self._study.ask(self._distributions)
                 trial.set_user_attr(POPULATION, population)
@@ -218,7 +230,7 @@ class Sampler:
         ]
 
     def _sampler(self, trials: int, fixed: dict[str, Any] | None) -> BaseSampler:
-        base = tpe_sampler(self.seed, trials)
+        base = tpe_sampler(self.seed, trials, self._distributions)
         if not fixed:
             return base
         with warnings.catch_warnings():

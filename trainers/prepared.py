@@ -1,0 +1,91 @@
+"""Prepared data shared by every process of a node: each fold's splits, standardized, written
+once as .npy files and memory-mapped by every trial that trains on them.
+
+A trial that prepared its own data (trainers.data.prepare: load, split, standardize) held a
+copy of it, and so did every other trial on the node: 8 trials of 10 GB of embeddings would
+need 80 GB. Here the first process to need a data config prepares it, under a file lock, into
+``folder/<key>/``; every process then maps those files (copy-on-write, never written), so the
+trials on a node share one copy in the kernel's page cache. The folder is derived data: delete
+it and the next trial writes it again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from trainers.config import DataConfig
+from trainers.data import Dataset, Split, prepare
+
+SPLITS = ("train", "val", "test")
+META = "meta.json"
+
+
+def key(cfg: DataConfig) -> str:
+    """The data config's name on disk, and the data file's size and time of change: what it
+    would prepare differs (a file rewritten between a run and its resume), so does the key."""
+    path = Path(cfg.path).expanduser() if cfg.path else None
+    stat = path.stat() if path is not None and path.exists() else None
+    seen = [stat.st_size, stat.st_mtime_ns] if stat is not None else None
+    text = json.dumps([asdict(cfg), seen], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def shared(cfg: DataConfig, folder: str | Path) -> list[Dataset]:
+    """``prepare(cfg)``, one Dataset per fold, memory-mapped from ``folder``; prepared and
+    written there first if no process has yet."""
+    target = Path(folder) / key(cfg)
+    if not target.is_dir():
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with _locked(target.with_suffix(".lock")):
+            if not target.is_dir():  # another process may have written it while we waited
+                _write(prepare(cfg), target)
+    return _read(target)
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _write(datasets: list[Dataset], target: Path) -> None:
+    """Into a temporary folder, then renamed: ``target`` exists only whole."""
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)  # a process killed while writing left it
+    tmp.mkdir()
+    for i, ds in enumerate(datasets):
+        for name in SPLITS:
+            split: Split = getattr(ds, name)
+            np.save(tmp / f"fold{i}_{name}_X.npy", split.X)
+            np.save(tmp / f"fold{i}_{name}_y.npy", split.y)
+    meta = {"folds": len(datasets), "n_classes": datasets[0].n_classes, "name": datasets[0].name}
+    (tmp / META).write_text(json.dumps(meta))
+    os.replace(tmp, target)
+
+
+def _read(target: Path) -> list[Dataset]:
+    meta = json.loads((target / META).read_text())
+
+    def split(i: int, name: str) -> Split:
+        # "c": copy-on-write, so that torch gets a writable array and shares its pages
+        X, y = (np.load(target / f"fold{i}_{name}_{a}.npy", mmap_mode="c") for a in "Xy")
+        return Split(X, y)
+
+    return [
+        Dataset(*(split(i, s) for s in SPLITS), n_classes=meta["n_classes"], name=meta["name"])
+        for i in range(meta["folds"])
+    ]
