@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -382,3 +383,60 @@ def test_what_a_trial_reads_is_bounded(tmp_path, monkeypatch):
     assert (tmp_path / "zeros.npz").stat().st_size < 1 << 20  # small, but unpacks to 16 MiB
     with pytest.raises(ConfigError, match=r"zeros.npz unpacks to 16.0 MiB, more than the 1.0"):
         load_dataset(DataConfig(source="npz", path=str(tmp_path / "zeros.npz")))
+
+
+# ---------------------------------------------------------------- npy folders (large data)
+def test_npy_folder_is_memory_mapped_and_split_as_an_npz_would_be(tmp_path):
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(100, 4)).astype(np.float32), np.arange(100) % 4
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", y)
+    np.savez(tmp_path / "same.npz", X=X, y=y)
+    got = load_dataset(DataConfig(source="npy", path=str(tmp_path)))
+    want = load_dataset(DataConfig(source="npz", path=str(tmp_path / "same.npz")))
+    assert got.name == tmp_path.name and got.n_classes == 4
+    for a, b in zip(_splits(got), _splits(want), strict=True):
+        np.testing.assert_array_equal(a.X, b.X)
+        np.testing.assert_array_equal(a.y, b.y)
+
+
+def test_npy_folder_with_given_splits(tmp_path):
+    rng = np.random.default_rng(0)
+    for part, n in (("train", 30), ("val", 7), ("test", 9)):
+        np.save(tmp_path / f"X_{part}.npy", rng.normal(size=(n, 5)).astype(np.float32))
+        np.save(tmp_path / f"y_{part}.npy", np.arange(n) % 3)
+    ds = load_dataset(DataConfig(source="npy", path=str(tmp_path)))
+    assert [len(s.y) for s in _splits(ds)] == [30, 7, 9]
+    np.testing.assert_array_equal(ds.test.X, np.load(tmp_path / "X_test.npy"))
+
+
+def test_npy_refusals_name_the_folder_and_what_it_lacks(tmp_path):
+    np.save(tmp_path / "X.npy", GOOD_X)
+    with pytest.raises(
+        ConfigError, match=r"must hold X\.npy, y\.npy or X_train\.npy, .*found X\.npy$"
+    ):
+        load_dataset(DataConfig(source="npy", path=str(tmp_path)))
+    np.save(tmp_path / "y.npy", np.array([{"a": 1}] * 40, dtype=object))
+    with pytest.raises(ConfigError, match=r"cannot read .*y\.npy as \.npy"):
+        load_dataset(DataConfig(source="npy", path=str(tmp_path)))
+    with pytest.raises(ConfigError, match=r"data\.path: .*X\.npy is not a folder"):
+        load_dataset(DataConfig(source="npy", path=str(tmp_path / "X.npy")))
+
+
+def test_data_larger_than_the_free_memory_is_refused_before_it_is_read(tmp_path):
+    """An X.npy of 10^7 x 10^5 float32 (4 TB, a sparse file: nothing is written but its
+    header) is refused from its header, with its size and the memory free."""
+    rows, cols = 10**7, 10**5
+    with open(tmp_path / "X.npy", "wb") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "<f4", "fortran_order": False, "shape": (rows, cols)}
+        )
+        f.truncate(f.tell() + rows * cols * 4)
+    np.save(tmp_path / "y.npy", np.arange(rows, dtype=np.int8) % 2)
+    with pytest.raises(ConfigError) as e:
+        load_dataset(DataConfig(source="npy", path=str(tmp_path)))
+    assert re.fullmatch(
+        rf"{tmp_path}: the data take 3725\.3 GiB as float32, more than the [0-9.]+ [GM]iB of "
+        r"memory free here; use fewer examples or features .*",
+        str(e.value),
+    )

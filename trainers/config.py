@@ -19,7 +19,7 @@ from trainers.rules import (  # noqa: F401  (ConfigError, unknown_key_error: imp
     unknown_key_error,
 )
 
-SOURCES = ("digits", "npz", "csv", "parquet", "cifar10", "synthetic")
+SOURCES = ("digits", "npz", "npy", "csv", "parquet", "cifar10", "synthetic")
 LOSSES = ("softmax", "hinge", "squared_hinge")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
 REGULARIZERS = ("l2", "l1", "elastic", "none")
@@ -30,7 +30,7 @@ DEVICES = ("auto", "cpu", "cuda")
 @dataclass
 class DataConfig:
     source: str = "digits"  # one of SOURCES
-    path: str | None = None  # file (npz, csv, parquet) or folder (cifar10)
+    path: str | None = None  # file (npz, csv, parquet) or folder (npy, cifar10)
     label_column: str = "label"  # csv / parquet column holding the labels 0..C-1
     val_fraction: float = 0.2  # of all examples, unless the file gives its splits
     test_fraction: float = 0.2
@@ -101,12 +101,15 @@ FRACTION = Rule(float, low=0.0, high=1.0, low_open=True, high_open=True)
 POSITIVE_INT = Rule(int, low=1)
 POSITIVE = Rule(float, low=0.0, low_open=True)
 MAX_EPOCHS = 10**6  # far beyond any linear model's need; a typo's 10^12 is refused, not run
-FILE_SOURCES = ("npz", "csv", "parquet", "cifar10")
+FILE_SOURCES = ("npz", "npy", "csv", "parquet", "cifar10")
 
 RULES: dict[str, Rule] = {
     "data.source": Rule(str, choices=SOURCES, doc="where the examples come from"),
     "data.path": Rule(
-        str, optional=True, what="a path", doc="the file (npz, csv, parquet) or folder (cifar10)"
+        str,
+        optional=True,
+        what="a path",
+        doc="the file (npz, csv, parquet) or folder (npy: X.npy and y.npy, memory-mapped; cifar10)",
     ),
     "data.label_column": Rule(
         str,

@@ -10,7 +10,7 @@ import codecs
 import math
 import pickle
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -133,7 +133,7 @@ def _checked(
     if X.dtype.kind not in "biuf":
         raise ConfigError(f"{where}: {xname} must be numeric; got dtype {X.dtype}")
     with np.errstate(over="ignore"):
-        X = X.astype(np.float32)
+        X = X.astype(np.float32, copy=False)  # a float32 memory map stays one
     bad = ~np.isfinite(X)
     if bad.any():
         cols = ", ".join(str((columns or range(X.shape[1]))[j]) for j in bad.any(0).nonzero()[0])
@@ -270,19 +270,83 @@ def _npz(cfg: DataConfig) -> tuple[str, list[Split]]:
             f"data.path: {path} unpacks to {_size(unpacked)}, more than the "
             f"{_size(MAX_BYTES)} a trial reads into memory"
         )
-    if set(_SPLIT_KEYS) <= arrays.keys():
-        keys = [_SPLIT_KEYS[i : i + 2] for i in (0, 2, 4)]
-    elif {"X", "y"} <= arrays.keys():
-        keys = [("X", "y")]
-    else:
-        found = ", ".join(arrays) or "none"
-        raise ConfigError(
-            f"data.path: {path} must hold X, y or {', '.join(_SPLIT_KEYS)}; found {found}"
-        )
+    _fits(unpacked, str(path))
+    keys = _array_keys(arrays.keys(), path)
+    return path.name, _parts(arrays, keys, path)
+
+
+def _npy(cfg: DataConfig) -> tuple[str, list[Split]]:
+    """A folder of .npy arrays (X.npy and y.npy, or the six split files), memory-mapped: the
+    arrays are read as they are split, and their size is checked against the free memory
+    before any of it is read."""
+    folder = _path(cfg, folder=True)
+    keys = _array_keys({p.stem for p in folder.glob("*.npy")}, folder, ".npy")
+    _fits(sum(math.prod(_npy_shape(folder / f"{x}.npy")) * 4 for x, _ in keys), str(folder))
+    arrays = {name: _mapped(folder / f"{name}.npy") for pair in keys for name in pair}
+    return folder.name, _parts(arrays, keys, folder)
+
+
+def _npy_shape(path: Path) -> tuple[int, ...]:
+    """The array's shape, from the .npy file's header alone."""
+    try:
+        with path.open("rb") as f:
+            major, _ = np.lib.format.read_magic(f)
+            fmt = np.lib.format
+            read = fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0
+            shape, _, _ = read(f)
+    except (OSError, ValueError, EOFError) as e:
+        raise ConfigError(f"data.path: cannot read {path} as .npy: {_one_line(e)}") from None
+    return shape
+
+
+def _mapped(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="c", allow_pickle=False)  # never written
+    except (OSError, ValueError, EOFError) as e:
+        raise ConfigError(f"data.path: cannot read {path} as .npy: {_one_line(e)}") from None
+
+
+def _array_keys(names: Collection[str], path: Path, ext: str = "") -> list[tuple[str, str]]:
+    """The (X, y) name pairs an npz or npy folder holds: one pool, or the three splits."""
+    if set(_SPLIT_KEYS) <= set(names):
+        return [(_SPLIT_KEYS[i], _SPLIT_KEYS[i + 1]) for i in (0, 2, 4)]
+    if {"X", "y"} <= set(names):
+        return [("X", "y")]
+    found = ", ".join(sorted(f"{n}{ext}" for n in names)) or "none"
+    wanted = ", ".join(f"{k}{ext}" for k in _SPLIT_KEYS)
+    raise ConfigError(f"data.path: {path} must hold X{ext}, y{ext} or {wanted}; found {found}")
+
+
+def _parts(
+    arrays: Mapping[str, np.ndarray], keys: list[tuple[str, str]], path: Path
+) -> list[Split]:
     parts = [_checked(arrays[x], arrays[y], str(path), x, y) for x, y in keys]
     if len({p.X.shape[1] for p in parts}) > 1:
         raise ConfigError(f"{path}: X_train, X_val and X_test have different numbers of columns")
-    return path.name, parts
+    return parts
+
+
+def free_memory() -> int | None:
+    """The memory the kernel can give without swapping (Linux's MemAvailable), or None where
+    there is no /proc/meminfo: then nothing is checked."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _fits(nbytes: int, where: str) -> None:
+    """Refuse data that cannot be held in memory, before any of it is read."""
+    free = free_memory()
+    if free is not None and nbytes > free:
+        raise ConfigError(
+            f"{where}: the data take {_size(nbytes)} as float32, more than the {_size(free)} "
+            "of memory free here; use fewer examples or features (e.g. a PCA), or a machine "
+            "with more memory"
+        )
 
 
 def _table(cfg: DataConfig) -> tuple[str, list[Split]]:
@@ -365,6 +429,7 @@ def _cifar10(cfg: DataConfig) -> tuple[str, list[Split]]:
 _LOADERS: dict[str, Callable[[DataConfig], tuple[str, list[Split]]]] = {
     "digits": lambda cfg: ("digits", [_checked(*load_digits(return_X_y=True), "digits")]),
     "npz": _npz,
+    "npy": _npy,
     "csv": _table,
     "parquet": _table,
     "cifar10": _cifar10,

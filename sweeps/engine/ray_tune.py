@@ -389,7 +389,8 @@ def fit(
     with _running(_Run(recorder, spec, files, plan, sampler)), _own_signals():
         _driver.results = tuner.fit()
     if sampler is not None:  # the search's own cost, beside the training's (docs/search.md)
-        print(f"sampler: {ray.get(sampler.seconds.remote()):.2f} s in Optuna", flush=True)
+        wall, cpu = ray.get(sampler.seconds.remote())
+        print(f"sampler: {wall:.2f} s in Optuna ({cpu:.2f} s of CPU)", flush=True)
     return checkpoints(_driver.results)
 
 

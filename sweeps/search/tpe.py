@@ -153,7 +153,7 @@ class Sampler:
         self._recorded = set(recorded)  # ids whose end the sweep's record holds
         self._distributions = distributions(space)
         self._width = max(4, len(str(budget - 1)))  # as sweeps.engine.fused.config_ids
-        self._seconds = 0.0
+        self._seconds = [0.0, 0.0]  # wall, CPU (this thread's)
         self._storage = JournalStorage(JournalFileBackend(str(journal)))
         with self._timed():
             self._study = optuna.create_study(
@@ -165,10 +165,12 @@ class Sampler:
             )
             self._study_id = self._storage.get_study_id_from_name(name)
 
-    def seconds(self) -> float:
-        """Time spent in Optuna so far (asks, reports, tells, reads of the journal): a method,
-        so that the driver can ask the sampler's actor."""
-        return self._seconds
+    def seconds(self) -> tuple[float, float]:
+        """Wall and CPU seconds spent in Optuna so far (asks, reports, tells, reads of the
+        journal); the wall time counts waits for a core that training processes hold. A
+        method, so that the driver can ask the sampler's actor."""
+        wall, cpu = self._seconds
+        return wall, cpu
 
     def ask(self, n: int, population: int, fixed: dict[str, Any] | None = None) -> list[Asked]:
         """At most ``n`` new configurations for ``population``, fewer where the budget ends.
@@ -245,8 +247,9 @@ class Sampler:
 
     @contextmanager
     def _timed(self) -> Iterator[None]:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         try:
             yield
         finally:
-            self._seconds += time.perf_counter() - start
+            self._seconds[0] += time.perf_counter() - start
+            self._seconds[1] += time.thread_time() - cpu
