@@ -24,6 +24,7 @@ from trainers.config import ConfigError, DataConfig
 
 MAX_BYTES = 8 << 30  # the most a data file may hold (an npz: once unpacked): it is read whole
 MAX_LABEL = 2**31 - 1
+CHECK_ROWS = 1 << 16  # rows checked for NaN at a time
 
 
 @dataclass
@@ -134,11 +135,16 @@ def _checked(
         raise ConfigError(f"{where}: {xname} must be numeric; got dtype {X.dtype}")
     with np.errstate(over="ignore"):
         X = X.astype(np.float32, copy=False)  # a float32 memory map stays one
-    bad = ~np.isfinite(X)
-    if bad.any():
-        cols = ", ".join(str((columns or range(X.shape[1]))[j]) for j in bad.any(0).nonzero()[0])
+    count, bad_columns = 0, np.zeros(X.shape[1], bool)
+    for start in range(0, len(X), CHECK_ROWS):  # a block at a time: no N x D mask
+        bad = ~np.isfinite(X[start : start + CHECK_ROWS])
+        count += int(bad.sum())
+        bad_columns |= bad.any(0)
+    if count:
+        names = columns or range(X.shape[1])
+        cols = ", ".join(str(names[j]) for j in bad_columns.nonzero()[0])
         raise ConfigError(
-            f"{where}: {xname} has {bad.sum()} NaN or infinite values (or beyond float32) in "
+            f"{where}: {xname} has {count} NaN or infinite values (or beyond float32) in "
             f"column(s) {cols}; fill or drop them"
         )
     if y.dtype.kind in "biuf":  # a label beyond int32 (1e300, say) is no class number
