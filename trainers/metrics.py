@@ -7,7 +7,10 @@ keeps their final values; each of those imports the names from here.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from trainers.config import TrainConfig
 
 # Curves logged per epoch (MLflow step = epoch).
 CURVES = (
@@ -25,6 +28,13 @@ FINAL = ("val_acc", "val_loss", "train_acc", "train_loss")
 # val_acc_fold0 .. val_acc_fold{k-1}. results.csv keeps their spread as final_val_acc_std.
 # A PBT member's hyperparameters as it trains them, beside its lr (search.type pbt changes them).
 PBT_CURVES = ("lambda", "momentum")
+
+
+def pbt_curves(train: TrainConfig) -> dict[str, float]:
+    """The PBT_CURVES' values of the config an epoch trained with."""
+    return {"lambda": train.lambda_, "momentum": train.momentum}
+
+
 FOLD_PREFIX = "val_acc_fold"
 # A refit (train+validation together) has no held-out split: it logs the training curves only.
 REFIT_CURVES = tuple(k for k in CURVES if not k.startswith("val_"))

@@ -46,6 +46,7 @@ from sweeps.spec.document import apply_sets
 from sweeps.spec.sweep import SweepSpec, unfusable
 from trainers.config import TrialConfig, trial_config
 from trainers.data import Dataset
+from trainers.metrics import pbt_curves
 from trainers.population import Population
 
 POPULATION_KEY = "population"  # a fused sweep's Ray trials search this one key: their index
@@ -318,8 +319,7 @@ class PopulationRun:
         results = population.step()
         if self.spec.pbt is not None:  # the hyperparameters it perturbs, as curves
             for id_, metrics in results.items():
-                train = population.cfgs[population.ids.index(id_)].train
-                metrics |= {"lambda": train.lambda_, "momentum": train.momentum}
+                metrics |= pbt_curves(population.cfgs[population.ids.index(id_)].train)
         stopped = self.rungs.stopped(results) if self.rungs else {}
         ended: dict[str, Outcome] = {}
         for id_, metrics in results.items():

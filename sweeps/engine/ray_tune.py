@@ -43,7 +43,7 @@ from sweeps.search.asha import milestones
 from sweeps.search.draws import DOMAINS, sample_params, search_space
 from sweeps.spec.document import apply_sets
 from sweeps.spec.space import Space
-from sweeps.spec.sweep import STOPS_EARLY, SweepSpec
+from sweeps.spec.sweep import MODELLED, STOPS_EARLY, SweepSpec
 from trainers.config import trial_config
 
 
@@ -354,7 +354,7 @@ def fit(
     """
     plan = sampler = None
     if spec.search.engine == "fused":  # a Ray trial per population (sweeps/engine/fused.py)
-        if spec.search.type in ("tpe", "bohb"):  # open populations ask the sweep's one sampler
+        if spec.search.type in MODELLED:  # open populations ask the sweep's one sampler
             plan = fused.open_plan(spec)
             known = recorder.history.trials  # a resume: asked before
             for id_, trial in known.items():
@@ -467,7 +467,7 @@ def searcher(spec: SweepSpec) -> Any:
     """Who draws the per-trial engine's configurations: Ray's variant generator (grid, random,
     asha, pbt's first draws), or Optuna's TPE through Ray's OptunaSearch (tpe, bohb)."""
     s = spec.search
-    if s.type not in ("tpe", "bohb"):
+    if s.type not in MODELLED:
         return Variants(random_state=s.seed, max_concurrent=s.max_concurrent)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     found = OptunaSearch(
@@ -515,7 +515,7 @@ def new_tuner(
     """A Tuner for a new sweep, its state saved in ``files.ray``; with a fused ``plan``, a
     trial per population (FIFO: the search runs inside each population)."""
     s = spec.search
-    space = {} if s.type in ("tpe", "bohb") else search_space(spec)  # OptunaSearch's own
+    space = {} if s.type in MODELLED else search_space(spec)  # OptunaSearch's own
     if plan is not None:
         space = {fused.POPULATION_KEY: tune.grid_search(list(range(len(plan.populations))))}
     return tune.Tuner(

@@ -54,6 +54,7 @@ def trainable(
     import torch
 
     from trainers.loop import Trial
+    from trainers.metrics import pbt_curves
 
     torch.set_num_threads(max(1, int(cpus)))
     cfg = trial_config(apply_sets(sections, config))
@@ -73,8 +74,7 @@ def trainable(
         hold.epoch(current.epoch)
         metrics = {**metrics, "time": int(time.time() * 1000)}
         if pbt:
-            train = current.cfg.train
-            metrics |= {"lambda": train.lambda_, "momentum": train.momentum}
+            metrics |= pbt_curves(current.cfg.train)
         report, save = cadence.due(current.epoch, current.done, time.monotonic())
         if not report:
             earlier.append(metrics)

@@ -20,6 +20,7 @@ from trainers.rules import Rule, check_mapping
 
 SEARCH_TYPES = ("grid", "random", "asha", "tpe", "bohb", "pbt")
 ADAPTIVE = ("tpe", "bohb", "pbt")  # each draw learns from the results before it (sweeps/search/)
+MODELLED = ("tpe", "bohb")  # Optuna's TPE draws each configuration (sweeps/search/tpe.py)
 STOPS_EARLY = ("asha", "bohb")  # ASHA's rungs stop configurations early
 # What pbt perturbs, where the space searches it with a range (sweeps/search/pbt.py).
 PBT_MUTABLE = ("train.lr", "train.lambda", "train.momentum")
@@ -280,7 +281,7 @@ def _check_search(search: Search, trial: TrialConfig, space: Space) -> None:
     if search.engine != "fused":
         return
     for key, dim in space.items():
-        if search.type in ("tpe", "bohb") and unfusable(key) and not dim.distribution.discrete:
+        if search.type in MODELLED and unfusable(key) and not dim.distribution.discrete:
             raise ConfigError(
                 f"space.{key}: with search.engine fused, {search.type} gives each of its values "
                 "populations of their own; search it with {choice: [...]}, or use search.engine "

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from sweeps.record.outcomes import Outcome
 from sweeps.search.asha import milestones
-from sweeps.spec.sweep import STOPS_EARLY
+from sweeps.spec.sweep import MODELLED, STOPS_EARLY
 from sweeps.tracking.reader import trials_page_url, ui_base
 from sweeps.view import figures as figs
 from sweeps.view.importance import importance
@@ -55,7 +55,7 @@ def sections(data: SweepData) -> list[Section]:
         chosen_config(data),
         loss_curves(data),
         versus(data),
-        *([progress(data)] if data.spec.search.type in ("tpe", "bohb") else []),
+        *([progress(data)] if data.spec.search.type in MODELLED else []),
         *([asha(data)] if data.spec.search.type in STOPS_EARLY else []),
         *([pbt_lineage(data)] if data.spec.search.type == "pbt" else []),
         parallel(data),
