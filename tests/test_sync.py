@@ -96,3 +96,13 @@ def test_sync_twice_is_one_copy_and_later_records_add_only_what_is_new(tmp_path:
     parent = client.get_run(third.parent)
     assert len(client.get_metric_history(parent.info.run_id, "best_val_acc")) == 1
     assert parent.data.tags["sweep.id"] == "id1" and parent.data.params == {"p": "1"}
+
+
+def test_a_withdrawn_trial_leaves_the_record_and_sync_deletes_its_run(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/copy.db"
+    file = record(tmp_path / "history.jsonl")
+    copy(file, uri, tmp_path)
+    file.append({"event": "trials_withdrawn", "trials": ["t2"]})  # a resume: Ray lacked it
+    assert list(file.read("exp").trials) == ["t1"]
+    tracker = copy(file, uri, tmp_path)
+    assert set(state(uri)) == {"exp", "t1"} and list(tracker.trials) == ["t1"]

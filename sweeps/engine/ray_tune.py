@@ -135,9 +135,11 @@ class TrackingCallback(tune.Callback):
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         stopping.hand_over()  # Tune's SIGINT handler is in place by now
-        recorder = _run().recorder
-        if recorder.disks is not None:
-            recorder.disks.check(len(recorder.history.trials))
+        run = _run()
+        if iteration == 0 and run.plan is None:  # a population's members are not Ray's trials
+            withdraw_unknown(run.recorder, {t.trial_id for t in trials})
+        if run.recorder.disks is not None:
+            run.recorder.disks.check(len(run.recorder.history.trials))
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         trial_error(trial)  # Ray retries a failed trial: not when the disk is full
@@ -170,6 +172,21 @@ class TrackingCallback(tune.Callback):
         error = trial_error(trial)
         epochs = int((trial.last_result or {}).get("epoch", 0))
         recorder.trial_ended(trial.trial_id, Outcome.ERROR, epochs, error=str(error))
+
+
+def withdraw_unknown(recorder: Recorder, restored: set[str]) -> None:
+    """A resume after a kill: Ray restores its last snapshot of the sweep, taken every 10 s at
+    most and copied to the folder in the background, so trials that began after it are in the
+    record but not in Ray, and Ray asks its searcher for their places again. They leave the
+    record (and MLflow), so that no configuration counts twice."""
+    unknown = [i for i in recorder.history.trials if i not in restored]
+    if unknown:
+        print(
+            f"{len(unknown)} trials began after Ray's last snapshot of the sweep and are "
+            f"asked for again: {', '.join(unknown)}",
+            flush=True,
+        )
+        recorder.withdraw(unknown)
 
 
 class Variants(BasicVariantGenerator):

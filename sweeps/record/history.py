@@ -2,8 +2,9 @@
 
 The driver appends one JSON line per event, before it writes the same to MLflow: the sweep's
 start (its id, MLflow experiment and params), each trial's start (sampled params, full
-config), every reported epoch, each trial's end, each refit of a chosen config on
-train+validation (its start, epochs and end, as a trial's), the sweep's end (status, best).
+config), every reported epoch, each trial's end, the trials a resume withdraws, each refit of
+a chosen config on train+validation (its start, epochs and end, as a trial's), the sweep's end
+(status, best).
 Reading folds the lines into the sweep's state now: what ``sweep sync`` copies into a store
 and what results.csv is made from. One process appends (the lock holder), a whole line per
 write; a last line cut short by a kill is dropped, and cut off before the next append; a write
@@ -98,6 +99,9 @@ class SweepHistory:
             self._run(event).end = {k: event[k] for k in END_KEYS}
             if event.get("exploits"):
                 self._run(event).end["exploits"] = event["exploits"]
+        elif kind == "trials_withdrawn":  # begun after Ray's last snapshot: asked again
+            for trial_id in event["trials"]:
+                self.trials.pop(trial_id, None)
         elif kind == "exploit":  # PBT: the trial took another's weights, then explored
             trial = self.trials[event["trial"]]
             trial.exploits = [e for e in trial.exploits if e["epoch"] != event["epoch"]]

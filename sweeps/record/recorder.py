@@ -95,6 +95,14 @@ class Recorder:
         exploit = {"epoch": epoch, "source": source, "params": params}
         self.trials_news([TrialNews(trial_id, {}, {}, False, [], None, [exploit])])
 
+    def withdraw(self, trial_ids: list[str]) -> None:
+        """Trials that a resumed Ray does not know (it restores its last snapshot of the sweep,
+        and a kill came after they began): out of the record and MLflow, since Ray asks for
+        their places again; a trial never counts twice."""
+        self._record({"event": "trials_withdrawn", "trials": trial_ids})
+        self.mlflow.wait()
+        self.tracker.withdraw(trial_ids)
+
     # A refit (sweeps.engine.refit) is recorded as a trial is, as a child run tagged
     # sweep.role=refit, through the same writer: it trains while the trials' last writes drain.
     def refit_started(

@@ -24,9 +24,11 @@ from trainers.config import ConfigError
 
 def sync(history: SweepHistory, tracker: SweepTracker, best_dir: Path) -> None:
     """Make the tracker's store hold the sweep as its folder records it, writing only what the
-    store lacks. Called by the lock holder, so no driver is running: a sweep whose record has
-    no end was interrupted."""
+    store lacks, and deleting the runs of trials the folder does not hold (withdrawn by a
+    resume, or voided by a fresh start). Called by the lock holder, so no driver is running: a
+    sweep whose record has no end was interrupted."""
     tracker.open_sweep(history.params, history.id)
+    tracker.withdraw(set(tracker.trials) - set(history.trials) - set(history.refits))
     for trial_id, trial in [*history.trials.items(), *history.refits.items()]:
         if trial.end is not None and tracker.ended.get(trial_id) == trial.end["outcome"]:
             continue  # ended in the store as in the folder: its curves were logged before

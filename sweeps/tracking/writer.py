@@ -18,7 +18,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -311,6 +311,15 @@ class SweepTracker:
             self.ended[trial_id] = outcome
         if save:
             self.save_state()
+
+    def withdraw(self, trial_ids: Iterable[str]) -> None:
+        """Delete the runs of trials the sweep's record no longer holds."""
+        for trial_id in trial_ids:
+            if (run_id := self.trials.pop(trial_id, None)) is not None:
+                self.client.delete_run(run_id)
+                self.ended.pop(trial_id, None)
+                self.unsaved = True
+        self.save_state()
 
     def trial_started(
         self,
