@@ -464,7 +464,10 @@ def test_sigkill_then_resume_logs_every_epoch_once(workdir, monkeypatch):
 @pytest.mark.parametrize(
     ("sets", "message"),
     [
-        (["search.population_size=0"], "search.population_size must be an integer >= 1; got 0"),
+        (
+            ["search.population_size=0"],
+            "search.population_size must be an integer >= 1 or auto; got 0",
+        ),
         (["search.engine=fast"], "search.engine must be one of trial, fused; got 'fast'"),
     ],
 )

@@ -197,3 +197,48 @@ def test_population_triton_step_equals_torch_ops_on_cuda():
     for g, w in zip(got, want, strict=True):
         assert list(g) == list(w)
         assert_close([without_time(g[k]) for k in g], [without_time(w[k]) for k in w])
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_features_on_cuda_stay_within_the_bound_of_float32(dtype):
+    """data.dtype on the device, through the CUDA graph (a trial) and the Triton step (a
+    population): validation accuracy within 0.02 of float32's (tests/test_dtype.py's bound)."""
+    from trainers.population import Population
+
+    def cfg(kept: str, lr: float = 0.05) -> TrialConfig:
+        train = {"epochs": 5, "batch_size": 64, "lr": lr, "device": "cuda"}
+        return trial_config({"data": DATA | {"dtype": kept}, "train": train})
+
+    full, half = Trial(cfg("float32")).run(), Trial(cfg(dtype)).run()
+    assert abs(full["val_acc"] - half["val_acc"]) <= 0.02
+    finals = {}
+    for kept in ("float32", dtype):
+        population = Population([cfg(kept, lr) for lr in (0.01, 0.05, 0.2)])
+        assert population.folds[0].X.dtype == getattr(torch, kept)
+        while not population.done:
+            population.step()
+        finals[kept] = [population.final(k)["val_acc"] for k in range(3)]
+    for a, b in zip(finals["float32"], finals[dtype], strict=True):
+        assert abs(a - b) <= 0.02
+
+
+def test_a_populations_device_memory_is_within_what_its_size_counts():
+    """search.population_size auto counts member_bytes a member, beside the data and what
+    measuring a split takes: the allocator's peak of a real population stays under it."""
+    from trainers.population import MEASURE_BYTES, Population, member_bytes
+
+    data = {"source": "synthetic", "n_samples": 3000, "n_features": 512, "n_classes": 100}
+    train = {"epochs": 2, "batch_size": 64, "optimizer": "momentum", "device": "cuda"}
+    cfgs = [
+        trial_config({"data": data, "train": train | {"lr": 0.01 * (k + 1)}}) for k in range(64)
+    ]
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    population = Population(cfgs)
+    population.step()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - before
+    rows = len(population.folds[0].y) + len(population.folds[0].y_val)
+    counted = 64 * member_bytes(512, 100, 64, ["momentum"]) + rows * (4 * 512 + 8)
+    assert peak <= counted + MEASURE_BYTES, (peak, counted)

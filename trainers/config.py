@@ -37,6 +37,7 @@ class DataConfig:
     folds: int = 1  # k > 1: k-fold cross-validation over train+val, metric = mean over folds
     seed: int = 0  # seeds the split and synthetic data, not the training
     standardize: bool = True  # zero mean, unit variance, statistics from the training split only
+    dtype: str = "float32"  # the features on the device: bfloat16 or float16 halve them
     n_samples: int = 2000  # synthetic only: examples, features, classes
     n_features: int = 20
     n_classes: int = 5
@@ -126,6 +127,13 @@ RULES: dict[str, Rule] = {
     "data.seed": replace(SEED, doc="seeds the split and synthetic data"),
     "data.standardize": Rule(
         bool, doc="zero mean, unit variance, with statistics of the training split only"
+    ),
+    "data.dtype": Rule(
+        str,
+        choices=("float32", "bfloat16", "float16"),
+        doc="how a trial keeps the features on its device: bfloat16 or float16 halve their "
+        "memory, each batch read back as float32; the weights, gradients and optimizer state "
+        "stay float32. For large data on a GPU (docs/data.md)",
     ),
     "data.n_samples": Rule(int, low=2, high=10**7, doc="synthetic: examples"),
     "data.n_features": Rule(int, low=1, high=10**5, doc="synthetic: features"),

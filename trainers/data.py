@@ -225,13 +225,14 @@ def _regular_file(path: Path, label: str = "") -> Path:
         raise ConfigError(f"{label}{path} is {kind}; give a data file")
     if (size := path.stat().st_size) > MAX_BYTES:
         raise ConfigError(
-            f"{label}{path} holds {_size(size)}, more than the {_size(MAX_BYTES)} a trial reads "
-            "into memory; use a smaller file"
+            f"{label}{path} holds {memory_size(size)}, more than the "
+            f"{memory_size(MAX_BYTES)} a trial reads into memory; use a smaller file"
         )
     return path
 
 
-def _size(n: int) -> str:
+def memory_size(n: int) -> str:
+    """Bytes as people read them: 3.2 GiB, 640.0 MiB."""
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
@@ -273,8 +274,8 @@ def _npz(cfg: DataConfig) -> tuple[str, list[Split]]:
         raise ConfigError(f"data.path: cannot read {path} as npz: {_one_line(e)}") from None
     if unpacked > MAX_BYTES:
         raise ConfigError(
-            f"data.path: {path} unpacks to {_size(unpacked)}, more than the "
-            f"{_size(MAX_BYTES)} a trial reads into memory"
+            f"data.path: {path} unpacks to {memory_size(unpacked)}, more than the "
+            f"{memory_size(MAX_BYTES)} a trial reads into memory"
         )
     _fits(unpacked, str(path))
     keys = _array_keys(arrays.keys(), path)
@@ -349,9 +350,9 @@ def _fits(nbytes: int, where: str) -> None:
     free = free_memory()
     if free is not None and nbytes > free:
         raise ConfigError(
-            f"{where}: the data take {_size(nbytes)} as float32, more than the {_size(free)} "
-            "of memory free here; use fewer examples or features (e.g. a PCA), or a machine "
-            "with more memory"
+            f"{where}: the data take {memory_size(nbytes)} as float32, more than the "
+            f"{memory_size(free)} of memory free here; use fewer examples or features (e.g. a "
+            "PCA), or a machine with more memory"
         )
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from trainers.config import ConfigError, TrialConfig, trial_config
@@ -44,6 +45,17 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def features(X: np.ndarray, device: torch.device, dtype: str) -> torch.Tensor:
+    """A split's features on ``device`` as ``data.dtype`` keeps them: float32 as they are (on
+    the CPU, the shared copy's own pages), else converted on the host, then moved."""
+    if dtype == "float32":
+        return torch.as_tensor(X, device=device)
+    return torch.as_tensor(X).to(DTYPES[dtype]).to(device)
 
 
 def split_tensors(
@@ -109,9 +121,9 @@ class Trainer:
 
     def __init__(self, cfg: TrialConfig, data: Dataset, device: torch.device) -> None:
         self.cfg, self.data, self.device = cfg, data, device
-        self.X = torch.as_tensor(data.train.X, device=device)  # (N, D) stays on the device
+        self.X = features(data.train.X, device, cfg.data.dtype)  # (N, D) stays on the device
         self.y = torch.as_tensor(data.train.y, device=device)  # (N,)
-        self.X_val = torch.as_tensor(data.val.X, device=device)
+        self.X_val = features(data.val.X, device, cfg.data.dtype)
         self.y_val = torch.as_tensor(data.val.y, device=device)
         init = torch.Generator().manual_seed(cfg.train.seed)
         self.params = init_params(self.X.shape[1], data.n_classes, init).to(device)  # flat
@@ -168,7 +180,7 @@ class Trainer:
         y = self.y.index_select(0, self.perm)  # (N,) labels in this epoch's order
         for start in starts:
             idx = self.perm[start : start + bs]
-            x, labels = self.X.index_select(0, idx), y[start : start + bs]  # (B, D), (B,)
+            x, labels = self.X.index_select(0, idx).float(), y[start : start + bs]  # (B, D), (B,)
             # d(data loss)/d scores, times B: the 1/B goes into alpha and the mean below
             s = scores(W, self.b, x, self.parts)  # (B, C)
             dscores = data_loss_grad(m.loss, s, labels, m.margin)  # (B, C)

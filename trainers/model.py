@@ -67,7 +67,9 @@ def split_k(n_features: int, rows: int, cols: int, processors: int) -> int:
 
 def scores(W: torch.Tensor, b: torch.Tensor, x: torch.Tensor, parts: int = 1) -> torch.Tensor:
     """s = xW + b for a batch x (N, D); returns (N, C). ``parts`` > 1: the sum over D taken in
-    that many slices side by side (``split_k``); the same scores up to float rounding."""
+    that many slices side by side (``split_k``); the same scores up to float rounding. An x
+    kept in a smaller dtype (data.dtype) is read as W's."""
+    x = x.to(W.dtype)
     if parts == 1:
         return torch.addmm(b, x, W)
     slices = torch.bmm(x.unflatten(1, (parts, -1)).transpose(0, 1), W.unflatten(0, (parts, -1)))

@@ -44,11 +44,12 @@ import torch
 
 from trainers import triton_step
 from trainers.config import ConfigError, TrialConfig, trial_config
-from trainers.data import Dataset, prepare
+from trainers.data import Dataset, free_memory, prepare
 from trainers.loop import (
     Trial,
     capture_epoch,
     check_reconfigurable,
+    features,
     resolve_device,
     split_tensors,
 )
@@ -193,6 +194,27 @@ def add_penalty_gradient(grad: torch.Tensor, W: torch.Tensor, cols: Columns) -> 
         grad.addcmul_(W.sign(), cols.abs_grad)
 
 
+# ---------------------------------------------------------------- memory
+BATCH_COPIES = 4  # (B, K, C) tensors a step holds at once: scores, margins or p, their gradient
+MEASURE_BYTES = 3 * 4 * MEASURE_ELEMENTS  # measuring a split: its scores, margins and losses
+
+
+def member_bytes(features: int, classes: int, batch_size: int, optimizers: Sequence[str]) -> int:
+    """Device memory (fp32) one more member costs a population: its weights and bias, their
+    gradient and optimizer buffers (a population with sgd and adam keeps both kinds for all),
+    and its columns of a step's (B, K, C) scores and their gradient."""
+    buffers = (1 if set(optimizers) - {"adam"} else 0) + (2 if "adam" in optimizers else 0)
+    return 4 * (classes * (features + 1) * (2 + buffers) + BATCH_COPIES * batch_size * classes)
+
+
+def free_bytes(device: torch.device) -> int | None:
+    """What ``device`` can still give: a GPU's free memory, or the host's (MemAvailable);
+    None where that is unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return free_memory()
+
+
 # ---------------------------------------------------------------- optimizers
 def new_state(param: torch.Tensor, cols: Columns) -> dict[str, torch.Tensor]:
     """Zeroed optimizer buffers shaped like ``param``: what the population's optimizers need."""
@@ -269,9 +291,10 @@ class Fold:
         order_seed: int,
     ) -> None:
         self.data, self.device = data, device
-        self.X = torch.as_tensor(data.train.X, device=device)  # (N, D)
+        dtype = cfgs[0].data.dtype  # shared, as all of data.* is
+        self.X = features(data.train.X, device, dtype)  # (N, D)
         self.y = torch.as_tensor(data.train.y, device=device)  # (N,)
-        self.X_val = torch.as_tensor(data.val.X, device=device)
+        self.X_val = features(data.val.X, device, dtype)
         self.y_val = torch.as_tensor(data.val.y, device=device)
         D, C = self.X.shape[1], data.n_classes
         self.W = initial_weights(cfgs, D, C).to(device).contiguous()  # (D, K, C)
@@ -335,7 +358,8 @@ class Fold:
         ones = torch.ones(batch_size, device=self.device)
         for start in starts:
             idx = self.perm[start : start + batch_size]
-            X, y = self.X.index_select(0, idx), labels[start : start + batch_size]  # (B, D), (B,)
+            X = self.X.index_select(0, idx).float()  # (B, D): float32 whatever data.dtype keeps
+            y = labels[start : start + batch_size]  # (B,)
             n = len(y)
             dscores = scores_gradient(self.scores(X, parts), y, cols).view(n, -1)  # times B
             # the means over the batch as products, the 1/B in their alpha (beta 0: addmm and

@@ -36,7 +36,8 @@ def key(cfg: DataConfig) -> str:
     path = Path(cfg.path).expanduser() if cfg.path else None
     stat = path.stat() if path is not None and path.exists() else None
     seen = [stat.st_size, stat.st_mtime_ns] if stat is not None else None
-    text = json.dumps([asdict(cfg), seen], sort_keys=True)
+    prepared = {k: v for k, v in asdict(cfg).items() if k != "dtype"}  # cast on the device
+    text = json.dumps([prepared, seen], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -67,6 +67,7 @@ class Rule:
     optional: bool = False  # None (YAML's null) allowed
     items: Rule | None = None  # list: each element's rule; dict: each value's
     keys: Rule | None = None  # dict: each key's rule
+    words: tuple[str, ...] = ()  # strings taken besides values of ``kind``, e.g. "auto"
     what: str = ""  # how to say what is allowed, where the generated words would be a regex
     doc: str = ""
 
@@ -86,12 +87,15 @@ class Rule:
             text += f" {'<' if self.high_open else '<='} {_number(self.high)}"
         if self.pattern is not None:
             text += f" matching {self.pattern}"
+        text += "".join(f" or {word}" for word in self.words)
         return text + (" or null" if self.optional else "")
 
     def accepts(self, value: Any) -> tuple[bool, Any]:
         """(whether the value is allowed, the value as the program uses it)."""
         if value is None:
             return self.optional, value
+        if isinstance(value, str) and value in self.words:
+            return True, value
         if self.kind is float and is_int(value):
             try:
                 value = float(value)

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from sweeps.engine import hold, ray_tune, stopping
+from sweeps.engine import fused, hold, ray_tune, stopping
 from sweeps.engine.refit import Model, refit
 from sweeps.engine.stopping import EXIT_INTERRUPTED
 from sweeps.record.disk import DiskFull, Watch, quiet
@@ -41,6 +41,9 @@ from trainers.loop import Trial
 EXIT_FAILED = 1
 
 
+POPULATION_SIZE = "search.population_size"  # fused: kept, so that a resume keeps the populations
+
+
 def sweep_params(spec: SweepSpec) -> dict[str, Any]:
     """What the parent run records about the sweep itself."""
     return {
@@ -52,7 +55,7 @@ def sweep_params(spec: SweepSpec) -> dict[str, Any]:
         "data.folds": spec.trial.data.folds,
         "search.refit": spec.search.refit,
         "space": json.dumps(spec.space.doc()),
-    }
+    } | ({POPULATION_SIZE: spec.search.population_size} if spec.search.engine == "fused" else {})
 
 
 def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False, exiting: bool = False) -> int:
@@ -81,12 +84,14 @@ def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False, exiting: boo
             quiet()
             resources = None
             if history is None or not history.completed:  # a completed sweep needs no Ray
-                check_data(spec)  # every corner of the searched data keys
+                data = check_data(spec)  # every corner of the searched data keys
                 with stopping.ray_starting():
                     cluster = ray_tune.connect()
                 stopping.check()  # a stop that came while Ray started (and maybe cut it short)
                 local = "RAY_ADDRESS" not in os.environ
                 resources = trial_resources(spec, cluster, local=local)
+                kept = history.params.get(POPULATION_SIZE) if history is not None else None
+                spec = fused.sized(spec, data, resources, cluster.get("CPU", 1.0), kept)
                 hold.point("ray-started")
             stopping.check()  # before the folder is made
             if not lock.held and not lock.create():

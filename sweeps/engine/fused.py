@@ -32,28 +32,31 @@ import tempfile
 import weakref
 import zipfile
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 
 from sweeps.record.outcomes import Outcome
 from sweeps.search.asha import Asha, Rungs
 from sweeps.search.pbt import Pbt
 from sweeps.search.tpe import Asked
 from sweeps.spec.document import apply_sets
-from sweeps.spec.sweep import SweepSpec, unfusable
-from trainers.config import TrialConfig, trial_config
-from trainers.data import Dataset
+from sweeps.spec.sweep import AUTO_POPULATION, DataSize, SweepSpec, reachable, unfusable
+from trainers.config import ConfigError, TrialConfig, trial_config
+from trainers.data import Dataset, memory_size
+from trainers.loop import DTYPES
 from trainers.metrics import pbt_curves
-from trainers.population import Population
+from trainers.population import MEASURE_BYTES, Population, free_bytes, member_bytes
 
 POPULATION_KEY = "population"  # a fused sweep's Ray trials search this one key: their index
 NEWS_KEY = "members"  # a population's report: its members' news, one JSON string
 STATE_FILE = "fused.json"  # beside the population's own checkpoint: ids, rung records
 ARCHIVE_FILE = "ended.zip"  # checkpoints of members that ended while others went on
 MIN_REPORT_S = 1.0  # a population reports at most about once a second...
+HEADROOM = 0.8  # of a device's free memory, what population_size auto fills at most
 REPORT_RATIO = 4.0  # ...and trains at least 4x as long as the driver took on its last report
 
 
@@ -63,13 +66,77 @@ def config_ids(count: int) -> list[str]:
     return [f"c{i:0{width}d}" for i in range(count)]
 
 
+def sized(
+    spec: SweepSpec,
+    data: DataSize,
+    resources: dict[str, float],
+    cluster_cpus: float,
+    kept: int | None = None,
+) -> SweepSpec:
+    """The spec with ``search.population_size: auto`` made a number: ``kept``, the size a
+    resumed sweep started with (its populations are Ray's trials), else the most members
+    whose weights, optimizer buffers and step tensors fit a population's share of the
+    device's free memory beside the data, with headroom, at most AUTO_POPULATION. Whatever
+    the engine, a ConfigError before anything is written when not one configuration fits a
+    trial's share (or not pbt's population)."""
+    if kept is not None:
+        return replace(spec, search=replace(spec.search, population_size=kept))
+    fit = fitting(spec, data, resources, cluster_cpus)
+    if spec.search.engine != "fused" or spec.search.population_size != "auto":
+        return spec
+    return replace(spec, search=replace(spec.search, population_size=fit))
+
+
+def fitting(
+    spec: SweepSpec,
+    data: DataSize,
+    resources: dict[str, float],
+    cluster_cpus: float,
+    free: int | None = None,
+) -> int:
+    """How many members fit a population, or a trial's one configuration (``sized``); ``free``:
+    the device's free memory, measured when not given."""
+    gpu = resources["gpu"] > 0 and torch.cuda.is_available()
+    device = torch.device("cuda" if gpu else "cpu")
+    free = free_bytes(device) if free is None else free
+    if free is None:  # not Linux: nothing to go by
+        return AUTO_POPULATION
+    itemsize = max(DTYPES[d].itemsize for d in reachable("data.dtype", spec.trial, spec.space))
+    data_bytes = data.rows * (itemsize * data.features + 8)  # X as data.dtype, y as int64
+    if gpu:  # every population (or trial) holds its own copy of the data on its GPU
+        share = min(1.0, resources["gpu"])
+        budget = free * share * HEADROOM - data_bytes - MEASURE_BYTES
+    else:  # populations on a node map one float32 copy (and hold a smaller dtype's own)
+        share = 1 / max(1, int(cluster_cpus // resources["cpu"]))
+        mapped = data.rows * (4 * data.features + 8)
+        own = data_bytes if itemsize < 4 else 0
+        budget = (free * HEADROOM - mapped) * share - own - MEASURE_BYTES
+    optimizers = reachable("train.optimizer", spec.trial, spec.space)
+    batch = max(reachable("train.batch_size", spec.trial, spec.space))
+    member = member_bytes(data.features, data.classes, batch, optimizers)
+    fit = int(max(0.0, budget) // member)
+    pbt = spec.search.type == "pbt" and spec.search.engine == "fused"
+    need = spec.search.num_samples if pbt else 1
+    if fit < need:
+        what = f"pbt's {need} members" if need > 1 else "one configuration"
+        raise ConfigError(
+            f"search.population_size auto: {what} of {data.classes} classes x "
+            f"{data.features} features (batch {batch}) take {memory_size(need * member)} of "
+            f"{device.type} memory beside the data's {memory_size(data_bytes)}, and a "
+            f"population has {memory_size(int(free * share))} free; use a smaller "
+            "train.batch_size, fewer features (e.g. a PCA), more resources per trial, or "
+            "another device"
+        )
+    return min(AUTO_POPULATION, fit)
+
+
 def in_flight(spec: SweepSpec) -> int:
     """tpe and bohb: how many configurations train at once, over all populations. The sampler
     learns only from configurations that ended before it is asked, so a search that asked for
     all of them at once would be random search: an eighth of the budget at a time refills each
     slot about 8 times (at least 4 slots, at most search.population_size)."""
     s = spec.search
-    return max(1, min(s.population_size, max(4, math.ceil(s.num_samples / 8))))
+    return max(1, min(s.population_limit, max(4, math.ceil(s.num_samples / 8))))
 
 
 class Asker(Protocol):
@@ -154,7 +221,7 @@ def plan(spec: SweepSpec, sampled: list[dict[str, Any]]) -> Plan:
     chunks = [
         chunk
         for members in groups.values()
-        for chunk in np.array_split(members, math.ceil(len(members) / s.population_size))
+        for chunk in np.array_split(members, math.ceil(len(members) / s.population_limit))
     ]
     pbt = Pbt.of(spec) if s.type == "pbt" else None
     populations = [

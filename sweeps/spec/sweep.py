@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from trainers.rules import Rule, check_mapping
 
 SEARCH_TYPES = ("grid", "random", "asha", "tpe", "bohb", "pbt")
 ADAPTIVE = ("tpe", "bohb", "pbt")  # each draw learns from the results before it (sweeps/search/)
+AUTO_POPULATION = 256  # the most configurations search.population_size auto puts together
 MODELLED = ("tpe", "bohb")  # Optuna's TPE draws each configuration (sweeps/search/tpe.py)
 STOPS_EARLY = ("asha", "bohb")  # ASHA's rungs stop configurations early
 # What pbt perturbs, where the space searches it with a range (sweeps/search/pbt.py).
@@ -72,11 +74,17 @@ class Search:
     seed: int = 0  # seeds the draws of the search
     refit: bool = True  # retrain the chosen config on train+validation for the test look
     engine: str = "trial"  # trial: a Ray trial per configuration; fused: per population
-    population_size: int = 256  # fused: most configurations trained together in one step
+    population_size: int | str = "auto"  # fused: most configurations trained in one step
 
     @property
     def mode(self) -> str:
         return METRICS[self.metric]
+
+    @property
+    def population_limit(self) -> int:
+        """population_size as a number: auto's bound until the driver sizes it to the device
+        (sweeps.engine.fused.sized)."""
+        return AUTO_POPULATION if self.population_size == "auto" else int(self.population_size)
 
 
 @dataclass
@@ -192,9 +200,11 @@ SWEEP_RULES: dict[str, Rule] = {
     "search.population_size": Rule(
         int,
         low=1,
+        words=("auto",),
         doc="fused: at most this many configurations per population; resources, "
-        "max_concurrent and max_failures then count populations. tpe and bohb train fewer at "
-        "once (docs/search.md); pbt's population is num_samples",
+        "max_concurrent and max_failures then count populations. auto: as many as fit in the "
+        f"device's free memory, at most {AUTO_POPULATION} (docs/fused.md). tpe and bohb train "
+        "fewer at once (docs/search.md); pbt's population is num_samples",
     ),
     "resources.cpu": Rule(float, low=0.0, low_open=True, doc="CPUs per trial"),
     "resources.gpu": Rule(
@@ -287,7 +297,7 @@ def _check_search(search: Search, trial: TrialConfig, space: Space) -> None:
                 "populations of their own; search it with {choice: [...]}, or use search.engine "
                 "trial"
             )
-    if search.type == "pbt" and search.num_samples > search.population_size:
+    if search.type == "pbt" and search.num_samples > search.population_limit:
         raise ConfigError(
             f"search.num_samples ({search.num_samples}) is pbt's population, trained together "
             f"by the fused engine: set search.population_size >= {search.num_samples}"
@@ -354,10 +364,20 @@ def sweep_spec(doc: dict[str, Any], name: str | None = None) -> SweepSpec:
     )
 
 
-def check_data(spec: SweepSpec) -> None:
+@dataclass(frozen=True)
+class DataSize:
+    """The largest data a trial holds, over the corners of the searched data keys."""
+
+    rows: int  # training and validation examples of a fold
+    features: int
+    classes: int
+
+
+def check_data(spec: SweepSpec) -> DataSize:
     """Every check that reads the data, for each corner of the searched data keys: the data
     loads and splits, and the largest batch size fits the smallest training split. Reads,
-    writes nothing: call it before the sweep's first write."""
+    writes nothing: call it before the sweep's first write. Returns the largest data's size,
+    which sizes the fused engine's populations."""
     from trainers.data import cross_validation_folds, load_dataset  # numpy, pandas, sklearn
 
     searched = [k for k in spec.space if k.startswith("data.")]
@@ -365,13 +385,18 @@ def check_data(spec: SweepSpec) -> None:
     for values in itertools.product(*(reachable(k, spec.trial, spec.space) for k in searched)):
         data = trial_config(apply_sets(spec.sections, dict(zip(searched, values)))).data
         corners[json.dumps(asdict(data), sort_keys=True)] = data
-    smallest = min(
-        len(fold.train.y)
-        for data in corners.values()
-        for fold in cross_validation_folds(load_dataset(data), data.folds, data.seed)
-    )
+    smallest, size = math.inf, DataSize(0, 0, 0)
+    for data in corners.values():  # one fold at a time: each is a standardized copy
+        for fold in cross_validation_folds(load_dataset(data), data.folds, data.seed):
+            smallest = min(smallest, len(fold.train.y))
+            size = DataSize(
+                max(size.rows, len(fold.train.y) + len(fold.val.y)),
+                max(size.features, fold.train.X.shape[1]),
+                max(size.classes, fold.n_classes),
+            )
     largest = max(reachable("train.batch_size", spec.trial, spec.space))
     if largest > smallest:
         raise ConfigError(
             f"train.batch_size must be <= the training split ({smallest} examples); got {largest}"
         )
+    return size
