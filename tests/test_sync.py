@@ -106,3 +106,22 @@ def test_a_withdrawn_trial_leaves_the_record_and_sync_deletes_its_run(tmp_path: 
     assert list(file.read("exp").trials) == ["t1"]
     tracker = copy(file, uri, tmp_path)
     assert set(state(uri)) == {"exp", "t1"} and list(tracker.trials) == ["t1"]
+
+
+def test_child_runs_best_n_keeps_the_n_best_and_follows_the_ranking(tmp_path: Path) -> None:
+    """mlflow.child_runs best:1: the store holds the run of the best trial by the final metric
+    only; when a later record ranks another first, the next sync swaps the runs."""
+    uri = f"sqlite:///{tmp_path}/copy.db"
+    file = record(tmp_path / "history.jsonl")  # t1: 3 epochs (val_acc 0.53), t2: 2 (0.52)
+    params = {"search.metric": "val_acc", "mlflow.child_runs": "best:1"}
+    file.append(
+        {"event": "sweep_started", "id": "id1", "experiment": "exp", "params": params}
+        | {"fresh": False}
+    )
+    copy(file, uri, tmp_path)
+    assert set(state(uri)) == {"exp", "t1"}
+    for n in (3, 4):  # t2 goes on and ends ahead
+        file.append(epoch("t2", n))
+    tracker = copy(file, uri, tmp_path)
+    assert set(state(uri)) == {"exp", "t2"} and list(tracker.trials) == ["t2"]
+    assert [step for step, _, _ in state(uri)["t2"][2]] == [1, 2, 3, 4]

@@ -32,7 +32,7 @@ from sweeps.record.recorder import Recorder
 from sweeps.record.results import first_error_line, format_table, mark_chosen, trial_row, write_csv
 from sweeps.spec.sweep import SweepSpec, check_data
 from sweeps.tracking.store import sqlite_file, usable_store
-from sweeps.tracking.sync import sync
+from sweeps.tracking.sync import CHILD_RUNS, sync
 from sweeps.tracking.writer import SweepTracker, read_state
 from sweeps.view.live import LiveView
 from trainers.config import ConfigError
@@ -55,7 +55,10 @@ def sweep_params(spec: SweepSpec) -> dict[str, Any]:
         "data.folds": spec.trial.data.folds,
         "search.refit": spec.search.refit,
         "space": json.dumps(spec.space.doc()),
-    } | ({POPULATION_SIZE: spec.search.population_size} if spec.search.engine == "fused" else {})
+    } | (
+        ({POPULATION_SIZE: spec.search.population_size} if spec.search.engine == "fused" else {})
+        | ({CHILD_RUNS: spec.child_runs} if spec.child_runs != "all" else {})
+    )
 
 
 def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False, exiting: bool = False) -> int:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from sweeps.record.history import RESULT_KEYS, HistoryFile, SweepHistory
 from sweeps.record.results import first_error_line
+from sweeps.tracking.sync import CHILD_RUNS, sync_trials
 from sweeps.tracking.writer import SweepTracker, refit_tags
 from sweeps.tracking.writes import TrialWrites
 from sweeps.view.naming import run_name
@@ -137,7 +138,14 @@ class Recorder:
     ) -> None:
         self._record({"event": "sweep_ended", "status": status, "best": best})
         self.mlflow.wait()
+        if not self.runs_as_trials_train:  # mlflow.child_runs best:N: written now
+            sync_trials(self.history, self.tracker)
         self.tracker.end_sweep(status, best, artifact_dir)
+
+    @property
+    def runs_as_trials_train(self) -> bool:
+        """Every trial is a child run, written as it trains (mlflow.child_runs all)."""
+        return self.history.params.get(CHILD_RUNS, "all") == "all"
 
     def trials_news(self, news: list[TrialNews]) -> None:
         """Trials' news (one trial's event, or a fused population's report): every event
@@ -163,7 +171,7 @@ class Recorder:
                 events.append({"event": "trial_ended", "trial": n.trial_id} | end)
             kept.append(replace(n, results=results, end=end))
         self._record(*events)
-        for n in kept:
+        for n in kept if self.runs_as_trials_train else []:
             if n.started:  # its run made at once, its epochs held (TrialWrites)
                 self.mlflow.put(n.trial_id, config=n.config, name=run_name(n.params))
             if n.results or n.end is not None:

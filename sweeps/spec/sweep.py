@@ -103,6 +103,7 @@ class SweepSpec:
     resources: Resources = field(default_factory=Resources)
     storage: Path = Path(DEFAULT_STORAGE)
     tracking_uri: str | None = None
+    child_runs: str = "all"  # or best:N (mlflow.child_runs)
 
     @property
     def folder(self) -> Path:
@@ -219,12 +220,22 @@ SWEEP_RULES: dict[str, Rule] = {
         what=TRACKING_URI_WHAT + " or null",
         doc="none: `$MLFLOW_TRACKING_URI`, else `sqlite:///mlflow.db` in the working directory",
     ),
+    "mlflow.child_runs": Rule(
+        str,
+        pattern=r"all|best:[1-9][0-9]*",
+        what="all or best:N, N >= 1",
+        doc="all: every configuration is a child run of its own, written as it trains; best:N: "
+        "the N best by search.metric only, written when the sweep ends or stops (the MLflow "
+        "UI pages 100 runs and charts 10). Every configuration stays in history.jsonl, "
+        "results.csv and the report",
+    ),
 }
 
 
 def sweep_defaults() -> dict[str, Any]:
     """Each SWEEP_RULES key's default, for docs/config.md."""
     out = {"name": None, "storage": DEFAULT_STORAGE, "mlflow.tracking_uri": None}
+    out["mlflow.child_runs"] = "all"
     for name, cls in (("search", Search), ("resources", Resources)):
         out |= {f"{name}.{f.name}": f.default for f in fields(cls)}
     return out
@@ -361,6 +372,7 @@ def sweep_spec(doc: dict[str, Any], name: str | None = None) -> SweepSpec:
         resources=resources,
         storage=Path(storage).expanduser(),
         tracking_uri=mlflow.get("tracking_uri"),
+        child_runs=mlflow.get("child_runs", "all"),
     )
 
 

@@ -8,28 +8,64 @@ on demand (``sync_folder``), into the sweep's own store or another one.
 
 from __future__ import annotations
 
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from sweeps.record.history import HistoryFile, SweepHistory
 from sweeps.record.layout import SweepFolder
 from sweeps.record.lock import SweepLock
+from sweeps.record.results import best_first
 from sweeps.spec.document import load_saved
+from sweeps.spec.sweep import METRICS
 from sweeps.tracking.store import usable_store
 from sweeps.tracking.writer import SweepTracker, refit_tags
 from sweeps.view.naming import run_name
 from trainers.config import ConfigError
 
+CHILD_RUNS = "mlflow.child_runs"  # a sweep param where not "all" (sweeps.engine.driver)
+
 
 def sync(history: SweepHistory, tracker: SweepTracker, best_dir: Path) -> None:
-    """Make the tracker's store hold the sweep as its folder records it, writing only what the
-    store lacks, and deleting the runs of trials the folder does not hold (withdrawn by a
-    resume, or voided by a fresh start). Called by the lock holder, so no driver is running: a
-    sweep whose record has no end was interrupted."""
+    """Make the tracker's store hold the sweep as its folder records it (``sync_trials``), its
+    parent run ended as the record says. Called by the lock holder, so no driver is running:
+    a sweep whose record has no end was interrupted."""
     tracker.open_sweep(history.params, history.id)
-    tracker.withdraw(set(tracker.trials) - set(history.trials) - set(history.refits))
-    for trial_id, trial in [*history.trials.items(), *history.refits.items()]:
+    sync_trials(history, tracker)
+    end = history.end or {"status": "interrupted", "best": None}
+    model = best_dir if end["best"] is not None and best_dir.is_dir() else None
+    tracker.end_sweep(end["status"], end["best"], model)
+
+
+def tracked(history: SweepHistory) -> list[str]:
+    """The trials that have a child run: every one, or with ``mlflow.child_runs: best:N`` the
+    N best by the sweep's metric as results.csv ranks them, and the chosen one."""
+    setting = history.params.get(CHILD_RUNS, "all")
+    if setting == "all":
+        return list(history.trials)
+    metric = history.params["search.metric"]
+    final = [  # results.csv's final_<metric>: the value at the last epoch
+        {"trial_id": i, "final": t.results[-1].get(metric, math.nan) if t.results else math.nan}
+        for i, t in history.trials.items()
+    ]
+    ranked = best_first(pd.DataFrame(final), "final", METRICS[metric]) if final else None
+    kept = [] if ranked is None else list(ranked["trial_id"][: int(setting.removeprefix("best:"))])
+    chosen = ((history.end or {}).get("best") or {}).get("trial_id")
+    if chosen is not None and chosen not in kept:
+        kept.append(chosen)
+    return kept
+
+
+def sync_trials(history: SweepHistory, tracker: SweepTracker) -> None:
+    """Give the store the runs of the tracked trials and the refits, writing only what it
+    lacks, and delete the runs of the trials it should not hold: withdrawn by a resume, voided
+    by a fresh start, or out of mlflow.child_runs' best N."""
+    ids = tracked(history)
+    tracker.withdraw(set(tracker.trials) - set(ids) - set(history.refits))
+    for trial_id, trial in [*((i, history.trials[i]) for i in ids), *history.refits.items()]:
         if trial.end is not None and tracker.ended.get(trial_id) == trial.end["outcome"]:
             continue  # ended in the store as in the folder: its curves were logged before
         name = run_name(trial.params) if trial.source is None else f"refit of {trial.source}"
@@ -37,9 +73,6 @@ def sync(history: SweepHistory, tracker: SweepTracker, best_dir: Path) -> None:
         tracker.log_results(trial_id, trial.results)
         if trial.end is not None:
             tracker.trial_ended(trial_id, **trial.end)
-    end = history.end or {"status": "interrupted", "best": None}
-    model = best_dir if end["best"] is not None and best_dir.is_dir() else None
-    tracker.end_sweep(end["status"], end["best"], model)
 
 
 def file_report(files: SweepFolder, tracker: SweepTracker, uri: str) -> None:
