@@ -198,6 +198,11 @@ def test_pbt_copies_the_top_members_state_and_records_each_exploit():
     k, j = pop.ids.index(dst), pop.ids.index(src)
     for fold in pop.folds:
         assert torch.equal(fold.W[:, k], fold.W[:, j]) and torch.equal(fold.b[k], fold.b[j])
+        assert fold.state["W"] and fold.state["b"]  # momentum: its velocity is copied too
+        for name, buffer in fold.state["W"].items():
+            assert torch.equal(buffer[:, k], buffer[:, j]), name
+        for name, buffer in fold.state["b"].items():
+            assert torch.equal(buffer[k], buffer[j]), name
     scores = {i: news[i]["results"][-1]["val_acc"] for i in pop.ids}
     assert scores[src] == max(scores.values()) and scores[dst] == min(scores.values())
     for key, value in exploit["params"].items():  # the explored values are the member's now
