@@ -11,6 +11,7 @@ asha:   configs/digits_asha.yaml (64 trials) with engine fused.
 random: 2,048 random configurations on digits, 10 epochs each, engine fused; checks that
         every configuration is its own MLflow run.
 random_best: the same with mlflow.child_runs best:100: runs for the 100 best only.
+Both random cases also time `sweep status` of the finished sweep (its folder and its runs).
 
 Each sweep is the `sweep run` command in a fresh temporary folder (its own mlflow.db); the wall
 time is the command's, interpreter start and imports included.
@@ -116,11 +117,15 @@ def sweep(case: str, engine: str | None = None) -> dict:
             raise SystemExit(f"{case} ({engine or 'config'}) failed:\n{tail}")
         totals = json.loads(out.read_text())
         table = pd.read_csv(Path(tmp) / "runs/bench/results.csv")
+        start = time.perf_counter()
+        status = [str(Path(sys.executable).with_name("sweep")), "status", "bench"]
+        subprocess.run(status, cwd=tmp, env=env, capture_output=True, check=True)
         return {
             "wall_s": wall,
             **totals,
             "table": table,
             "runs": mlflow_children(Path(tmp) / "mlflow.db"),
+            "status_s": time.perf_counter() - start,
         }
 
 
@@ -173,6 +178,7 @@ def main() -> None:
             runs = 100 if case == "random_best" else 2048
             ok = fused["runs"] == runs and len(fused["table"]) == 2048
             print(f"  2,048 rows in results.csv and {runs:,} MLflow runs: {ok}")
+            print(f"  sweep status bench: {fused['status_s']:.1f} s")
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
