@@ -148,6 +148,37 @@ def test_table_with_label_column(tmp_path, fmt):
     np.testing.assert_array_equal(y, X[:, 0].astype(int) % 3)
 
 
+def test_parquet_embedding_column_is_as_many_features_as_its_length(tmp_path):
+    """A linear probe's usual file: a label and a list column of embeddings (and maybe more
+    numeric columns); the list becomes that many features, after the numeric ones before it."""
+    n, rng = 60, np.random.default_rng(0)
+    emb = rng.normal(size=(n, 8)).astype(np.float32)
+    df = pd.DataFrame({"extra": np.arange(n) * 1.0, "label": np.arange(n) % 3})
+    df["embedding"] = list(emb)
+    path = tmp_path / "probe.parquet"
+    df.to_parquet(path)
+    ds = load_dataset(DataConfig(source="parquet", path=str(path), standardize=False))
+    X = np.concatenate([s.X for s in _splits(ds)])
+    assert X.shape == (n, 9) and ds.n_classes == 3
+    order = np.argsort(X[:, 0])  # the splits shuffle: put the rows back by "extra"
+    np.testing.assert_allclose(X[order, 1:], emb, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("embeddings", "message"),
+    [
+        ([[1.0, 2.0], [3.0]] * 30, r"column 'embedding' holds lists of 1 to 2 numbers"),
+        ([["a", "b"]] * 60, r"column 'embedding' holds lists of something other than numbers"),
+    ],
+)
+def test_a_bad_embedding_column_is_refused_in_one_line(tmp_path, embeddings, message):
+    df = pd.DataFrame({"label": np.arange(60) % 3, "embedding": embeddings})
+    path = tmp_path / "bad.parquet"
+    df.to_parquet(path)
+    with pytest.raises(ConfigError, match=message):
+        load_dataset(DataConfig(source="parquet", path=str(path)))
+
+
 # ---------------------------------------------------------------- CIFAR-10
 def _cifar_batch(path: Path, n: int, seed: int, protocol: int | str) -> dict:
     rng = np.random.default_rng(seed)

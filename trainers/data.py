@@ -357,7 +357,8 @@ def _fits(nbytes: int, where: str) -> None:
 
 
 def _table(cfg: DataConfig) -> tuple[str, list[Split]]:
-    """csv or parquet: the label column plus numeric feature columns."""
+    """csv or parquet: the label column plus numeric feature columns, or (parquet) a column of
+    equal-length lists of numbers: an embedding, as many features as its length."""
     path = _path(cfg)
     try:
         df = pd.read_csv(path) if cfg.source == "csv" else pd.read_parquet(path)
@@ -370,16 +371,41 @@ def _table(cfg: DataConfig) -> tuple[str, list[Split]]:
         columns = ", ".join(map(str, df.columns))
         raise ConfigError(f"data.label_column: no column {label!r} in {path}; columns: {columns}")
     features = df.drop(columns=[label])
+    blocks, names = [], []
     for col in features.columns:
-        if not pd.api.types.is_numeric_dtype(features[col]):
-            example = next(iter(features[col].dropna()), None)
+        if pd.api.types.is_numeric_dtype(features[col]):
+            blocks.append(features[col].to_numpy(dtype=np.float64, na_value=np.nan)[:, None])
+            names.append(col)
+            continue
+        example = next(iter(features[col].dropna()), None)
+        if not isinstance(example, list | np.ndarray):
             raise ConfigError(
-                f"{path}: feature column {col!r} is not numeric (e.g. {example!r}); "
-                f"every column but data.label_column ({label!r}) must be a number"
+                f"{path}: feature column {col!r} is not numeric (e.g. {example!r}); every "
+                f"column but data.label_column ({label!r}) must be a number or (parquet) a list "
+                "of numbers"
             )
-    X = features.to_numpy(dtype=np.float64, na_value=np.nan)
+        block = _embedding(features[col], f"{path}: column {col!r}")
+        blocks.append(block)
+        names += [f"{col}[{i}]" for i in range(block.shape[1])]
+    X = np.hstack(blocks) if blocks else np.empty((len(df), 0))
     y = df[label].to_numpy()
-    return path.name, [_checked(X, y, str(path), "X", f"column {label!r}", list(features))]
+    return path.name, [_checked(X, y, str(path), "X", f"column {label!r}", names)]
+
+
+def _embedding(column: pd.Series, where: str) -> np.ndarray:
+    """A column of lists (or arrays) of numbers, one per example, as an (N, length) matrix."""
+    lengths = {len(v) if isinstance(v, list | np.ndarray) else -1 for v in column}
+    if -1 in lengths:
+        raise ConfigError(f"{where} holds a list for some examples and not others")
+    if len(lengths) > 1:
+        raise ConfigError(
+            f"{where} holds lists of {min(lengths)} to {max(lengths)} numbers; an embedding "
+            "column needs one length"
+        )
+    try:
+        return np.stack(column.to_numpy()).astype(np.float64)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where} holds lists of something other than numbers") from None
 
 
 class _Refused(pickle.UnpicklingError):
