@@ -77,7 +77,8 @@ def test_one_configuration_that_does_not_fit_is_refused_in_one_line(engine):
     with pytest.raises(ConfigError) as refused:  # the data alone: 9.8 GiB
         fused.fitting(spec_of({"engine": engine}), IMAGENET, CPU, 2, free=12 * GiB)
     message = str(refused.value)
-    assert message.startswith("search.population_size auto: one configuration of 1000 classes")
+    key = "search.population_size auto" if engine == "fused" else "resources.cpu 1"
+    assert message.startswith(f"{key}: one configuration of 1000 classes x 2048 features")
     assert "\n" not in message and "use a smaller train.batch_size" in message
 
 

@@ -118,12 +118,19 @@ def fitting(
     pbt = spec.search.type == "pbt" and spec.search.engine == "fused"
     need = spec.search.num_samples if pbt else 1
     if fit < need:
-        what = f"pbt's {need} members" if need > 1 else "one configuration"
+        what, verb = "one configuration", "takes"
+        if need > 1:
+            what, verb = f"pbt's {need} members", "take"
+        if spec.search.engine == "fused":
+            key, holder = "search.population_size auto", "a population"
+        else:
+            kind = "gpu" if gpu else "cpu"
+            key, holder = f"resources.{kind} {resources[kind]:g}", "a trial"
         raise ConfigError(
-            f"search.population_size auto: {what} of {data.classes} classes x "
-            f"{data.features} features (batch {batch}) take {memory_size(need * member)} of "
-            f"{device.type} memory beside the data's {memory_size(data_bytes)}, and a "
-            f"population has {memory_size(int(free * share))} free; use a smaller "
+            f"{key}: {what} of {data.classes} classes x {data.features} features (batch "
+            f"{batch}) {verb} {memory_size(need * member)} of {device.type} memory beside the "
+            f"data's {memory_size(data_bytes)}, and {holder} has "
+            f"{memory_size(int(free * share))} free; use a smaller "
             "train.batch_size, fewer features (e.g. a PCA), more resources per trial, or "
             "another device"
         )
