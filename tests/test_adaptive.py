@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -286,6 +287,22 @@ def test_pbt_members_keep_one_run_and_show_their_exploits(workdir, engine):
         assert sorted(m.step for m in momentum) == list(range(1, 7))
 
 
+def killed_then_resumed(
+    workdir: Path, name: str, hold: Hold, held: Callable[[], object]
+) -> pd.DataFrame:
+    """Start the sweep, wait until ``held`` returns (the sweep is where the test wants it),
+    SIGKILL its whole process group, resume it to its end; its results.csv."""
+    proc = start_sweep("run", str(workdir / f"{name}.yaml"), hold=hold)
+    try:
+        held()
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    resumed = sweep(workdir, "resume", name)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    return pd.read_csv(workdir / "runs" / name / "results.csv")
+
+
 @pytest.mark.slow
 def test_sigkill_then_resume_continues_the_search_without_a_repeat(workdir, monkeypatch):
     name = "tpe-killed"
@@ -294,15 +311,9 @@ def test_sigkill_then_resume_continues_the_search_without_a_repeat(workdir, monk
     monkeypatch.chdir(workdir)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     hold = Hold(workdir / "hold", "epoch-10")
-    proc = start_sweep("run", str(workdir / f"{name}.yaml"), hold=hold)
-    try:  # the first 4 (of 4 slots) ended at 30, told; the next 4 asked and at 10; the kill
-        hold.second("epoch-10")  # may come before anything reached the record
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    resumed = sweep(workdir, "resume", name)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    table = pd.read_csv(workdir / "runs" / name / "results.csv")
+    # the first 4 (of 4 slots) ended at 30, told; the next 4 asked and at 10; the kill may
+    # come before anything reached the record
+    table = killed_then_resumed(workdir, name, hold, lambda: hold.second("epoch-10"))
     assert sorted(table["trial_id"]) == [f"c{i:04d}" for i in range(16)]
     assert len({tuple(r) for r in table[list(SPACE)].values.tolist()}) == 16
     trials = study_of(workdir / "runs" / name / "search.journal", name).trials
@@ -322,17 +333,13 @@ def test_a_killed_per_trial_sweep_resumes_without_a_repeat(workdir, monkeypatch,
     monkeypatch.chdir(workdir)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     hold = Hold(workdir / f"hold-{name}", "epoch-2")  # the module's tests share workdir
-    proc = start_sweep("run", str(workdir / f"{name}.yaml"), hold=hold)
-    try:  # past the 10 random asks: the model had asked the 11th when the kill came
+
+    def eleventh() -> None:  # past the 10 random asks: the model asked the 11th
         for count in range(1, 11):
             hold.let_go(hold.reached("epoch-2", count)[-1])
         hold.reached("epoch-2", 11)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    resumed = sweep(workdir, "resume", name)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    table = pd.read_csv(workdir / "runs" / name / "results.csv")
+
+    table = killed_then_resumed(workdir, name, hold, eleventh)
     assert len(table) == 12 and set(table["status"]) <= {"completed", "diverged"}
     assert len({tuple(r) for r in table[list(SPACE)].values.tolist()}) == 12
     _, parent, children = runs_of(workdir, name)
