@@ -541,8 +541,11 @@ def test_jobs_starting_at_once_with_one_slot_get_different_ports(tmp_path):
         go.touch()
         for p in procs:
             p.communicate(timeout=60)
+    # each scans up from the formula's slot; one taken by anything else on this machine (the
+    # other pytest worker's test cluster runs job 5 too) moves both on: distinct blocks only
     first = sub.ray_ports(5)["gcs"]
-    assert sorted(ports) == [first, first + 100]
+    steps = sorted((port - first) % 12700 for port in ports)
+    assert steps[0] % 100 == 0 and steps[1] % 100 == 0 and steps[0] < steps[1], ports
 
 
 @pytest.mark.parametrize("fails, code, tries", [(2, 0, 3), (5, 1, 3)])
