@@ -65,14 +65,21 @@ def sync_trials(history: SweepHistory, tracker: SweepTracker) -> None:
     by a fresh start, or out of mlflow.child_runs' best N."""
     ids = tracked(history)
     tracker.withdraw(set(tracker.trials) - set(ids) - set(history.refits))
+    new = []  # the runs the store lacks: written whole, together (sweeps.tracking.bulk)
     for trial_id, trial in [*((i, history.trials[i]) for i in ids), *history.refits.items()]:
         if trial.end is not None and tracker.ended.get(trial_id) == trial.end["outcome"]:
             continue  # ended in the store as in the folder: its curves were logged before
         name = run_name(trial.params) if trial.source is None else f"refit of {trial.source}"
+        if trial_id not in tracker.trials:
+            write = {"config": trial.config, "name": name, "new_tags": refit_tags(trial.source)}
+            new.append((trial_id, write | {"results": trial.results, "end": trial.end}))
+            continue
         tracker.ensure_trial(trial_id, trial.config, name, refit_tags(trial.source))
         tracker.log_results(trial_id, trial.results)
         if trial.end is not None:
             tracker.trial_ended(trial_id, **trial.end)
+    tracker.write_trials(new)
+    tracker.save_state()
 
 
 def file_report(files: SweepFolder, tracker: SweepTracker, uri: str) -> None:

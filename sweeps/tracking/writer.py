@@ -19,6 +19,7 @@ import os
 import re
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,10 @@ from mlflow.tracking import MlflowClient
 
 from sweeps.record.outcomes import RUNNING, Outcome, SweepOutcome
 from sweeps.spec.space import Space
+from sweeps.tracking import bulk
 from sweeps.tracking import tags as tag
 from sweeps.tracking import ui as view
+from sweeps.tracking.bulk import RunWrite, new_run_id
 from sweeps.tracking.reader import get_run, runs_where
 from sweeps.tracking.store import PreparedStore, sqlite_file, sqlite_without_fsync
 from trainers.config import ConfigError
@@ -85,6 +88,10 @@ class SweepTracker:
         self.state_file = Path(state_file) if state_file else None
         state = read_state(self.state_file) if self.state_file else {}
         self.experiment_id = self._experiment_id(tracking_uri)
+        self.rows = None  # many runs per transaction, where checked (sweeps.tracking.bulk)
+        if bulk.checked(tracking_uri):
+            location = self.client.get_experiment(self.experiment_id).artifact_location
+            self.rows = bulk.RunRows(tracking_uri, self.experiment_id, location)
         self.parent: str | None = state.get("parent")
         self.trials: dict[str, str] = dict(state.get("trials", {}))  # trial id -> run id
         self.ended: dict[str, str] = {}  # trial id -> outcome, for runs no longer RUNNING
@@ -244,28 +251,16 @@ class SweepTracker:
         tags: dict[str, str] | None = None,
     ) -> str:
         """The trial's child run, created (RUNNING, with ``tags``) if this store lacks it;
-        params it lacks. ``name``: the run's readable name (sweeps.view.naming.run_name); the id
-        stays a tag."""
-        run_id, params = self._open_trial(trial_id, config, name, tags)
-        self._log_batch(run_id, params=params)
-        self.save_state()
-        return run_id
-
-    def _open_trial(
-        self,
-        trial_id: str,
-        config: dict[str, Any],
-        name: str | None = None,
-        tags: dict[str, str] | None = None,
-    ) -> tuple[str, dict[str, Any]]:
-        """The trial's run, created if this store lacks it, and the params it lacks."""
+        params it lacks (its status stays). ``name``: the run's readable name
+        (sweeps.view.naming.run_name); the id stays a tag."""
         run_id = self.trials.get(trial_id)
-        if run_id is not None:
+        if run_id is None:
+            self.write_trials([(trial_id, {"config": config, "name": name, "new_tags": tags})])
+        else:
             have = self.client.get_run(run_id).data.params
-            return run_id, {k: v for k, v in config.items() if k not in have}
-        run_id = self._new_child(trial_id, name, tags)
-        self.unsaved = True
-        return run_id, config
+            self._log_batch(run_id, params={k: v for k, v in config.items() if k not in have})
+        self.save_state()
+        return self.trials[trial_id]
 
     def write_trial(
         self,
@@ -277,40 +272,102 @@ class SweepTracker:
         new_tags: dict[str, str] | None = None,
         save: bool = True,
     ) -> None:
-        """A trial's events in the fewest calls: with ``config`` it started (its run made
+        """A trial's events in the fewest writes: with ``config`` it started (its run made
         with the config as params, named ``name``, tagged ``new_tags``, or reopened on
-        resume); ``results`` are epochs it reported
-        (the curves of those the run lacks are logged, step = epoch; a diverged result
-        repeats the last finite values: no point, a sweep.diverged tag); ``end`` is
-        {"outcome", "epochs_run", "error"}: the outcome tagged and the run ended with the
-        outcome's MLflow status (sweeps.record.outcomes). Params, curves and tags go in one
-        log_batch (as many as MLflow's limits need); nothing the run has already is written
-        again. ``save``: the state file now, if a run was made (else the caller calls
-        ``save_state`` later)."""
-        outcome = Outcome.of(end["outcome"]) if end is not None else None
-        params: dict[str, Any] = {}
-        tags: dict[str, Any] = {}
-        if config is not None:
-            known = trial_id in self.trials
-            run_id, params = self._open_trial(trial_id, config, name, new_tags)
-            if known:  # a resumed trial: running again, from the epochs its run has
-                if end is None:
-                    self.client.update_run(run_id, status="RUNNING")
-                    tags[tag.STATUS] = RUNNING
-                self.last_epoch[run_id] = self._read_last_epoch(run_id)
-            self.ended.pop(trial_id, None)
-        run_id = self._child(trial_id)
-        metrics, diverged = self._new_points(run_id, results or [])
-        if diverged:
-            tags[tag.DIVERGED] = "true"
-        if end is not None:
-            tags |= end_tags(**end)
-        self._log_batch(run_id, metrics, params, tags)
-        if outcome is not None:
-            self.client.set_terminated(run_id, outcome.run_status)
-            self.ended[trial_id] = outcome
+        resume); ``results`` are epochs it reported (the curves of those the run lacks are
+        logged, step = epoch; a diverged result repeats the last finite values: no point, a
+        sweep.diverged tag); ``end`` is {"outcome", "epochs_run", "error"}: the outcome
+        tagged and the run ended with the outcome's MLflow status (sweeps.record.outcomes).
+        Nothing the run has already is written again. ``save``: the state file now, if a run
+        was made (else the caller calls ``save_state`` later)."""
+        write = {"config": config, "results": results, "end": end, "name": name}
+        self.write_trials([(trial_id, write | {"new_tags": new_tags})])
         if save:
             self.save_state()
+
+    def write_trials(self, writes: list[tuple[str, dict[str, Any]]]) -> None:
+        """Trials' writes (``write_trial``'s arguments, as sweeps.tracking.writes.merge makes
+        them) in order: all in one transaction where sweeps.tracking.bulk may write to the
+        store (a trial written twice starts a second one), else run by run through MLflow's
+        client (a run made with its tags; params, curves and tags in one log_batch; ended)."""
+        batch: list[_Planned] = []
+        for trial_id, write in writes:
+            if any(p.trial_id == trial_id for p in batch):
+                self._flush(batch)
+            batch.append(self._plan(trial_id, **write))
+            if self.rows is None:
+                self._flush(batch)
+        self._flush(batch)
+
+    def _plan(
+        self,
+        trial_id: str,
+        config: dict[str, Any] | None = None,
+        results: list[dict[str, Any]] | None = None,
+        end: dict[str, Any] | None = None,
+        name: str | None = None,
+        new_tags: dict[str, str] | None = None,
+    ) -> _Planned:
+        """What one write adds to the trial's run (reading what a reopened run has)."""
+        outcome = Outcome.of(end["outcome"]) if end is not None else None
+        run_id = self.trials.get(trial_id)
+        write = RunWrite(run_id or new_run_id(), new=run_id is None)
+        if config is not None and run_id is None:
+            write.name, write.start_time = name or trial_id, _now()
+            write.tags = {tag.PARENT_RUN_ID: self._parent(), tag.TRIAL_ID: trial_id}
+            write.tags |= (new_tags or {}) | {tag.STATUS: RUNNING}
+            write.params = config
+        elif config is not None:  # a resumed trial: running again, from the epochs its run has
+            have = self.client.get_run(run_id).data.params
+            write.params = {k: v for k, v in config.items() if k not in have}
+            if end is None:
+                write.status, write.tags[tag.STATUS] = "RUNNING", RUNNING
+            self.last_epoch[run_id] = self._read_last_epoch(run_id)
+        elif run_id is None:
+            raise KeyError(f"trial {trial_id} has no run: call trial_started() first")
+        last = NOTHING if write.new else self._last(write.run_id)
+        write.metrics, diverged, last = _new_points(last, results or [])
+        if diverged:
+            write.tags[tag.DIVERGED] = "true"
+        if end is not None:
+            write.tags |= end_tags(**end)
+            write.status, write.end_time = outcome.run_status, _now()
+        write.params = {k: str(v)[:PARAM_MAX] for k, v in write.params.items()}
+        write.tags = {k: str(v)[:TAG_MAX] for k, v in write.tags.items()}
+        return _Planned(trial_id, write, last, outcome, started=config is not None)
+
+    def _flush(self, batch: list[_Planned]) -> None:
+        """Write the planned writes (and empty ``batch``), then note what the runs now hold."""
+        if self.rows is not None:
+            self.rows.write([p.write for p in batch])
+        for p in batch:
+            if self.rows is None:
+                self._apply(p.write)
+            if p.write.new:
+                self.created += 1
+                self.unsaved = True
+            self.trials[p.trial_id] = p.write.run_id
+            self.last_epoch[p.write.run_id] = p.last
+            self.logged += len({m.step for m in p.write.metrics})
+            if p.started:
+                self.ended.pop(p.trial_id, None)
+            if p.outcome is not None:
+                self.ended[p.trial_id] = p.outcome
+        batch.clear()
+
+    def _apply(self, write: RunWrite) -> None:
+        """One write through MLflow's client (a new run gets MLflow's id)."""
+        tags = write.tags
+        if write.new:
+            run = self.client.create_run(
+                self.experiment_id, write.start_time, tags, run_name=write.name
+            )
+            write.run_id, tags = run.info.run_id, {}
+        self._log_batch(write.run_id, write.metrics, write.params, tags)
+        if write.end_time is not None:
+            self.client.set_terminated(write.run_id, write.status, write.end_time)
+        elif write.status is not None:
+            self.client.update_run(write.run_id, status=write.status)
 
     def withdraw(self, trial_ids: Iterable[str]) -> None:
         """Delete the runs of trials the sweep's record no longer holds."""
@@ -347,48 +404,11 @@ class SweepTracker:
             trial_id, end={"outcome": outcome, "epochs_run": epochs_run, "error": error}
         )
 
-    def _new_points(self, run_id: str, results: list[dict[str, Any]]) -> tuple[list, bool]:
-        """The curve points of the epochs after the run's last logged one; whether any
-        result was a diverged one (those log no point)."""
-
-        last, points, diverged = self._last(run_id), [], False
-        for m in results:
-            if m.get("diverged"):
-                diverged = True
-                continue
-            epoch = int(m["epoch"])
-            if epoch <= last:
-                continue
-            at = int(m.get("time") or _now())
-            points += [Metric(k, v, at, epoch) for k, v in curve_points(m).items()]
-            last = epoch
-            self.logged += 1
-        self.last_epoch[run_id] = last
-        return points, diverged
-
-    def _new_child(
-        self, trial_id: str, name: str | None = None, tags: dict[str, str] | None = None
-    ) -> str:
-        """A new child run for the trial, RUNNING, without params yet; named ``name``."""
-        tags = {tag.PARENT_RUN_ID: self._parent(), tag.TRIAL_ID: trial_id, **(tags or {})}
-        run = self.client.create_run(
-            self.experiment_id, tags=tags | {tag.STATUS: RUNNING}, run_name=name or trial_id
-        )
-        run_id = self.trials[trial_id] = run.info.run_id
-        self.created += 1
-        self.last_epoch[run_id] = NOTHING
-        return run_id
-
     # ------------------------------------------------------------------ helpers
     def _parent(self) -> str:
         if not self.parent:
             raise RuntimeError("open_sweep() must be called before logging trials")
         return self.parent
-
-    def _child(self, trial_id: str) -> str:
-        if trial_id not in self.trials:
-            raise KeyError(f"trial {trial_id} has no run: call trial_started() first")
-        return self.trials[trial_id]
 
     def _active(self, run_id: str) -> Run | None:
         """The run, unless this store lacks it or it was deleted (a server outage raises: it
@@ -492,3 +512,31 @@ def end_tags(
 
 def _now() -> int:
     return int(time.time() * 1000)
+
+
+@dataclass
+class _Planned:
+    """One write planned for a trial's run, and what the tracker notes once it is written."""
+
+    trial_id: str
+    write: RunWrite
+    last: int  # the last epoch the run will hold
+    outcome: Outcome | None
+    started: bool
+
+
+def _new_points(last: int, results: list[dict[str, Any]]) -> tuple[list[Metric], bool, int]:
+    """The curve points of the epochs after ``last``; whether any result was a diverged one
+    (those log no point); the last epoch then."""
+    points, diverged = [], False
+    for m in results:
+        if m.get("diverged"):
+            diverged = True
+            continue
+        epoch = int(m["epoch"])
+        if epoch <= last:
+            continue
+        at = int(m.get("time") or _now())
+        points += [Metric(k, v, at, epoch) for k, v in curve_points(m).items()]
+        last = epoch
+    return points, diverged, last

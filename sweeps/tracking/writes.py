@@ -23,9 +23,10 @@ class TrialWrites:
     trial ends, or for ``stale_s`` at most, or until ``wait``: a trial then costs three calls
     (make the run; params, curves and tags in one batch; end it) rather than one per report,
     and MLflow's cost grows with the points logged, not with how often trials report. Events
-    written together are merged per trial (``merge``). The first error stops the writes: later
-    ones are dropped (``sync`` brings them in on resume) and every later ``put`` or ``wait``
-    raises it."""
+    written together are merged per trial (``merge``), and all go in one transaction where the
+    store takes it (sweeps.tracking.bulk). The first error stops the writes: later ones are
+    dropped (``sync`` brings them in on resume) and every later ``put`` or ``wait`` raises
+    it."""
 
     def __init__(self, tracker: SweepTracker, stale_s: float = STALE_S) -> None:
         self.tracker, self.stale_s = tracker, stale_s
@@ -64,9 +65,8 @@ class TrialWrites:
             held += [(*item, now) for item in got if item is not _FLUSH]
             written, held = _due(held, _FLUSH in got, now - self.stale_s)
             try:
-                for trial_id, write in merge(written):
-                    if self.error is None:
-                        self.tracker.write_trial(trial_id, **write, save=False)
+                if self.error is None:
+                    self.tracker.write_trials(merge(written))
                 self.tracker.save_state()  # once for all the runs made (its size grows)
             except Exception as err:
                 self.error = err
