@@ -26,6 +26,12 @@ def test_a_fused_sweep_keeps_runs_of_its_best_n_and_every_row(tmp_path):
     assert sorted(children) == sorted(table["trial_id"][:3])
     assert parent.info.status == "FINISHED" and parent.data.params["mlflow.child_runs"] == "best:3"
     assert parent.data.tags["best.trial_id"] in children
+    shown = subprocess.run(
+        [SWEEP, "status", "top"], cwd=tmp_path, env=ENV, capture_output=True, text=True
+    )  # its trials from the record: all 12, not the 3 with runs
+    assert shown.returncode == 0, shown.stderr
+    assert "completed, 12/12 trials ended" in shown.stdout, shown.stdout
+    assert "trials: 12 completed" in shown.stdout, shown.stdout
     other = f"sqlite:///{tmp_path}/other.db"
     synced = subprocess.run(
         [SWEEP, "sync", "top", "--tracking-uri", other],

@@ -66,10 +66,10 @@ class SweepRuns:
 
 
 def read_sweep(
-    tracking_uri: str, experiment: str, parent_id: str | None = None
+    tracking_uri: str, experiment: str, parent_id: str | None = None, children: bool = True
 ) -> SweepRuns | None:
-    """The sweep's parent (``parent_id``, else the experiment's latest) and its children; None
-    when the store has no such experiment or parent run."""
+    """The sweep's parent (``parent_id``, else the experiment's latest) and, with
+    ``children``, its child runs; None when the store has no such experiment or parent run."""
     client = MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
@@ -80,7 +80,8 @@ def read_sweep(
     if parent is None:
         return None
     query = tag.children_of(parent.info.run_id)
-    children = [RunInfo.of(r) for r in runs_where(client, [found.experiment_id], query)]
+    found_runs = runs_where(client, [found.experiment_id], query) if children else []
+    children = [RunInfo.of(r) for r in found_runs]
     trials = {  # a refit (sweep.role=refit) is no trial of the search
         r.tags.get(tag.TRIAL_ID, r.run_id): r for r in children if r.tags.get(tag.ROLE) != tag.REFIT
     }
