@@ -11,7 +11,8 @@ asha:   configs/digits_asha.yaml (64 trials) with engine fused.
 random: 2,048 random configurations on digits, 10 epochs each, engine fused; checks that
         every configuration is its own MLflow run.
 random_best: the same with mlflow.child_runs best:100: runs for the 100 best only.
-Both random cases also time `sweep status` of the finished sweep (its folder and its runs).
+random_10k: 10,240 random configurations, each its own run.
+The random cases also time `sweep status` of the finished sweep (its folder and its runs).
 
 Each sweep is the `sweep run` command in a fresh temporary folder (its own mlflow.db); the wall
 time is the command's, interpreter start and imports included.
@@ -46,10 +47,12 @@ CASES = {  # name -> (config, --set overrides)
     "asha": ("configs/digits_asha.yaml", ["search.engine=fused"]),
     "random": ("configs/digits_fused.yaml", RANDOM_2048),
     "random_best": ("configs/digits_fused.yaml", [*RANDOM_2048, "mlflow.child_runs=best:100"]),
+    "random_10k": ("configs/digits_fused.yaml", [*RANDOM_2048, "search.num_samples=10240"]),
 }
 # every SweepTracker method the Recorder, its writer thread and sync call
 TRACKER_CALLS = ("open_sweep", "start_sweep", "end_sweep", "ensure_trial", "trial_started")
-TRACKER_CALLS += ("trial_result", "log_results", "trial_ended", "write_trial", "save_state")
+TRACKER_CALLS += ("trial_result", "log_results", "trial_ended", "write_trial", "write_trials")
+TRACKER_CALLS += ("save_state",)
 
 
 def timed_tracker(totals: dict[str, float]) -> None:
@@ -120,13 +123,9 @@ def sweep(case: str, engine: str | None = None) -> dict:
         start = time.perf_counter()
         status = [str(Path(sys.executable).with_name("sweep")), "status", "bench"]
         subprocess.run(status, cwd=tmp, env=env, capture_output=True, check=True)
-        return {
-            "wall_s": wall,
-            **totals,
-            "table": table,
-            "runs": mlflow_children(Path(tmp) / "mlflow.db"),
-            "status_s": time.perf_counter() - start,
-        }
+        status_s = time.perf_counter() - start
+        runs = mlflow_children(Path(tmp) / "mlflow.db")
+        return {"wall_s": wall, **totals, "table": table, "runs": runs, "status_s": status_s}
 
 
 def mlflow_children(db: Path) -> int:
@@ -175,9 +174,10 @@ def main() -> None:
                 print(f"  best: {best(trial['table'])}")
                 print(f"  fused is {trial['wall_s'] / fused['wall_s']:.1f}x sooner")
         if case.startswith("random"):
-            runs = 100 if case == "random_best" else 2048
-            ok = fused["runs"] == runs and len(fused["table"]) == 2048
-            print(f"  2,048 rows in results.csv and {runs:,} MLflow runs: {ok}")
+            rows = 10240 if case == "random_10k" else 2048
+            runs = 100 if case == "random_best" else rows
+            ok = fused["runs"] == runs and len(fused["table"]) == rows
+            print(f"  {rows:,} rows in results.csv and {runs:,} MLflow runs: {ok}")
             print(f"  sweep status bench: {fused['status_s']:.1f} s")
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
 

@@ -213,3 +213,31 @@ def test_sweep_ui_opens_the_sweeps_view_in_a_real_browser(swept, db, tmp_path):
             browser.open(f"{base}/#/experiments/{experiment_id}/runs/{parent}")
             links = wait_for(browser, f"{VIEW_LINKS}.length == 2 && {VIEW_LINKS}")
             assert links == [trials, charts]
+
+
+def test_the_views_trials_from_the_record_are_those_its_runs_give(tmp_path):
+    """end_sweep draws the view from the record (no read of every run): the same table."""
+    from sweeps.record.history import SweepHistory
+    from sweeps.tracking.writer import trials_table
+
+    tracker = SweepTracker(f"sqlite:///{tmp_path}/mlflow.db", "exp")
+    tracker.start_sweep(PARAMS, "sweep-1")
+    history = SweepHistory.new("exp")
+    ends = ["completed", "early_stopped", "diverged", None]
+    for i in range(12):
+        config = {"train.lr": LRS[i % len(LRS)], "train.lambda": 1e-5 * (i + 1), "x": i}
+        results = [{"epoch": e, "val_acc": 0.5 + i / 100 + e / 1000} for e in (1, 2)]
+        if ends[i % 4] == "diverged":
+            results.append({"epoch": 3, "diverged": True})
+        history.apply({"event": "trial_started", "trial": f"t{i}", "params": {}, "config": config})
+        tracker.write_trial(f"t{i}", config=config, results=results)
+        for r in results:
+            history.apply({"event": "result", "trial": f"t{i}", "metrics": r})
+        if ends[i % 4]:
+            end = {"outcome": ends[i % 4], "epochs_run": len(results), "error": None}
+            history.apply({"event": "trial_ended", "trial": f"t{i}", **end})
+            tracker.write_trial(f"t{i}", end=end)
+    keys = list(SPACE)
+    from_runs = tracker._trials_table(keys, "val_acc")
+    assert len(from_runs) == 12 and from_runs["status"].nunique() == 4
+    assert trials_table(history, keys, "val_acc").equals(from_runs)

@@ -44,6 +44,12 @@ class TrialHistory:
     def last_epoch(self) -> int:
         return int(self.results[-1]["epoch"]) if self.results else 0
 
+    @property
+    def last_finite(self) -> dict[str, Any]:
+        """The last epoch that was not diverged ({} if none): its curves are the run's latest
+        metrics (a diverged epoch logs no point)."""
+        return next((r for r in reversed(self.results) if not r.get("diverged")), {})
+
 
 @dataclass
 class SweepHistory:

@@ -140,7 +140,7 @@ class Recorder:
         self.mlflow.wait()
         if not self.runs_as_trials_train:  # mlflow.child_runs best:N: written now
             sync_trials(self.history, self.tracker)
-        self.tracker.end_sweep(status, best, artifact_dir)
+        self.tracker.end_sweep(status, best, artifact_dir, self.history)
 
     @property
     def runs_as_trials_train(self) -> bool:

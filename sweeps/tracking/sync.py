@@ -37,7 +37,7 @@ def sync(history: SweepHistory, tracker: SweepTracker, best_dir: Path) -> None:
     sync_trials(history, tracker)
     end = history.end or {"status": "interrupted", "best": None}
     model = best_dir if end["best"] is not None and best_dir.is_dir() else None
-    tracker.end_sweep(end["status"], end["best"], model)
+    tracker.end_sweep(end["status"], end["best"], model, history)
 
 
 def tracked(history: SweepHistory) -> list[str]:

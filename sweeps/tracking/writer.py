@@ -27,6 +27,7 @@ import pandas as pd
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
 
+from sweeps.record.history import SweepHistory
 from sweeps.record.outcomes import RUNNING, Outcome, SweepOutcome
 from sweeps.spec.space import Space
 from sweeps.tracking import bulk
@@ -150,11 +151,16 @@ class SweepTracker:
         return parent
 
     def end_sweep(
-        self, status: str, best: dict[str, Any] | None = None, artifact_dir: Path | None = None
+        self,
+        status: str,
+        best: dict[str, Any] | None = None,
+        artifact_dir: Path | None = None,
+        history: SweepHistory | None = None,
     ) -> None:
         """Record the best trial on the parent, end every child still RUNNING (KILLED,
         sweep.status=interrupted), then end the parent: completed -> FINISHED,
-        failed -> FAILED, interrupted -> KILLED. Writes only what the store lacks."""
+        failed -> FAILED, interrupted -> KILLED. Writes only what the store lacks. The view's
+        trials come from ``history`` where given (else from the runs: seconds per thousand)."""
         parent = self._parent()
         run = self.client.get_run(parent)
         if best is not None:
@@ -167,7 +173,7 @@ class SweepTracker:
                     trial = self.client.get_run(run_id).data.tags.get(tag.TRIAL_ID, run_id)
                     self.trials[trial] = run_id
                 self.trial_ended(trial, Outcome.INTERRUPTED, max(self._last(run_id), 0))
-        self.write_view()
+        self.write_view(history)
         run = self.client.get_run(parent)
         self._set_tags(run, {tag.STATUS: status})
         run_status = SweepOutcome.of(status).run_status
@@ -204,19 +210,23 @@ class SweepTracker:
         return found + [r.info.run_id for r in self._children(running)]
 
     # ------------------------------------------------------------------ the UI's view
-    def write_view(self) -> None:
+    def write_view(self, history: SweepHistory | None = None) -> None:
         """The sweep's view in the MLflow UI (sweeps.tracking.ui) as an experiment tag, from
-        the parent's params (the space, the metric) and its trials' runs; and on the parent,
-        a description linking to it. Writes only what changed."""
+        the parent's params (the space, the metric) and its trials (``history``'s, else their
+        runs'); and on the parent, a description linking to it. Writes only what changed."""
         parent = self.client.get_run(self._parent())
         params = parent.data.params
         if "space" not in params or "search.metric" not in params:
             return  # not a sweep's parent run
         space, metric = Space.read(json.loads(params["space"])), params["search.metric"]
         keys = list(space)
-        x_key = (
-            view.chart_key(self._trials_table(keys, metric), keys, space, metric) if keys else None
-        )
+        x_key = None
+        if keys:
+            if history is not None:
+                table = trials_table(history, keys, metric)
+            else:
+                table = self._trials_table(keys, metric)
+            x_key = view.chart_key(table, keys, space, metric)
         key = view.view_key(parent.info.run_id)
         value = view.encode(view.view_state(parent.info.run_id, keys, metric, x_key))
         if self._experiment_tags().get(tag.VIEW + key) != value:
@@ -491,6 +501,20 @@ class SweepTracker:
         tmp = self.state_file.with_name(self.state_file.name + ".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         os.replace(tmp, self.state_file)
+
+
+def trials_table(history: SweepHistory, keys: list[str], metric: str) -> pd.DataFrame:
+    """``SweepTracker._trials_table`` from the record: the trials' runs as MLflow would give
+    them back (params as text, the outcome, the metric's last finite value)."""
+    rows = []
+    for trial_id in sorted(history.trials):
+        t = history.trials[trial_id]
+        status = t.end["outcome"] if t.end else RUNNING
+        rows.append(
+            {k: str(t.config[k])[:PARAM_MAX] if k in t.config else None for k in keys}
+            | {"status": status, metric: curve_points(t.last_finite).get(metric, math.nan)}
+        )
+    return pd.DataFrame(rows, columns=[*keys, "status", metric])
 
 
 def end_tags(

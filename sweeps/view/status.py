@@ -184,7 +184,6 @@ def record_trials(history: SweepHistory, run_ids: dict[str, str]) -> dict[str, R
     trials = {}
     for trial_id, t in history.trials.items():
         times = [r["time"] for r in t.results if "time" in r]
-        last = next((r for r in reversed(t.results) if not r.get("diverged")), {})
         ended = t.end is not None
         trials[trial_id] = RunInfo(
             run_ids.get(trial_id, ""),
@@ -193,7 +192,7 @@ def record_trials(history: SweepHistory, run_ids: dict[str, str]) -> dict[str, R
             times[-1] if ended and times else None,
             end_tags(**t.end) if ended else {},
             {k: str(v) for k, v in t.config.items()},
-            curve_points(last),
+            curve_points(t.last_finite),
         )
     return trials
 
