@@ -1,6 +1,7 @@
 """Fused trials end to end: whole sweeps with `search.engine: fused`, Ray and MLflow included.
 
-    python bench/fused_sweep.py [grid] [asha] [random] [--no-baseline]
+    python bench/fused_sweep.py [grid] [asha] [random] [random_best] [random_10k] [--no-baseline]
+                                 [--server]
 
 grid:   configs/digits_fused.yaml, 256 configurations x 30 epochs, engine fused against one
         Ray trial per configuration (skipped with --no-baseline): wall times, their ratio,
@@ -12,6 +13,8 @@ random: 2,048 random configurations on digits, 10 epochs each, engine fused; che
         every configuration is its own MLflow run.
 random_best: the same with mlflow.child_runs best:100: runs for the 100 best only.
 random_10k: 10,240 random configurations, each its own run.
+--server: the store is a real `mlflow server` on 127.0.0.1 (a SQLite file behind it), which
+the tracker writes run by run.
 The random cases also time `sweep status` of the finished sweep (its folder and its runs).
 
 Each sweep is the `sweep run` command in a fresh temporary folder (its own mlflow.db); the wall
@@ -21,6 +24,7 @@ time is the command's, interpreter start and imports included.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -101,11 +105,19 @@ def child(out: Path, argv: list[str]) -> int:
         out.write_text(json.dumps(totals))
 
 
-def sweep(case: str, engine: str | None = None) -> dict:
-    """One sweep as a command in a fresh folder: wall time, MLflow time, results, runs."""
+def sweep(case: str, engine: str | None = None, server: bool = False) -> dict:
+    """One sweep as a command in a fresh folder: wall time, MLflow time, results, runs. With
+    ``server``, its store is a real ``mlflow server`` (SQLite behind it) started for it."""
     config, sets = CASES[case]
     sets = sets + ([f"search.engine={engine}"] if engine else [])
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        db = Path(tmp) / "mlflow.db"
+        if server:
+            sys.path.insert(0, str(ROOT / "tests"))
+            from mlflow_server import mlflow_server
+
+            url = stack.enter_context(mlflow_server(Path(tmp) / "server"))
+            sets, db = [*sets, f"mlflow.tracking_uri={url}"], Path(tmp) / "server" / "srv.db"
         out = Path(tmp) / "totals.json"
         overrides = [a for s in sets for a in ("--set", s)]
         args = ["run", str(ROOT / config), "--name", "bench", *overrides]
@@ -124,7 +136,7 @@ def sweep(case: str, engine: str | None = None) -> dict:
         status = [str(Path(sys.executable).with_name("sweep")), "status", "bench"]
         subprocess.run(status, cwd=tmp, env=env, capture_output=True, check=True)
         status_s = time.perf_counter() - start
-        runs = mlflow_children(Path(tmp) / "mlflow.db")
+        runs = mlflow_children(db)
         return {"wall_s": wall, **totals, "table": table, "runs": runs, "status_s": status_s}
 
 
@@ -159,12 +171,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("cases", nargs="*", default=list(CASES), help=", ".join(CASES))
     parser.add_argument("--no-baseline", action="store_true", help="grid: skip the per-trial run")
+    parser.add_argument(
+        "--server", action="store_true", help="write to a real `mlflow server` (run by run)"
+    )
     args = parser.parse_args()
     if unknown := set(args.cases) - set(CASES):
         parser.error(f"unknown case {', '.join(sorted(unknown))}; use {', '.join(CASES)}")
     print(f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f} at the start")
     for case in args.cases:
-        fused = sweep(case, "fused")
+        fused = sweep(case, "fused", args.server)
         print(line(f"{case} fused", fused), flush=True)
         if case == "grid":
             print(f"  best: {best(fused['table'])}")

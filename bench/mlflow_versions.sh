@@ -6,9 +6,12 @@
 #   bash bench/mlflow_versions.sh 2.16.2 3.0.1 ...     (default: the list below)
 # Prints one line per version: passed, failed (with pytest's last line) or not installed.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 versions=("$@")
-[ ${#versions[@]} -gt 0 ] || versions=(2.16.2 2.18.0 2.20.4 2.22.5 3.0.1 3.2.0 3.5.1 3.8.1 3.10.1 3.13.0 3.15.2 3.17.2 3.18.0)
+# the newest patch release of each minor version the project accepts (about a minute each)
+[ ${#versions[@]} -gt 0 ] || versions=(2.16.2 2.17.2 2.18.0 2.19.0 2.20.4 2.21.3 2.22.5
+    3.0.1 3.1.4 3.2.0 3.3.2 3.4.0 3.5.1 3.6.0 3.7.0 3.8.1 3.9.0 3.10.1 3.11.1 3.12.0 3.13.0
+    3.14.0 3.15.2 3.16.1 3.17.2 3.18.0)
 root=${TMPDIR:-/tmp}/sweeps-mlflow-versions
 for v in "${versions[@]}"; do
     dir="$root/$v"

@@ -301,24 +301,20 @@ class SweepTracker:
         store (a trial written twice starts a second one), else run by run through MLflow's
         client (a run made with its tags; params, curves and tags in one log_batch; ended)."""
         batch: list[_Planned] = []
+        in_batch: set[str] = set()
         for trial_id, write in writes:
-            if any(p.trial_id == trial_id for p in batch):
+            if trial_id in in_batch or self.rows is None:
                 self._flush(batch)
-            batch.append(self._plan(trial_id, **write))
-            if self.rows is None:
-                self._flush(batch)
+                in_batch.clear()
+            batch.append(self._plan(trial_id, write))
+            in_batch.add(trial_id)
         self._flush(batch)
 
-    def _plan(
-        self,
-        trial_id: str,
-        config: dict[str, Any] | None = None,
-        results: list[dict[str, Any]] | None = None,
-        end: dict[str, Any] | None = None,
-        name: str | None = None,
-        new_tags: dict[str, str] | None = None,
-    ) -> _Planned:
-        """What one write adds to the trial's run (reading what a reopened run has)."""
+    def _plan(self, trial_id: str, write_args: dict[str, Any]) -> _Planned:
+        """What one write (``write_trial``'s arguments) adds to the trial's run, reading what
+        a reopened run has."""
+        config, results, end = (write_args.get(k) for k in ("config", "results", "end"))
+        name, new_tags = write_args.get("name"), write_args.get("new_tags")
         outcome = Outcome.of(end["outcome"]) if end is not None else None
         run_id = self.trials.get(trial_id)
         write = RunWrite(run_id or new_run_id(), new=run_id is None)
