@@ -11,15 +11,20 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
 
+import trainers.data as data
 from trainers.config import ConfigError, DataConfig
 from trainers.data import (
     Dataset,
+    Pool,
+    Selection,
     Split,
+    copy_out,
     cross_validation_folds,
     load_dataset,
     prepare,
-    standardize,
+    select,
 )
 
 
@@ -88,17 +93,37 @@ def test_standardize_uses_train_statistics_only():
     train_X = np.column_stack([rng.normal(5, 2, 500), np.full(500, 7.0)]).astype(np.float32)
     test_X = np.column_stack([rng.normal(50, 10, 200), np.full(200, 9.0)]).astype(np.float32)
     y = np.arange(500) % 2
-    ds = Dataset(
-        Split(train_X, y), Split(test_X[:100], y[:100]), Split(test_X[100:], y[100:]), 2, "t"
-    )
-    out = standardize(ds)
+    out = copy_out(given_splits(train_X, test_X[:100], test_X[100:], y), standardize=True)
     assert out.train.X.dtype == np.float32
     np.testing.assert_allclose(out.train.X[:, 0].mean(), 0, atol=1e-5)
     np.testing.assert_allclose(out.train.X[:, 0].std(), 1, atol=1e-4)
     mean, std = train_X[:, 0].mean(), train_X[:, 0].std()
     np.testing.assert_allclose(out.test.X[:, 0], (test_X[100:, 0] - mean) / std, rtol=1e-4)
     np.testing.assert_allclose(out.val.X[:, 1], 2.0)  # std 0: shifted by the train mean, scale 1
-    np.testing.assert_array_equal(ds.train.X, train_X)  # the input is not modified
+    assert out.train.X is not train_X and train_X[0, 1] == 7.0  # the input is not modified
+
+
+def given_splits(train_X: np.ndarray, val_X: np.ndarray, test_X: np.ndarray, y: np.ndarray):
+    """A Selection of three given splits, labelled from ``y``."""
+    pool = Pool([Split(X, y[: len(X)]) for X in (train_X, val_X, test_X)])
+    rows = [np.arange(a, b) for a, b in zip(pool.starts, pool.starts[1:], strict=False)]
+    return Selection(pool, *rows, n_classes=2, name="t")
+
+
+def test_statistics_read_a_block_at_a_time_are_the_whole_splits(monkeypatch):
+    """train_scaler reads the training rows in blocks, in file order: what it finds is what
+    StandardScaler finds on the whole split, to float32 precision."""
+    rng = np.random.default_rng(2)
+    X = (rng.normal(3, 5, size=(1000, 6)) * [1, 10, 100, 1e3, 1e4, 0]).astype(np.float32)
+    y = np.arange(1000) % 2
+    monkeypatch.setattr(data, "BLOCK_BYTES", 7 * 6 * 4)  # 7 rows a block: 143 blocks
+    sel = given_splits(X, X[:10], X[:10], y)
+    sel.train = rng.permutation(1000)  # any order: the statistics do not depend on it
+    assert sel.pool.block == 7
+    got, want = data.train_scaler(sel), StandardScaler().fit(X)
+    np.testing.assert_allclose(got.mean_, want.mean_, rtol=1e-6)
+    np.testing.assert_allclose(got.scale_, want.scale_, rtol=1e-6)
+    assert got.n_samples_seen_ == 1000
 
 
 def test_prepare_folds_and_standardizes():
@@ -238,16 +263,17 @@ def test_malicious_pickle_is_refused(tmp_path):
 
 # ---------------------------------------------------------------- folds and synthetic
 def test_cross_validation_folds(tmp_path):
-    ds = load_dataset(DataConfig(source="npz", path=str(_indexed_npz(tmp_path / "i.npz"))))
-    assert cross_validation_folds(ds, 1, 0) == [ds]
-    folds = cross_validation_folds(ds, 4, seed=0)
+    sel = select(DataConfig(source="npz", path=str(_indexed_npz(tmp_path / "i.npz"))))
+    assert cross_validation_folds(sel, 1, 0) == [sel]
+    ds = copy_out(sel, standardize=False)
+    folds = [copy_out(f, standardize=False) for f in cross_validation_folds(sel, 4, seed=0)]
     assert len(folds) == 4
     pool = set(_ids(ds.train, ds.val))
     vals = [_ids(f.val) for f in folds]
     assert sum(len(v) for v in vals) == len(pool) and set().union(*vals) == pool
     for f, v in zip(folds, vals, strict=True):
         assert set(_ids(f.train)) == pool - set(v)
-        assert f.test is ds.test and np.bincount(f.val.y).min() >= 10
+        assert _ids(f.test) == _ids(ds.test) and np.bincount(f.val.y).min() >= 10
 
 
 def test_synthetic_is_deterministic_and_learnable():
@@ -404,7 +430,6 @@ def test_data_path_must_be_a_regular_file_or_a_folder(tmp_path, source, path, me
 
 
 def test_what_a_trial_reads_is_bounded(tmp_path, monkeypatch):
-    import trainers.data as data
 
     monkeypatch.setattr(data, "MAX_BYTES", 1 << 20)
     (tmp_path / "big.csv").write_text("a,label\n" + "1.0,0\n2.0,1\n" * 100_000)
@@ -429,6 +454,28 @@ def test_npy_folder_is_memory_mapped_and_split_as_an_npz_would_be(tmp_path):
     for a, b in zip(_splits(got), _splits(want), strict=True):
         np.testing.assert_array_equal(a.X, b.X)
         np.testing.assert_array_equal(a.y, b.y)
+
+
+def test_an_npz_member_stored_is_mapped_in_place_and_a_compressed_one_read(tmp_path):
+    """np.savez stores its members as they are: each is mapped where it lies in the zip (any
+    dtype and order, converted to float32 only as rows are copied out); savez_compressed's
+    are read whole. Both give the same splits."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(90, 4)), np.arange(90) % 3  # float64
+    np.savez(tmp_path / "stored.npz", X=np.asfortranarray(X), y=y)
+    np.savez_compressed(tmp_path / "packed.npz", X=X, y=y)
+    stored, packed = (
+        select(DataConfig(source="npz", path=str(tmp_path / f"{n}.npz")))
+        for n in ("stored", "packed")
+    )
+    assert isinstance(stored.pool.parts[0].base, np.memmap)
+    assert packed.pool.parts[0].dtype == np.float32 and packed.pool.parts[0].flags.owndata
+    a, b = copy_out(stored, standardize=True), copy_out(packed, standardize=True)
+    for sa, sb in zip(_splits(a), _splits(b), strict=True):
+        np.testing.assert_array_equal(sa.X, sb.X)
+        np.testing.assert_array_equal(sa.y, sb.y)
+    raw = copy_out(stored, standardize=False)
+    np.testing.assert_array_equal(raw.test.X, X.astype(np.float32)[stored.test])
 
 
 def test_npy_folder_with_given_splits(tmp_path):

@@ -26,6 +26,7 @@ from trainers.config import DataConfig, trial_config
 from trainers.data import load_dataset, prepare, refit_dataset
 from trainers.loop import CHECKPOINT_FILE, Trial
 from trainers.metrics import REFIT_CURVES
+from trainers.prepared import key
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sweeping import SWEEP, Hold, history_steps, output, runs_of, start_sweep  # noqa: E402
@@ -112,6 +113,9 @@ def test_refit_is_its_own_run_and_gets_the_test_look(workdir):
     )
     out = sweep("run", str(cfg), cwd=workdir).stdout
     folder = workdir / "runs/refit"
+    data = trial_config({"data": {"source": "npz", "path": str(workdir / "good.npz"), "folds": 2}})
+    copies = {p.name for p in (folder / "data").iterdir() if p.is_dir()}
+    assert copies == {key(data.data), key(data.data, refit=True)}  # the refit's is mapped too
     table = pd.read_csv(folder / "results.csv")
     chosen = table[table["chosen"].fillna("") != ""]
     by_label = {label: r for _, r in chosen.iterrows() for label in r["chosen"].split()}

@@ -2,6 +2,11 @@
 
 Every user mistake in an input file becomes a one-line ConfigError that names the file or key
 and the fix, so a sweep of hundreds of trials fails early with a readable reason.
+
+Splitting chooses rows, it copies nothing (a Selection); rows are copied out as float32 only
+when a split is made (copy_out) or written (trainers.prepared, a block at a time), from sources
+memory-mapped where the file allows (.npy, an npz's stored members). Preparing 10 GB of
+embeddings thus never holds a second copy of them beside the first.
 """
 
 from __future__ import annotations
@@ -9,10 +14,13 @@ from __future__ import annotations
 import codecs
 import math
 import pickle
+import struct
 import zipfile
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
+from itertools import pairwise
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -24,7 +32,8 @@ from trainers.config import ConfigError, DataConfig
 
 MAX_BYTES = 8 << 30  # the most a data file may hold (an npz: once unpacked): it is read whole
 MAX_LABEL = 2**31 - 1
-CHECK_ROWS = 1 << 16  # rows checked for NaN at a time
+BLOCK_BYTES = 16 << 20  # float32 rows read at a time: NaN checks, statistics, prepared files
+SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -42,51 +51,106 @@ class Dataset:
     name: str  # e.g. "digits", or the file name
 
 
-def load_dataset(cfg: DataConfig) -> Dataset:
+class Pool:
+    """Every example of a source, as its loader found them: one array, or one per given split
+    (any numeric dtype, memory-mapped where the file allows), numbered 0..N-1 across them."""
+
+    def __init__(self, parts: list[Split]) -> None:
+        self.parts = [p.X for p in parts]
+        self.y = np.concatenate([p.y for p in parts])
+        self.starts = np.cumsum([0, *(len(p.y) for p in parts)])
+        self.features = parts[0].X.shape[1]
+        self.block = max(1, BLOCK_BYTES // (4 * self.features))  # rows
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """The features of ``rows``, in that order, as a new float32 array."""
+        out = np.empty((len(rows), self.features), np.float32)
+        part = np.searchsorted(self.starts, rows, side="right") - 1
+        for p in np.unique(part):
+            at = part == p
+            out[at] = self.parts[p][rows[at] - self.starts[p]]
+        return out
+
+
+@dataclass
+class Selection:
+    """A Dataset before its rows are copied: which rows of ``pool`` each split holds."""
+
+    pool: Pool
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    n_classes: int
+    name: str
+
+
+def select(cfg: DataConfig) -> Selection:
     """Read the source, validate, split (stratified, seeded by cfg.seed) unless the file gives
     its splits. NOT standardized, so that folds can be standardized on their own train part."""
     if cfg.source not in _LOADERS:
         raise ConfigError(f"data.source must be one of {', '.join(_LOADERS)}; got {cfg.source!r}")
     name, parts = _LOADERS[cfg.source](cfg)
-    where = cfg.path or cfg.source
-    n_classes = _count_classes(np.concatenate([p.y for p in parts]), where)
+    where, pool = cfg.path or cfg.source, Pool(parts)
+    n_classes = _count_classes(pool.y, where)
     v, t = cfg.val_fraction, cfg.test_fraction
     if len(parts) == 1:  # one pool: train, val and test are fractions of the whole
-        parts = _split(parts[0], [1 - v - t, v, t], cfg.seed, where)
+        splits = _split(pool.y, [1 - v - t, v, t], cfg.seed, where)
     elif len(parts) == 2:  # train+val pool and a given test split (CIFAR-10)
-        parts = [*_split(parts[0], [1 - v, v], cfg.seed, where), parts[1]]
-    return Dataset(*parts, n_classes=n_classes, name=name)
+        first, rest = pool.starts[1:]
+        splits = [*_split(pool.y[:first], [1 - v, v], cfg.seed, where), np.arange(first, rest)]
+    else:  # the three splits, given
+        splits = [np.arange(a, b) for a, b in pairwise(pool.starts)]
+    return Selection(pool, *splits, n_classes=n_classes, name=name)
 
 
-def cross_validation_folds(ds: Dataset, folds: int, seed: int) -> list[Dataset]:
-    """folds == 1 -> [ds]; else StratifiedKFold(shuffle, seed) over train+val concatenated; each
-    fold's val is one part, test unchanged, so every example is validated on exactly once."""
+def cross_validation_folds(sel: Selection, folds: int, seed: int) -> list[Selection]:
+    """folds == 1 -> [sel]; else StratifiedKFold(shuffle, seed) over train+val concatenated;
+    each fold's val is one part, test unchanged, so every example is validated on exactly once."""
     if folds == 1:
-        return [ds]
-    X = np.concatenate([ds.train.X, ds.val.X])
-    y = np.concatenate([ds.train.y, ds.val.y])
-    counts = np.bincount(y, minlength=ds.n_classes)
+        return [sel]
+    rows = np.concatenate([sel.train, sel.val])
+    y = sel.pool.y[rows]
+    counts = np.bincount(y, minlength=sel.n_classes)
     if counts.min() < folds:
         c = int(counts.argmin())
         raise ConfigError(
-            f"{ds.name}: class {c} has only {counts[c]} examples in train+val, fewer than "
+            f"{sel.name}: class {c} has only {counts[c]} examples in train+val, fewer than "
             f"data.folds={folds}; lower data.folds or add data"
         )
     kfold = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     return [
-        replace(ds, train=Split(X[tr], y[tr]), val=Split(X[va], y[va]))
-        for tr, va in kfold.split(X, y)
+        replace(sel, train=rows[tr], val=rows[va]) for tr, va in kfold.split(np.zeros(len(y)), y)
     ]
 
 
-def standardize(ds: Dataset) -> Dataset:
-    """Zero-mean unit-variance with statistics from ds.train ONLY (features with std 0 keep
-    scale 1), applied to all three splits, so nothing leaks from val/test; returns a new Dataset."""
-    scaler = StandardScaler().fit(ds.train.X)
-    train, val, test = (
-        Split(scaler.transform(s.X).astype(np.float32), s.y) for s in (ds.train, ds.val, ds.test)
-    )
-    return replace(ds, train=train, val=val, test=test)
+def fold_selections(cfg: DataConfig) -> list[Selection]:
+    """One Selection per fold of cfg.folds (one without cross-validation)."""
+    return cross_validation_folds(select(cfg), cfg.folds, cfg.seed)
+
+
+def train_scaler(sel: Selection) -> StandardScaler:
+    """Zero-mean unit-variance statistics from the training rows ONLY (features with std 0
+    keep scale 1), so nothing leaks from val/test; read a block of rows at a time."""
+    scaler, rows = StandardScaler(), np.sort(sel.train)  # in file order: sequential reads
+    for start in range(0, len(rows), sel.pool.block):
+        scaler.partial_fit(sel.pool.take(rows[start : start + sel.pool.block]))
+    return scaler
+
+
+def copy_out(sel: Selection, standardize: bool) -> Dataset:
+    """The selected rows as a Dataset of float32 arrays, standardized with train_scaler."""
+    scaler = train_scaler(sel) if standardize else None
+
+    def split(rows: np.ndarray) -> Split:
+        X = sel.pool.take(rows)
+        return Split(X if scaler is None else scaler.transform(X, copy=False), sel.pool.y[rows])
+
+    return Dataset(*(split(getattr(sel, s)) for s in SPLITS), sel.n_classes, sel.name)
+
+
+def load_dataset(cfg: DataConfig) -> Dataset:
+    """The splits as ``select`` makes them, copied out, not standardized."""
+    return copy_out(select(cfg), standardize=False)
 
 
 def refit_dataset(cfg: DataConfig) -> Dataset:
@@ -95,17 +159,20 @@ def refit_dataset(cfg: DataConfig) -> Dataset:
     same examples), standardized with statistics of that split only, so nothing comes from
     test. No example is held out, so ``val`` is the training split itself (its metrics are
     training metrics, not logged as validation); ``test`` is untouched but for the scaling."""
-    ds = load_dataset(cfg)
-    pool = Split(np.concatenate([ds.train.X, ds.val.X]), np.concatenate([ds.train.y, ds.val.y]))
-    ds = replace(ds, train=pool, val=pool)
-    return standardize(ds) if cfg.standardize else ds
+    return copy_out(refit_selection(cfg), cfg.standardize)
+
+
+def refit_selection(cfg: DataConfig) -> Selection:
+    """The rows of ``refit_dataset``: train and validation together, as train and as val."""
+    sel = select(cfg)
+    pool = np.concatenate([sel.train, sel.val])
+    return replace(sel, train=pool, val=pool)
 
 
 def prepare(cfg: DataConfig) -> list[Dataset]:
-    """load_dataset -> cross_validation_folds(cfg.folds, cfg.seed) -> standardize each if
-    cfg.standardize. What the trainer calls: one Dataset per fold."""
-    folds = cross_validation_folds(load_dataset(cfg), cfg.folds, cfg.seed)
-    return [standardize(ds) for ds in folds] if cfg.standardize else folds
+    """fold_selections, each copied out and standardized if cfg.standardize. What a trainer
+    trains on: one Dataset per fold."""
+    return [copy_out(sel, cfg.standardize) for sel in fold_selections(cfg)]
 
 
 # ---------------------------------------------------------------- validation and splitting
@@ -121,7 +188,9 @@ def _checked(
     yname: str = "y",
     columns: list | None = None,
 ) -> Split:
-    """Split from raw arrays, or a ConfigError saying what is wrong with them."""
+    """Split from raw arrays, or a ConfigError saying what is wrong with them. A memory-mapped
+    X is kept as it is, any numeric dtype (Pool.take converts the rows it copies)."""
+    mapped = isinstance(X, np.memmap)
     X, y = np.asarray(X), np.asarray(y)
     if X.ndim != 2:
         raise ConfigError(f"{where}: {xname} must be 2-D (examples x features); got {X.shape}")
@@ -133,11 +202,14 @@ def _checked(
         raise ConfigError(f"{where}: {xname} is empty (shape {X.shape}); it needs examples")
     if X.dtype.kind not in "biuf":
         raise ConfigError(f"{where}: {xname} must be numeric; got dtype {X.dtype}")
-    with np.errstate(over="ignore"):
-        X = X.astype(np.float32, copy=False)  # a float32 memory map stays one
+    if not mapped:  # read whole: float32 now, the original freed; a map converts as rows are read
+        with np.errstate(over="ignore"):
+            X = X.astype(np.float32, copy=False)
     count, bad_columns = 0, np.zeros(X.shape[1], bool)
-    for start in range(0, len(X), CHECK_ROWS):  # a block at a time: no N x D mask
-        bad = ~np.isfinite(X[start : start + CHECK_ROWS])
+    rows = max(1, BLOCK_BYTES // (4 * X.shape[1]))
+    for start in range(0, len(X), rows):  # a block at a time: no N x D mask
+        with np.errstate(over="ignore"):  # beyond float32: infinite, so refused below
+            bad = ~np.isfinite(X[start : start + rows].astype(np.float32, copy=False))
         count += int(bad.sum())
         bad_columns |= bad.any(0)
     if count:
@@ -175,10 +247,10 @@ def _count_classes(y: np.ndarray, where: str) -> int:
     return len(counts)
 
 
-def _split(pool: Split, fractions: list[float], seed: int, where: str) -> list[Split]:
-    """Stratified split of pool into parts of the given fractions (of the pool; the first is
-    the rest), so each class keeps its share; every part must get every class."""
-    counts = np.bincount(pool.y)
+def _split(y: np.ndarray, fractions: list[float], seed: int, where: str) -> list[np.ndarray]:
+    """Stratified split of the rows of labels ``y`` into parts of the given fractions (the first
+    is the rest), so each class keeps its share; every part must get every class."""
+    counts = np.bincount(y)
     need = math.ceil(1 / min(fractions) - 1e-9)
 
     def too_small(c: int) -> ConfigError:
@@ -189,20 +261,20 @@ def _split(pool: Split, fractions: list[float], seed: int, where: str) -> list[S
 
     if counts.min() < need:
         raise too_small(int(counts.argmin()))
-    idx, parts, left = np.arange(len(pool.y)), [], 1.0
+    idx, parts, left = np.arange(len(y)), [], 1.0
     try:
         for f in fractions[:0:-1]:  # val, test: each a fraction of what is left
             idx, taken = train_test_split(
-                idx, test_size=f / left, stratify=pool.y[idx], random_state=seed
+                idx, test_size=f / left, stratify=y[idx], random_state=seed
             )
             parts, left = [taken, *parts], left - f
     except ValueError:  # sklearn: a class too small to stratify
         raise too_small(int(counts.argmin())) from None
     for part in (parts := [idx, *parts]):
-        missing = np.setdiff1d(np.arange(len(counts)), pool.y[part])
+        missing = np.setdiff1d(np.arange(len(counts)), y[part])
         if missing.size:  # rounding can still leave a small class out of one part
             raise too_small(int(missing[0]))
-    return [Split(pool.X[i], pool.y[i]) for i in parts]
+    return parts
 
 
 # ---------------------------------------------------------------- sources
@@ -268,8 +340,7 @@ def _npz(cfg: DataConfig) -> tuple[str, list[Split]]:
         with zipfile.ZipFile(path) as z:  # a small zip can unpack to any size
             unpacked = sum(info.file_size for info in z.infolist())
         if unpacked <= MAX_BYTES:
-            with np.load(path, allow_pickle=False) as f:
-                arrays = {k: f[k] for k in f.files}
+            arrays = _npz_arrays(path)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise ConfigError(f"data.path: cannot read {path} as npz: {_one_line(e)}") from None
     if unpacked > MAX_BYTES:
@@ -297,13 +368,44 @@ def _npy_shape(path: Path) -> tuple[int, ...]:
     """The array's shape, from the .npy file's header alone."""
     try:
         with path.open("rb") as f:
-            major, _ = np.lib.format.read_magic(f)
-            fmt = np.lib.format
-            read = fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0
-            shape, _, _ = read(f)
+            return _npy_header(f)[0]
     except (OSError, ValueError, EOFError) as e:
         raise ConfigError(f"data.path: cannot read {path} as .npy: {_one_line(e)}") from None
-    return shape
+
+
+def _npy_header(f: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran order, dtype) from a .npy header; ``f`` is left where the data start."""
+    major, _ = np.lib.format.read_magic(f)
+    fmt = np.lib.format
+    return (fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0)(f)
+
+
+def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
+    """An npz's arrays: each member np.savez stored as it is, memory-mapped in place (as an
+    .npy would be); each compressed one (np.savez_compressed), read whole."""
+    arrays = {}
+    with zipfile.ZipFile(path) as z, np.load(path, allow_pickle=False) as f, path.open("rb") as raw:
+        for info in z.infolist():
+            name = info.filename.removesuffix(".npy")
+            stored = info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 1
+            member = _npz_member(raw, info, path) if stored else None
+            arrays[name] = f[name] if member is None else member
+    return arrays
+
+
+def _npz_member(raw: BinaryIO, info: zipfile.ZipInfo, path: Path) -> np.ndarray | None:
+    """A stored npz member mapped where it lies in the file, or None (no array to map)."""
+    raw.seek(info.header_offset)
+    local = raw.read(30)  # the zip's local header: then the member's name and extra field
+    if local[:4] != b"PK\x03\x04":
+        return None
+    name_len, extra_len = struct.unpack("<HH", local[26:30])
+    raw.seek(info.header_offset + 30 + name_len + extra_len)
+    shape, fortran, dtype = _npy_header(raw)
+    if dtype.hasobject or math.prod(shape) == 0:
+        return None
+    order = "F" if fortran else "C"
+    return np.memmap(path, dtype, mode="c", offset=raw.tell(), shape=shape, order=order)
 
 
 def _mapped(path: Path) -> np.ndarray:

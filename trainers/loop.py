@@ -21,7 +21,14 @@ from trainers.config import ConfigError, TrialConfig, trial_config
 from trainers.data import Dataset, prepare, refit_dataset
 from trainers.losses import data_loss, data_loss_grad
 from trainers.metrics import fold_key
-from trainers.model import init_params, multiprocessors, scores, split_k, unflatten
+from trainers.model import (
+    init_params,
+    measure_rows,
+    multiprocessors,
+    scores,
+    split_k,
+    unflatten,
+)
 from trainers.regularizers import penalty, scaled_penalty_grad
 from trainers.schedule import FlatOptimizer, lr_factor
 
@@ -197,14 +204,20 @@ class Trainer:
 
     @torch.no_grad()
     def metrics(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """(data loss, total loss, accuracy) on a whole split, as a device tensor of 3: the
-        caller reads all of an epoch's metrics in one transfer."""
+        """(data loss, total loss, accuracy) on a whole split, scored measure_rows rows at a
+        time, as a device tensor of 3: the caller reads all of an epoch's metrics in one
+        transfer."""
         m, t = self.cfg.model, self.cfg.train
-        s = scores(self.W, self.b, X)  # (N, C)
-        loss = data_loss(m.loss, s, y, m.margin)
+        rows = measure_rows(self.device, self.b.numel())
+        loss = torch.zeros((), device=self.device)
+        hits = torch.zeros((), device=self.device)
+        for start in range(0, len(y), rows):  # (rows, C) scores at a time
+            s, part = scores(self.W, self.b, X[start : start + rows]), y[start : start + rows]
+            loss += data_loss(m.loss, s, part, m.margin) * len(part)
+            hits += (s.argmax(dim=1) == part).sum()
+        loss /= len(y)
         total = loss + t.lambda_ * penalty(t.reg, self.W, t.elastic_beta)
-        acc = (s.argmax(dim=1) == y).to(s.dtype).mean()
-        return torch.stack([loss, total, acc])
+        return torch.stack([loss, total, hits / len(y)])
 
     def split_tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         on_device = {"train": (self.X, self.y), "val": (self.X_val, self.y_val)}

@@ -13,6 +13,10 @@ import torch
 
 TILE = (128, 64)  # the output tile of one multiprocessor in cuBLAS's fp32 products (split_k)
 TILE_FIXED = 128  # a tile's cost beyond its sum's terms, in features' worth (split_k)
+# scores held at once when measuring a split: on a GPU 64 MB in fp32 (few launches); on a CPU
+# 4 MB, since malloc keeps what larger temporaries took once they are freed (in each trial)
+MEASURE_ELEMENTS = 2**24
+MEASURE_ELEMENTS_CPU = 2**20
 
 
 def init_params(n_features: int, n_classes: int, generator: torch.Generator) -> torch.Tensor:
@@ -74,6 +78,13 @@ def scores(W: torch.Tensor, b: torch.Tensor, x: torch.Tensor, parts: int = 1) ->
         return torch.addmm(b, x, W)
     slices = torch.bmm(x.unflatten(1, (parts, -1)).transpose(0, 1), W.unflatten(0, (parts, -1)))
     return slices.sum(dim=0).add_(b)  # (parts, N, C) -> (N, C)
+
+
+def measure_rows(device: torch.device, row_elements: int) -> int:
+    """How many rows of a split to score at once, each ``row_elements`` scores: a split of any
+    size is measured in bounded memory."""
+    most = MEASURE_ELEMENTS_CPU if device.type == "cpu" else MEASURE_ELEMENTS
+    return max(1, most // max(1, row_elements))
 
 
 class LinearClassifier(torch.nn.Module):

@@ -54,13 +54,19 @@ from trainers.loop import (
     split_tensors,
 )
 from trainers.metrics import fold_key
-from trainers.model import LinearClassifier, multiprocessors, scores, split_k
+from trainers.model import (
+    MEASURE_ELEMENTS,
+    LinearClassifier,
+    measure_rows,
+    multiprocessors,
+    scores,
+    split_k,
+)
 from trainers.schedule import lr_factor
 
 CHECKPOINT_FILE = "population.pt"
 ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, which trainers/schedule.py uses
 ADAM_EPS = 1e-8
-MEASURE_ELEMENTS = 2**24  # scores held at once when measuring a whole split: 64 MB in fp32
 # lists, an entry a member; step_epochs: the epochs of optimizer steps in a member's state
 PER_MEMBER = ("epochs_run", "step_epochs", "diverged", "history", "last_finite")
 
@@ -196,7 +202,7 @@ def add_penalty_gradient(grad: torch.Tensor, W: torch.Tensor, cols: Columns) -> 
 
 # ---------------------------------------------------------------- memory
 BATCH_COPIES = 4  # (B, K, C) tensors a step holds at once: scores, margins or p, their gradient
-MEASURE_BYTES = 3 * 4 * MEASURE_ELEMENTS  # measuring a split: its scores, margins and losses
+MEASURE_BYTES = 3 * 4 * MEASURE_ELEMENTS  # measuring a split (at most): scores, margins, losses
 
 
 def member_bytes(features: int, classes: int, batch_size: int, optimizers: Sequence[str]) -> int:
@@ -380,7 +386,7 @@ class Fold:
     def measure(self, X: torch.Tensor, y: torch.Tensor, cols: Columns) -> dict[str, torch.Tensor]:
         """Data loss, total loss and accuracy of every configuration on a split: each (K,)."""
         K, C = self.b.shape
-        rows = max(1, MEASURE_ELEMENTS // max(1, K * C))
+        rows = measure_rows(self.device, K * C)
         loss = torch.zeros(K, device=self.device)
         hits = torch.zeros(K, device=self.device)
         for start in range(0, len(y), rows):

@@ -24,32 +24,40 @@ from pathlib import Path
 import numpy as np
 
 from trainers.config import DataConfig
-from trainers.data import Dataset, Split, prepare
+from trainers.data import (
+    SPLITS,
+    Dataset,
+    Selection,
+    Split,
+    fold_selections,
+    refit_selection,
+    train_scaler,
+)
 
-SPLITS = ("train", "val", "test")
 META = "meta.json"
 
 
-def key(cfg: DataConfig) -> str:
+def key(cfg: DataConfig, refit: bool = False) -> str:
     """The data config's name on disk, and the data file's size and time of change: what it
     would prepare differs (a file rewritten between a run and its resume), so does the key."""
     path = Path(cfg.path).expanduser() if cfg.path else None
     stat = path.stat() if path is not None and path.exists() else None
     seen = [stat.st_size, stat.st_mtime_ns] if stat is not None else None
     prepared = {k: v for k, v in asdict(cfg).items() if k != "dtype"}  # cast on the device
-    text = json.dumps([prepared, seen], sort_keys=True)
+    text = json.dumps([prepared, seen, *(["refit"] if refit else [])], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def shared(cfg: DataConfig, folder: str | Path) -> list[Dataset]:
-    """``prepare(cfg)``, one Dataset per fold, memory-mapped from ``folder``; prepared and
-    written there first if no process has yet."""
-    target = Path(folder) / key(cfg)
+def shared(cfg: DataConfig, folder: str | Path, refit: bool = False) -> list[Dataset]:
+    """``trainers.data.prepare(cfg)``, one Dataset per fold (``refit``: ``[refit_dataset(cfg)]``),
+    memory-mapped from ``folder``; prepared and written there first if no process has yet."""
+    target = Path(folder) / key(cfg, refit)
     if not target.is_dir():
         Path(folder).mkdir(parents=True, exist_ok=True)
         with _locked(target.with_suffix(".lock")):
             if not target.is_dir():  # another process may have written it while we waited
-                _write(prepare(cfg), target)
+                folds = [refit_selection(cfg)] if refit else fold_selections(cfg)
+                _write(folds, target, cfg.standardize)
     return _read(target)
 
 
@@ -63,17 +71,30 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _write(datasets: list[Dataset], target: Path) -> None:
-    """Into a temporary folder, then renamed: ``target`` exists only whole."""
+def _write(folds: list[Selection], target: Path, standardize: bool) -> None:
+    """Into a temporary folder, then renamed: ``target`` exists only whole. Each split's rows
+    are copied out and standardized a block at a time, and written with file writes, not
+    through a map: the writer holds a block, and the written pages are the page cache's, which
+    every trial then maps."""
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)  # a process killed while writing left it
     tmp.mkdir()
-    for i, ds in enumerate(datasets):
+    for i, sel in enumerate(folds):
+        scaler, pool = train_scaler(sel) if standardize else None, sel.pool
         for name in SPLITS:
-            split: Split = getattr(ds, name)
-            np.save(tmp / f"fold{i}_{name}_X.npy", split.X)
-            np.save(tmp / f"fold{i}_{name}_y.npy", split.y)
-    meta = {"folds": len(datasets), "n_classes": datasets[0].n_classes, "name": datasets[0].name}
+            rows = getattr(sel, name)
+            with (tmp / f"fold{i}_{name}_X.npy").open("wb") as f:
+                header = {
+                    "descr": "<f4",
+                    "fortran_order": False,
+                    "shape": (len(rows), pool.features),
+                }
+                np.lib.format.write_array_header_1_0(f, header)
+                for start in range(0, len(rows), pool.block):
+                    block = pool.take(rows[start : start + pool.block])
+                    (block if scaler is None else scaler.transform(block, copy=False)).tofile(f)
+            np.save(tmp / f"fold{i}_{name}_y.npy", pool.y[rows])
+    meta = {"folds": len(folds), "n_classes": folds[0].n_classes, "name": folds[0].name}
     (tmp / META).write_text(json.dumps(meta))
     os.replace(tmp, target)
 

@@ -30,13 +30,15 @@ from sweeps.record.lock import SweepLock
 from sweeps.record.outcomes import CHOOSABLE, SweepOutcome
 from sweeps.record.recorder import Recorder
 from sweeps.record.results import first_error_line, format_table, mark_chosen, trial_row, write_csv
+from sweeps.spec.document import apply_sets
 from sweeps.spec.sweep import SweepSpec, check_data
 from sweeps.tracking.store import sqlite_file, usable_store
 from sweeps.tracking.sync import CHILD_RUNS, sync
 from sweeps.tracking.writer import SweepTracker, read_state
 from sweeps.view.live import LiveView
-from trainers.config import ConfigError
+from trainers.config import ConfigError, trial_config
 from trainers.loop import Trial
+from trainers.prepared import shared
 
 EXIT_FAILED = 1
 
@@ -337,9 +339,12 @@ def look_at_test(
         target = files.best(label)
         shutil.rmtree(target, ignore_errors=True)  # a resume's earlier copy may be another model
         shutil.copytree(model.folder, target)
-        # a refit loads its train+validation scaling with it; a GPU trial's model is looked at
-        # on the CPU where the driver has no GPU, as trainers.loop.evaluate does
-        trained = Trial.load(target, device="auto")
+        # the data the model trained on (a refit: train+validation, their scaling), mapped from
+        # the trials' prepared copy; a GPU trial's model is looked at on the CPU where the
+        # driver has no GPU, as trainers.loop.evaluate does
+        data = trial_config(apply_sets({}, history.trials[trial_id].config)).data
+        datasets = shared(data, files.prepared, refit=model.evaluated == "refit")
+        trained = Trial.load(target, datasets, device="auto")
         test = trained.evaluate("test")
         prefix = "" if label == "best" else f"{label}_"
         metrics |= {

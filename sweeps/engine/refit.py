@@ -5,7 +5,8 @@ are only held back from the model that will be used: GridSearchCV retrains its b
 on all of them, and so does this. The refit repeats the chosen trial's config exactly (its
 hyperparameters, train.seed and train.epochs) on ``trainers.data.refit_dataset``: train and
 validation together (with folds: all of train+validation, once), standardized with their own
-statistics. Its one output is the model that gets the look at the test split.
+statistics, prepared once into the sweep folder and memory-mapped (trainers.prepared) as the
+trials' data is. Its one output is the model that gets the look at the test split.
 
 Epochs: always the config's ``train.epochs``, also for a trial ASHA stopped early. ASHA's stop
 is a decision about where to spend compute, not a hyperparameter, and the lr schedule is a
@@ -38,8 +39,8 @@ from sweeps.record.outcomes import Outcome
 from sweeps.record.recorder import Recorder
 from sweeps.spec.document import apply_sets
 from trainers.config import trial_config
-from trainers.data import refit_dataset
 from trainers.loop import CHECKPOINT_FILE, Trial
+from trainers.prepared import shared
 
 
 @dataclass
@@ -70,7 +71,7 @@ def refit(files: SweepFolder, recorder: Recorder, trial_id: str, cpus: float) ->
     if config["train.device"] == "cuda" and not torch.cuda.is_available():
         config = config | {"train.device": "cpu"}  # GPU trials ran on workers; this driver has none
     cfg = trial_config(apply_sets({}, config))
-    datasets = [refit_dataset(cfg.data)]
+    datasets = shared(cfg.data, files.prepared, refit=True)  # mapped: no copy of its own
     note = (
         f"refit on train+validation, {len(datasets[0].train.y)} examples, {cfg.train.epochs} epochs"
     )

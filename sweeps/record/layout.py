@@ -90,8 +90,8 @@ class SweepFolder:
 
     @property
     def prepared(self) -> Path:
-        """The trials' prepared data, one copy for the node (trainers.prepared): derived, so a
-        deleted one is written again by the next trial."""
+        """The prepared data, one copy for the node (trainers.prepared) of the trials' and one
+        of the refits': derived, so a deleted one is written again by the next reader."""
         return self.root / "data"
 
     @property

@@ -390,7 +390,7 @@ def check_data(spec: SweepSpec) -> DataSize:
     loads and splits, and the largest batch size fits the smallest training split. Reads,
     writes nothing: call it before the sweep's first write. Returns the largest data's size,
     which sizes the fused engine's populations."""
-    from trainers.data import cross_validation_folds, load_dataset  # numpy, pandas, sklearn
+    from trainers.data import fold_selections  # numpy, pandas, sklearn
 
     searched = [k for k in spec.space if k.startswith("data.")]
     corners = {}  # the distinct data configs at the corners, each loaded once
@@ -398,12 +398,12 @@ def check_data(spec: SweepSpec) -> DataSize:
         data = trial_config(apply_sets(spec.sections, dict(zip(searched, values)))).data
         corners[json.dumps(asdict(data), sort_keys=True)] = data
     smallest, size = math.inf, DataSize(0, 0, 0)
-    for data in corners.values():  # one fold at a time: each is a standardized copy
-        for fold in cross_validation_folds(load_dataset(data), data.folds, data.seed):
-            smallest = min(smallest, len(fold.train.y))
+    for data in corners.values():  # rows chosen, none copied
+        for fold in fold_selections(data):
+            smallest = min(smallest, len(fold.train))
             size = DataSize(
-                max(size.rows, len(fold.train.y) + len(fold.val.y)),
-                max(size.features, fold.train.X.shape[1]),
+                max(size.rows, len(fold.train) + len(fold.val)),
+                max(size.features, fold.pool.features),
                 max(size.classes, fold.n_classes),
             )
     largest = max(reachable("train.batch_size", spec.trial, spec.space))
