@@ -17,9 +17,12 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/sweep run configs/digits_asha.yaml --name demo-$$(date +%Y%m%d-%H%M%S)
 
-# Tools the tests call and pip cannot install: shellcheck (lints the rendered job scripts).
+# Tools the tests call and pip cannot install: shellcheck (lints the rendered job scripts) and
+# PostgreSQL (tests/postgres.py starts a server of its own; Debian keeps it off PATH).
 tools:
 	command -v shellcheck >/dev/null || { apt-get update -qq && apt-get install -y -qq shellcheck; }
+	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		{ apt-get update -qq && apt-get install -y -qq postgresql; }
 
 # Two pytest workers (pytest-xdist): much of a sweep test is waiting on processes that start
 # (Ray, MLflow servers, SLURM daemons). `loadfile` keeps each test module on one worker, so a

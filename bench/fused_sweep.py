@@ -1,7 +1,7 @@
 """Fused trials end to end: whole sweeps with `search.engine: fused`, Ray and MLflow included.
 
     python bench/fused_sweep.py [grid] [asha] [random] [random_best] [random_10k] [--no-baseline]
-                                 [--server]
+                                 [--server [sqlite|postgresql]]
 
 grid:   configs/digits_fused.yaml, 256 configurations x 30 epochs, engine fused against one
         Ray trial per configuration (skipped with --no-baseline): wall times, their ratio,
@@ -13,8 +13,10 @@ random: 2,048 random configurations on digits, 10 epochs each, engine fused; che
         every configuration is its own MLflow run.
 random_best: the same with mlflow.child_runs best:100: runs for the 100 best only.
 random_10k: 10,240 random configurations, each its own run.
---server: the store is a real `mlflow server` on 127.0.0.1 (a SQLite file behind it), which
-the tracker writes run by run.
+--server: the store is a real `mlflow server` on 127.0.0.1, which the tracker writes through
+MLflow's client, 8 runs at once (sweeps.tracking.writer.WRITERS): ``sqlite`` (the default),
+one server worker with a SQLite file behind it; ``postgresql``, 4 server workers with a real
+PostgreSQL behind them (tests/postgres.py starts it).
 The random cases also time `sweep status` of the finished sweep (its folder and its runs).
 
 Each sweep is the `sweep run` command in a fresh temporary folder (its own mlflow.db); the wall
@@ -105,19 +107,24 @@ def child(out: Path, argv: list[str]) -> int:
         out.write_text(json.dumps(totals))
 
 
-def sweep(case: str, engine: str | None = None, server: bool = False) -> dict:
+def sweep(case: str, engine: str | None = None, server: str | None = None) -> dict:
     """One sweep as a command in a fresh folder: wall time, MLflow time, results, runs. With
-    ``server``, its store is a real ``mlflow server`` (SQLite behind it) started for it."""
+    ``server`` (sqlite or postgresql), its store is a real ``mlflow server`` started for it
+    with that database behind it."""
     config, sets = CASES[case]
     sets = sets + ([f"search.engine={engine}"] if engine else [])
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
-        db = Path(tmp) / "mlflow.db"
-        if server:
+        store = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
+        if server is not None:
             sys.path.insert(0, str(ROOT / "tests"))
             from mlflow_server import mlflow_server
+            from postgres import postgres
 
-            url = stack.enter_context(mlflow_server(Path(tmp) / "server"))
-            sets, db = [*sets, f"mlflow.tracking_uri={url}"], Path(tmp) / "server" / "srv.db"
+            store, workers = f"sqlite:///{Path(tmp) / 'server' / 'srv.db'}", 1
+            if server == "postgresql":
+                (store,), workers = stack.enter_context(postgres("bench")), 4
+            url = stack.enter_context(mlflow_server(Path(tmp) / "server", store, workers))
+            sets = [*sets, f"mlflow.tracking_uri={url}"]
         out = Path(tmp) / "totals.json"
         overrides = [a for s in sets for a in ("--set", s)]
         args = ["run", str(ROOT / config), "--name", "bench", *overrides]
@@ -136,14 +143,14 @@ def sweep(case: str, engine: str | None = None, server: bool = False) -> dict:
         status = [str(Path(sys.executable).with_name("sweep")), "status", "bench"]
         subprocess.run(status, cwd=tmp, env=env, capture_output=True, check=True)
         status_s = time.perf_counter() - start
-        runs = mlflow_children(db)
+        runs = mlflow_children(store)
         return {"wall_s": wall, **totals, "table": table, "runs": runs, "status_s": status_s}
 
 
-def mlflow_children(db: Path) -> int:
+def mlflow_children(store: str) -> int:
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{db}")
+    client = MlflowClient(store)
     exp = client.get_experiment_by_name("bench")
     runs = client.search_runs([exp.experiment_id], "tags.`sweep.trial_id` != ''", max_results=50000)
     return sum("sweep.role" not in r.data.tags for r in runs)  # not the chosen ones' refits
@@ -172,7 +179,11 @@ def main() -> None:
     parser.add_argument("cases", nargs="*", default=list(CASES), help=", ".join(CASES))
     parser.add_argument("--no-baseline", action="store_true", help="grid: skip the per-trial run")
     parser.add_argument(
-        "--server", action="store_true", help="write to a real `mlflow server` (run by run)"
+        "--server",
+        nargs="?",
+        const="sqlite",
+        choices=["sqlite", "postgresql"],
+        help="write to a real `mlflow server`, with this database behind it",
     )
     args = parser.parse_args()
     if unknown := set(args.cases) - set(CASES):

@@ -54,8 +54,9 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def mlflow_server(tmp_path: Path) -> Iterator[str]:
-    """Run ``mlflow server`` on a free local port for the duration of the block."""
+def mlflow_server(tmp_path: Path, store: str | None = None, workers: int = 1) -> Iterator[str]:
+    """Run ``mlflow server`` on a free local port for the duration of the block; ``store``:
+    its backend store (a database URL), else ``<tmp>/srv.db``; ``workers``: its processes."""
     tmp_path = Path(tmp_path).resolve()
     tmp_path.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -64,7 +65,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
         str(mlflow_exe),
         "server",
         "--backend-store-uri",
-        f"sqlite:///{tmp_path / 'srv.db'}",
+        store or f"sqlite:///{tmp_path / 'srv.db'}",
         "--serve-artifacts",
         "--artifacts-destination",
         str(tmp_path / "artifacts"),
@@ -73,7 +74,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
         "--port",
         str(port),
         "--workers",
-        "1",
+        str(workers),
     ]
     with serving(cmd, port, tmp_path) as url:
         yield url

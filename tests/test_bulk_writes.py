@@ -62,7 +62,7 @@ BATCHES = [
 ]
 
 
-def tracker(uri: str, bulk_rows: bool) -> SweepTracker:
+def tracker(uri: str, bulk_rows: bool = False) -> SweepTracker:
     t = SweepTracker(uri, "sweep")
     t.rows = None
     if bulk_rows:  # whatever bulk.checked says of the MLflow installed: this test checks it

@@ -19,9 +19,11 @@ import os
 import re
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pandas as pd
 from mlflow.entities import Metric, Param, Run, RunTag
@@ -45,6 +47,8 @@ PARAM_MAX = 6000  # MLflow: param values up to 6000 characters
 TAG_MAX = 8000  # MLflow: tag values up to 8000 characters
 ERROR_MAX = 5000  # characters of an error's full text kept in the sweep.error tag
 NOTHING = -1  # "no epoch logged yet"
+WRITERS = 8  # runs written at once to a store that serves writers side by side
+SERVED = ("http", "https", "postgresql", "mysql", "mssql")  # a tracking or database server
 OLDEST_FIRST = ["attributes.start_time ASC"]  # a trial's oldest run is its own
 
 
@@ -93,6 +97,7 @@ class SweepTracker:
         if bulk.checked(tracking_uri):
             location = self.client.get_experiment(self.experiment_id).artifact_location
             self.rows = bulk.RunRows(tracking_uri, self.experiment_id, location)
+        self.writers = ThreadPoolExecutor(writers(tracking_uri), thread_name_prefix="mlflow-run")
         self.parent: str | None = state.get("parent")
         self.trials: dict[str, str] = dict(state.get("trials", {}))  # trial id -> run id
         self.ended: dict[str, str] = {}  # trial id -> outcome, for runs no longer RUNNING
@@ -297,13 +302,14 @@ class SweepTracker:
 
     def write_trials(self, writes: list[tuple[str, dict[str, Any]]]) -> None:
         """Trials' writes (``write_trial``'s arguments, as sweeps.tracking.writes.merge makes
-        them) in order: all in one transaction where sweeps.tracking.bulk may write to the
-        store (a trial written twice starts a second one), else run by run through MLflow's
-        client (a run made with its tags; params, curves and tags in one log_batch; ended)."""
+        them) in order, in batches of distinct trials (a trial written twice starts a second
+        batch). A batch goes in one transaction where sweeps.tracking.bulk may write to the
+        store, else run by run through MLflow's client (a run made with its tags; params,
+        curves and tags in one log_batch; ended), ``writers(uri)`` runs at once."""
         batch: list[_Planned] = []
         in_batch: set[str] = set()
         for trial_id, write in writes:
-            if trial_id in in_batch or self.rows is None:
+            if trial_id in in_batch:
                 self._flush(batch)
                 in_batch.clear()
             batch.append(self._plan(trial_id, write))
@@ -343,23 +349,42 @@ class SweepTracker:
         return _Planned(trial_id, write, last, outcome, started=config is not None)
 
     def _flush(self, batch: list[_Planned]) -> None:
-        """Write the planned writes (and empty ``batch``), then note what the runs now hold."""
-        if self.rows is not None:
-            self.rows.write([p.write for p in batch])
-        for p in batch:
-            if self.rows is None:
-                self._apply(p.write)
-            if p.write.new:
-                self.created += 1
-                self.unsaved = True
-            self.trials[p.trial_id] = p.write.run_id
-            self.last_epoch[p.write.run_id] = p.last
-            self.logged += len({m.step for m in p.write.metrics})
-            if p.started:
-                self.ended.pop(p.trial_id, None)
-            if p.outcome is not None:
-                self.ended[p.trial_id] = p.outcome
-        batch.clear()
+        """Write the planned writes (and empty ``batch``), then note what the runs now hold;
+        a write that failed is raised once those that did not are noted."""
+        try:
+            if self.rows is not None:
+                self.rows.write([p.write for p in batch])
+                done, error = list(batch), None
+            else:
+                done, error = self._apply_all(batch)
+            for p in done:
+                if p.write.new:
+                    self.created += 1
+                    self.unsaved = True
+                self.trials[p.trial_id] = p.write.run_id
+                self.last_epoch[p.write.run_id] = p.last
+                self.logged += len({m.step for m in p.write.metrics})
+                if p.started:
+                    self.ended.pop(p.trial_id, None)
+                if p.outcome is not None:
+                    self.ended[p.trial_id] = p.outcome
+        finally:
+            batch.clear()
+        if error is not None:
+            raise error
+
+    def _apply_all(self, batch: list[_Planned]) -> tuple[list[_Planned], BaseException | None]:
+        """``_apply`` each write on the writer threads: those written, and the first error (the
+        writes not started by then are not made)."""
+        futures = [self.writers.submit(self._apply, p.write) for p in batch]
+        error = None
+        for future in futures:
+            if not future.cancelled() and (err := future.exception()) is not None:
+                error = error or err
+                for later in futures:
+                    later.cancel()
+        ok = [not f.cancelled() and f.exception() is None for f in futures]
+        return [p for p, written in zip(batch, ok, strict=True) if written], error
 
     def _apply(self, write: RunWrite) -> None:
         """One write through MLflow's client (a new run gets MLflow's id)."""
@@ -497,6 +522,14 @@ class SweepTracker:
         tmp = self.state_file.with_name(self.state_file.name + ".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         os.replace(tmp, self.state_file)
+
+
+def writers(tracking_uri: str) -> int:
+    """How many runs to write at once: WRITERS to a server (a tracking server, or a database
+    server behind MLflow's SQLAlchemy store), which serves requests side by side; one to a
+    SQLite file (one writer at a time) or a folder."""
+    scheme = urlparse(tracking_uri).scheme.split("+")[0]  # postgresql+psycopg: postgresql
+    return WRITERS if scheme in SERVED else 1
 
 
 def trials_table(history: SweepHistory, keys: list[str], metric: str) -> pd.DataFrame:
