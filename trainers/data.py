@@ -16,7 +16,7 @@ import math
 import pickle
 import struct
 import zipfile
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, replace
 from itertools import pairwise
 from pathlib import Path
@@ -60,7 +60,7 @@ class Pool:
         self.y = np.concatenate([p.y for p in parts])
         self.starts = np.cumsum([0, *(len(p.y) for p in parts)])
         self.features = parts[0].X.shape[1]
-        self.block = max(1, BLOCK_BYTES // (4 * self.features))  # rows
+        self.block = block_rows(self.features)
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """The features of ``rows``, in that order, as a new float32 array."""
@@ -70,6 +70,16 @@ class Pool:
             at = part == p
             out[at] = self.parts[p][rows[at] - self.starts[p]]
         return out
+
+    def blocks(self, rows: np.ndarray) -> Iterator[np.ndarray]:
+        """``take(rows)`` a block of rows at a time."""
+        for start in range(0, len(rows), self.block):
+            yield self.take(rows[start : start + self.block])
+
+
+def block_rows(features: int) -> int:
+    """How many rows of ``features`` float32 values a block of BLOCK_BYTES holds."""
+    return max(1, BLOCK_BYTES // (4 * features))
 
 
 @dataclass
@@ -131,9 +141,9 @@ def fold_selections(cfg: DataConfig) -> list[Selection]:
 def train_scaler(sel: Selection) -> StandardScaler:
     """Zero-mean unit-variance statistics from the training rows ONLY (features with std 0
     keep scale 1), so nothing leaks from val/test; read a block of rows at a time."""
-    scaler, rows = StandardScaler(), np.sort(sel.train)  # in file order: sequential reads
-    for start in range(0, len(rows), sel.pool.block):
-        scaler.partial_fit(sel.pool.take(rows[start : start + sel.pool.block]))
+    scaler = StandardScaler()
+    for block in sel.pool.blocks(np.sort(sel.train)):  # in file order: sequential reads
+        scaler.partial_fit(block)
     return scaler
 
 
@@ -206,7 +216,7 @@ def _checked(
         with np.errstate(over="ignore"):
             X = X.astype(np.float32, copy=False)
     count, bad_columns = 0, np.zeros(X.shape[1], bool)
-    rows = max(1, BLOCK_BYTES // (4 * X.shape[1]))
+    rows = block_rows(X.shape[1])
     for start in range(0, len(X), rows):  # a block at a time: no N x D mask
         with np.errstate(over="ignore"):  # beyond float32: infinite, so refused below
             bad = ~np.isfinite(X[start : start + rows].astype(np.float32, copy=False))

@@ -90,8 +90,7 @@ def _write(folds: list[Selection], target: Path, standardize: bool) -> None:
                     "shape": (len(rows), pool.features),
                 }
                 np.lib.format.write_array_header_1_0(f, header)
-                for start in range(0, len(rows), pool.block):
-                    block = pool.take(rows[start : start + pool.block])
+                for block in pool.blocks(rows):
                     (block if scaler is None else scaler.transform(block, copy=False)).tofile(f)
             np.save(tmp / f"fold{i}_{name}_y.npy", pool.y[rows])
     meta = {"folds": len(folds), "n_classes": folds[0].n_classes, "name": folds[0].name}
