@@ -222,6 +222,35 @@ def test_half_features_on_cuda_stay_within_the_bound_of_float32(dtype):
         assert abs(a - b) <= 0.02
 
 
+def test_tf32_products_stay_within_the_bound_of_float32():
+    """train.matmul tf32, through the CUDA graph (a trial) and a population: validation accuracy
+    within 0.02 of float32's; from Ampere on the products really are rounded (the weights
+    differ). Each trainer runs before the next is made: the setting is the process's."""
+    from trainers.population import Population
+
+    data = {"source": "synthetic", "n_samples": 4000, "n_features": 512, "n_classes": 20}
+
+    def cfg(matmul: str, lr: float = 0.05) -> TrialConfig:
+        train = {"epochs": 5, "batch_size": 64, "lr": lr, "device": "cuda", "matmul": matmul}
+        return trial_config({"data": data, "train": train})
+
+    weights, finals = {}, {}
+    for matmul in ("float32", "tf32"):
+        trial = Trial(cfg(matmul))
+        finals[matmul] = trial.run()["val_acc"]
+        weights[matmul] = trial.trainers[0].W.clone()
+    assert abs(finals["float32"] - finals["tf32"]) <= 0.02
+    if torch.cuda.get_device_capability() >= (8, 0):
+        assert not torch.equal(weights["float32"], weights["tf32"])
+    for matmul in ("float32", "tf32"):
+        population = Population([cfg(matmul, lr) for lr in (0.01, 0.05, 0.2)])
+        while not population.done:
+            population.step()
+        finals[matmul] = [population.final(k)["val_acc"] for k in range(3)]
+    for a, b in zip(finals["float32"], finals["tf32"], strict=True):
+        assert abs(a - b) <= 0.02
+
+
 def test_a_populations_device_memory_is_within_what_its_size_counts():
     """search.population_size auto counts member_bytes a member, beside the data and what
     measuring a split takes: the allocator's peak of a real population stays under it."""

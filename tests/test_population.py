@@ -215,6 +215,7 @@ def test_an_exported_configuration_is_a_trial_checkpoint(datasets, tmp_path, opt
     [
         ({"train": {"batch_size": 64}}, "train.batch_size must be the same"),
         ({"train": {"batch_size": 32, "device": "cpu"}}, "train.device must be the same"),
+        ({"train": {"batch_size": 32, "matmul": "tf32"}}, "train.matmul must be the same"),
         ({"data": {**DATA, "seed": 1}}, "data.seed must be the same"),
         ({"data": {"source": "digits"}}, "data.source must be the same"),
     ],

@@ -25,6 +25,7 @@ OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
 REGULARIZERS = ("l2", "l1", "elastic", "none")
 SCHEDULES = ("constant", "step", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
+MATMULS = ("float32", "tf32")
 
 
 @dataclass
@@ -65,6 +66,7 @@ class TrainConfig:
     warmup_epochs: int = 0  # linear warm-up before the schedule starts
     seed: int = 0  # seeds the initial weights and the minibatch order
     device: str = "auto"  # auto picks the GPU when there is one
+    matmul: str = "float32"  # tf32: a GPU's products in TensorFloat-32, at a faster rate
 
 
 @dataclass
@@ -86,6 +88,12 @@ class TrialConfig:
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def unfusable(key: str) -> bool:
+    """Whether configurations that differ in ``key`` cannot share a population
+    (trainers.population): its members share each batch, the device and its products."""
+    return key.startswith("data.") or key in ("train.batch_size", "train.device", "train.matmul")
 
 
 def _key(attr: str) -> str:
@@ -187,6 +195,14 @@ RULES: dict[str, Rule] = {
     ),
     "train.seed": replace(SEED, doc="seeds the initial weights and the minibatch order"),
     "train.device": Rule(str, choices=DEVICES, doc="auto takes the GPU when there is one"),
+    "train.matmul": Rule(
+        str,
+        choices=MATMULS,
+        doc="float32: exact float32 products; tf32: on an NVIDIA GPU from Ampere on, the "
+        "products read their inputs as TensorFloat-32 (a 10-bit mantissa) and sum in float32, "
+        "at up to 7 times float32's rate (an H100's datasheet); the weights and updates stay "
+        "float32. For large data on a GPU (docs/data.md). A CPU computes float32 either way",
+    ),
 }
 
 # Rules that tie keys together; a sweep checks them on every corner of its space too.

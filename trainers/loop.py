@@ -54,6 +54,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def set_matmul(precision: str) -> None:
+    """``train.matmul`` for this process's CUDA products (a cuBLAS setting of the process, so
+    each trainer sets it as it is made): TensorFloat-32 inputs, or exact float32. A CPU's
+    products are float32 either way."""
+    tf32 = precision == "tf32"
+    try:  # torch >= 2.9
+        torch.backends.cuda.matmul.fp32_precision = "tf32" if tf32 else "ieee"
+    except AttributeError:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -128,6 +139,7 @@ class Trainer:
 
     def __init__(self, cfg: TrialConfig, data: Dataset, device: torch.device) -> None:
         self.cfg, self.data, self.device = cfg, data, device
+        set_matmul(cfg.train.matmul)
         self.X = features(data.train.X, device, cfg.data.dtype)  # (N, D) stays on the device
         self.y = torch.as_tensor(data.train.y, device=device)  # (N,)
         self.X_val = features(data.val.X, device, cfg.data.dtype)

@@ -36,14 +36,14 @@ import json
 import math
 import time
 from collections.abc import Hashable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from trainers import triton_step
-from trainers.config import ConfigError, TrialConfig, trial_config
+from trainers.config import ConfigError, TrialConfig, trial_config, unfusable
 from trainers.data import Dataset, free_memory, prepare
 from trainers.loop import (
     Trial,
@@ -51,6 +51,7 @@ from trainers.loop import (
     check_reconfigurable,
     features,
     resolve_device,
+    set_matmul,
     split_tensors,
 )
 from trainers.metrics import fold_key
@@ -463,20 +464,14 @@ def _check_shared(cfgs: Sequence[TrialConfig]) -> None:
     """What the configurations of one population must share, one line per mistake."""
     if not cfgs:
         raise ConfigError("a population needs at least one configuration")
-    first = cfgs[0]
+    first = cfgs[0].flat()
     for i, cfg in enumerate(cfgs[1:], start=1):
-        for key, value in asdict(cfg.data).items():
-            if value != getattr(first.data, key):
+        for key, value in cfg.flat().items():
+            if unfusable(key) and value != first[key]:
                 raise ConfigError(
-                    f"data.{key} must be the same for every configuration of a population; "
-                    f"configuration {i} has {value!r}, the first {getattr(first.data, key)!r}"
-                )
-        for key in ("batch_size", "device"):
-            value, want = getattr(cfg.train, key), getattr(first.train, key)
-            if value != want:
-                raise ConfigError(
-                    f"train.{key} must be the same for every configuration of a population "
-                    f"(they share each batch); configuration {i} has {value!r}, the first {want!r}"
+                    f"{key} must be the same for every configuration of a population (they "
+                    f"share each batch); configuration {i} has {value!r}, the first "
+                    f"{first[key]!r}"
                 )
 
 
@@ -503,6 +498,7 @@ class Population:
         if len(self.ids) != len(self.cfgs) or len(set(self.ids)) != len(self.ids):
             raise ValueError(f"ids must be {len(cfgs)} distinct names; got {self.ids!r}")
         self.device = resolve_device(cfgs[0].train.device)
+        set_matmul(cfgs[0].train.matmul)
         self.order_seed = cfgs[0].train.seed if order_seed is None else order_seed
         self.datasets = datasets if datasets is not None else prepare(cfgs[0].data)
         self.batch_size = cfgs[0].train.batch_size

@@ -32,7 +32,7 @@ import tempfile
 import weakref
 import zipfile
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -44,8 +44,8 @@ from sweeps.search.asha import Asha, Rungs
 from sweeps.search.pbt import Pbt
 from sweeps.search.tpe import Asked
 from sweeps.spec.document import apply_sets
-from sweeps.spec.sweep import AUTO_POPULATION, DataSize, SweepSpec, reachable, unfusable
-from trainers.config import ConfigError, TrialConfig, trial_config
+from sweeps.spec.sweep import AUTO_POPULATION, DataSize, SweepSpec, reachable
+from trainers.config import ConfigError, TrialConfig, trial_config, unfusable
 from trainers.data import Dataset, memory_size
 from trainers.loop import DTYPES
 from trainers.metrics import pbt_curves
@@ -222,8 +222,8 @@ def plan(spec: SweepSpec, sampled: list[dict[str, Any]]) -> Plan:
         odds = asha.bracket_odds()
         brackets = [int(rng.choice(len(odds), p=odds)) for _ in cfgs]
     groups: dict[str, list[int]] = {}
-    for i, cfg in enumerate(cfgs):
-        shared = [asdict(cfg.data), cfg.train.batch_size, cfg.train.device]
+    for i, flat in enumerate(cfg.flat() for cfg in cfgs):
+        shared = {k: v for k, v in flat.items() if unfusable(k)}
         groups.setdefault(json.dumps(shared, sort_keys=True), []).append(i)
     chunks = [
         chunk

@@ -16,7 +16,7 @@ from typing import Any
 from sweeps.record.layout import DEFAULT_STORAGE, SweepFolder
 from sweeps.spec.document import apply_sets, trainer_config
 from sweeps.spec.space import Dimension, Space, distribution_of
-from trainers.config import TOGETHER, ConfigError, TrialConfig, trial_config
+from trainers.config import TOGETHER, ConfigError, TrialConfig, trial_config, unfusable
 from trainers.rules import Rule, check_mapping
 
 SEARCH_TYPES = ("grid", "random", "asha", "tpe", "bohb", "pbt")
@@ -262,12 +262,6 @@ def _dimension(key: str, given: Any, search_type: str) -> Dimension:
             + " is train.epochs"
         )
     return Dimension.parse(key, given)
-
-
-def unfusable(key: str) -> bool:
-    """Whether configurations that differ in ``key`` cannot share a population: they would not
-    share each batch (trainers.population)."""
-    return key.startswith("data.") or key in ("train.batch_size", "train.device")
 
 
 def _check_search(search: Search, trial: TrialConfig, space: Space) -> None:
