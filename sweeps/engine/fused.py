@@ -34,7 +34,7 @@ import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -42,7 +42,6 @@ import torch
 from sweeps.record.outcomes import Outcome
 from sweeps.search.asha import Asha, Rungs
 from sweeps.search.pbt import Pbt
-from sweeps.search.tpe import Asked
 from sweeps.spec.document import apply_sets
 from sweeps.spec.sweep import AUTO_POPULATION, DataSize, SweepSpec, reachable
 from trainers.config import ConfigError, TrialConfig, trial_config, unfusable
@@ -50,6 +49,9 @@ from trainers.data import Dataset, memory_size
 from trainers.loop import DTYPES
 from trainers.metrics import pbt_curves
 from trainers.population import MEASURE_BYTES, Population, free_bytes, member_bytes
+
+if TYPE_CHECKING:  # Optuna is imported by tpe and bohb sweeps only
+    from sweeps.search.tpe import Asked
 
 POPULATION_KEY = "population"  # a fused sweep's Ray trials search this one key: their index
 NEWS_KEY = "members"  # a population's report: its members' news, one JSON string
