@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU checks in one go, under 5 minutes: the CUDA tests, the trainer benchmarks, then
-# where a step's device time goes (bench/kernels.py).
+# The GPU checks in one go, under 5 minutes: the CUDA tests, the trainer benchmarks, where a
+# step's device time goes (bench/kernels.py), then a small linear probe (bench/scale_gpu.py).
 #
 #     bash bench/gpu_check.sh OUT_DIR
 #
@@ -81,6 +81,9 @@ else
     echo "bench_fused: skipped (no bench/fused.py in this checkout)" | tee -a "$summary"
 fi
 [[ -f bench/kernels.py ]] && step bench_kernels 60 "$python" bench/kernels.py
+# ImageNet-shaped features and classes on a sixth of the rows: TF32 against float32, the
+# device memory, and resources.gpu 0.25 (the full size: python bench/scale_gpu.py, minutes)
+step bench_scale_gpu 90 "$python" bench/scale_gpu.py --n 200000 --configs 16 --epochs 3
 
 echo
 echo "== summary ($SECONDS s in all)"

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import signal
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +44,9 @@ from trainers.data import memory_size
 from trainers.loop import Trial
 from trainers.population import Population
 from trainers.prepared import shared
+
+# ImageNet-1k's training images as embeddings (D 2,048, C 1,000), and the sweep
+FULL = {"n": 1_281_167, "d": 2048, "c": 1000, "configs": 64, "epochs": 30}
 
 
 def make_data(folder: Path, n: int, d: int, c: int, device: torch.device) -> Path:
@@ -196,8 +201,9 @@ def fused_sweep(args: argparse.Namespace, data: Path, prepared: Path) -> None:
         f"test_acc {test['test_acc']:.4f}",
         flush=True,
     )
-    verdict = "met" if total < 600 else "NOT met"
-    print(f"targets: a fused sweep end to end in under 600 s: {verdict} ({total:.0f} s)")
+    if all(getattr(args, k) == v for k, v in FULL.items()):  # the target is for the full size
+        verdict = "met" if total < 600 else "NOT met"
+        print(f"targets: 64 x 30 epochs fused, end to end under 600 s: {verdict} ({total:.0f} s)")
 
 
 def _config_of(plan: fused.Plan, id_: str) -> dict[str, Any]:
@@ -265,11 +271,8 @@ def per_trial(args: argparse.Namespace, data: Path, prepared: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=1_281_167)
-    parser.add_argument("--d", type=int, default=2048)
-    parser.add_argument("--c", type=int, default=1000)
-    parser.add_argument("--configs", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=30)
+    for key, default in FULL.items():
+        parser.add_argument(f"--{key}", type=int, default=default)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--matmul", choices=("float32", "tf32"), default="tf32")
     parser.add_argument("--baseline-epochs", type=int, default=1)
@@ -280,6 +283,8 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
     if device.type == "cuda":
         print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
+    # a timeout's SIGTERM unwinds, so that the temporary folder (gigabytes) is removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
     with tempfile.TemporaryDirectory(dir=args.folder) as tmp:
         t = time.perf_counter()
         data = make_data(Path(tmp) / "data", args.n, args.d, args.c, device)
