@@ -30,6 +30,7 @@ import multiprocessing as mp
 import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from trainers.prepared import shared
 
 # ImageNet-1k's training images as embeddings (D 2,048, C 1,000), and the sweep
 FULL = {"n": 1_281_167, "d": 2048, "c": 1000, "configs": 64, "epochs": 30}
+TRIAL_TIMEOUT_S = 300  # for a per-trial process to hold its data and train its epoch
 
 
 def make_data(folder: Path, n: int, d: int, c: int, device: torch.device) -> Path:
@@ -247,11 +249,20 @@ def per_trial(args: argparse.Namespace, data: Path, prepared: Path) -> None:
     barrier, out = ctx.Barrier(count + 1), ctx.Queue()
     start = time.perf_counter()
     procs = [
-        ctx.Process(target=one_trial, args=(c, str(prepared), barrier, out)) for c in cfgs[:count]
+        ctx.Process(target=one_trial, args=(cfgs[k % len(cfgs)], str(prepared), barrier, out))
+        for k in range(count)
     ]
     for p in procs:
         p.start()
-    barrier.wait()
+    try:
+        barrier.wait(timeout=TRIAL_TIMEOUT_S)  # a trial that failed never comes
+    except threading.BrokenBarrierError:
+        for p in procs:
+            p.terminate()
+            p.join()
+        codes = [p.exitcode for p in procs]
+        print(f"per trial, gpu {args.gpu_share:g}: FAILED: exit codes {codes}", flush=True)
+        return
     held = "n/a (no CUDA device)"
     if torch.cuda.is_available():
         free, total = torch.cuda.mem_get_info()

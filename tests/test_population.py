@@ -258,3 +258,22 @@ def test_the_kernel_profile_prints_a_table_per_trainer():
     assert heads == ["trainer, softmax", "trainer, hinge", "population, K=4 softmax"]
     totals = [line.split() for line in out.splitlines() if line.strip().startswith("all (")]
     assert len(totals) == 3 and all(float(t[-1]) > 0 and float(t[-2]) > 1 for t in totals)
+
+
+def test_the_linear_probe_benchmark_runs_where_ray_mlflow_and_optuna_are_not(tmp_path):
+    """bench/scale_gpu.py runs on the lent GPU machines, which have torch and the scientific
+    stack only: here the three are shadowed by modules that refuse to import."""
+    for name in ("ray", "mlflow", "optuna"):
+        (tmp_path / f"{name}.py").write_text(f"raise ImportError('no {name} here')\n")
+    bench = Path(__file__).resolve().parents[1] / "bench" / "scale_gpu.py"
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{bench.parents[1]}"}
+    args = ["--n", "3000", "--d", "8", "--c", "3", "--configs", "3", "--epochs", "2"]
+    out = subprocess.run(
+        [sys.executable, str(bench), *args, "--folder", str(tmp_path)],
+        capture_output=True, text=True, check=True, env=env,
+    ).stdout  # fmt: skip
+    assert "population_size auto: 256" in out and "population of 3:" in out
+    assert "baseline, float32 products:" in out and "test_acc" in out
+    assert "per trial, gpu 0.25: 4 trials at once" in out
+    assert not out.count("targets:")  # the target is for the full size only
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.py", "optuna.py", "ray.py"]
