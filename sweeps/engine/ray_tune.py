@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import json
 import logging
 import os
@@ -315,8 +316,22 @@ def connect() -> dict[str, float]:
 
 def stop_in_background() -> None:
     """Start stopping Ray (seconds of waiting for its processes) while the driver goes on with
-    what needs no Ray: the refit, the test look, the report."""
-    _driver.stopping = threading.Thread(target=ray.shutdown, name="ray-shutdown")
+    what needs no Ray: the refit, the test look, the report.
+
+    A Ray object freed while Ray stops ends the process with exit code 1 (its core worker is
+    half gone). The fit leaves some in cyclic garbage (a GcsClient, for one), which Python's
+    collector would free at any allocation of the main thread: they are collected now, while
+    Ray is up, and the collector waits until Ray has stopped."""
+    gc.collect()
+    gc.disable()
+
+    def stop() -> None:
+        try:
+            ray.shutdown()
+        finally:
+            gc.enable()
+
+    _driver.stopping = threading.Thread(target=stop, name="ray-shutdown")
     _driver.stopping.start()
 
 
