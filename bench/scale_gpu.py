@@ -3,7 +3,7 @@
     python bench/scale_gpu.py [--n 1281167 --d 2048 --c 1000] [--configs 64] [--epochs 30]
                               [--matmul tf32] [--baseline-epochs 1] [--folder DIR]
 
-bench/scale.py's large sizes need Ray, and the lent GPU machines have neither Ray nor MLflow.
+bench/scale.py's large sizes need Ray; a GPU machine may have only torch and the scientific stack.
 This script takes, with the project's own functions, the steps that `sweep run` takes for a
 fused random sweep on one GPU node, and times each:
 
@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from sweeps.engine import fused
+from sweeps.spec.document import apply_sets
 from sweeps.spec.sweep import check_data, sweep_spec
 from trainers.config import ConfigError, TrialConfig, trial_config
 from trainers.data import memory_size
@@ -46,7 +47,7 @@ from trainers.loop import Trial
 from trainers.population import Population
 from trainers.prepared import shared
 
-# ImageNet-1k's training images as embeddings (D 2,048, C 1,000), and the issue's sweep
+# ImageNet-1k's training images as embeddings (D 2,048, C 1,000), and the sweep its target is for
 FULL = {"n": 1_281_167, "d": 2048, "c": 1000, "configs": 64, "epochs": 30}
 TRIAL_TIMEOUT_S = 300  # for a per-trial process to hold its data and train its epoch
 
@@ -71,8 +72,8 @@ def make_data(folder: Path, n: int, d: int, c: int, device: torch.device) -> Pat
 
 
 def draws(count: int) -> list[dict[str, float]]:
-    """The random search's configurations (Ray's sampler is not on the GPU machines): lr and
-    lambda log-uniform, rho uniform, as ``sweep_doc``'s space states them."""
+    """The random search's configurations (Ray's sampler needs Ray, which a GPU machine may
+    lack): lr and lambda log-uniform, rho uniform, as ``sweep_doc``'s space states them."""
     rng = np.random.default_rng(0)
     return [
         {
@@ -189,7 +190,7 @@ def fused_sweep(args: argparse.Namespace, data: Path, prepared: Path) -> None:
     peak = device_peak()
     best = max(finals, key=lambda i: finals[i]["val_acc"] if not finals[i]["diverged"] else -1)
     t = time.perf_counter()
-    cfg = trial_config(_config_of(plan, best))
+    cfg = trial_config(apply_sets({}, plan.configs[best]))
     refit = Trial(cfg, shared(cfg.data, prepared, refit=True))
     refit.run()
     test = refit.evaluate("test")
@@ -208,24 +209,13 @@ def fused_sweep(args: argparse.Namespace, data: Path, prepared: Path) -> None:
         print(f"targets: 64 x 30 epochs fused, end to end under 600 s: {verdict} ({total:.0f} s)")
 
 
-def _config_of(plan: fused.Plan, id_: str) -> dict[str, Any]:
-    for p in plan.populations:
-        if id_ in p.ids:
-            return p.configs[p.ids.index(id_)]
-    raise KeyError(id_)
-
-
 def one_trial(cfg: dict[str, Any], prepared: str, barrier: Any, out: Any) -> None:
     """A per-trial engine's trial: its own copy of the data on the device, one epoch; waits at
     ``barrier`` holding it, so that the parent reads the device memory of all of them."""
     cfg_ = trial_config(cfg)
-    start = time.perf_counter()
-    trial = Trial(cfg_, shared(cfg_.data, prepared))
-    metrics = trial.run()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
-    out.put((time.perf_counter() - start, peak, metrics["val_acc"]))
+    trial = Trial(cfg_, shared(cfg_.data, prepared))  # held until the parent has read
+    trial.run()
+    out.put(torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0)
     barrier.wait()
     barrier.wait()  # the parent has read the device's memory
 
@@ -267,7 +257,7 @@ def per_trial(args: argparse.Namespace, data: Path, prepared: Path) -> None:
     if torch.cuda.is_available():
         free, total = torch.cuda.mem_get_info()
         held = memory_size(total - free)
-    results = [out.get() for _ in procs]
+    peaks = [out.get() for _ in procs]
     barrier.wait()
     for p in procs:
         p.join()
@@ -275,7 +265,7 @@ def per_trial(args: argparse.Namespace, data: Path, prepared: Path) -> None:
         f"per trial, gpu {args.gpu_share:g}: {count} trials at once, each its own copy: "
         f"{time.perf_counter() - start:.1f} s for one epoch each (start-up included); "
         f"device memory in use while they all held their data: {held}; each trial's peak: "
-        + ", ".join(memory_size(peak) for _, peak, _ in results),
+        + ", ".join(memory_size(peak) for peak in peaks),
         flush=True,
     )
 

@@ -261,8 +261,8 @@ def test_the_kernel_profile_prints_a_table_per_trainer():
 
 
 def test_the_linear_probe_benchmark_runs_where_ray_mlflow_and_optuna_are_not(tmp_path):
-    """bench/scale_gpu.py runs on the lent GPU machines, which have torch and the scientific
-    stack only: here the three are shadowed by modules that refuse to import."""
+    """bench/scale_gpu.py runs on a GPU machine that has torch and the scientific stack only:
+    here the three are shadowed by modules that refuse to import."""
     for name in ("ray", "mlflow", "optuna"):
         (tmp_path / f"{name}.py").write_text(f"raise ImportError('no {name} here')\n")
     bench = Path(__file__).resolve().parents[1] / "bench" / "scale_gpu.py"

@@ -223,8 +223,9 @@ def plan(spec: SweepSpec, sampled: list[dict[str, Any]]) -> Plan:
         rng = np.random.default_rng(s.seed)
         odds = asha.bracket_odds()
         brackets = [int(rng.choice(len(odds), p=odds)) for _ in cfgs]
+    flats = [cfg.flat() for cfg in cfgs]
     groups: dict[str, list[int]] = {}
-    for i, flat in enumerate(cfg.flat() for cfg in cfgs):
+    for i, flat in enumerate(flats):
         shared = {k: v for k, v in flat.items() if unfusable(k)}
         groups.setdefault(json.dumps(shared, sort_keys=True), []).append(i)
     chunks = [
@@ -249,7 +250,7 @@ def plan(spec: SweepSpec, sampled: list[dict[str, Any]]) -> Plan:
     ]
     return Plan(
         params=dict(zip(ids, params)),
-        configs={i: cfg.flat() for i, cfg in zip(ids, cfgs)},
+        configs=dict(zip(ids, flats)),
         populations=populations,
     )
 
