@@ -57,7 +57,7 @@ CASES = {  # name -> (config, --set overrides)
 }
 # every SweepTracker method the Recorder, its writer thread and sync call
 TRACKER_CALLS = ("open_sweep", "start_sweep", "end_sweep", "ensure_trial", "trial_started")
-TRACKER_CALLS += ("trial_result", "log_results", "trial_ended", "write_trial", "write_trials")
+TRACKER_CALLS += ("log_results", "trial_ended", "write_trial", "write_trials")
 TRACKER_CALLS += ("save_state",)
 
 

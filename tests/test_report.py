@@ -20,7 +20,7 @@ from PIL import Image
 from sklearn.datasets import make_classification
 
 from sweeps.spec.sweep import sweep_spec
-from sweeps.tracking.reader import artifact_paths, latest_trials_page, run_url, trials_page_url
+from sweeps.tracking.reader import latest_trials_page, run_url, trials_page_url
 from sweeps.view.naming import format_value, run_name
 from sweeps.view.report import SweepData, find_folder, load, write_report
 from sweeps.view.sections import lr_spread, rungs, sections, top_trials
@@ -256,7 +256,7 @@ def test_page_opens_in_chromium_with_every_image(swept, tmp_path):
 def test_report_files_are_artifacts_of_the_parent_run(swept):
     kind, page, data, uri = swept
     parent = data.runs.parent.run_id
-    filed = {Path(p).name for p in artifact_paths(uri, parent, "report")}
+    filed = {Path(a.path).name for a in MlflowClient(uri).list_artifacts(parent, "report")}
     assert filed == {p.name for p in page.parent.iterdir()}
     assert "index.html" in filed
 

@@ -230,7 +230,7 @@ def test_two_jobs_at_once_each_use_their_own_ray(two_jobs, ray_tmp):
         times = re.findall(r"^\[sweeps (\d\d:\d\d:\d\d)\]", log, re.M)
         spans.append((times[0], times[-1]))
     assert heads[0] != heads[1] and all(20000 <= p < 32700 for p in heads)
-    assert heads[0] == sub.ray_ports(int(two_jobs[0][0]))["gcs"]  # the formula's slot, free
+    assert heads[0] == ray_ports(int(two_jobs[0][0]))["gcs"]  # the formula's slot, free
     assert temps[0] != temps[1]
     assert max(s for s, _ in spans) <= min(e for _, e in spans), f"no overlap: {spans}"
     no_ray_left(ray_tmp)
@@ -472,17 +472,29 @@ def test_workers_script_key_lines(capsys, monkeypatch, tmp_path):
     assert "--set resources.gpu=0.25 --set resources.cpu=2 --set search.max_failures=3" in text
 
 
+# slurm/ray.sh's formula (ray_slot, then Ray's ports in order): 100 ports for node `node` of
+# job `job_id`, in one of 127 slots from port 20000.
+PORT_NAMES = "gcs node_manager object_manager client_server dashboard dashboard_agent_http"
+PORT_NAMES += " dashboard_agent_grpc metrics runtime_env_agent"
+
+
+def ray_ports(job_id: int, node: int = 0) -> dict[str, int]:
+    first = 20000 + 100 * ((job_id + node) % 127)
+    ports = {name: first + i for i, name in enumerate(PORT_NAMES.split())}
+    return ports | {"min_worker": first + 10, "max_worker": first + 99}
+
+
 def test_ports_differ_between_jobs_and_stay_in_range():
     seen = {}
     for job in range(1, 500):
-        ports = sub.ray_ports(job)
+        ports = ray_ports(job)
         assert min(ports.values()) >= 20000 and max(ports.values()) <= 32699
         assert len(set(ports.values())) == len(ports)
         assert ports["max_worker"] - ports["min_worker"] == 89
         seen.setdefault(ports["gcs"], []).append(job)
     for jobs in seen.values():  # 127 consecutive job ids never share a slot
         assert all(b - a >= 127 for a, b in zip(jobs, jobs[1:]))
-    assert sub.ray_ports(41, node=1)["gcs"] == sub.ray_ports(42)["gcs"]
+    assert ray_ports(41, node=1)["gcs"] == ray_ports(42)["gcs"]
 
 
 def bash(script: str, **env: str) -> str:
@@ -500,11 +512,11 @@ def bash(script: str, **env: str) -> str:
 def test_shell_and_python_give_the_same_ports():
     for job, node in ((1, 0), (126, 1), (127, 0), (123456789, 3)):
         got = bash(f"ray_slot {node}", SLURM_JOB_ID=str(job))
-        assert int(got) == sub.ray_ports(job, node)["gcs"]
+        assert int(got) == ray_ports(job, node)["gcs"]
 
 
 def test_a_busy_slot_is_skipped():
-    first = sub.ray_ports(5)["gcs"]
+    first = ray_ports(5)["gcs"]
     with socket.socket() as s:
         s.bind(("", first + 42))  # one port of the slot taken, e.g. by another job's Ray
         s.listen()
@@ -512,7 +524,7 @@ def test_a_busy_slot_is_skipped():
 
 
 def test_a_slot_claimed_by_another_job_is_skipped(tmp_path):
-    first = sub.ray_ports(5)["gcs"]
+    first = ray_ports(5)["gcs"]
     with open(tmp_path / f"sweeps-ray-slot-{first}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a job running there holds it
         got = bash("ray_ports 0; echo $RAY_PORT", SLURM_JOB_ID="5", SWEEPS_RAY_TMP=str(tmp_path))
@@ -543,7 +555,7 @@ def test_jobs_starting_at_once_with_one_slot_get_different_ports(tmp_path):
             p.communicate(timeout=60)
     # each scans up from the formula's slot; one taken by anything else on this machine (the
     # other pytest worker's test cluster runs job 5 too) moves both on: distinct blocks only
-    first = sub.ray_ports(5)["gcs"]
+    first = ray_ports(5)["gcs"]
     steps = sorted((port - first) % 12700 for port in ports)
     assert steps[0] % 100 == 0 and steps[1] % 100 == 0 and steps[0] < steps[1], ports
 

@@ -94,7 +94,7 @@ def test_one_point_per_epoch_only_curve_keys(uri: str, tmp_path: Path) -> None:
     tr.start_sweep({})
     tr.trial_started("t1", CONFIG)
     for epoch in (1, 2, 3):
-        tr.trial_result("t1", epoch_metrics(epoch))
+        tr.log_results("t1", [epoch_metrics(epoch)])
     run = MlflowClient(uri).get_run(tr.trials["t1"])
     assert set(run.data.metrics) == {
         "train_loss",
@@ -119,7 +119,7 @@ def test_resume_reopens_same_runs_without_duplicates(uri: str, tmp_path: Path) -
     tr.trial_started("t1", CONFIG)
     child = tr.trials["t1"]
     for epoch in (1, 2, 3):
-        tr.trial_result("t1", epoch_metrics(epoch))
+        tr.log_results("t1", [epoch_metrics(epoch)])
     tr.end_sweep("interrupted")  # the driver stopped: everything KILLED
     client = MlflowClient(uri)
     assert client.get_run(parent).info.status == "KILLED"
@@ -133,7 +133,7 @@ def test_resume_reopens_same_runs_without_duplicates(uri: str, tmp_path: Path) -
     assert client.get_run(parent).data.params == {"a": "1", "b": "2"}
     assert client.get_run(child).info.status == "RUNNING"
     for epoch in (1, 2, 3, 4, 5):  # replayed from the checkpoint
-        again.trial_result("t1", epoch_metrics(epoch))
+        again.log_results("t1", [epoch_metrics(epoch)])
     assert steps(client, child) == [1, 2, 3, 4, 5]
     assert len(client.search_runs([again.experiment_id])) == 2
 
@@ -142,12 +142,12 @@ def test_result_for_a_trial_resumed_without_trial_started(uri: str, tmp_path: Pa
     tr = new_tracker(uri, tmp_path)
     tr.start_sweep({})
     tr.trial_started("t1", CONFIG)
-    tr.trial_result("t1", epoch_metrics(1))
-    tr.trial_result("t1", epoch_metrics(2))
+    tr.log_results("t1", [epoch_metrics(1)])
+    tr.log_results("t1", [epoch_metrics(2)])
     again = new_tracker(uri, tmp_path)
     again.start_sweep({})
-    again.trial_result("t1", epoch_metrics(2))  # last epoch read back from MLflow
-    again.trial_result("t1", epoch_metrics(3))
+    again.log_results("t1", [epoch_metrics(2)])  # last epoch read back from MLflow
+    again.log_results("t1", [epoch_metrics(3)])
     assert steps(MlflowClient(uri), tr.trials["t1"]) == [1, 2, 3]
 
 
@@ -155,8 +155,8 @@ def test_diverged_record_is_not_logged_but_tagged(uri: str, tmp_path: Path) -> N
     tr = new_tracker(uri, tmp_path)
     tr.start_sweep({})
     tr.trial_started("t1", CONFIG)
-    tr.trial_result("t1", epoch_metrics(1))
-    tr.trial_result("t1", epoch_metrics(2, diverged=True))
+    tr.log_results("t1", [epoch_metrics(1)])
+    tr.log_results("t1", [epoch_metrics(2, diverged=True)])
     tr.trial_ended("t1", "diverged", 2)
     run = MlflowClient(uri).get_run(tr.trials["t1"])
     assert steps(MlflowClient(uri), run.info.run_id) == [1]
@@ -205,7 +205,7 @@ def test_unknown_outcome_and_unknown_trial_are_refused(uri: str, tmp_path: Path)
     with pytest.raises(ValueError, match="outcome"):
         tr.trial_ended("t1", "stopped", 1)
     with pytest.raises(KeyError, match="t9"):
-        tr.trial_result("t9", epoch_metrics(1))
+        tr.log_results("t9", [epoch_metrics(1)])
 
 
 def test_end_sweep_leaves_nothing_running_and_records_best(uri: str, tmp_path: Path) -> None:
@@ -214,8 +214,8 @@ def test_end_sweep_leaves_nothing_running_and_records_best(uri: str, tmp_path: P
     tr.trial_started("t1", CONFIG)
     tr.trial_started("t2", CONFIG)
     for epoch in (1, 2):
-        tr.trial_result("t1", epoch_metrics(epoch))
-        tr.trial_result("t2", epoch_metrics(epoch))
+        tr.log_results("t1", [epoch_metrics(epoch)])
+        tr.log_results("t2", [epoch_metrics(epoch)])
     tr.trial_ended("t1", "completed", 2)
     model = tmp_path / "ckpt"
     model.mkdir()
@@ -386,7 +386,7 @@ def test_logging_over_a_real_server(tmp_path: Path) -> None:
         parent = tr.start_sweep({"sweep.name": "srv"})
         tr.trial_started("t1", CONFIG)
         for epoch in (1, 2, 3):
-            tr.trial_result("t1", epoch_metrics(epoch))
+            tr.log_results("t1", [epoch_metrics(epoch)])
         tr.trial_ended("t1", "completed", 3)
         model = tmp_path / "ckpt"
         model.mkdir()

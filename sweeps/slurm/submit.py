@@ -39,16 +39,6 @@ PACKAGE = Path(str(resources.files("sweeps.slurm")))
 PROFILES, SLURM_DIR = (PACKAGE / "profiles").resolve(), (PACKAGE / "scripts").resolve()
 MODES = ("single-job", "workers")
 WORKERS_MIN_FAILURES = 3  # workers mode: a worker leaving fails its trials; retry them elsewhere
-# Ports: slurm/ray.sh's ray_slot, the same formula: 100 ports for node `node` of job `job_id`.
-PORT_FIRST, PORT_SLOTS, SLOT_PORTS = 20000, 127, 100
-PORT_NAMES = "gcs node_manager object_manager client_server dashboard dashboard_agent_http"
-PORT_NAMES += " dashboard_agent_grpc metrics runtime_env_agent"
-
-
-def ray_ports(job_id: int, node: int = 0) -> dict[str, int]:
-    first = PORT_FIRST + SLOT_PORTS * ((job_id + node) % PORT_SLOTS)
-    ports = {name: first + i for i, name in enumerate(PORT_NAMES.split())}
-    return ports | {"min_worker": first + 10, "max_worker": first + SLOT_PORTS - 1}
 
 
 @dataclass

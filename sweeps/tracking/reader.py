@@ -106,11 +106,6 @@ def log_report(tracking_uri: str, run_id: str, folder: Path, artifact_path: str 
     MlflowClient(tracking_uri).log_artifacts(run_id, str(folder), artifact_path)
 
 
-def artifact_paths(tracking_uri: str, run_id: str, path: str) -> list[str]:
-    """The artifacts under ``path`` of a run."""
-    return [a.path for a in MlflowClient(tracking_uri).list_artifacts(run_id, path)]
-
-
 def param_value(text: str | None) -> Any:
     """An MLflow param (a string) back to the int, float or string that was logged."""
     if text is None:

@@ -419,12 +419,9 @@ class SweepTracker:
         """Create the trial's child run with its config as params, or reopen it on resume."""
         self.write_trial(trial_id, config=config, name=name, new_tags=tags)
 
-    def trial_result(self, trial_id: str, metrics: dict[str, Any]) -> None:
-        """Log one epoch's curves at step = epoch; replayed or diverged epochs are skipped."""
-        self.write_trial(trial_id, results=[metrics])
-
     def log_results(self, trial_id: str, results: list[dict[str, Any]]) -> None:
-        """Log the curves of the epochs the run lacks (step = epoch), in one batch."""
+        """Log the curves of the epochs the run lacks (step = epoch), in one batch; replayed
+        or diverged epochs are skipped."""
         self.write_trial(trial_id, results=results)
 
     def trial_ended(
