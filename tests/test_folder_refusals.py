@@ -156,3 +156,43 @@ def test_resume_of_a_sweep_another_process_runs_names_it(workdir):
         holder.kill()
         holder.wait()
     assert sorted(p.name for p in folder.iterdir()) == ["history.jsonl", "sweep.lock", "sweep.yaml"]
+
+
+def test_run_resume_with_another_config_is_refused_and_changes_nothing(workdir):
+    """`sweep run CONFIG --resume` of a sweep saved with other data: its trials so far were
+    trained on the saved config, so the mix is refused, naming the key and both values."""
+    folder = saved_sweep(workdir)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    cfg = str(workdir / "saved.yaml")
+    line = refused(
+        ["run", cfg, "--resume", "--set", "data.source=digits", "--set", "data.path=null"],
+        workdir,
+        "sweep.yaml holds sweep saved with another config: data.path",
+        'data.source "npz" there, "digits" here',
+        "sweep resume saved",
+    )
+    assert "train." not in line  # only what differs
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # lock released too
+    assert not list(workdir.glob("*.db"))
+
+
+def test_resume_may_change_where_a_sweep_runs_not_what_it_is(workdir):
+    """What a requeued SLURM job changes (resources, search.max_failures, mlflow, storage)
+    passes; a searched key or a search setting does not."""
+    from sweeps.spec import document
+    from sweeps.spec.sweep import check_same_sweep, sweep_spec
+    from trainers.config import ConfigError
+
+    saved_sweep(workdir)
+    doc = document.load(workdir / "saved.yaml")
+    moved = {"resources": {"cpu": 2, "gpu": 0.5}, "search": {"type": "grid", "max_failures": 3}}
+    moved |= {"mlflow": {"tracking_uri": "http://127.0.0.1:5000"}, "storage": "runs"}
+    os.chdir(workdir)
+    check_same_sweep(sweep_spec({**doc, **moved}))
+    for other, key in [
+        ({"space": {"train.lr": {"grid": [0.1, 0.2]}}}, "space.train.lr unset there"),
+        ({"search": {"type": "grid", "seed": 1}}, "search.seed 0 there, 1 here"),
+        ({"train": {**doc["train"], "epochs": 9}}, "train.epochs 4 there, 9 here"),
+    ]:
+        with pytest.raises(ConfigError, match=key):
+            check_same_sweep(sweep_spec({**doc, **other}))

@@ -31,7 +31,7 @@ from sweeps.record.outcomes import CHOOSABLE, SweepOutcome
 from sweeps.record.recorder import Recorder
 from sweeps.record.results import first_error_line, format_table, mark_chosen, trial_row, write_csv
 from sweeps.spec.document import apply_sets
-from sweeps.spec.sweep import SweepSpec, check_data
+from sweeps.spec.sweep import SweepSpec, check_data, check_same_sweep
 from sweeps.tracking.store import sqlite_file, usable_store
 from sweeps.tracking.sync import CHILD_RUNS, sync
 from sweeps.tracking.writer import SweepTracker, read_state
@@ -80,6 +80,8 @@ def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False, exiting: boo
         with stopping.deferred():
             history = None
             if files.root.exists():
+                if resume:  # before the lock: a refusal leaves the folder as it was
+                    check_same_sweep(spec)
                 claim(files, lock, resume)
                 history = HistoryFile(files.history).read(spec.name)  # damaged: refused now
                 read_state(files.state)

@@ -30,7 +30,13 @@ from pathlib import Path
 
 from sweeps.record.layout import DEFAULT_DB, SweepFolder
 from sweeps.spec import document as config_file
-from sweeps.spec.sweep import TRACKING_URI_PATTERN, TRACKING_URI_WHAT, SweepSpec, sweep_spec
+from sweeps.spec.sweep import (
+    TRACKING_URI_PATTERN,
+    TRACKING_URI_WHAT,
+    SweepSpec,
+    check_same_sweep,
+    sweep_spec,
+)
 from trainers.rules import ConfigError, Rule, shown, unknown_key_error
 
 # On disk, the links followed (in a checkout: configs/clusters/ and slurm/): the job sources
@@ -250,6 +256,8 @@ def _check_environment(args: argparse.Namespace, spec: SweepSpec) -> None:
             f"{spec.folder} holds sweep {spec.name} already; continue it with --resume, "
             "or pick another --name"
         )
+    if args.resume:
+        check_same_sweep(spec)
     if not args.dry_run and not shutil.which("sbatch"):
         raise ConfigError("sbatch not found: run `sweep submit` where SLURM is (a login node)")
     if not (SLURM_DIR / "ray.sh").is_file():

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeps.record.layout import DEFAULT_STORAGE, SweepFolder
-from sweeps.spec.document import apply_sets, trainer_config
+from sweeps.spec.document import apply_sets, load_document, trainer_config
 from sweeps.spec.space import Dimension, Space, distribution_of
 from trainers.config import TOGETHER, ConfigError, TrialConfig, trial_config, unfusable
 from trainers.rules import Rule, check_mapping
@@ -266,6 +266,14 @@ def _dimension(key: str, given: Any, search_type: str) -> Dimension:
 
 def _check_search(search: Search, trial: TrialConfig, space: Space) -> None:
     """The rules of the adaptive searches, each refusal naming its key and what to change."""
+    if not space and search.num_samples > 1 and search.type not in ("grid", "pbt"):
+        # (a grid's repeats each draw a train.seed: sweeps/search/draws.py; pbt says what it
+        # searches below)
+        raise ConfigError(
+            f"space is empty: the {search.num_samples} configurations of a {search.type} search "
+            "would all be the same; add keys under space (e.g. train.lr: {loguniform: [1e-3, "
+            "0.3]}), or set search.num_samples: 1"
+        )
     epochs = trial.train.epochs
     if search.type in STOPS_EARLY and search.grace_period > epochs:
         raise ConfigError(
@@ -324,6 +332,27 @@ def _check_corners(trial: TrialConfig, space: Space) -> None:
                 rule.check({**flat, **dict(zip(rule.keys, values))}, " (a corner of space)")
 
 
+def asks_cuda(trial: TrialConfig, space: Space) -> tuple[str, str] | None:
+    """Whether the trials are told train.device cuda (fixed, or among its searched values),
+    which fails in a trial that gets no GPU: (what a refusal says of it, the fix that keeps no
+    GPU), or None."""
+    if "train.device" in space:
+        if "cuda" in space["train.device"].corners():
+            return "space.train.device includes cuda", "take cuda out of space.train.device"
+    elif trial.train.device == "cuda":
+        return "train.device is cuda", "set train.device: auto (the GPU where there is one)"
+    return None
+
+
+def _check_device(trial: TrialConfig, space: Space, resources: Resources) -> None:
+    if resources.gpu == 0 and (cuda := asks_cuda(trial, space)):
+        said, fix = cuda
+        raise ConfigError(
+            f"{said} but resources.gpu is 0, so no trial gets a GPU; set resources.gpu (1: a "
+            f"GPU per trial, 0.25: four trials to a GPU), or {fix}"
+        )
+
+
 def _check_dependencies(trial: TrialConfig, space: Space) -> None:
     for key, (parent, needs) in DEPENDS_ON.items():
         if key in space and not set(reachable(parent, trial, space)) & set(needs):
@@ -349,6 +378,7 @@ def sweep_spec(doc: dict[str, Any], name: str | None = None) -> SweepSpec:
     _check_dependencies(trial, space)
     _check_corners(trial, space)
     _check_search(search, trial, space)
+    _check_device(trial, space, resources)
     if (configs := space.grid_points() * search.num_samples) > MAX_CONFIGS:
         raise ConfigError(
             f"search.num_samples x the grid's points must be <= {MAX_CONFIGS} configurations; "
@@ -406,3 +436,41 @@ def check_data(spec: SweepSpec) -> DataSize:
             f"train.batch_size must be <= the training split ({smallest} examples); got {largest}"
         )
     return size
+
+
+# What a resumed sweep may be given anew: where it runs and what its trials get, not what they are.
+RESUMABLE = ("search.max_failures",)
+
+
+def check_same_sweep(spec: SweepSpec) -> None:
+    """Refuse to resume the sweep in ``spec``'s folder with another config: its trials so far
+    were trained on the saved one, and a mix would compare configurations on different data or
+    rules. Resources, storage, mlflow and search.max_failures may change (a requeued SLURM job
+    gets other nodes)."""
+    files = spec.files
+    if not files.config.exists():
+        return
+    saved = sweep_spec({**load_document(files.config), "name": spec.name})
+    was, now = _defining(saved), _defining(spec)
+    changed = [k for k in sorted(was.keys() | now.keys()) if was.get(k) != now.get(k)]
+    if changed:
+        said = "; ".join(
+            f"{k} {_shown(was.get(k))} there, {_shown(now.get(k))} here" for k in changed[:3]
+        )
+        more = f" (and {len(changed) - 3} more)" if len(changed) > 3 else ""
+        raise ConfigError(
+            f"{files.config} holds sweep {spec.name} with another config: {said}{more}; "
+            f"continue it as it was with `sweep resume {spec.name}`, or pick another --name"
+        )
+
+
+def _defining(spec: SweepSpec) -> dict[str, Any]:
+    """The keys that decide a sweep's configurations and how they train, dotted."""
+    keys = spec.trial.flat()
+    keys |= {f"search.{k}": v for k, v in asdict(spec.search).items()}
+    keys |= {f"space.{k}": dim.doc() for k, dim in spec.space.items()}
+    return {k: v for k, v in keys.items() if k not in RESUMABLE}
+
+
+def _shown(value: Any) -> str:
+    return "unset" if value is None else json.dumps(value, default=str)
