@@ -44,4 +44,4 @@ format: $(STAMP)
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) runs mlflow.db mlruns .pytest_cache
+	rm -rf $(VENV) runs mlflow.db mlartifacts mlruns .pytest_cache

@@ -8,12 +8,15 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sweeps.engine import stopping
 from sweeps.spec import document as config_file
 from sweeps.spec.document import add_set_argument
 from trainers.rules import ConfigError, Rule
+
+if TYPE_CHECKING:
+    from sweeps.spec.sweep import SweepSpec
 
 EXIT_USER_ERROR = 2
 PORT = Rule(int, low=1, high=65535)
@@ -63,12 +66,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     doc = config_file.load(args.config, args.set)
     spec = sweep_spec(doc, name=args.name)
     if args.dry_run:
+        check_before_ray(spec)
         check_data(spec)
         print(describe(spec))
         return 0
     from sweeps.engine.driver import run
 
     return run(spec, doc, resume=args.resume, exiting=args.exiting)
+
+
+def check_before_ray(spec: SweepSpec) -> None:
+    """What ``sweep run`` checks before Ray with no Ray, writing nothing, for --dry-run: the
+    tracking store answers (a SQLite file that is missing is not made) and the storage can be
+    written (sweeps.engine.driver.run; the checks that need Ray's resources are not made)."""
+    from sweeps.record.layout import unwritable
+    from sweeps.tracking.store import answering_store
+    from sweeps.tracking.writer import read_state
+
+    recorded = read_state(spec.files.state).get("tracking_uri")  # a sweep that ran: its store
+    answering_store(spec.tracking_uri, Path.cwd(), recorded=recorded)
+    if not spec.files.root.exists() and (why := unwritable(spec.files.root)):
+        raise ConfigError(f"storage: {why}; set storage to a folder you can write")
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -136,20 +154,30 @@ def check_port_free(port: int) -> None:
 # ---------------------------------------------------------------- `sweep report`, `sweep status`
 # (the HTML report and where sweeps stand; the work is in sweeps.view.report and sweeps.view.status)
 def cmd_report(args: argparse.Namespace) -> int:
-    """Write a sweep's HTML report and file it on its MLflow parent run."""
+    """Write a sweep's HTML report and file it on its MLflow parent run; --out and
+    --tracking-uri are checked before anything is read or drawn."""
+    from sweeps.record.layout import unwritable
+    from sweeps.tracking.store import resolve_tracking_uri
     from sweeps.view.report import report
 
-    out = Path(args.out) if args.out else None
-    page = report(args.sweep, out, args.storage, args.tracking_uri, log=not args.no_log)
+    out = Path(args.out).expanduser() if args.out else None
+    if out is not None and (why := unwritable(out)):
+        raise ConfigError(f"--out {args.out}: {why}; give a folder you can write")
+    uri = args.tracking_uri  # checked as `sweep ui` checks it; None: the sweep's own store
+    uri = resolve_tracking_uri(uri, Path.cwd(), "--tracking-uri") if uri else None
+    page = report(args.sweep, out, args.storage, uri, log=not args.no_log)
     print(f"report: {page}")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Every sweep's state, progress and best metric; or one sweep's detail."""
+    from sweeps.tracking.store import resolve_tracking_uri
     from sweeps.view.status import show
 
-    print(show(args.name, args.storage, args.tracking_uri))
+    uri = args.tracking_uri  # checked as `sweep ui` checks it; None: each sweep's own store
+    uri = resolve_tracking_uri(uri, Path.cwd(), "--tracking-uri") if uri else None
+    print(show(args.name, args.storage, uri))
     return 0
 
 
@@ -236,11 +264,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="YAML sweep config, e.g. configs/digits_asha.yaml")
     add_set_argument(run, "search.num_samples=8")
     run.add_argument("--name", help="the sweep's name (default: name in the config)")
-    run.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the sweep in its folder with this same config, or start it where there "
+        "is none (what a requeued SLURM job runs)",
+    )
     run.add_argument(
         "--dry-run",
         action="store_true",
-        help="print the resolved space and the number of trials, run nothing",
+        help="check the config, its data, the MLflow store and the storage as a run does "
+        "before Ray; print the resolved space and the number of trials; run and write nothing",
     )
     run.set_defaults(func=cmd_run)
 

@@ -359,6 +359,13 @@ BAD = [
     ("no-label", "csv", _text("a,b\n1,2\n"), {}, r"no column 'label' in .*f\.csv; columns: a, b"),
     ("str-feat", "csv", _text("a,label\nx,0\ny,1\n"), {}, r"f\.csv: feature column 'a'.*'x'"),
     (
+        "str-after-num",  # the example quoted is the first value that is not a number
+        "csv",
+        _text("a,b,label\n1,2,0\n3,x,1\n"),
+        {},
+        r"f\.csv: feature column 'b' is not numeric \(e\.g\. 'x'\)",
+    ),
+    (
         "nan-col",
         "csv",
         _text("a,b,label\n1,,0\n2,3,1\n"),

@@ -137,7 +137,7 @@ def test_the_mlflow_stores_disk_fills_up(tmp_path, monkeypatch, small_disk):
 
 def test_a_sweep_is_refused_before_anything_is_written_on_a_full_disk(tmp_path, small_disk):
     make_data(tmp_path)
-    config = write_config(tmp_path, "none", storage=str(small_disk))
+    config = write_config(tmp_path, "none", storage=str(small_disk), search={"type": "grid"})
     fill(small_disk, MIN_FREE // 2)
     done = subprocess.run(
         [SWEEP, "run", str(config)], cwd=tmp_path, capture_output=True, text=True, timeout=120

@@ -154,3 +154,34 @@ def test_sweep_ui_checks_the_port_before_starting_mlflow(tmp_path, busy_port, ar
     assert done.returncode == 2, done.stderr
     assert done.stderr.splitlines() == [done.stderr.strip()] and message in done.stderr
     assert list(tmp_path.iterdir()) == []  # no mlflow.db
+
+
+READER_CASES = [
+    (["report", "mk3", "--out", "/proc/x", "--no-log"],
+     "error: --out /proc/x: cannot write in /proc ("),
+    (["report", "mk3", "--out", "runs/mk3/sweep.yaml/page"],
+     "error: --out runs/mk3/sweep.yaml/page: {cwd}/runs/mk3/sweep.yaml is a file, not a folder"),
+    (["report", "mk3", "--tracking-uri", "ftp://x"],
+     "error: --tracking-uri must be an MLflow store URI"),
+    (["status", "--tracking-uri", "ftp://x"], "error: --tracking-uri must be an MLflow store URI"),
+    (["status", "mk3", "--tracking-uri", "ftp://x"],
+     "error: --tracking-uri must be an MLflow store URI"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("argv", "message"), READER_CASES)
+def test_report_and_status_check_out_and_tracking_uri_first(tmp_path, monkeypatch, capsys,
+                                                            argv, message):  # fmt: skip
+    """An --out that cannot be written and a --tracking-uri that is no store are refused in one
+    line, before a sweep is read or its report drawn: its folder is left as it was."""
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "runs/mk3/sweep.yaml"
+    config.parent.mkdir(parents=True)
+    config.write_text("name: mk3\nsearch: {type: grid}\n")
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.splitlines() == [captured.err.strip()]
+    assert message.replace("{cwd}", str(tmp_path.resolve())) in captured.err, captured.err
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "runs", "runs/mk3", "runs/mk3/sweep.yaml"
+    ]  # fmt: skip

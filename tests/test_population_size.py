@@ -92,7 +92,8 @@ def test_a_pbt_population_that_does_not_fit_names_its_members():
 @pytest.mark.slow
 def test_a_fused_sweep_records_the_size_it_chose(tmp_path):
     make_data(tmp_path)
-    write_config(tmp_path, "auto", search={"type": "random", "engine": "fused", "num_samples": 6})
+    search = {"type": "random", "engine": "fused", "num_samples": 6}
+    write_config(tmp_path, "auto", search=search, space={"train.lr": {"loguniform": [1e-3, 0.3]}})
     table = finished(tmp_path, "auto")
     assert len(table) == 6
     _, parent, children = runs_of(tmp_path, "auto")

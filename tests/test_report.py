@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from matplotlib.collections import LineCollection
 from mlflow.tracking import MlflowClient
@@ -28,7 +29,7 @@ from trainers.metrics import fold_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from browser import Chromium  # noqa: E402
-from sweeping import runs_of  # noqa: E402
+from sweeping import Hold, output, runs_of, start_sweep  # noqa: E402
 
 SWEEP = str(Path(sys.executable).with_name("sweep"))
 FOLDS = 3
@@ -41,7 +42,8 @@ CONFIGS = {
             "train.lambda": {"grid": [1.0e-4, 1.0e-2]},
         },
     },
-    "random": {
+    "random": {  # asks for half a GPU: a machine without one runs it on the CPU
+        "resources": {"cpu": 1, "gpu": 0.5},
         "search": {"type": "random", "num_samples": 6, "seed": 3},
         "space": {
             "train.lr": {"loguniform": [1.0e-3, 1.0]},
@@ -279,28 +281,39 @@ def test_chosen_config_section_says_what_and_why(swept):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    __import__("torch").cuda.is_available(), reason="its trials fail by asking for a missing GPU"
-)
+def test_the_cost_says_what_each_ray_trial_got(swept):
+    kind, page, data, _ = swept
+    gpu = 0.5 if kind == "random" and torch.cuda.is_available() else 0
+    assert (data.resources.cpu, data.resources.gpu) == (1, gpu)
+    assert f"<th>resources per Ray trial</th><td>1 CPU, {gpu:g} GPU</td>" in page.read_text()
+
+
+@pytest.mark.slow
 def test_a_sweep_where_every_trial_failed_says_so_in_words(workdir):
-    done = run_sweep(  # every trial asks for a GPU on this GPU-less machine: each one errors
-        workdir,
-        "allbad",
-        {
-            "search": {"type": "grid", "max_failures": 0},
-            "space": {"train.device": {"grid": ["cuda"]}},
-        },
-    )
-    assert done.returncode == 1
-    errors = [ln for ln in done.stdout.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1 and "no CUDA GPU" in errors[0], done.stdout  # the first error
+    """Its one trial's data file is deleted after the driver's checks read it (while the driver
+    holds at ray-started), so the trial errors in Ray."""
+    doomed = workdir / "doomed.npz"
+    doomed.write_bytes((workdir / "good.npz").read_bytes())
+    doc = {"name": "allbad", "data": {"source": "npz", "path": str(doomed)}, "train": BASE}
+    doc["search"] = {"type": "grid", "max_failures": 0}
+    (workdir / "allbad.yaml").write_text(yaml.safe_dump(doc))
+    hold = Hold(workdir / "hold-allbad", "ray-started")
+    proc = start_sweep("run", "allbad.yaml", hold=hold, cwd=workdir)
+    hold.reached("ray-started")
+    doomed.unlink()
+    hold.let_go("ray-started")
+    proc.wait()
+    said = output(proc)
+    assert proc.returncode == 1, said
+    errors = [ln for ln in said.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "no such file" in errors[0], said  # the first error
     _, parent, children = runs_of(workdir, "allbad")
     assert parent.info.status == "FAILED"
     assert [r.info.status for r in children.values()] == ["FAILED"]
     made = subprocess.run([SWEEP, "report", "allbad"], cwd=workdir, capture_output=True, text=True)
     assert made.returncode == 0, made.stderr
     text = (workdir / "runs/allbad/report/index.html").read_text()
-    assert "No trial finished" in text and "no CUDA GPU" in text  # the first error, in words
+    assert "No trial finished" in text and "no such file" in text  # the first error, in words
     assert "<img" not in text and not list((workdir / "runs/allbad/report").glob("*.png"))
 
 

@@ -19,7 +19,11 @@ from trainers.config import RULES, ConfigError, trial_config
 from trainers.rules import Rule, shown
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = {"name": "t", "search": {"type": "random", "num_samples": 2}}
+BASE = {  # draws differ only where something is searched (an empty space is refused)
+    "name": "t",
+    "search": {"type": "random", "num_samples": 2},
+    "space": {"train.lr": {"loguniform": [1e-3, 0.3]}},
+}
 
 
 def message(key: str, rule: Rule, value: object) -> str:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -98,6 +99,23 @@ def test_status_of_a_running_then_interrupted_then_completed_sweep(tmp_path):
     assert len([ln for ln in detail.splitlines() if ln.startswith("    ")]) == 4  # last trials
     assert "continue with" not in detail and "driver:" not in detail
 
+    # From another directory: the sweep's own store (its state file names it), none made here.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    runs = str(tmp_path / "runs")
+    assert row_of(status(elsewhere, "--storage", runs), "watched")[1:3] == ["completed", "4/4"]
+    drawn = subprocess.run(
+        [SWEEP, "report", "watched", "--storage", runs],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+    )
+    assert drawn.returncode == 0, drawn.stdout + drawn.stderr
+    page = (tmp_path / "runs/watched/report/index.html").read_text()
+    test_acc = pd.read_csv(tmp_path / "runs/watched/results.csv")["test_acc"].dropna()
+    assert len(test_acc) == 1 and f"<td>{test_acc.iloc[0]:.4f}</td>" in page
+    assert list(elsewhere.iterdir()) == []
+
 
 @pytest.mark.slow
 def test_a_sweep_killed_hard_is_interrupted_since_its_last_write_and_resumes(tmp_path):
@@ -121,6 +139,8 @@ def test_a_sweep_killed_hard_is_interrupted_since_its_last_write_and_resumes(tmp
     detail = status(tmp_path, "killed").splitlines()
     assert detail[0] == "sweep killed: interrupted, 0/4 trials ended"
     assert "  continue with: sweep resume killed" in detail
+    assert "  trials: 1 interrupted, 3 not started" in detail  # the held one ended with it
+    assert "last 1 trials:" in "\n".join(detail) and "running" not in "\n".join(detail)
     (since,) = [ln for ln in detail if ln.startswith("  since: ")]
     stamp = re.fullmatch(r"  since: (\S+ \S+) \([\d.]+ (s|min|h) ago\), no driver", since)
     assert stamp, since

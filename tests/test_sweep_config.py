@@ -10,7 +10,11 @@ from sweeps.spec.sweep import sweep_spec
 from trainers.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE = {"name": "t", "search": {"type": "random", "num_samples": 4}}
+BASE = {  # draws differ only where something is searched (an empty space is refused)
+    "name": "t",
+    "search": {"type": "random", "num_samples": 4},
+    "space": {"train.lr": {"loguniform": [1e-3, 0.3]}},
+}
 
 
 def spec(**extra):
@@ -32,6 +36,10 @@ def test_a_relative_data_path_is_made_absolute_from_where_the_command_runs(tmp_p
     assert load("cfg.yaml")["data"]["path"] == str(tmp_path / "data/x.npz")
     sets = ["data.path=/abs/y.npz"]
     assert load("cfg.yaml", sets)["data"]["path"] == "/abs/y.npz"
+    sets = ["space.data.path={grid: [a.npz, /abs/b.npz]}", "space.train.lr={grid: [0.1]}"]
+    space = load("cfg.yaml", sets)["space"]
+    assert space["data.path"] == {"grid": [str(tmp_path / "a.npz"), "/abs/b.npz"]}  # searched too
+    assert space["train.lr"] == {"grid": [0.1]}
 
 
 def test_number_of_trials():

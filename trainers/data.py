@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 import math
+import numbers
 import pickle
 import struct
 import zipfile
@@ -491,8 +492,9 @@ def _table(cfg: DataConfig) -> tuple[str, list[Split]]:
             continue
         example = next(iter(features[col].dropna()), None)
         if not isinstance(example, list | np.ndarray):
+            bad = _first_not_numeric(features[col].dropna(), example)
             raise ConfigError(
-                f"{path}: feature column {col!r} is not numeric (e.g. {example!r}); every "
+                f"{path}: feature column {col!r} is not numeric (e.g. {bad!r}); every "
                 f"column but data.label_column ({label!r}) must be a number or (parquet) a list "
                 "of numbers"
             )
@@ -502,6 +504,20 @@ def _table(cfg: DataConfig) -> tuple[str, list[Split]]:
     X = np.hstack(blocks) if blocks else np.empty((len(df), 0))
     y = df[label].to_numpy()
     return path.name, [_checked(X, y, str(path), "X", f"column {label!r}", names)]
+
+
+def _first_not_numeric(values: pd.Series, default: object) -> object:
+    """The first value that is not a number (nor the text of one), else ``default``: the
+    example a refusal quotes (a CSV column of ``2, x`` is text throughout, "2" included)."""
+    for v in values:
+        if isinstance(v, str):
+            try:
+                float(v)
+            except ValueError:
+                return v
+        elif not isinstance(v, numbers.Number):
+            return v
+    return default
 
 
 def _embedding(column: pd.Series, where: str) -> np.ndarray:

@@ -31,7 +31,7 @@ from sweeps.record.outcomes import CHOOSABLE, SweepOutcome
 from sweeps.record.recorder import Recorder
 from sweeps.record.results import first_error_line, format_table, mark_chosen, trial_row, write_csv
 from sweeps.spec.document import apply_sets
-from sweeps.spec.sweep import SweepSpec, check_data, check_same_sweep
+from sweeps.spec.sweep import SweepSpec, asks_cuda, check_data, check_same_sweep
 from sweeps.tracking.store import sqlite_file, usable_store
 from sweeps.tracking.sync import CHILD_RUNS, sync
 from sweeps.tracking.writer import SweepTracker, read_state
@@ -72,7 +72,8 @@ def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False, exiting: boo
     sweep's state saved (sweeps/engine/stopping.py)."""
     stopping.install()
     files = spec.files
-    tracking_uri = usable_store(spec.tracking_uri, Path.cwd())
+    recorded = read_state(files.state).get("tracking_uri")  # where its runs are, if it ran
+    tracking_uri = usable_store(spec.tracking_uri, Path.cwd(), recorded=recorded)
     disks = Watch(files.root, sqlite_file(tracking_uri))
     lock = SweepLock(files)
     code = None
@@ -165,7 +166,8 @@ def drive(
     fresh = not ray_tune.can_resume(files)
     try:
         with stopping.deferred():
-            recorder.start_sweep(sweep_params(spec), fresh=fresh)
+            granted = {f"resources.{k}": v for k, v in (resources or {}).items()}
+            recorder.start_sweep(sweep_params(spec) | granted, fresh=fresh)
             print(f"sweep {spec.name}: {spec.num_trials()} trials, results in {files.root}")
             print(f"MLflow: {tracking_uri} (experiment {history.experiment})", flush=True)
             recorder.view = live_view(spec, history)
@@ -222,10 +224,16 @@ def write_report(files: SweepFolder, tracking_uri: str) -> int:
 
 def trial_resources(spec: SweepSpec, cluster: dict[str, float], local: bool) -> dict[str, float]:
     """Per-trial resources. A local Ray is one node: a trial it cannot hold is refused (it
-    would wait forever), except GPU trials without a GPU, which fall back to the CPU. On a
-    cluster (RAY_ADDRESS set) nodes may join later, so the request stands."""
+    would wait forever), except GPU trials without a GPU, which fall back to the CPU (unless
+    told train.device cuda: refused, as they would fail). On a cluster (RAY_ADDRESS set) nodes
+    may join later (a SLURM workers-mode head has none), so the request stands."""
     cpu, gpu = spec.resources.cpu, spec.resources.gpu
     if local and gpu > 0 and cluster.get("GPU", 0) == 0:
+        if cuda := asks_cuda(spec.trial, spec.space):  # (resources.gpu 0: sweep_spec refused)
+            said, fix = cuda
+            raise ConfigError(
+                f"{said} but this machine's Ray has no GPU, so no trial gets one; {fix}"
+            )
         print("no GPU in this Ray cluster: trials run on the CPU", flush=True)
         gpu = 0.0
     for key, want in (("cpu", cpu), ("gpu", gpu)):

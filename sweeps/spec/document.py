@@ -91,11 +91,18 @@ def read_yaml(path: str | Path, what: str = "config file") -> Any:
     return parse_yaml(text, str(path))
 
 
-def load_document(path: str | Path) -> dict[str, Any]:
-    """The YAML mapping in ``path``."""
+EMPTY_HINT = (
+    "give a config of sections (data, model, train; a sweep's search and space too), e.g. "
+    "configs/digits_asha.yaml"
+)
+
+
+def load_document(path: str | Path, empty: str = EMPTY_HINT) -> dict[str, Any]:
+    """The YAML mapping in ``path``; a file with none (empty, or only comments) is refused,
+    ``empty`` saying what it should hold."""
     doc = read_yaml(path)
     if doc is None:
-        doc = {}
+        raise ConfigError(f"{path} is empty; {empty}")
     if not isinstance(doc, dict):
         raise ConfigError(
             f"{path}: a config must be a YAML mapping of sections, not a list or value"
@@ -112,9 +119,10 @@ def load_saved(name: str, storage: str | Path = DEFAULT_STORAGE) -> dict[str, An
     files = SweepFolder.of(storage, name)
     if not files.config.exists():
         raise ConfigError(f"no sweep named {name} under {storage}/ ({files.config} is missing)")
-    doc = load_document(files.config)
+    should = "it should hold the sweep's config"
+    doc = load_document(files.config, should)
     if not doc:
-        raise ConfigError(f"{files.config} is empty; it should hold the sweep's config")
+        raise ConfigError(f"{files.config} is empty; {should}")
     return {**doc, "name": name, "storage": str(storage)}
 
 
@@ -162,13 +170,22 @@ def apply_sets(doc: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
 
 
 def load(path: str | Path, sets: list[str] | None = None) -> dict[str, Any]:
-    """Read ``path`` and apply ``--set`` overrides. A relative data.path is made absolute, from
-    the directory the command runs in: trials run in Ray's trial folders, not there."""
+    """Read ``path`` and apply ``--set`` overrides. A relative data.path, fixed or searched, is
+    made absolute, from the directory the command runs in: trials run in Ray's trial folders,
+    not there."""
     doc = apply_sets(load_document(path), parse_sets(sets or []))
-    data = doc.get("data")
-    if isinstance(data, dict) and isinstance(data.get("path"), str) and data["path"]:
-        data["path"] = str(Path(data["path"]).expanduser().absolute())
+    data, space = doc.get("data"), doc.get("space")
+    if isinstance(data, dict) and "path" in data:
+        data["path"] = _absolute(data["path"])
+    if isinstance(space, dict) and isinstance(searched := space.get("data.path"), dict):
+        for kind, values in searched.items():
+            if isinstance(values, list):
+                searched[kind] = [_absolute(v) for v in values]
     return doc
+
+
+def _absolute(path: Any) -> Any:
+    return str(Path(path).expanduser().absolute()) if isinstance(path, str) and path else path
 
 
 def trainer_config(doc: dict[str, Any]) -> TrialConfig:

@@ -270,9 +270,9 @@ def _check_search(search: Search, trial: TrialConfig, space: Space) -> None:
         # (a grid's repeats each draw a train.seed: sweeps/search/draws.py; pbt says what it
         # searches below)
         raise ConfigError(
-            f"space is empty: the {search.num_samples} configurations of a {search.type} search "
-            "would all be the same; add keys under space (e.g. train.lr: {loguniform: [1e-3, "
-            "0.3]}), or set search.num_samples: 1"
+            f"space is empty: the {search.num_samples} configurations of this {search.type} "
+            "search would all be the same; add keys under space (e.g. train.lr: {loguniform: "
+            "[1e-3, 0.3]}), or set search.num_samples: 1"
         )
     epochs = trial.train.epochs
     if search.type in STOPS_EARLY and search.grace_period > epochs:
@@ -340,7 +340,7 @@ def asks_cuda(trial: TrialConfig, space: Space) -> tuple[str, str] | None:
         if "cuda" in space["train.device"].corners():
             return "space.train.device includes cuda", "take cuda out of space.train.device"
     elif trial.train.device == "cuda":
-        return "train.device is cuda", "set train.device: auto (the GPU where there is one)"
+        return "train.device is cuda", "set train.device to auto (a GPU where there is one) or cpu"
     return None
 
 

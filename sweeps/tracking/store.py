@@ -1,11 +1,12 @@
 """Where a sweep's MLflow store is, and whether it can take the sweep, before anything runs.
 
-The URI comes from the config, else $MLFLOW_TRACKING_URI, else ./mlflow.db. ``check_store``
-asks the store within seconds and writes nothing: a refused sweep leaves nothing behind. A new
-SQLite store's tables take seconds of CPU to make (MLflow runs every schema migration), so
-they are made once per MLflow version into a cached empty store (``empty_store``), copied for
-each new store; ``usable_store`` prepares the copy in a thread while the driver starts Ray, and
-the tracker adopts the made file (``PreparedStore``).
+The URI comes from the config, else $MLFLOW_TRACKING_URI, else, for a sweep that has run, the
+store its state file names, else ./mlflow.db. ``check_store`` asks the store within seconds and
+writes nothing: a refused sweep leaves nothing behind. A new SQLite store's tables take seconds
+of CPU to make (MLflow runs every schema migration), so they are made once per MLflow version
+into a cached empty store (``empty_store``), copied for each new store; ``usable_store``
+prepares the copy in a thread while the driver starts Ray, and the tracker adopts the made file
+(``PreparedStore``).
 """
 
 from __future__ import annotations
@@ -42,12 +43,16 @@ WHY = {  # urllib3's cause of a failed request -> words
 }
 
 
-def resolve_tracking_uri(configured: Any, workdir: Path, key: str = "mlflow.tracking_uri") -> str:
+def resolve_tracking_uri(
+    configured: Any, workdir: Path, key: str = "mlflow.tracking_uri", recorded: str | None = None
+) -> str:
     """The sweep config's ``mlflow.tracking_uri`` (``key`` names where it came from), else
-    $MLFLOW_TRACKING_URI, else a SQLite database in ``workdir``. Relative paths in the
-    configured URI are made absolute against ``workdir`` (the environment's against the
-    current directory): trials and the UI run elsewhere. A bare path ending in .db/.sqlite
-    means a SQLite database. The form is checked by the rule table (sweeps.spec.sweep)."""
+    $MLFLOW_TRACKING_URI, else the store an existing sweep's runs are in (``recorded``, from its
+    state file, while that store's folder is there: a command run from another directory finds
+    them), else a SQLite database in ``workdir``. Relative paths in the configured URI are made
+    absolute against ``workdir`` (the environment's against the current directory): trials and
+    the UI run elsewhere. A bare path ending in .db/.sqlite means a SQLite database. The form
+    is checked by the rule table (sweeps.spec.sweep)."""
     from sweeps.spec.sweep import SWEEP_RULES
 
     rule = SWEEP_RULES["mlflow.tracking_uri"]
@@ -56,15 +61,28 @@ def resolve_tracking_uri(configured: Any, workdir: Path, key: str = "mlflow.trac
     if os.environ.get("MLFLOW_TRACKING_URI"):
         env = rule.check("$MLFLOW_TRACKING_URI", os.environ["MLFLOW_TRACKING_URI"])
         return _absolute(env, Path.cwd())
+    if recorded and ((db := sqlite_file(recorded)) is None or db.parent.is_dir()):
+        return recorded
     return f"sqlite:///{workdir.resolve()}/{DEFAULT_DB}"
 
 
-def usable_store(configured: Any, workdir: Path, key: str = "mlflow.tracking_uri") -> str:
-    """``resolve_tracking_uri``, then ``check_store``; errors name where the URI came from."""
-    uri = resolve_tracking_uri(configured, workdir, key)
+def answering_store(
+    configured: Any, workdir: Path, key: str = "mlflow.tracking_uri", recorded: str | None = None
+) -> str:
+    """``resolve_tracking_uri``, then ``check_store``; errors name where the URI came from.
+    Writes nothing (``sweep run --dry-run``)."""
+    uri = resolve_tracking_uri(configured, workdir, key, recorded)
     if (configured is None or configured == "") and os.environ.get("MLFLOW_TRACKING_URI"):
         key = "$MLFLOW_TRACKING_URI"
     check_store(uri, key)
+    return uri
+
+
+def usable_store(
+    configured: Any, workdir: Path, key: str = "mlflow.tracking_uri", recorded: str | None = None
+) -> str:
+    """``answering_store``, and a new SQLite store's tables made meanwhile."""
+    uri = answering_store(configured, workdir, key, recorded)
     PreparedStore.start(uri)
     return uri
 

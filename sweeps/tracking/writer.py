@@ -78,8 +78,9 @@ class SweepTracker:
 
     The parent is found by the state file's id, else by its ``sweep.id`` tag, else made; the
     children by their parent and ``sweep.trial_id`` tag. With ``state_file`` the ids are kept
-    there (JSON ``{"experiment_id", "parent", "trials": {trial_id: run_id}}``, written
-    atomically); ``sweep sync`` into another store passes none.
+    there (JSON ``{"tracking_uri", "experiment_id", "parent", "trials": {trial_id: run_id}}``,
+    written atomically; the store's URI lets a command run from another directory find it);
+    ``sweep sync`` into another store passes none.
     """
 
     def __init__(self, tracking_uri: str, experiment: str, state_file: Path | None = None) -> None:
@@ -89,7 +90,7 @@ class SweepTracker:
         if tracking_uri.startswith("sqlite:"):
             sqlite_without_fsync()
         self.client = MlflowClient(tracking_uri)
-        self.experiment = experiment
+        self.tracking_uri, self.experiment = tracking_uri, experiment
         self.state_file = Path(state_file) if state_file else None
         state = read_state(self.state_file) if self.state_file else {}
         self.experiment_id = self._experiment_id(tracking_uri)
@@ -514,7 +515,8 @@ class SweepTracker:
         self.unsaved = False
         if self.state_file is None:
             return
-        state = {"experiment_id": self.experiment_id, "parent": self.parent, "trials": self.trials}
+        state = {"tracking_uri": self.tracking_uri, "experiment_id": self.experiment_id}
+        state |= {"parent": self.parent, "trials": self.trials}
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state_file.with_name(self.state_file.name + ".tmp")
         tmp.write_text(json.dumps(state, indent=2))

@@ -28,7 +28,7 @@ from sweeps.record.history import HistoryFile, SweepHistory
 from sweeps.record.layout import DEFAULT_STORAGE, SweepFolder
 from sweeps.record.outcomes import CHOOSABLE, RUNNING
 from sweeps.record.results import best_first
-from sweeps.spec.sweep import SweepSpec, sweep_spec
+from sweeps.spec.sweep import Resources, SweepSpec, sweep_spec
 from sweeps.tracking import tags as tag
 from sweeps.tracking.reader import (
     SweepRuns,
@@ -57,6 +57,13 @@ class SweepData:
     notes: list[str] = field(default_factory=list)  # what could not be read, said on the page
     order: list[str] = field(default_factory=list)  # trial ids in the order they started
     exploits: dict[str, list[dict]] = field(default_factory=dict)  # pbt: each member's
+    granted: Resources | None = None  # what each Ray trial got, where the record says
+
+    @property
+    def resources(self) -> Resources:
+        """Each Ray trial's resources: what it got (a local Ray without a GPU runs GPU trials on
+        the CPU), else what sweep.yaml asked for."""
+        return self.granted or self.spec.resources
 
     @property
     def metric(self) -> str:
@@ -76,9 +83,13 @@ class SweepData:
 
     @property
     def chosen(self) -> str | None:
-        """The chosen trial: the one the parent run names, else the best ranked."""
-        if self.runs is not None and self.runs.parent.tags.get(tag.BEST_TRIAL_ID):
-            return self.runs.parent.tags[tag.BEST_TRIAL_ID]
+        """The chosen trial: the one results.csv marks ``best``, else the best ranked."""
+        if "chosen" in self.table:
+            marked = self.table[
+                self.table["chosen"].fillna("").str.split().map(lambda c: "best" in c)
+            ]
+            if len(marked):
+                return str(marked.iloc[0]["trial_id"])
         return None if self.ranked.empty else str(self.ranked.iloc[0]["trial_id"])
 
     def link(self, trial_id: str) -> str:
@@ -131,8 +142,9 @@ def load(folder: SweepFolder, tracking_uri: str | None = None) -> SweepData:
 
     doc = yaml.safe_load(folder.config.read_text())
     spec = sweep_spec(doc)
-    uri = tracking_uri or resolve_tracking_uri(spec.tracking_uri, Path.cwd())
     state = json.loads(folder.state.read_text()) if folder.state.exists() else {}
+    recorded = state.get("tracking_uri")
+    uri = tracking_uri or resolve_tracking_uri(spec.tracking_uri, Path.cwd(), recorded=recorded)
     runs = read_sweep(uri, spec.name, state.get("parent"))
     notes = [] if runs else [f"The MLflow store {uri} holds no runs of this sweep: no links."]
     finished = folder.results.exists()
@@ -147,6 +159,9 @@ def load(folder: SweepFolder, tracking_uri: str | None = None) -> SweepData:
     data = SweepData(spec, table, record_curves(history), runs, finished, notes)
     data.order = list(history.trials)
     data.exploits = {i: t.exploits for i, t in history.trials.items() if t.exploits}
+    if "resources.cpu" in history.params:
+        got = history.params
+        data.granted = Resources(cpu=got["resources.cpu"], gpu=got["resources.gpu"])
     return data
 
 

@@ -150,15 +150,14 @@ def chosen_config(data: SweepData) -> Section:
         )
     if not data.finished:
         said.append("<b>The sweep has not finished</b>: this is the best so far, never tested.")
-    test = data.runs.parent.metrics if data.runs else {}
     rows = [
         ("configuration", run_name(params(row, data))),
         *[(k, format_value(row[k])) for k in data.spec.space],
         ("epochs trained", int(row["epochs_run"])),
         ("validation accuracy", _f(row["final_val_acc"])),
         ("validation loss", _f(row["final_val_loss"])),
-        ("test accuracy (its one look at the test split)", _f(test.get("best_test_acc"))),
-        ("test loss", _f(test.get("best_test_loss"))),
+        ("test accuracy (its one look at the test split)", _f(row.get("test_acc", math.nan))),
+        ("test loss", _f(row.get("test_loss", math.nan))),
         (
             "train − validation accuracy (the gap)",
             _f(row["final_train_acc"] - row["final_val_acc"]),
@@ -167,7 +166,7 @@ def chosen_config(data: SweepData) -> Section:
     ]
     body = "".join(f"<p>{s}</p>" for s in said) + kv_table(rows)
     if "model.loss" in data.spec.space:
-        body += "<h3>The best of each loss: softmax or hinge?</h3>" + per_loss(data, test)
+        body += "<h3>The best of each loss: softmax or hinge?</h3>" + per_loss(data)
     if data.runs is not None:
         page = trials_page_url(
             ui_base(data.runs.tracking_uri),
@@ -195,7 +194,8 @@ def _range_sentence(data: SweepData, key: str) -> str:
     )
 
 
-def per_loss(data: SweepData, test: dict[str, float]) -> str:
+def per_loss(data: SweepData) -> str:
+    """The best of each loss, with its test look (results.csv's test_acc where it had one)."""
     head = ["loss", "trial", "configuration", "val acc", "val loss", "test acc", "test loss"]
     head.append("train − val acc")
     lines = []
@@ -208,8 +208,8 @@ def per_loss(data: SweepData, test: dict[str, float]) -> str:
                 html.escape(run_name(params(r, data))),
                 _f(r["final_val_acc"]),
                 _f(r["final_val_loss"]),
-                _f(test.get(f"best_{loss}_test_acc")),
-                _f(test.get(f"best_{loss}_test_loss")),
+                _f(r.get("test_acc", math.nan)),
+                _f(r.get("test_loss", math.nan)),
                 _f(r["final_train_acc"] - r["final_val_acc"]),
             ]
         )
@@ -433,7 +433,7 @@ def importance_section(data: SweepData) -> Section:
 def cost(data: SweepData) -> Section:
     """Wall time, summed trial time, CPU- and GPU-hours, trials per outcome."""
     sec = Section("What the sweep cost")
-    t, res = data.table, data.spec.resources
+    t, res = data.table, data.resources
     c = data.curves
     trial_s = float(c["epoch_seconds"].sum()) if "epoch_seconds" in c else math.nan
     wall = held = math.nan
@@ -451,7 +451,7 @@ def cost(data: SweepData) -> Section:
         ("summed trial time (the epochs' training and measuring)", _duration(trial_s)),
         ("summed trial time, start to end (with loading and checkpoints)", _duration(held)),
         ("trials running at once, on average (start to end / wall)", _f(held / wall, 2)),
-        ("resources per trial (sweep.yaml)", f"{res.cpu:g} CPU, {res.gpu:g} GPU"),
+        ("resources per Ray trial", f"{res.cpu:g} CPU, {res.gpu:g} GPU"),
         ("CPU-hours (summed trial time × CPUs per trial)", _g(trial_s * res.cpu / 3600)),
         ("GPU-hours (summed trial time × GPUs per trial)", _g(trial_s * res.gpu / 3600)),
         ("trials planned / recorded", f"{planned} / {len(t)}"),

@@ -33,6 +33,7 @@ from sweeps.record.lock import holder
 from sweeps.record.outcomes import RUNNING, Outcome
 from sweeps.tracking import tags as tag
 from sweeps.tracking.reader import RunInfo, SweepRuns, param_value, read_sweep
+from sweeps.tracking.store import sqlite_file
 from sweeps.tracking.writer import end_tags
 from sweeps.view.naming import run_name
 from trainers.config import ConfigError
@@ -159,38 +160,45 @@ def status_of(folder: SweepFolder, tracking_uri: str | None = None) -> Status:
         st.planned = sweep_spec(doc).num_trials()
     except ConfigError as err:
         st.problem = f"sweep.yaml: {err}"
-    uri = tracking_uri or resolve_tracking_uri(
-        (doc.get("mlflow") or {}).get("tracking_uri"), Path.cwd()
-    )
     state = json.loads(folder.state.read_text()) if folder.state.exists() else {}
+    configured = (doc.get("mlflow") or {}).get("tracking_uri")
+    uri = tracking_uri or resolve_tracking_uri(
+        configured, Path.cwd(), recorded=state.get("tracking_uri")
+    )
     recorded = folder.history.exists()
     try:
-        st.runs = read_sweep(uri, doc.get("name", folder.name), state.get("parent"), not recorded)
+        if (db := sqlite_file(uri)) is None or db.exists():  # (reading a missing one makes it)
+            st.runs = read_sweep(
+                uri, doc.get("name", folder.name), state.get("parent"), not recorded
+            )
     except Exception as err:  # an unreachable server or a locked store: say so, go on
         text = str(err).strip()
         st.problem = f"MLflow {uri}: {text.splitlines()[0] if text else type(err).__name__}"
         return st
+    st.state = _state(st, folder)
     if st.runs is not None and recorded:
         history = HistoryFile(folder.history).read(folder.name)
-        st.runs.trials = record_trials(history, state.get("trials", {}))
-    st.state = _state(st, folder)
+        st.runs.trials = record_trials(history, state.get("trials", {}), st.state == "running")
     return st
 
 
-def record_trials(history: SweepHistory, run_ids: dict[str, str]) -> dict[str, RunInfo]:
+def record_trials(history: SweepHistory, run_ids: dict[str, str], live: bool) -> dict[str, RunInfo]:
     """The record's trials as their runs would show them (``run_ids``: the state file's):
     status and outcome, the config as params, the last finite epoch's curves as metrics; the
-    first and last epochs' times stand for the start and the end."""
+    first and last epochs' times stand for the start and the end. A trial that had not ended
+    when its sweep stopped (not ``live``) is interrupted."""
     trials = {}
     for trial_id, t in history.trials.items():
         times = [r["time"] for r in t.results if "time" in r]
-        ended = t.end is not None
+        end = t.end
+        if end is None and not live:
+            end = {"outcome": Outcome.INTERRUPTED, "epochs_run": len(t.results)}
         trials[trial_id] = RunInfo(
             run_ids.get(trial_id, ""),
-            Outcome.of(t.end["outcome"]).run_status if ended else "RUNNING",
+            Outcome.of(end["outcome"]).run_status if end else "RUNNING",
             times[0] if times else 0,
-            times[-1] if ended and times else None,
-            end_tags(**t.end) if ended else {},
+            times[-1] if end and times else None,
+            end_tags(**end) if end else {},
             {k: str(v) for k, v in t.config.items()},
             curve_points(t.last_finite),
         )
@@ -198,8 +206,12 @@ def record_trials(history: SweepHistory, run_ids: dict[str, str]) -> dict[str, R
 
 
 def _state(st: Status, folder: SweepFolder) -> str:
-    if st.runs is None:
-        return "running" if st.alive else "not started"  # Ray starting: no MLflow run yet
+    if st.runs is None:  # Ray starting (no MLflow run yet), or a store without the sweep
+        if st.alive:
+            return "running"
+        if folder.results.exists():
+            return "completed"
+        return "interrupted" if folder.history.exists() else "not started"
     parent = st.runs.parent
     if parent.status == "RUNNING":  # not ended: killed hard, unless a driver still runs it
         return "running" if st.alive else "interrupted"
@@ -294,7 +306,8 @@ def format_detail(s: Status, now_ms: float | None = None) -> str:
             f"({run_name(_params(run, s.space))}, {_outcome(run)})"
         )
     recent = sorted(s.runs.trials.items(), key=lambda tr: tr[1].end_ms or now_ms, reverse=True)
-    lines.append(f"  last {min(LAST, len(recent))} trials:")
+    if recent:
+        lines.append(f"  last {min(LAST, len(recent))} trials:")
     for trial, run in recent[:LAST]:
         value = run.metrics.get(s.metric, math.nan)
         epochs = run.tags.get(tag.EPOCHS_RUN, "-")
