@@ -209,3 +209,17 @@ def went_on_from_checkpoints(trial: list[tuple[list[int], bool]]) -> bool:
             last = epoch
         saved = last if checkpointed else saved
     return True
+
+
+def one_error_line(capsys, argv: list[str], work: Path) -> str:
+    """``sweep ARGV`` in this process: exit 2, one error line, nothing on stdout, nothing in
+    ``work`` (no runs/, no mlflow.db); the line."""
+    from sweeps.cli import main
+
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert captured.err.endswith("\n") and captured.out == ""
+    assert list(work.iterdir()) == []
+    return lines[0]

@@ -14,6 +14,9 @@ import pytest
 from sweeps.cli import main
 from sweeps.spec import document as config_file
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sweeping import one_error_line  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = str(Path(sys.executable).with_name("sweep"))
 DIGITS = str(ROOT / "configs/digits.yaml")
@@ -43,16 +46,6 @@ def work(tmp_path, monkeypatch):
     cwd.mkdir()
     monkeypatch.chdir(cwd)
     return cwd
-
-
-def one_error_line(capsys, argv: list[str], work: Path) -> str:
-    assert main(argv) == 2
-    captured = capsys.readouterr()
-    lines = captured.err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
-    assert captured.err.endswith("\n") and captured.out == ""
-    assert list(work.iterdir()) == []  # no runs/, no mlflow.db
-    return lines[0]
 
 
 FILE_CASES = [

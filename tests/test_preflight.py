@@ -18,6 +18,9 @@ from sweeps.search.draws import sample_params
 from sweeps.spec.sweep import sweep_spec
 from trainers.config import ConfigError
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sweeping import one_error_line  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = str(Path(sys.executable).with_name("sweep"))
 ASHA = str(ROOT / "configs/digits_asha.yaml")
@@ -32,17 +35,6 @@ def work(tmp_path, monkeypatch):
     monkeypatch.chdir(cwd)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return cwd
-
-
-def one_error_line(capsys, argv: list[str], work: Path) -> str:
-    """``sweep ARGV`` in this process: exit 2, one error line, nothing in ``work``."""
-    assert main(argv) == 2
-    captured = capsys.readouterr()
-    lines = captured.err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
-    assert captured.out == ""
-    assert list(work.iterdir()) == []  # no runs/, no mlflow.db
-    return lines[0]
 
 
 def refused(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
