@@ -128,7 +128,7 @@ def test_best_and_time_left_from_the_events():
         stream=out,
         interactive=False,
         summary_every=1e9,
-        prior={"completed": 2},
+        prior={"p1": "completed", "p2": "error"},
         clock=clock,
     )
     assert view.eta() is None and "estimated after the first" in view.summary()
@@ -146,3 +146,19 @@ def test_best_and_time_left_from_the_events():
     )
     with pytest.raises(ValueError, match="outcome must be one of"):
         view.ended("c", "finished")
+
+
+def test_trials_run_again_after_a_resume_count_once():
+    """After a kill, Ray restores its last snapshot of the sweep: a trial that ended after it is
+    withdrawn and run again (sweeps.record.recorder.withdraw), one that was running then ends
+    again; either way progress counts it once and never passes the plan."""
+    out = io.StringIO()
+    prior = {"a": "completed", "b": "completed", "c": "early_stopped"}
+    view = LiveView(3, stream=out, interactive=False, prior=prior, clock=Clock())
+    view.withdrawn(["b"])
+    assert view.done == 2
+    for trial in ("a", "b"):  # a: restored as running, ends again; b: run again
+        view.started(trial, {"train.lr": 0.1})
+        view.ended(trial, "completed", {"epoch": 1, "val_acc": 0.5})
+    assert [line[:5] for line in out.getvalue().splitlines()] == ["[2/3]", "[3/3]"]
+    assert "3/3 ended, 0 running, 2 completed, 1 stopped early;" in view.summary()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -106,6 +107,9 @@ def test_sigkill_then_resume_continues_the_same_runs(workdir):
     resumed = subprocess.run([SWEEP, "run", str(cfg), "--resume"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     check_complete(workdir, "killed", LRS, 12)
+    # progress counts each trial once, those run again after Ray's snapshot included
+    progress = re.findall(r"^\[ *(\d+)/4\]", resumed.stdout, re.M)
+    assert progress and progress[-1] == "4" and max(map(int, progress)) == 4, resumed.stdout
 
 
 def test_sigterm_interrupts_cleanly_and_sweep_resume_finishes(workdir):

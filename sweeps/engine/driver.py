@@ -194,10 +194,7 @@ def out_of_space(files: SweepFolder, full: DiskFull) -> int:
 def live_view(spec: SweepSpec, history: SweepHistory) -> LiveView:
     """The terminal's view of the sweep (plain lines when output is not a terminal); on a
     resume it counts the trials that ended before."""
-    prior: dict[str, int] = {}
-    for trial in history.trials.values():
-        if trial.end is not None:
-            prior[trial.end["outcome"]] = prior.get(trial.end["outcome"], 0) + 1
+    prior = {i: t.end["outcome"] for i, t in history.trials.items() if t.end is not None}
     s = spec.search
     return LiveView(spec.num_trials(), s.metric, s.mode, spec.name, prior=prior)
 

@@ -101,6 +101,8 @@ class Recorder:
         and a kill came after they began): out of the record and MLflow, since Ray asks for
         their places again; a trial never counts twice."""
         self._record({"event": "trials_withdrawn", "trials": trial_ids})
+        if self.view is not None:
+            self.view.withdrawn(trial_ids)
         self.mlflow.wait()
         self.tracker.withdraw(trial_ids)
 

@@ -53,7 +53,7 @@ class LiveView:
         stream: TextIO | None = None,
         interactive: bool | None = None,
         summary_every: float = 30.0,
-        prior: dict[str, int] | None = None,
+        prior: dict[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.planned, self.metric, self.mode, self.name = planned, metric, mode, name
@@ -61,7 +61,7 @@ class LiveView:
         self.interactive = self.stream.isatty() if interactive is None else interactive
         self.summary_every, self.clock = summary_every, clock
         self.counts = dict.fromkeys(Outcome, 0)  # ended since this driver started (the ETA's rate)
-        self.prior = dict(prior or {})  # ended before a resume: progress, not rate
+        self.prior = dict(prior or {})  # trial id -> outcome, ended before a resume: progress
         self.running: dict[str, dict[str, Any]] = {}  # trial id -> params, epoch, value
         self.recent: list[str] = []  # lines about the latest ended trials
         self.best: tuple[float, str, dict[str, Any]] | None = None  # value, trial, params
@@ -98,6 +98,7 @@ class LiveView:
         metrics = metrics or {}
         with self.lock:
             trial = self.running.pop(trial_id, {"params": {}, "epoch": 0, "value": math.nan})
+            self.prior.pop(trial_id, None)  # restored by Ray from before its end: ends again
             self.counts[outcome] += 1
             value = _number(metrics.get(self.metric, trial["value"]))
             epochs = int(metrics.get("epoch", trial["epoch"]))
@@ -112,6 +113,14 @@ class LiveView:
             done = self.done
         if not self.interactive:
             self._write(f"[{done:>{len(str(self.planned))}}/{self.planned}] {line}")
+        self._tick()
+
+    def withdrawn(self, trial_ids: list[str]) -> None:
+        """Trials that a resumed Ray runs again (sweeps.record.recorder.withdraw): those that
+        had ended no longer count as ended."""
+        with self.lock:
+            for trial_id in trial_ids:
+                self.prior.pop(trial_id, None)
         self._tick()
 
     # ---------------------------------------------------------------- display
@@ -139,7 +148,7 @@ class LiveView:
 
     @property
     def done(self) -> int:
-        return sum(self.counts.values()) + sum(self.prior.values())
+        return sum(self.counts.values()) + len(self.prior)
 
     def eta(self) -> float | None:
         """Seconds left at the rate trials ended since this driver started; None before the
@@ -150,12 +159,17 @@ class LiveView:
         rate = ended_now / max(self.clock() - self.t0, 1e-9)
         return max(0, self.planned - self.done) / rate
 
+    def _counts(self) -> dict[Outcome, int]:
+        """Trials ended per outcome, before a resume and since."""
+        counts = {**self.counts}
+        for outcome in self.prior.values():
+            counts[Outcome.of(outcome)] += 1
+        return counts
+
     def summary(self) -> str:
         """One line: progress, outcomes, best so far, elapsed and left."""
         with self.lock:
-            counts = {**self.counts}
-            for k, v in self.prior.items():
-                counts[k] = counts.get(k, 0) + v
+            counts = self._counts()
             parts = [f"{self.done}/{self.planned} ended", f"{len(self.running)} running"]
             parts += [f"{n} {WORDS[o]}" for o, n in counts.items() if n]
             best = self._best_text()
@@ -165,6 +179,7 @@ class LiveView:
     def render(self) -> Group:
         """The panel rich redraws: header, outcomes, best, running trials, latest ended."""
         with self.lock:
+            counted = self._counts()
             header = Text.assemble(
                 (f"sweep {self.name}  " if self.name else "sweep  ", "bold"),
                 f"{self.done}/{self.planned} trials ended  ",
@@ -172,10 +187,7 @@ class LiveView:
             )
             counts = Text.assemble(
                 (f"{len(self.running)} running", "magenta"),
-                *[
-                    (f"  {self.counts[o] + self.prior.get(o, 0)} {WORDS[o]}", STYLES[o])
-                    for o in Outcome
-                ],
+                *[(f"  {counted[o]} {WORDS[o]}", STYLES[o]) for o in Outcome],
             )
             best = Text(self._best_text(), style="bold")
             table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
