@@ -76,7 +76,12 @@ def test_parent_and_children_nest_and_carry_config(uri: str, tmp_path: Path) -> 
         assert run.info.run_name == trial
         assert run.data.params == {k: str(v) for k, v in {**CONFIG, "train.lr": lr}.items()}
     state = json.loads((tmp_path / "sweep" / "tracking.json").read_text())
-    assert state == {"experiment_id": tr.experiment_id, "parent": parent, "trials": tr.trials}
+    assert state == {
+        "tracking_uri": uri,
+        "experiment_id": tr.experiment_id,
+        "parent": parent,
+        "trials": tr.trials,
+    }
     assert sorted(tr.open_runs()) == sorted([parent, *tr.trials.values()])
 
 
