@@ -111,11 +111,16 @@ class Chromium:
             self.events.append(answer)
 
     def open(self, url: str, timeout: float = 60) -> None:
-        """Navigate and wait for the load event (every image fetched or failed)."""
-        self.call("Page.navigate", page=True, url=url)
+        """Load ``url`` as a new document and wait for its load event (every image fetched or
+        failed). The page goes to about:blank first: a URL that differs from the page's only
+        in its fragment would otherwise be a same-document navigation, which a redirect that
+        the last page had under way (a single-page app's) can undo."""
         deadline = time.monotonic() + timeout
-        while not any(e.get("method") == "Page.loadEventFired" for e in self.events):
-            self.events.append(self._read(deadline))
+        for target in ("about:blank", url):
+            seen = len(self.events)
+            self.call("Page.navigate", page=True, url=target)
+            while not any(e.get("method") == "Page.loadEventFired" for e in self.events[seen:]):
+                self.events.append(self._read(deadline))
 
     def evaluate(self, expression: str) -> Any:
         found = self.call("Runtime.evaluate", page=True, expression=expression, returnByValue=True)
