@@ -116,6 +116,11 @@ def test_status_of_a_running_then_interrupted_then_completed_sweep(tmp_path):
     assert len(test_acc) == 1 and f"<td>{test_acc.iloc[0]:.4f}</td>" in page
     assert list(elsewhere.iterdir()) == []
 
+    (tmp_path / "mlflow.db").unlink()  # the store lost: the folder, its record, says it all
+    assert row_of(status(tmp_path), "watched")[1:3] == ["completed", "4/4"]
+    assert "  trials: 4 completed" in status(tmp_path, "watched").splitlines()
+    assert not (tmp_path / "mlflow.db").exists()  # reading made no store
+
 
 @pytest.mark.slow
 def test_a_sweep_killed_hard_is_interrupted_since_its_last_write_and_resumes(tmp_path):

@@ -2,8 +2,10 @@
 
 The trials come from the folder's record (history.jsonl), which holds every one of them, also
 those that ``mlflow.child_runs: best:N`` gives no run, and reads 10,000 trials in about a
-second where MLflow's search takes tens; MLflow is asked for the parent run alone. A folder
-without a record (a sweep older than it) is read from its MLflow runs.
+second where MLflow's search takes tens; MLflow is asked for the parent run alone. A store
+that lacks the sweep (deleted, or another) leaves its state to the folder: completed with a
+results.csv, else interrupted once it has a record. A folder without a record (a sweep older
+than it) is read from its MLflow runs.
 
 It starts nothing and needs neither Ray nor the data, so it answers from a login node while the
 sweep runs elsewhere as a SLURM job; where the folder holds a job's log (``slurm-<id>.out``) it
@@ -22,7 +24,7 @@ import re
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -65,7 +67,8 @@ class Status:
     metric: str
     mode: str
     space: list[str]
-    runs: SweepRuns | None = None
+    runs: SweepRuns | None = None  # the MLflow parent run (and, without a record, the trials)
+    trials: dict[str, RunInfo] = field(default_factory=dict)  # from the record, else MLflow
     slurm: str | None = None  # "job 123: RUNNING"
     driver: str | None = None  # who holds the folder's lock ("pid 12 on node3"), if anyone
     problem: str = ""  # why something could not be read
@@ -87,10 +90,9 @@ class Status:
     @property
     def counts(self) -> dict[str, int]:
         """Trials per outcome (running ones included; planned but not started last)."""
-        trials = self.runs.trials.values() if self.runs else []
-        found = {o: sum(_outcome(r) == o for r in trials) for o in OUTCOMES}
+        found = {o: sum(_outcome(r) == o for r in self.trials.values()) for o in OUTCOMES}
         if self.planned is not None:
-            found["not started"] = max(0, self.planned - len(trials))
+            found["not started"] = max(0, self.planned - len(self.trials))
         return {k: v for k, v in found.items() if v}
 
     @property
@@ -100,11 +102,9 @@ class Status:
     @property
     def best(self) -> tuple[str, RunInfo] | None:
         """The best trial so far by its latest metric (diverged and failed ones left out)."""
-        if self.runs is None:
-            return None
         scored = [
             (t, r)
-            for t, r in self.runs.trials.items()
+            for t, r in self.trials.items()
             if _outcome(r) not in (Outcome.DIVERGED, Outcome.ERROR)
             and math.isfinite(r.metrics.get(self.metric, math.nan))
         ]
@@ -114,11 +114,9 @@ class Status:
         return max(scored, key=lambda tr: sign * tr[1].metrics[self.metric])
 
     def last_event_ms(self) -> int | None:
-        if self.runs is None:
-            return None
-        times = [self.runs.parent.start_ms]
-        times += [r.end_ms or r.start_ms for r in self.runs.trials.values()]
-        return max(t for t in times if t)
+        times = [self.runs.parent.start_ms] if self.runs else []
+        times += [r.end_ms or r.start_ms for r in self.trials.values()]
+        return max((t for t in times if t), default=None)
 
 
 def _outcome(run: RunInfo) -> str:
@@ -176,9 +174,11 @@ def status_of(folder: SweepFolder, tracking_uri: str | None = None) -> Status:
         st.problem = f"MLflow {uri}: {text.splitlines()[0] if text else type(err).__name__}"
         return st
     st.state = _state(st, folder)
-    if st.runs is not None and recorded:
+    if recorded:  # (with or without its MLflow runs)
         history = HistoryFile(folder.history).read(folder.name)
-        st.runs.trials = record_trials(history, state.get("trials", {}), st.state == "running")
+        st.trials = record_trials(history, state.get("trials", {}), st.state == "running")
+    elif st.runs is not None:
+        st.trials = st.runs.trials
     return st
 
 
@@ -292,7 +292,7 @@ def format_detail(s: Status, now_ms: float | None = None) -> str:
         lines.append(f"  continue with: {resume_command(s)}")
     if s.problem:
         lines.append(f"  problem: {s.problem}")
-    if s.runs is None:
+    if s.runs is None and not s.trials:
         return "\n".join(lines)
     last = s.last_event_ms()
     if last:
@@ -305,7 +305,7 @@ def format_detail(s: Status, now_ms: float | None = None) -> str:
             f"  best so far: {s.metric} {run.metrics[s.metric]:.4f}, trial {trial} "
             f"({run_name(_params(run, s.space))}, {_outcome(run)})"
         )
-    recent = sorted(s.runs.trials.items(), key=lambda tr: tr[1].end_ms or now_ms, reverse=True)
+    recent = sorted(s.trials.items(), key=lambda tr: tr[1].end_ms or now_ms, reverse=True)
     if recent:
         lines.append(f"  last {min(LAST, len(recent))} trials:")
     for trial, run in recent[:LAST]:
