@@ -79,14 +79,13 @@ def check_before_ray(spec: SweepSpec) -> None:
     """What ``sweep run`` checks before Ray with no Ray, writing nothing, for --dry-run: the
     tracking store answers (a SQLite file that is missing is not made) and the storage can be
     written (sweeps.engine.driver.run; the checks that need Ray's resources are not made)."""
-    from sweeps.record.layout import unwritable
+    from sweeps.spec.sweep import check_storage
     from sweeps.tracking.store import answering_store
-    from sweeps.tracking.writer import read_state
+    from sweeps.tracking.writer import recorded_store
 
-    recorded = read_state(spec.files.state).get("tracking_uri")  # a sweep that ran: its store
-    answering_store(spec.tracking_uri, Path.cwd(), recorded=recorded)
-    if not spec.files.root.exists() and (why := unwritable(spec.files.root)):
-        raise ConfigError(f"storage: {why}; set storage to a folder you can write")
+    answering_store(spec.tracking_uri, Path.cwd(), recorded=recorded_store(spec.files.state))
+    if not spec.files.root.exists():
+        check_storage(spec)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

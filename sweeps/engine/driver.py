@@ -25,16 +25,16 @@ from sweeps.engine.refit import Model, refit
 from sweeps.engine.stopping import EXIT_INTERRUPTED
 from sweeps.record.disk import DiskFull, Watch, quiet
 from sweeps.record.history import HistoryFile, SweepHistory
-from sweeps.record.layout import SweepFolder, unwritable
+from sweeps.record.layout import SweepFolder
 from sweeps.record.lock import SweepLock
 from sweeps.record.outcomes import CHOOSABLE, SweepOutcome
 from sweeps.record.recorder import Recorder
 from sweeps.record.results import first_error_line, format_table, mark_chosen, trial_row, write_csv
 from sweeps.spec.document import apply_sets
-from sweeps.spec.sweep import SweepSpec, asks_cuda, check_data, check_same_sweep
+from sweeps.spec.sweep import SweepSpec, asks_cuda, check_data, check_same_sweep, check_storage
 from sweeps.tracking.store import sqlite_file, usable_store
 from sweeps.tracking.sync import CHILD_RUNS, sync
-from sweeps.tracking.writer import SweepTracker, read_state
+from sweeps.tracking.writer import SweepTracker, recorded_store
 from sweeps.view.live import LiveView
 from trainers.config import ConfigError, trial_config
 from trainers.loop import Trial
@@ -72,7 +72,7 @@ def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False, exiting: boo
     sweep's state saved (sweeps/engine/stopping.py)."""
     stopping.install()
     files = spec.files
-    recorded = read_state(files.state).get("tracking_uri")  # where its runs are, if it ran
+    recorded = recorded_store(files.state)  # where its runs are, if it ran (damaged: refused)
     tracking_uri = usable_store(spec.tracking_uri, Path.cwd(), recorded=recorded)
     disks = Watch(files.root, sqlite_file(tracking_uri))
     lock = SweepLock(files)
@@ -85,9 +85,8 @@ def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False, exiting: boo
                     check_same_sweep(spec)
                 claim(files, lock, resume)
                 history = HistoryFile(files.history).read(spec.name)  # damaged: refused now
-                read_state(files.state)
-            elif why := unwritable(files.root):
-                raise ConfigError(f"storage: {why}; set storage to a folder you can write")
+            else:
+                check_storage(spec)
             disks.check()  # before the sweep writes anything (its lock aside)
             quiet()
             resources = None

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from sweeps.record.layout import DEFAULT_STORAGE, SweepFolder
+from sweeps.record.layout import DEFAULT_STORAGE, SweepFolder, unwritable
 from sweeps.spec.document import apply_sets, load_document, trainer_config
 from sweeps.spec.space import Dimension, Space, distribution_of
 from trainers.config import TOGETHER, ConfigError, TrialConfig, trial_config, unfusable
@@ -436,6 +436,12 @@ def check_data(spec: SweepSpec) -> DataSize:
             f"train.batch_size must be <= the training split ({smallest} examples); got {largest}"
         )
     return size
+
+
+def check_storage(spec: SweepSpec) -> None:
+    """The sweep's new folder can be made under ``storage``; nothing is left behind."""
+    if why := unwritable(spec.files.root):
+        raise ConfigError(f"storage: {why}; set storage to a folder you can write")
 
 
 # What a resumed sweep may be given anew: where it runs and what its trials get, not what they are.

@@ -22,7 +22,7 @@ from sweeps.record.results import best_first
 from sweeps.spec.document import load_saved
 from sweeps.spec.sweep import METRICS
 from sweeps.tracking.store import usable_store
-from sweeps.tracking.writer import SweepTracker, read_state, refit_tags
+from sweeps.tracking.writer import SweepTracker, recorded_store, refit_tags
 from sweeps.view.naming import run_name
 from trainers.config import ConfigError
 
@@ -119,7 +119,7 @@ def sync_folder(name: str, storage: str | Path, tracking_uri: str | None) -> Syn
         key, configured = "--tracking-uri", tracking_uri
     else:
         key, configured = "mlflow.tracking_uri", (doc.get("mlflow") or {}).get("tracking_uri")
-    uri = usable_store(configured, Path.cwd(), key, read_state(files.state).get("tracking_uri"))
+    uri = usable_store(configured, Path.cwd(), key, recorded_store(files.state))
     lock = SweepLock(files)
     lock.take()
     try:

@@ -68,6 +68,11 @@ def read_state(path: Path) -> dict[str, Any]:
     return state
 
 
+def recorded_store(path: Path) -> str | None:
+    """The store the sweep's runs are in, as its state file names it; None before it has any."""
+    return read_state(path).get("tracking_uri")
+
+
 def refit_tags(source: str | None) -> dict[str, str]:
     """The tags that mark a child run as the refit of trial ``source`` (none for a trial)."""
     return {tag.ROLE: tag.REFIT, tag.SOURCE_TRIAL_ID: source} if source else {}
