@@ -221,16 +221,21 @@ def test_single_job_sweep_completes(two_jobs):
 @slurm
 def test_two_jobs_at_once_each_use_their_own_ray(two_jobs, ray_tmp):
     heads, temps, spans = [], [], []
-    for _job, workdir, name, state, log in two_jobs:
+    for job, workdir, name, state, log in two_jobs:
         assert state == "COMPLETED", log[-3000:]
         check_sweep(workdir, name)
         (up,) = events(log, "Ray head up at")
         heads.append(int(up.rsplit(":", 1)[1]))
+        # The formula's slot, or the next free one after the slots the log says were taken
+        # (other tests' jobs run on this machine at the same time).
+        first = ray_ports(int(job))["gcs"]
+        tried = [20000 + (first - 20000 + 100 * i) % 12700 for i in range(127)]
+        taken = [int(p) for p in re.findall(r"ports (\d+)-\d+ are in use or claimed here", log)]
+        assert taken == tried[: len(taken)] and heads[-1] == tried[len(taken)], (first, taken)
         temps.append(re.search(r"temp dir (\S+)", events(log, "starting a Ray head")[0])[1])
         times = re.findall(r"^\[sweeps (\d\d:\d\d:\d\d)\]", log, re.M)
         spans.append((times[0], times[-1]))
     assert heads[0] != heads[1] and all(20000 <= p < 32700 for p in heads)
-    assert heads[0] == ray_ports(int(two_jobs[0][0]))["gcs"]  # the formula's slot, free
     assert temps[0] != temps[1]
     assert max(s for s, _ in spans) <= min(e for _, e in spans), f"no overlap: {spans}"
     no_ray_left(ray_tmp)
