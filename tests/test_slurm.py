@@ -525,7 +525,9 @@ def test_a_busy_slot_is_skipped():
     with socket.socket() as s:
         s.bind(("", first + 42))  # one port of the slot taken, e.g. by another job's Ray
         s.listen()
-        assert bash("ray_ports 0; echo $RAY_PORT", SLURM_JOB_ID="5").endswith(str(first + 100))
+        out = bash("ray_ports 0; echo $RAY_PORT", SLURM_JOB_ID="5")
+    assert f"ports {first}-{first + 99} are in use or claimed here" in out  # the job log says so
+    assert out.endswith(str(first + 100))
 
 
 def test_a_slot_claimed_by_another_job_is_skipped(tmp_path):
