@@ -156,28 +156,31 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Write a sweep's HTML report and file it on its MLflow parent run; --out and
     --tracking-uri are checked before anything is read or drawn."""
     from sweeps.record.layout import unwritable
-    from sweeps.tracking.store import resolve_tracking_uri
     from sweeps.view.report import report
 
     out = Path(args.out).expanduser() if args.out else None
     if out is not None and (why := unwritable(out)):
         raise ConfigError(f"--out {args.out}: {why}; give a folder you can write")
-    uri = args.tracking_uri  # checked as `sweep ui` checks it; None: the sweep's own store
-    uri = resolve_tracking_uri(uri, Path.cwd(), "--tracking-uri") if uri else None
-    page = report(args.sweep, out, args.storage, uri, log=not args.no_log)
+    page = report(args.sweep, out, args.storage, given_store(args), log=not args.no_log)
     print(f"report: {page}")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Every sweep's state, progress and best metric; or one sweep's detail."""
-    from sweeps.tracking.store import resolve_tracking_uri
     from sweeps.view.status import show
 
-    uri = args.tracking_uri  # checked as `sweep ui` checks it; None: each sweep's own store
-    uri = resolve_tracking_uri(uri, Path.cwd(), "--tracking-uri") if uri else None
-    print(show(args.name, args.storage, uri))
+    print(show(args.name, args.storage, given_store(args)))
     return 0
+
+
+def given_store(args: argparse.Namespace) -> str | None:
+    """--tracking-uri, checked and made absolute as `sweep ui` does; None when not given: each
+    sweep's own store (the one its state file names)."""
+    from sweeps.tracking.store import resolve_tracking_uri
+
+    uri = args.tracking_uri
+    return resolve_tracking_uri(uri, Path.cwd(), "--tracking-uri") if uri else None
 
 
 def add_report_parsers(sub: argparse._SubParsersAction) -> None:
