@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
+from tests.torch_reference import build_optimizer, build_scheduler
 from trainers.config import TrainConfig
-from trainers.schedule import FlatOptimizer, build_optimizer, build_scheduler, lr_factor
+from trainers.schedule import FlatOptimizer, lr_factor
 
 
 def lrs(cfg: TrainConfig) -> list[float]:

@@ -21,13 +21,13 @@ from typing import Any
 import pytest
 import torch
 
+from tests.torch_reference import build_optimizer, build_scheduler
 from trainers.config import LOSSES, OPTIMIZERS, REGULARIZERS, SCHEDULES, TrialConfig, trial_config
 from trainers.data import Dataset, prepare
 from trainers.loop import CHECKPOINT_FILE, Trial
 from trainers.losses import data_loss, data_loss_grad
 from trainers.model import LinearClassifier, scores, split_k
 from trainers.regularizers import penalty, penalty_grad
-from trainers.schedule import build_optimizer, build_scheduler
 
 DATA = {"source": "synthetic", "n_samples": 500, "n_features": 12, "n_classes": 4}
 COMPARED = ("train_loss", "train_total_loss", "train_acc", "val_loss", "val_acc", "lr")

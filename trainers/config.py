@@ -125,8 +125,15 @@ RULES: dict[str, Rule] = {
         what="a column name",
         doc="csv/parquet: the column with labels 0..C-1; every other column is a feature",
     ),
-    "data.val_fraction": replace(FRACTION, doc="share of all examples in the validation split"),
-    "data.test_fraction": replace(FRACTION, doc="share in the test split; val + test < 1"),
+    "data.val_fraction": replace(
+        FRACTION,
+        doc="share of the examples in the validation split (cifar10: of its 50,000 training "
+        "images; data with all three splits given: unused)",
+    ),
+    "data.test_fraction": replace(
+        FRACTION,
+        doc="share in the test split; val + test < 1 (unused where the data gives its test split)",
+    ),
     "data.folds": replace(
         POSITIVE_INT,
         doc="k > 1: k-fold cross-validation over train+val; a trial's metric is the mean "

@@ -237,7 +237,7 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """In the layout torch.optim and LambdaLR write (W and b as parameters 0 and 1), so
-        that checkpoints of the earlier, torch.optim trainer resume here too."""
+        that a checkpoint written by torch.optim's SGD or Adam resumes here too."""
         d = self.X.shape[1]
         per_param = [{} for _ in range(2)]
         for name, value in self.optimizer.state.items():
@@ -265,12 +265,19 @@ class Trainer:
                 if saved.get(i, {}).get(name) is not None:
                     part.copy_(saved[i][name])
         self.epoch = state["scheduler"]["last_epoch"]
-        order = state["order_rng"].cpu()
-        # A CPU generator's state and a CUDA one's differ in size: a checkpoint moved to the
-        # other kind of device (a GPU trial evaluated on a laptop) keeps this trainer's seed,
-        # and its later permutations are not those of the device it was trained on.
-        if order.numel() == self.order.get_state().numel():
-            self.order.set_state(order)
+        restore_order(self.order, state["order_rng"])
+
+
+def restore_order(order: torch.Generator, saved: torch.Tensor) -> None:
+    """Set the data-order generator to a checkpoint's state, where it can be.
+
+    A CPU generator's state and a CUDA one's differ in size: a checkpoint moved to the other
+    kind of device (a GPU trial evaluated on a laptop) keeps this generator's seed, and its
+    later permutations are not those of the device it was trained on.
+    """
+    saved = saved.cpu()
+    if saved.numel() == order.get_state().numel():
+        order.set_state(saved)
 
 
 class Trial:
@@ -298,9 +305,8 @@ class Trial:
         self.epoch = 0  # epochs completed
         self.diverged = False
         self.history: list[dict[str, Any]] = []
-        self.last_finite = self.measure(
-            lr=cfg.train.lr, seconds=0.0
-        )  # fallback if epoch 1 diverges
+        # fallback if epoch 1 diverges
+        self.last_finite = self.measure(lr=cfg.train.lr * lr_factor(0, cfg.train), seconds=0.0)
 
     def measure(self, lr: float, seconds: float) -> dict[str, Any]:
         """The per-epoch metrics, averaged over folds, and with k > 1 folds each fold's
@@ -335,7 +341,8 @@ class Trial:
     def step(self) -> dict[str, Any]:
         """Train one epoch on every fold and return its metrics.
 
-        A non-finite loss or weight (lr too large) marks the trial diverged: the metrics
+        A non-finite total training loss (it holds lambda R(W), so a non-finite weight shows
+        there too) or validation loss marks the trial diverged (lr too large): the metrics
         returned are then the last finite ones, flagged ``diverged``, and training stops.
         """
         start = time.perf_counter()

@@ -51,6 +51,7 @@ from trainers.loop import (
     check_reconfigurable,
     features,
     resolve_device,
+    restore_order,
     set_matmul,
     split_tensors,
 )
@@ -63,11 +64,9 @@ from trainers.model import (
     scores,
     split_k,
 )
-from trainers.schedule import lr_factor
+from trainers.schedule import ADAM_BETAS, ADAM_EPS, lr_factor
 
 CHECKPOINT_FILE = "population.pt"
-ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, which trainers/schedule.py uses
-ADAM_EPS = 1e-8
 # lists, an entry a member; step_epochs: the epochs of optimizer steps in a member's state
 PER_MEMBER = ("epochs_run", "step_epochs", "diverged", "history", "last_finite")
 
@@ -369,10 +368,12 @@ class Fold:
             y = labels[start : start + batch_size]  # (B,)
             n = len(y)
             dscores = scores_gradient(self.scores(X, parts), y, cols).view(n, -1)  # times B
-            # the means over the batch as products, the 1/B in their alpha (beta 0: addmm and
-            # addmv ignore their input); a column mean as a reduction is 3 times as slow on a GPU
+            # the means over the batch as products (beta 0: addmm and addmv ignore their input);
+            # a column mean as a reduction is 3 times as slow on a GPU. The bias's sum of hinge
+            # slopes (integers) is exact before the 1/B, so a sum of 0 stays 0, as in Trainer:
+            # Adam turns rounding noise in a zero gradient into a step of about 0.8 lr.
             grad_W = torch.addmm(W, X.T, dscores, beta=0.0, alpha=1.0 / n).view_as(self.W)
-            grad_b = torch.addmv(b, dscores.T, ones[:n], beta=0.0, alpha=1.0 / n).view_as(self.b)
+            grad_b = torch.addmv(b, dscores.T, ones[:n], beta=0.0).div_(n).view_as(self.b)
             if self.use_triton and not cols.any_adam:  # the same math, one pass each
                 sgd_step = triton_step.sgd_family_step
                 sgd_step(self.W, grad_W, self.state["W"]["v"], cols, lr, penalized=True)
@@ -456,7 +457,7 @@ class Fold:
         self.state = {
             p: {k: t.to(self.device) for k, t in s.items()} for p, s in saved["state"].items()
         }
-        self.order.set_state(saved["order_rng"].cpu())
+        restore_order(self.order, saved["order_rng"])
 
 
 # ---------------------------------------------------------------- the population
@@ -517,7 +518,9 @@ class Population:
         self.diverged = [False] * len(cfgs)
         self.history: list[list[dict[str, Any]]] = [[] for _ in cfgs]
         # fallback if epoch 1 diverges, as in Trial
-        self.last_finite = self._measure([c.train.lr for c in cfgs], [0] * len(cfgs), 0.0)
+        self.last_finite = self._measure(
+            [c.train.lr * lr_factor(0, c.train) for c in cfgs], [0] * len(cfgs), 0.0
+        )
 
     # ------------------------------------------------------------ training
     def running(self, k: int) -> bool:
@@ -722,7 +725,7 @@ class Population:
         """Rebuild a population from ``save``; it continues as if never interrupted."""
         state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
         plain = json.loads(state["plain"])
-        # a checkpoint from before step_epochs: every member then trained from epoch 0 on
+        # a checkpoint without step_epochs: every member has trained from epoch 0 on
         plain.setdefault("step_epochs", plain["epochs_run"])
         cfgs = [trial_config(c) for c in plain["configs"]]
         pop = cls(cfgs, datasets, ids=plain["ids"], order_seed=plain["order_seed"])

@@ -1,9 +1,9 @@
 """Prepared data shared by every process of a node: each fold's splits, standardized, written
 once as .npy files and memory-mapped by every trial that trains on them.
 
-A trial that prepared its own data (trainers.data.prepare: load, split, standardize) held a
-copy of it, and so did every other trial on the node: 8 trials of 10 GB of embeddings would
-need 80 GB. Here the first process to need a data config prepares it, under a file lock, into
+Were each trial to prepare its own data (trainers.data.prepare: load, split, standardize), each
+would hold a copy: 8 trials of 10 GB of embeddings would need 80 GB on the node. Instead the
+first process to need a data config prepares it, under a file lock, into
 ``folder/<key>/``; every process then maps those files (copy-on-write, never written), so the
 trials on a node share one copy in the kernel's page cache. The folder is derived data: delete
 it and the next trial writes it again.

@@ -2,14 +2,13 @@
 
 The schedule is a pure function of the epoch (``lr_factor``), so the formulas below hold
 exactly, warm-up included, and can be tested without a model. The trainer steps with
-``FlatOptimizer``; ``build_optimizer`` and ``build_scheduler`` give the same rules as torch.optim
-and LambdaLR, the reference ``FlatOptimizer`` is tested against.
+``FlatOptimizer``, torch.optim's four rules written for one flat tensor (tests/torch_reference.py
+holds the torch.optim and LambdaLR reference it is tested against).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
 import torch
 
@@ -45,7 +44,8 @@ STATE = {
 
 
 class FlatOptimizer:
-    """build_optimizer's four rules, in place on one parameter tensor, with the lr on the device.
+    """torch.optim's SGD (plain, momentum, Nesterov) and Adam, in place on one parameter
+    tensor, with the lr on the device.
 
     One tensor holds every parameter, so a rule is one to a few kernels; the lr is a device
     tensor that the caller sets between epochs and Adam counts its steps on the device, so a
@@ -82,22 +82,3 @@ class FlatOptimizer:
             size = self.lr / (1.0 - torch.pow(b1, t))  # lr / (1 - b1^t)
             denom = s["exp_avg_sq"].sqrt().div_(bias2).add_(ADAM_EPS)
             p.sub_(s["exp_avg"].div(denom).mul_(size))
-
-
-def build_optimizer(
-    params: Iterable[torch.nn.Parameter], cfg: TrainConfig
-) -> torch.optim.Optimizer:
-    """sgd: w -= lr g; momentum: v = rho v + g, w -= lr v (dampening 0); nesterov; adam."""
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr)
-    rho = 0.0 if cfg.optimizer == "sgd" else cfg.momentum
-    return torch.optim.SGD(
-        params, lr=cfg.lr, momentum=rho, dampening=0.0, nesterov=cfg.optimizer == "nesterov"
-    )
-
-
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: TrainConfig
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Call ``.step()`` once at the end of every epoch."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, cfg))
