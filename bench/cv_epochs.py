@@ -20,15 +20,14 @@ import torch
 
 from sweeps.record.history import HistoryFile
 from sweeps.record.layout import SweepFolder
-from sweeps.spec.document import apply_sets
-from trainers.config import trial_config
+from sweeps.spec.document import trial_config_with
 from trainers.loop import Trial
 from trainers.metrics import fold_keys
 
 
 def cross_validated(config: dict, folds: int, epochs: int) -> tuple[float, float]:
     """Mean and std over folds of the final validation accuracy of ``config``."""
-    cfg = trial_config(apply_sets({}, config | {"data.folds": folds, "train.epochs": epochs}))
+    cfg = trial_config_with({}, config | {"data.folds": folds, "train.epochs": epochs})
     final = Trial(cfg).run()
     accs = [final[k] for k in fold_keys(final)]
     return float(np.mean(accs)), float(np.std(accs))

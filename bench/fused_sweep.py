@@ -56,7 +56,7 @@ CASES = {  # name -> (config, --set overrides)
     "random_10k": ("configs/digits_fused.yaml", [*RANDOM_2048, "search.num_samples=10240"]),
 }
 # every SweepTracker method the Recorder, its writer thread and sync call
-TRACKER_CALLS = ("open_sweep", "start_sweep", "end_sweep", "ensure_trial", "trial_started")
+TRACKER_CALLS = ("open_sweep", "start_sweep", "end_sweep", "ensure_trial")
 TRACKER_CALLS += ("log_results", "trial_ended", "write_trial", "write_trials")
 TRACKER_CALLS += ("save_state",)
 

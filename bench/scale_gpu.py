@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from sweeps.engine import fused
-from sweeps.spec.document import apply_sets
+from sweeps.spec.document import trial_config_with
 from sweeps.spec.sweep import check_data, sweep_spec
 from trainers.config import ConfigError, TrialConfig, trial_config
 from trainers.data import memory_size
@@ -190,7 +190,7 @@ def fused_sweep(args: argparse.Namespace, data: Path, prepared: Path) -> None:
     peak = device_peak()
     best = max(finals, key=lambda i: finals[i]["val_acc"] if not finals[i]["diverged"] else -1)
     t = time.perf_counter()
-    cfg = trial_config(apply_sets({}, plan.configs[best]))
+    cfg = trial_config_with({}, plan.configs[best])
     refit = Trial(cfg, shared(cfg.data, prepared, refit=True))
     refit.run()
     test = refit.evaluate("test")

@@ -138,12 +138,11 @@ def bare_trainable(config: dict[str, Any], sections: dict[str, Any], cpus: float
     import torch
     from ray import tune
 
-    from sweeps.spec.document import apply_sets
-    from trainers.config import trial_config
+    from sweeps.spec.document import trial_config_with
     from trainers.loop import Trial
 
     torch.set_num_threads(max(1, int(cpus)))
-    cfg = trial_config(apply_sets(sections, config))
+    cfg = trial_config_with(sections, config)
     trial = Trial(cfg, _bare_datasets(json.dumps(asdict(cfg.data), sort_keys=True)))
     trial.run(lambda metrics, _: tune.report({**metrics, "time": time.time() * 1000}))
 
@@ -381,9 +380,9 @@ def main() -> None:
     if args.scaling:
         scaling([int(n) for n in args.sizes.split(",")])
         return
-    from sweeps.spec import document as config_file
+    from sweeps.spec import document
 
-    doc = config_file.load(args.config, [*(LONG if args.long else []), *args.set])
+    doc = document.load(args.config, [*(LONG if args.long else []), *args.set])
     doc["name"] = doc.get("name") or "bench"
     compare(doc, bare=not args.no_bare)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sweeps.engine import stopping
-from sweeps.spec import document as config_file
+from sweeps.spec import document
 from sweeps.spec.document import add_set_argument
 from trainers.rules import ConfigError, Rule
 
@@ -42,7 +42,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """One trial, no Ray: a line per epoch, then the final metrics."""
     from trainers.loop import Trial
 
-    cfg = config_file.trainer_config(config_file.load(args.config, args.set))
+    cfg = document.trainer_config(document.load(args.config, args.set))
     trial = Trial(cfg)
     print(f"training {cfg.model.loss} on {cfg.data.source} ({trial.device})", flush=True)
     final = trial.run(lambda m, _: print(_epoch_line(m, cfg.train.epochs), flush=True))
@@ -63,7 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """A sweep: validate everything first, then run it (or only describe it, --dry-run)."""
     from sweeps.spec.sweep import check_data, sweep_spec
 
-    doc = config_file.load(args.config, args.set)
+    doc = document.load(args.config, args.set)
     spec = sweep_spec(doc, name=args.name)
     if args.dry_run:
         check_before_ray(spec)
@@ -104,15 +104,15 @@ def cmd_ui(args: argparse.Namespace) -> int:
     creates no store."""
     import shutil
 
-    from sweeps.tracking.store import resolve_tracking_uri
+    from sweeps.tracking.uri import resolve_tracking_uri, sqlite_file
 
     check_port_free(PORT.check("--port", args.port))
     uri = resolve_tracking_uri(args.tracking_uri, Path.cwd(), "--tracking-uri")
     mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
     base = f"http://127.0.0.1:{args.port}"
     print(f"MLflow UI for {uri} at {base} (Ctrl-C stops it)", flush=True)
-    db = Path(uri.removeprefix("sqlite:///"))
-    if uri.startswith("sqlite:///") and db.is_file():  # (reading a missing one would make it)
+    db = sqlite_file(uri)
+    if db is not None and db.is_file():  # (reading a missing one would make it)
         from sweeps.tracking.reader import latest_trials_page
 
         page = latest_trials_page(uri, base=base)
@@ -177,7 +177,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def given_store(args: argparse.Namespace) -> str | None:
     """--tracking-uri, checked and made absolute as `sweep ui` does; None when not given: each
     sweep's own store (the one its state file names)."""
-    from sweeps.tracking.store import resolve_tracking_uri
+    from sweeps.tracking.uri import resolve_tracking_uri
 
     uri = args.tracking_uri
     return resolve_tracking_uri(uri, Path.cwd(), "--tracking-uri") if uri else None
@@ -201,10 +201,17 @@ def add_report_parsers(sub: argparse._SubParsersAction) -> None:
 
 # ---------------------------------------------------------------- sweep sync (folder records)
 def cmd_sync(args: argparse.Namespace) -> int:
-    """Copy a sweep from its folder into an MLflow store; run twice, one copy."""
+    """Copy a sweep from its folder into an MLflow store, and its report where the folder has
+    one and the store lacks it; run twice, one copy."""
+    from sweeps.record.layout import SweepFolder
     from sweeps.tracking.sync import sync_folder
 
     done = sync_folder(args.name, args.storage, args.tracking_uri)
+    folder = SweepFolder.of(args.storage, args.name)
+    if folder.report.is_dir():  # (matplotlib: only where a report is drawn)
+        from sweeps.view.report import file_report
+
+        file_report(folder, done.uri, done.parent)
     print(
         f"sweep {args.name} -> {done.uri} (experiment {done.experiment}): parent run "
         f"{done.parent} and {done.trials} trial runs, {done.refits} refit runs; "
@@ -315,8 +322,8 @@ def main(argv: list[str] | None = None, exiting: bool = False) -> int:
 def console() -> None:
     """The ``sweep`` executable: ``main``, then the process ends without the interpreter's
     teardown. Every file and MLflow write is done by then (run() waits for them, then kills
-    Ray's local processes), and unloading torch, Ray's core worker and MLflow took about 2 s
-    of each sweep. A stop signal from the start on ends it as Ctrl-C does
+    Ray's local processes), and unloading torch, Ray's core worker and MLflow would add about
+    2 s to each sweep. A stop signal from the start on ends it as Ctrl-C does
     (sweeps/engine/stopping.py), with exit code 130."""
     stopping.install()
     code = main(exiting=True)

@@ -1,7 +1,8 @@
 """`sweep run | resume | sync` refuse, as real processes, what cannot work: a tracking store of
-another form or that does not answer, storage that cannot be written, a damaged sweep folder,
-a sweep another process runs. Each: one `error:` line naming the key or file, exit code 2,
-nothing written (no folder, no database), within seconds. None of these starts Ray."""
+another form or that does not answer, storage that cannot be written, a damaged sweep folder
+(which `sweep status | report` refuse too), a sweep another process runs. Each: one `error:`
+line naming the key or file, exit code 2, nothing written (no folder, no database), within
+seconds. None of these starts Ray."""
 
 from __future__ import annotations
 
@@ -126,6 +127,42 @@ def test_resume_of_a_damaged_folder_is_refused(workdir, damage, needles):
     (folder / name).write_text(text)
     refused(["resume", "saved"], workdir, *needles)
     assert not list(workdir.glob("*.db"))
+
+
+@pytest.mark.parametrize(
+    ("damage", "needles"),
+    [
+        (("mlflow_runs.json", '{"experiment_id": "1", "pa'), ("mlflow_runs.json is damaged",)),
+        (("sweep.yaml", "name: [unclosed\n"), ("sweep.yaml", "not valid YAML")),
+    ],
+)
+@pytest.mark.parametrize("command", [["status", "saved"], ["report", "saved"]])
+def test_status_and_report_of_a_damaged_folder_are_refused(workdir, damage, needles, command):
+    folder = saved_sweep(workdir)
+    name, text = damage
+    (folder / name).write_text(text)
+    refused(command, workdir, *needles)
+    assert not list(workdir.glob("*.db")) and not (folder / "report").exists()
+
+
+@pytest.mark.parametrize(
+    ("damage", "needles"),
+    [
+        (("mlflow_runs.json", '{"experiment_id": "1", "pa'), ("mlflow_runs.json is damaged",)),
+        (("sweep.yaml", "name: [unclosed\n"), ("sweep.yaml", "not valid YAML")),
+    ],
+)
+def test_the_overview_lists_a_damaged_sweep_with_its_problem(workdir, damage, needles):
+    """`sweep status` lists every sweep: a damaged one as its problem, the others as usual."""
+    folder, other = saved_sweep(workdir), saved_sweep(workdir, "other")
+    name, text = damage
+    (folder / name).write_text(text)
+    done = subprocess.run([SWEEP, "status"], capture_output=True, text=True, cwd=workdir)
+    assert done.returncode == 0 and "Traceback" not in done.stdout + done.stderr, done.stderr
+    problem = next(line for line in done.stdout.splitlines() if line.startswith("saved: "))
+    assert all(needle in problem for needle in needles), done.stdout
+    assert any(line.split()[:1] == [other.name] for line in done.stdout.splitlines())
+    assert "other: " not in done.stdout  # no problem with the sound one
 
 
 def test_resume_of_a_sweep_another_process_runs_names_it(workdir):

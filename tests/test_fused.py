@@ -243,8 +243,8 @@ def epochs(*numbers: int) -> list[dict]:
 def test_population_news_reach_the_record_and_mlflow_once_each(tmp_path):
     """A population's reports go through the Recorder: the record first, then MLflow from
     the writer thread, each run made once and each epoch logged once, also after a resume."""
+    from sweeps.engine.recorder import Recorder, TrialNews
     from sweeps.record.history import HistoryFile
-    from sweeps.record.recorder import Recorder, TrialNews
     from sweeps.tracking.writer import SweepTracker
 
     uri, state = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "state.json"

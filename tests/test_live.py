@@ -150,7 +150,7 @@ def test_best_and_time_left_from_the_events():
 
 def test_trials_run_again_after_a_resume_count_once():
     """After a kill, Ray restores its last snapshot of the sweep: a trial that ended after it is
-    withdrawn and run again (sweeps.record.recorder.withdraw), one that was running then ends
+    withdrawn and run again (sweeps.engine.recorder.withdraw), one that was running then ends
     again; either way progress counts it once and never passes the plan."""
     out = io.StringIO()
     prior = {"a": "completed", "b": "completed", "c": "early_stopped"}

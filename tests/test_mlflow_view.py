@@ -16,7 +16,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from sweeps.tracking import tags as tag
-from sweeps.tracking import ui as view
+from sweeps.tracking import ui
 from sweeps.tracking.reader import latest_trials_page
 from sweeps.tracking.writer import SweepTracker
 
@@ -32,7 +32,7 @@ LRS = [1e-4, 1e-3, 1e-2, 0.1, 0.3, 1.0]
 
 def view_of(client: MlflowClient, experiment_id: str, parent: str) -> dict:
     tags = client.get_experiment(experiment_id).tags
-    return json.loads(tags[tag.VIEW + view.view_key(parent)])
+    return json.loads(tags[tag.VIEW + ui.view_key(parent)])
 
 
 def record_trials(tracker: SweepTracker, n: int) -> None:
@@ -51,7 +51,7 @@ def test_the_view_lists_the_trials_and_draws_the_metric_against_the_key_that_mat
     parent = tracker.start_sweep(PARAMS, "sweep-1")
     client = MlflowClient(uri)
     experiment = client.get_experiment(tracker.experiment_id)
-    assert experiment.tags[tag.KIND] == view.TRAINING_KIND
+    assert experiment.tags[tag.KIND] == ui.TRAINING_KIND
 
     started = view_of(client, tracker.experiment_id, parent)  # written as the sweep starts
     assert started["searchFilter"] == f"tags.`mlflow.parentRunId` = '{parent}'"
@@ -78,8 +78,8 @@ def test_the_view_lists_the_trials_and_draws_the_metric_against_the_key_that_mat
     note = client.get_run(parent).data.tags[tag.NOTE]
     links = re.findall(r"\]\((#/experiments/[^)]+)\)", note)
     assert links == [
-        view.view_link(tracker.experiment_id, parent),
-        view.view_link(tracker.experiment_id, parent, charts=True),
+        ui.view_link(tracker.experiment_id, parent),
+        ui.view_link(tracker.experiment_id, parent, charts=True),
     ]
     page = latest_trials_page(uri, base="http://h:1")
     assert page == f"http://h:1/{links[0]}"
@@ -105,16 +105,19 @@ def test_the_scatter_follows_the_most_important_key_and_a_user_note_stays(tmp_pa
     assert client.get_run(parent).data.tags[tag.NOTE] == "my own words"
 
 
-def test_a_store_without_the_view_gets_the_filtered_trials_page(tmp_path):
+@pytest.mark.parametrize(("metric", "ascending"), [("val_acc", "false"), ("val_loss", "true")])
+def test_a_store_without_the_view_gets_the_filtered_trials_page(tmp_path, metric, ascending):
+    """Best first by the sweep's own metric: a val_loss sweep's lowest loss first."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     tracker = SweepTracker(uri, "exp")
-    parent = tracker.start_sweep(PARAMS, "sweep-1")
+    parent = tracker.start_sweep(PARAMS | {"search.metric": metric}, "sweep-1")
     client = MlflowClient(uri)
     client.delete_experiment_tag(tracker.experiment_id, tag.VIEW + parent)
     page = latest_trials_page(uri, base="http://h:1")
     assert page is not None and "viewStateShareKey" not in page
     assert "workflowType=machine_learning" in page
     assert "searchFilter=tags.%60mlflow.parentRunId%60" in page
+    assert f"orderByKey=metrics.%60{metric}%60" in page and f"orderByAsc={ascending}" in page
 
 
 # ---------------------------------------------------------------- in a real browser

@@ -19,8 +19,8 @@ from mlflow.tracking import MlflowClient
 from ray.tune.schedulers import ASHAScheduler
 
 from sweeps.engine.cadence import Cadence
+from sweeps.engine.recorder import Recorder
 from sweeps.record.history import HistoryFile
-from sweeps.record.recorder import Recorder
 from sweeps.search.asha import Asha
 from sweeps.tracking import writes
 from sweeps.tracking.store import usable_store

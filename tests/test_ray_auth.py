@@ -34,7 +34,7 @@ from test_slurm import (  # noqa: E402, F401  (the module's fixtures, for the SL
     wait,
 )
 
-from sweeps.engine.ray_tune import descendants  # noqa: E402
+from sweeps.engine.ray_process import descendants  # noqa: E402
 
 INTRUDER = """
 import sys

@@ -20,9 +20,9 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from sklearn.datasets import make_classification
 
+from sweeps.record.naming import format_value, run_name
 from sweeps.spec.sweep import sweep_spec
 from sweeps.tracking.reader import latest_trials_page, run_url, trials_page_url
-from sweeps.view.naming import format_value, run_name
 from sweeps.view.report import SweepData, find_folder, load, write_report
 from sweeps.view.sections import lr_spread, rungs, sections, top_trials
 from trainers.metrics import fold_key

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from sweeps.engine import stopping
-from sweeps.engine.ray_tune import descendants
+from sweeps.engine.ray_process import descendants
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sweeping import (  # noqa: E402

@@ -477,6 +477,37 @@ def test_workers_script_key_lines(capsys, monkeypatch, tmp_path):
     assert "--set resources.gpu=0.25 --set resources.cpu=2 --set search.max_failures=3" in text
 
 
+@pytest.mark.parametrize(
+    ("profile_uri", "env", "sets", "exported"),
+    [
+        ("", None, [], "sqlite:///{work}/mlflow.db"),
+        ("p/profile.db", None, [], "sqlite:///{work}/p/profile.db"),
+        ("p/profile.db", "e/env.db", [], "sqlite:///{work}/e/env.db"),
+        (
+            "p/profile.db",
+            "e/env.db",
+            ["mlflow.tracking_uri=c/config.db"],
+            "sqlite:///{work}/c/config.db",
+        ),
+        ("http://profile:5000", None, [], "http://profile:5000"),
+    ],
+)
+def test_the_script_exports_the_store_as_sweep_run_resolves_it(
+    capsys, monkeypatch, tmp_path, profile_uri, env, sets, exported
+):
+    """The config's store, else $MLFLOW_TRACKING_URI's, else the profile's, else SQLite in the
+    working directory (sweeps.tracking.store.resolve_tracking_uri); a relative path made
+    absolute, as the driver would make it."""
+    profile = tmp_path / "cluster.yaml"
+    profile.write_text(f"partition: debug\nmlflow_tracking_uri: {profile_uri}\n")
+    if env is not None:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", env)
+    sets = [a for s in sets for a in ("--set", s)]
+    text = dry_run(capsys, monkeypatch, tmp_path, "--profile", str(profile), *sets)
+    want = f"export MLFLOW_TRACKING_URI={exported.format(work=tmp_path.resolve())}"
+    assert want in text.splitlines(), text
+
+
 # slurm/ray.sh's formula (ray_slot, then Ray's ports in order): 100 ports for node `node` of
 # job `job_id`, in one of 127 slots from port 20000.
 PORT_NAMES = "gcs node_manager object_manager client_server dashboard dashboard_agent_http"

@@ -177,7 +177,7 @@ def test_bad_config_leaves_nothing_behind(workdir, sets, message):
 
 def test_sweep_ui_serves_this_store(workdir):
     """`sweep ui` serves the MLflow UI for ./mlflow.db on 127.0.0.1 and prints the address."""
-    from sweeps.tracking.store import resolve_tracking_uri
+    from sweeps.tracking.uri import resolve_tracking_uri
     from sweeps.tracking.writer import SweepTracker
     from tests.mlflow_server import free_port, serving
 

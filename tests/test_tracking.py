@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sweeps.tracking.store import check_store, resolve_tracking_uri
+from sweeps.tracking.store import check_store
+from sweeps.tracking.uri import resolve_tracking_uri
 from sweeps.tracking.writer import SweepTracker
 from trainers.config import ConfigError, TrialConfig
 
@@ -63,8 +64,8 @@ def steps(client: MlflowClient, run_id: str, key: str = "val_loss") -> list[int]
 def test_parent_and_children_nest_and_carry_config(uri: str, tmp_path: Path) -> None:
     tr = new_tracker(uri, tmp_path)
     parent = tr.start_sweep({"sweep.name": "s", "num_samples": 4})
-    tr.trial_started("t1", CONFIG)
-    tr.trial_started("t2", {**CONFIG, "train.lr": 0.5})
+    tr.write_trial("t1", config=CONFIG)
+    tr.write_trial("t2", config={**CONFIG, "train.lr": 0.5})
     client = MlflowClient(uri)
     run = client.get_run(parent)
     assert run.data.params == {"sweep.name": "s", "num_samples": "4"}
@@ -89,7 +90,7 @@ def test_many_and_long_params_are_chunked(uri: str, tmp_path: Path) -> None:
     tr = new_tracker(uri, tmp_path)
     tr.start_sweep({})
     config = {f"k.{i}": i for i in range(250)} | {"long": "x" * 7000}
-    tr.trial_started("t1", config)
+    tr.write_trial("t1", config=config)
     params = MlflowClient(uri).get_run(tr.trials["t1"]).data.params
     assert len(params) == 251 and len(params["long"]) == 6000
 
@@ -97,7 +98,7 @@ def test_many_and_long_params_are_chunked(uri: str, tmp_path: Path) -> None:
 def test_one_point_per_epoch_only_curve_keys(uri: str, tmp_path: Path) -> None:
     tr = new_tracker(uri, tmp_path)
     tr.start_sweep({})
-    tr.trial_started("t1", CONFIG)
+    tr.write_trial("t1", config=CONFIG)
     for epoch in (1, 2, 3):
         tr.log_results("t1", [epoch_metrics(epoch)])
     run = MlflowClient(uri).get_run(tr.trials["t1"])
@@ -121,7 +122,7 @@ def test_one_point_per_epoch_only_curve_keys(uri: str, tmp_path: Path) -> None:
 def test_resume_reopens_same_runs_without_duplicates(uri: str, tmp_path: Path) -> None:
     tr = new_tracker(uri, tmp_path)
     parent = tr.start_sweep({"a": 1})
-    tr.trial_started("t1", CONFIG)
+    tr.write_trial("t1", config=CONFIG)
     child = tr.trials["t1"]
     for epoch in (1, 2, 3):
         tr.log_results("t1", [epoch_metrics(epoch)])
@@ -132,7 +133,7 @@ def test_resume_reopens_same_runs_without_duplicates(uri: str, tmp_path: Path) -
 
     again = new_tracker(uri, tmp_path)  # a resumed driver, same state file
     assert again.start_sweep({"a": 1, "b": 2}) == parent
-    again.trial_started("t1", CONFIG)
+    again.write_trial("t1", config=CONFIG)
     assert again.trials == {"t1": child}
     assert client.get_run(parent).info.status == "RUNNING"
     assert client.get_run(parent).data.params == {"a": "1", "b": "2"}
@@ -143,10 +144,10 @@ def test_resume_reopens_same_runs_without_duplicates(uri: str, tmp_path: Path) -
     assert len(client.search_runs([again.experiment_id])) == 2
 
 
-def test_result_for_a_trial_resumed_without_trial_started(uri: str, tmp_path: Path) -> None:
+def test_result_for_a_trial_resumed_without_its_config(uri: str, tmp_path: Path) -> None:
     tr = new_tracker(uri, tmp_path)
     tr.start_sweep({})
-    tr.trial_started("t1", CONFIG)
+    tr.write_trial("t1", config=CONFIG)
     tr.log_results("t1", [epoch_metrics(1)])
     tr.log_results("t1", [epoch_metrics(2)])
     again = new_tracker(uri, tmp_path)
@@ -159,7 +160,7 @@ def test_result_for_a_trial_resumed_without_trial_started(uri: str, tmp_path: Pa
 def test_diverged_record_is_not_logged_but_tagged(uri: str, tmp_path: Path) -> None:
     tr = new_tracker(uri, tmp_path)
     tr.start_sweep({})
-    tr.trial_started("t1", CONFIG)
+    tr.write_trial("t1", config=CONFIG)
     tr.log_results("t1", [epoch_metrics(1)])
     tr.log_results("t1", [epoch_metrics(2, diverged=True)])
     tr.trial_ended("t1", "diverged", 2)
@@ -184,7 +185,7 @@ def test_outcome_maps_to_status_and_tags(
 ) -> None:
     tr = new_tracker(uri, tmp_path)
     tr.start_sweep({})
-    tr.trial_started("t1", CONFIG)
+    tr.write_trial("t1", config=CONFIG)
     error = "ValueError: boom\n" + "  frame\n" * 2000 if outcome == "error" else None
     tr.trial_ended("t1", outcome, 4, error=error)
     tr.trial_ended("t1", outcome, 4, error=error)  # idempotent
@@ -206,7 +207,7 @@ def test_outcome_maps_to_status_and_tags(
 def test_unknown_outcome_and_unknown_trial_are_refused(uri: str, tmp_path: Path) -> None:
     tr = new_tracker(uri, tmp_path)
     tr.start_sweep({})
-    tr.trial_started("t1", CONFIG)
+    tr.write_trial("t1", config=CONFIG)
     with pytest.raises(ValueError, match="outcome"):
         tr.trial_ended("t1", "stopped", 1)
     with pytest.raises(KeyError, match="t9"):
@@ -216,8 +217,8 @@ def test_unknown_outcome_and_unknown_trial_are_refused(uri: str, tmp_path: Path)
 def test_end_sweep_leaves_nothing_running_and_records_best(uri: str, tmp_path: Path) -> None:
     tr = new_tracker(uri, tmp_path)
     parent = tr.start_sweep({})
-    tr.trial_started("t1", CONFIG)
-    tr.trial_started("t2", CONFIG)
+    tr.write_trial("t1", config=CONFIG)
+    tr.write_trial("t2", config=CONFIG)
     for epoch in (1, 2):
         tr.log_results("t1", [epoch_metrics(epoch)])
         tr.log_results("t2", [epoch_metrics(epoch)])
@@ -389,7 +390,7 @@ def test_logging_over_a_real_server(tmp_path: Path) -> None:
     with mlflow_server(tmp_path / "srv") as url:
         tr = SweepTracker(url, "exp", tmp_path / "tracking.json")
         parent = tr.start_sweep({"sweep.name": "srv"})
-        tr.trial_started("t1", CONFIG)
+        tr.write_trial("t1", config=CONFIG)
         for epoch in (1, 2, 3):
             tr.log_results("t1", [epoch_metrics(epoch)])
         tr.trial_ended("t1", "completed", 3)

@@ -20,7 +20,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from sweeps.engine import fused, hold, ray_tune, stopping
+from sweeps.engine import fused, hold, ray_process, ray_tune, stopping
+from sweeps.engine.recorder import Recorder
 from sweeps.engine.refit import Model, refit
 from sweeps.engine.stopping import EXIT_INTERRUPTED
 from sweeps.record.disk import DiskFull, Watch, quiet
@@ -28,15 +29,22 @@ from sweeps.record.history import HistoryFile, SweepHistory
 from sweeps.record.layout import SweepFolder
 from sweeps.record.lock import SweepLock
 from sweeps.record.outcomes import CHOOSABLE, SweepOutcome
-from sweeps.record.recorder import Recorder
 from sweeps.record.results import first_error_line, format_table, mark_chosen, trial_row, write_csv
-from sweeps.spec.document import apply_sets
-from sweeps.spec.sweep import SweepSpec, asks_cuda, check_data, check_same_sweep, check_storage
-from sweeps.tracking.store import sqlite_file, usable_store
+from sweeps.spec.document import trial_config_with
+from sweeps.spec.sweep import (
+    ALL_CHILD_RUNS,
+    SweepSpec,
+    asks_cuda,
+    check_data,
+    check_same_sweep,
+    check_storage,
+)
+from sweeps.tracking.store import usable_store
 from sweeps.tracking.sync import CHILD_RUNS, sync
+from sweeps.tracking.uri import sqlite_file
 from sweeps.tracking.writer import SweepTracker, recorded_store
 from sweeps.view.live import LiveView
-from trainers.config import ConfigError, trial_config
+from trainers.config import ConfigError
 from trainers.loop import Trial
 from trainers.prepared import shared
 
@@ -59,7 +67,7 @@ def sweep_params(spec: SweepSpec) -> dict[str, Any]:
         "space": json.dumps(spec.space.doc()),
     } | (
         ({POPULATION_SIZE: spec.search.population_size} if spec.search.engine == "fused" else {})
-        | ({CHILD_RUNS: spec.child_runs} if spec.child_runs != "all" else {})
+        | ({CHILD_RUNS: spec.child_runs} if spec.child_runs != ALL_CHILD_RUNS else {})
     )
 
 
@@ -67,8 +75,8 @@ def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False, exiting: boo
     """Run or resume a sweep; returns the exit code. With ``resume``, a sweep whose folder
     holds no Ray state yet starts, so a requeued SLURM job can always pass ``--resume``.
     ``exiting``: the caller ends the process right after (the ``sweep`` executable): Ray's
-    local processes are then killed rather than stopped (``ray_tune.kill_local``); a cluster drops
-    a dead driver's trials. A stop signal at any moment ends it with EXIT_INTERRUPTED, the
+    local processes are then killed rather than stopped (``ray_process.kill_local``); a cluster
+    drops a dead driver's trials. A stop signal at any moment ends it with EXIT_INTERRUPTED, the
     sweep's state saved (sweeps/engine/stopping.py)."""
     stopping.install()
     files = spec.files
@@ -93,7 +101,7 @@ def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False, exiting: boo
             if history is None or not history.completed:  # a completed sweep needs no Ray
                 data = check_data(spec)  # every corner of the searched data keys
                 with stopping.ray_starting():
-                    cluster = ray_tune.connect()
+                    cluster = ray_process.connect()
                 stopping.check()  # a stop that came while Ray started (and maybe cut it short)
                 local = "RAY_ADDRESS" not in os.environ
                 resources = trial_resources(spec, cluster, local=local)
@@ -119,9 +127,9 @@ def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False, exiting: boo
         return code
     finally:
         if exiting:
-            ray_tune.kill_local()
+            ray_process.kill_local()
         else:
-            ray_tune.shutdown()
+            ray_process.shutdown()
         lock.release()
 
 
@@ -144,7 +152,7 @@ def drive(
     files: SweepFolder,
     tracking_uri: str,
     resources: dict[str, float] | None,
-    disks: Watch | None = None,
+    disks: Watch,
 ) -> int:
     """The locked part: records brought into MLflow, Ray's trials, the end of the sweep. A
     stop waits for the writes around Ray Tune; while Tune runs, Tune stops it."""
@@ -175,7 +183,7 @@ def drive(
                 checkpoints = ray_tune.fit(spec, files, recorder, resources, resume=not fresh)
             stopping.check()  # Tune stopped by a signal (even if every trial ended meanwhile)
             if recorder.history.finished(spec.num_trials()):  # (so not stopped by Tune)
-                ray_tune.stop_in_background()
+                ray_process.stop_in_background()
             code = finish(spec, files, recorder, checkpoints)
         return write_report(files, tracking_uri) if code == 0 else code
     except KeyboardInterrupt:  # before or in Ray Tune, in the refit, or before the test look
@@ -333,8 +341,8 @@ def look_at_test(
     history: SweepHistory,
     models: dict[str, Model],
 ) -> dict[str, Any]:
-    """Each chosen trial's model (``chosen_models``) copied into the folder and measured once
-    on the test split; the best config with every label's validation and test metrics, the
+    """Each chosen trial's model (``chosen_models``) measured once on the test split
+    (``measure_on_test``); the best config with every label's validation and test metrics, the
     tags saying which model had the look, and each look (``looks``, for results.csv)."""
     metrics: dict[str, float] = {}
     best: dict[str, Any] = {}
@@ -342,16 +350,7 @@ def look_at_test(
     looks: dict[str, dict[str, Any]] = {}
     for label, row in chosen.items():
         trial_id, model = row["trial_id"], models[row["trial_id"]]
-        target = files.best(label)
-        shutil.rmtree(target, ignore_errors=True)  # a resume's earlier copy may be another model
-        shutil.copytree(model.folder, target)
-        # the data the model trained on (a refit: train+validation, their scaling), mapped from
-        # the trials' prepared copy; a GPU trial's model is looked at on the CPU where the
-        # driver has no GPU, as trainers.loop.evaluate does
-        data = trial_config(apply_sets({}, history.trials[trial_id].config)).data
-        datasets = shared(data, files.prepared, refit=model.evaluated == "refit")
-        trained = Trial.load(target, datasets, device="auto")
-        test = trained.evaluate("test")
+        test = measure_on_test(files, label, model, history.trials[trial_id].config)
         prefix = "" if label == "best" else f"{label}_"
         metrics |= {
             f"{prefix}val_acc": float(row["final_val_acc"]),
@@ -378,3 +377,18 @@ def look_at_test(
         if label == "best":
             best = {"trial_id": trial_id, "config": history.trials[trial_id].config}
     return best | {"metrics": metrics, "tags": tags, "looks": looks}
+
+
+def measure_on_test(
+    files: SweepFolder, label: str, model: Model, config: dict[str, Any]
+) -> dict[str, float]:
+    """The test metrics of ``model``, copied first into the folder's best model for ``label``.
+    Its data is the one it trained on (a refit: train+validation, their scaling), mapped from
+    the trials' prepared copy; a GPU trial's model is looked at on the CPU where the driver has
+    no GPU, as trainers.loop.evaluate does."""
+    target = files.best(label)
+    shutil.rmtree(target, ignore_errors=True)  # a resume's earlier copy may be another model
+    shutil.copytree(model.folder, target)
+    data = trial_config_with({}, config).data
+    datasets = shared(data, files.prepared, refit=model.evaluated == "refit")
+    return Trial.load(target, datasets, device="auto").evaluate("test")

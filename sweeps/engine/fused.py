@@ -40,9 +40,11 @@ import numpy as np
 import torch
 
 from sweeps.record.outcomes import Outcome
+from sweeps.record.results import outcome
 from sweeps.search.asha import Asha, Rungs
 from sweeps.search.pbt import Pbt
-from sweeps.spec.document import apply_sets
+from sweeps.spec.document import trial_config_with
+from sweeps.spec.space import config_id, config_number, plain
 from sweeps.spec.sweep import AUTO_POPULATION, DataSize, SweepSpec, reachable
 from trainers.config import ConfigError, TrialConfig, trial_config, unfusable
 from trainers.data import Dataset, memory_size
@@ -64,8 +66,7 @@ REPORT_RATIO = 4.0  # ...and trains at least 4x as long as the driver took on it
 
 def config_ids(count: int) -> list[str]:
     """Stable names of a sweep's configurations, in sampling order: c0000, c0001, ..."""
-    width = max(4, len(str(count - 1)))
-    return [f"c{i:0{width}d}" for i in range(count)]
+    return [config_id(i, count) for i in range(count)]
 
 
 def sized(
@@ -164,11 +165,6 @@ class Asker(Protocol):
         """What the population asked for and no longer holds (asked after its checkpoint)."""
 
 
-def number_of(id_: str) -> int:
-    """A configuration's sampler trial number, from its id (c0012 -> 12)."""
-    return int(id_[1:])
-
-
 # ---------------------------------------------------------------- the plan (driver)
 @dataclass(frozen=True)
 class PopulationPlan:
@@ -192,7 +188,7 @@ class PopulationPlan:
         """The data settings its members share (TrialConfig.to_dict()'s data section)."""
         if self.configs:
             return self.configs[0]["data"]
-        return trial_config(apply_sets(self.sections, self.fixed)).to_dict()["data"]
+        return trial_config_with(self.sections, self.fixed).to_dict()["data"]
 
 
 @dataclass
@@ -214,8 +210,8 @@ def plan(spec: SweepSpec, sampled: list[dict[str, Any]]) -> Plan:
     into populations of at most ``search.population_size``, as even as they can be."""
     s = spec.search
     ids = config_ids(len(sampled))
-    params = [{k: _plain(v) for k, v in p.items()} for p in sampled]
-    cfgs = [trial_config(apply_sets(spec.sections, p)) for p in params]
+    params = [{k: plain(v) for k, v in p.items()} for p in sampled]
+    cfgs = [trial_config_with(spec.sections, p) for p in params]
     asha = None
     brackets = [0] * len(cfgs)
     if s.type == "asha":
@@ -288,11 +284,6 @@ def open_plan(spec: SweepSpec) -> Plan:
     )
 
 
-def _plain(value: Any) -> Any:
-    """A numpy scalar (Ray samples some) as the Python number it is."""
-    return value.item() if isinstance(value, np.generic) else value
-
-
 # ---------------------------------------------------------------- one population (worker)
 class PopulationRun:
     """One population of a fused sweep, epoch by epoch, and the news of its members since the
@@ -307,17 +298,17 @@ class PopulationRun:
 
     def __init__(
         self,
-        spec: PopulationPlan,
+        plan: PopulationPlan,
         population: Population | None,
         rungs: Rungs | None,
         archive: dict,
         sampler: Asker | None = None,
         rng: np.random.Generator | None = None,
     ) -> None:
-        self.spec, self.population, self.rungs = spec, population, rungs
+        self.plan, self.population, self.rungs = plan, population, rungs
         self.archive: dict[str, dict[str, bytes]] = archive  # id -> its checkpoint's files
         self.sampler = sampler
-        self.rng = rng or np.random.default_rng([spec.seed, spec.index])
+        self.rng = rng or np.random.default_rng([plan.seed, plan.index])
         self.epochs = {i: c.train.epochs for i, c in self._members()}
         self.done = population is None or population.done
         # (re)started: each member still here gets (or gets back) its run
@@ -336,22 +327,22 @@ class PopulationRun:
     @classmethod
     def start(
         cls,
-        spec: PopulationPlan,
+        plan: PopulationPlan,
         datasets: list[Dataset] | None = None,
         sampler: Asker | None = None,
     ) -> PopulationRun:
-        if not spec.slots:
-            cfgs = [trial_config(c) for c in spec.configs]
-            return cls(spec, Population(cfgs, datasets, ids=spec.ids), _rungs(spec), {})
-        run = cls(spec, None, _rungs(spec), {}, sampler)
-        run._join(sampler.orphans(spec.index, []), datasets)  # asked before a kill, if any
-        run._join(sampler.ask(spec.slots - len(run._members()), spec.index, spec.fixed), datasets)
+        if not plan.slots:
+            cfgs = [trial_config(c) for c in plan.configs]
+            return cls(plan, Population(cfgs, datasets, ids=plan.ids), _rungs(plan), {})
+        run = cls(plan, None, _rungs(plan), {}, sampler)
+        run._join(sampler.orphans(plan.index, []), datasets)  # asked before a kill, if any
+        run._join(sampler.ask(plan.slots - len(run._members()), plan.index, plan.fixed), datasets)
         return run
 
     @classmethod
     def restore(
         cls,
-        spec: PopulationPlan,
+        plan: PopulationPlan,
         folder: str | Path,
         datasets: list[Dataset] | None = None,
         sampler: Asker | None = None,
@@ -361,28 +352,28 @@ class PopulationRun:
         folder = Path(folder)
         state = json.loads((folder / STATE_FILE).read_text())
         archive = _read_archive(folder / ARCHIVE_FILE)
-        rng = np.random.default_rng([spec.seed, spec.index])
+        rng = np.random.default_rng([plan.seed, plan.index])
         if "rng" in state:
             rng.bit_generator.state = state["rng"]
         population = Population.load(folder, datasets)
-        rungs = _rungs(spec, state.get("rungs"), state.get("brackets"))
-        run = cls(spec, population, rungs, archive, sampler, rng)
-        if spec.slots:
-            run._join(sampler.orphans(spec.index, population.ids), datasets)
+        rungs = _rungs(plan, state.get("rungs"), state.get("brackets"))
+        run = cls(plan, population, rungs, archive, sampler, rng)
+        if plan.slots:
+            run._join(sampler.orphans(plan.index, population.ids), datasets)
         return run
 
     def _join(self, asked: list[Asked], datasets: list[Dataset] | None = None) -> None:
         """Asked configurations join the population (or start it), each in a bracket."""
         if not asked:
             return
-        cfgs = [trial_config(apply_sets(self.spec.sections, a.params)) for a in asked]
+        cfgs = [trial_config_with(self.plan.sections, a.params) for a in asked]
         ids = [a.id for a in asked]
         if self.population is None:
             self.population = Population(cfgs, datasets, ids=ids)
         else:
             self.population.add(cfgs, ids)
         if self.rungs is not None:
-            odds = self.spec.asha.bracket_odds()
+            odds = self.plan.asha.bracket_odds()
             self.rungs.brackets |= {i: int(self.rng.choice(len(odds), p=odds)) for i in ids}
         for a, cfg in zip(asked, cfgs):
             self.epochs[a.id] = cfg.train.epochs
@@ -394,19 +385,15 @@ class PopulationRun:
         open population, refill their slots."""
         population = self.population
         results = population.step()
-        if self.spec.pbt is not None:  # the hyperparameters it perturbs, as curves
+        if self.plan.pbt is not None:  # the hyperparameters it perturbs, as curves
             for id_, metrics in results.items():
                 metrics |= pbt_curves(population.cfgs[population.ids.index(id_)].train)
         stopped = self.rungs.stopped(results) if self.rungs else {}
         ended: dict[str, Outcome] = {}
         for id_, metrics in results.items():
             epoch = int(metrics["epoch"])
-            if metrics.get("diverged"):
-                ended[id_] = Outcome.DIVERGED
-            elif id_ in stopped:
-                ended[id_] = Outcome.EARLY_STOPPED
-            elif epoch >= self.epochs[id_]:
-                ended[id_] = Outcome.COMPLETED
+            if metrics.get("diverged") or id_ in stopped or epoch >= self.epochs[id_]:
+                ended[id_] = outcome(metrics, self.epochs[id_], error=None)  # as a Ray trial's
             news = self._news(id_)
             news["results"].append(metrics)
             if id_ in ended:
@@ -414,16 +401,16 @@ class PopulationRun:
         if self.sampler is not None:
             self._tell(results, ended)
         running = [i for i in population.ids if i not in ended]
-        if self.spec.pbt is not None and running:
+        if self.plan.pbt is not None and running:
             self._perturb(results, running)
         asked = []
         if self.sampler is not None:
-            free = self.spec.slots - len(running)
-            asked = self.sampler.ask(free, self.spec.index, self.spec.fixed) if free > 0 else []
+            free = self.plan.slots - len(running)
+            asked = self.sampler.ask(free, self.plan.index, self.plan.fixed) if free > 0 else []
         self.done = not running and not asked
         if ended and not self.done:
-            for id_, outcome in ended.items():
-                if outcome is not Outcome.DIVERGED:
+            for id_, end in ended.items():
+                if end is not Outcome.DIVERGED:
                     self.archive[id_] = _exported(population, id_)
         self._join(asked)  # before the removal: a population is never empty
         if ended and not self.done:
@@ -431,31 +418,31 @@ class PopulationRun:
 
     def _tell(self, results: dict[str, dict[str, Any]], ended: dict[str, Outcome]) -> None:
         """The sampler hears each rung's values (bohb) and how each member ended."""
-        metric = self.spec.metric
+        metric = self.plan.metric
         for id_, metrics in results.items():
             epoch = int(metrics["epoch"])
             at_rung = self.rungs is not None and epoch in self.rungs.at(id_)
             if at_rung and not metrics.get("diverged"):
-                self.sampler.report(number_of(id_), epoch, float(metrics[metric]))
-        for id_, outcome in ended.items():
+                self.sampler.report(config_number(id_), epoch, float(metrics[metric]))
+        for id_, end in ended.items():
             value = float(results[id_][metric])
             state = {Outcome.COMPLETED: "complete", Outcome.EARLY_STOPPED: "pruned"}
-            self.sampler.tell(number_of(id_), value, state.get(outcome, "fail"))
+            self.sampler.tell(config_number(id_), value, state.get(end, "fail"))
 
     def _perturb(self, results: dict[str, dict[str, Any]], running: list[str]) -> None:
         """pbt, every perturbation_interval epochs: the bottom quantile takes a top member's
         weights and optimizer state (exploit), then its hyperparameters, perturbed (explore)."""
-        policy, population = self.spec.pbt, self.population
+        policy, population = self.plan.pbt, self.population
         epoch = int(results[running[0]]["epoch"])
         if epoch % policy.interval:
             return
-        scores = {i: float(results[i][self.spec.metric]) for i in running}
-        for dst, src in policy.exploits(scores, self.spec.mode, self.rng):
+        scores = {i: float(results[i][self.plan.metric]) for i in running}
+        for dst, src in policy.exploits(scores, self.plan.mode, self.rng):
             source = population.cfgs[population.ids.index(src)]
             values = policy.explore({k: source.flat()[k] for k in policy.mutations}, self.rng)
             target = population.cfgs[population.ids.index(dst)]
             population.copy_member(src, dst)
-            population.reconfigure(dst, trial_config(apply_sets(target.to_dict(), values)))
+            population.reconfigure(dst, trial_config_with(target.to_dict(), values))
             exploit = {"epoch": epoch, "source": src, "params": values}
             self._news(dst)["exploits"].append(exploit)
 
@@ -468,7 +455,7 @@ class PopulationRun:
         """Everything ``restore`` needs, in ``folder``."""
         folder = Path(folder)
         self.population.save(folder)
-        ids = list(dict.fromkeys([*self.spec.ids, *self.archive, *self.population.ids]))
+        ids = list(dict.fromkeys([*self.plan.ids, *self.archive, *self.population.ids]))
         state = {"ids": ids, "rng": self.rng.bit_generator.state}
         if self.rungs is not None:
             state |= {"rungs": self.rungs.recorded, "brackets": self.rungs.brackets}
@@ -481,11 +468,11 @@ class PopulationRun:
 
 
 def _rungs(
-    spec: PopulationPlan, recorded: dict | None = None, brackets: dict | None = None
+    plan: PopulationPlan, recorded: dict | None = None, brackets: dict | None = None
 ) -> Rungs | None:
-    if spec.asha is None:
+    if plan.asha is None:
         return None
-    return Rungs(spec.asha, brackets or dict(zip(spec.ids, spec.brackets)), recorded)
+    return Rungs(plan.asha, brackets or dict(zip(plan.ids, plan.brackets)), recorded)
 
 
 def _exported(population: Population, id_: str) -> dict[str, bytes]:

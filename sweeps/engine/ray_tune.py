@@ -1,22 +1,20 @@
-"""Every Ray Tune call of the project but the space's domains (sweeps/search/draws.py): the
-trainable, the tuner, the callback.
+"""Ray Tune on the driver: the tuner (``fit``, ``new_tuner``), the per-trial engine's searcher
+and scheduler, and the callbacks that record each trial's events.
 
-Ray's reporting API has been renamed several times across versions; keeping it here means one
-module to read when Ray moves. MLflow is written only through ``sweeps.tracking.writer``, from the
-driver (this module's callback runs there), so one process writes the store.
+Elsewhere: the trainables Ray runs on its workers, with their tune.report and
+tune.get_checkpoint (sweeps/engine/trainable.py); the space's Ray domains and the up-front draws
+(sweeps/search/draws.py); Ray's processes, started, stopped and killed
+(sweeps/engine/ray_process.py). MLflow is written only through ``sweeps.tracking.writer``, from
+the driver (this module's callbacks run there), so one process writes the store.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import gc
 import json
 import logging
-import os
-import secrets
 import signal
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,21 +29,20 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
-from sweeps.engine import fused, stopping
+from sweeps.engine import fused, ray_process, stopping
 from sweeps.engine.cadence import EARLIER
+from sweeps.engine.recorder import Recorder, TrialNews
 from sweeps.engine.trainable import population_trainable, trainable
 from sweeps.record import disk
 from sweeps.record.layout import SweepFolder
 from sweeps.record.outcomes import Outcome
-from sweeps.record.recorder import Recorder, TrialNews
 from sweeps.record.results import outcome
 from sweeps.search import pbt, tpe
 from sweeps.search.asha import milestones
 from sweeps.search.draws import DOMAINS, sample_params, search_space
-from sweeps.spec.document import apply_sets
+from sweeps.spec.document import trial_config_with
 from sweeps.spec.space import Space
 from sweeps.spec.sweep import MODELLED, STOPS_EARLY, SweepSpec
-from trainers.config import trial_config
 
 
 class _StopWords(logging.Filter):
@@ -65,11 +62,6 @@ for _name in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis"):
 
 def can_resume(files: SweepFolder) -> bool:
     return files.tuner_state.exists()
-
-
-def resolved_config(sections: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """A trial's full config as flat dotted keys: the fixed sections with its sampled params."""
-    return trial_config(apply_sets(sections, params)).flat()
 
 
 # ---------------------------------------------------------------- driver-side objects
@@ -92,8 +84,6 @@ class _Driver:
     searcher that Ray unpickles find the run nowhere else."""
 
     run: _Run | None = None  # the run being fitted (``_running``)
-    stopping: threading.Thread | None = None  # ray.shutdown in the background
-    results: Any = None  # the last fit's ResultGrid, kept until Ray is stopped (``shutdown``)
 
 
 _driver = _Driver()
@@ -153,10 +143,12 @@ class TrackingCallback(tune.Callback):
         if known is not None:
             run.recorder.trial_started(trial.trial_id, known.params, known.config)
             return
-        config = resolved_config(run.spec.sections, trial.config)
+        config = trial_config_with(run.spec.sections, trial.config).flat()
         run.recorder.trial_started(trial.trial_id, dict(trial.config), config)
 
-    def on_trial_result(self, iteration, trials, trial, result: dict, **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
         _run().recorder.trial_results(trial.trial_id, [*result.get(EARLIER, []), result])
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -224,14 +216,16 @@ class PopulationCallback(TrackingCallback):
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         pass  # the members start with the population's first report
 
-    def on_trial_result(self, iteration, trials, trial, result: dict, **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
         run = _run()
         index = trial.config[fused.POPULATION_KEY]
         news = json.loads(result[fused.NEWS_KEY])
         for id_, n in news.items():
             if "params" in n:  # asked of the sampler: the plan learns it now
                 run.plan.params[id_] = n["params"]
-                run.plan.configs[id_] = resolved_config(run.spec.sections, n["params"])
+                run.plan.configs[id_] = trial_config_with(run.spec.sections, n["params"]).flat()
         run.plan.members.setdefault(index, set()).update(news)
         run.recorder.trials_news([_member_news(run.plan, i, n) for i, n in news.items()])
         ended = [i for i, n in news.items() if n["end"] is not None]
@@ -294,83 +288,6 @@ def checkpoints(grid: Any) -> dict[str, Path] | fused.MemberCheckpoints:
     }
 
 
-def connect() -> dict[str, float]:
-    """Join the Ray cluster named by RAY_ADDRESS (a SLURM job's), else start a local one.
-
-    A local Ray gets a new token of its own, in this process's environment, which Ray's
-    processes inherit and no other user can read (left to itself, Ray would keep one token
-    for every cluster in ~/.ray/auth_token, readable by all). A token the user set is kept.
-    """
-    address = os.environ.get("RAY_ADDRESS")
-    if not (address or os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
-        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # once per process: Ray caches it
-    if not ray.is_initialized():
-        ray.init(
-            address=address,
-            include_dashboard=False,
-            logging_level="WARNING",
-            log_to_driver=False,
-        )
-    return ray.cluster_resources()
-
-
-def stop_in_background() -> None:
-    """Start stopping Ray (seconds of waiting for its processes) while the driver goes on with
-    what needs no Ray: the refit, the test look, the report.
-
-    A Ray object freed while Ray stops ends the process with exit code 1 (its core worker is
-    half gone). The fit leaves some in cyclic garbage (a GcsClient, for one), which Python's
-    collector would free at any allocation of the main thread: they are collected now, while
-    Ray is up, and the collector waits until Ray has stopped."""
-    gc.collect()
-    gc.disable()
-
-    def stop() -> None:
-        try:
-            ray.shutdown()
-        finally:
-            gc.enable()
-
-    _driver.stopping = threading.Thread(target=stop, name="ray-shutdown")
-    _driver.stopping.start()
-
-
-def kill_local() -> None:
-    """For a driver that ends right after: every process it started, Ray's local ones (their
-    children too: Ray's agents, the trial workers) killed at once, with no wait. ray.shutdown would
-    wait a second for each (they do not hear its SIGTERM: sweeps/engine/stopping.py) and, after an
-    interrupt, Ray Tune's threads may still call into Ray and Ray then ends the process with exit
-    code 1. Where there is no /proc, the kernel and Ray's reaper end them."""
-    for pid in descendants(os.getpid()):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def descendants(pid: int) -> list[int]:
-    """The processes below ``pid``, parents first (one read of /proc; none without it)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError, ValueError):  # (one that just ended)
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            children.setdefault(parent, []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        below = children.get(todo.pop(0), [])
-        found += below
-        todo += below
-    return found
-
-
-def shutdown() -> None:
-    """Ray stopped, when this returns; then the last fit's results are let go (freed while Ray
-    stops, Ray objects end the process with exit code 1)."""
-    if _driver.stopping is not None:
-        _driver.stopping.join()
-        _driver.stopping = None
-    ray.shutdown()  # (a no-op once stopped)
-    _driver.results = None
-
-
 def fit(
     spec: SweepSpec,
     files: SweepFolder,
@@ -419,11 +336,12 @@ def fit(
     else:
         tuner = new_tuner(spec, files, wrapped, plan)
     with _running(_Run(recorder, spec, files, plan, sampler)), _own_signals():
-        _driver.results = tuner.fit()
+        results = tuner.fit()
+    ray_process.keep_until_stopped(results)
     if sampler is not None:  # the search's own cost, beside the training's (docs/search.md)
         wall, cpu = ray.get(sampler.seconds.remote())
         print(f"sampler: {wall:.2f} s in Optuna ({cpu:.2f} s of CPU)", flush=True)
-    return checkpoints(_driver.results)
+    return checkpoints(results)
 
 
 def new_sampler(spec: SweepSpec, files: SweepFolder, recorded: list[str]) -> Any:
@@ -473,7 +391,7 @@ def suggest(trial: Any, key: str, dist: Any) -> Any:
     return trial.suggest_float(key, dist.low, dist.high, step=dist.step, log=dist.log)
 
 
-class Pbt(PopulationBasedTraining):
+class RecordingPBT(PopulationBasedTraining):
     """Ray's PBT, each exploit also recorded in the sweep's folder and MLflow run, and none at
     the last epoch (Ray would perturb there too and restart finished trials from another's
     checkpoint; a fused population perturbs only members still training)."""
@@ -524,7 +442,7 @@ def scheduler(spec: SweepSpec) -> Any:
         )
     if s.type == "pbt":
         policy = pbt.Pbt.of(spec)
-        return Pbt(
+        return RecordingPBT(
             policy,
             epochs,
             time_attr="epoch",

@@ -15,7 +15,7 @@ not decayed yet, and was chosen for what it showed by then; its config, run as c
 the full 30 epochs (a completed trial's epochs_run is the same number).
 
 It runs in the driver's process, one refit after the other, with no Ray: a linear model trains
-in seconds to minutes. Each epoch is recorded like a trial's (sweeps.record.recorder.Recorder: the
+in seconds to minutes. Each epoch is recorded like a trial's (sweeps.engine.recorder.Recorder: the
 folder's history.jsonl, then an MLflow child run tagged ``sweep.role=refit``). It checkpoints
 as a trial does: once CHECKPOINT_S seconds of training are unsaved, when a stop is asked for,
 and at its end (a checkpoint an epoch cost more than a digits epoch's training). A refit
@@ -34,11 +34,10 @@ import torch
 
 from sweeps.engine import hold, stopping
 from sweeps.engine.cadence import CHECKPOINT_S
+from sweeps.engine.recorder import Recorder
 from sweeps.record.layout import SweepFolder
 from sweeps.record.outcomes import Outcome
-from sweeps.record.recorder import Recorder
-from sweeps.spec.document import apply_sets
-from trainers.config import trial_config
+from sweeps.spec.document import trial_config_with
 from trainers.loop import CHECKPOINT_FILE, Trial
 from trainers.prepared import shared
 
@@ -70,7 +69,7 @@ def refit(files: SweepFolder, recorder: Recorder, trial_id: str, cpus: float) ->
     config = source.config
     if config["train.device"] == "cuda" and not torch.cuda.is_available():
         config = config | {"train.device": "cpu"}  # GPU trials ran on workers; this driver has none
-    cfg = trial_config(apply_sets({}, config))
+    cfg = trial_config_with({}, config)
     datasets = shared(cfg.data, files.prepared, refit=True)  # mapped: no copy of its own
     note = (
         f"refit on train+validation, {len(datasets[0].train.y)} examples, {cfg.train.epochs} epochs"

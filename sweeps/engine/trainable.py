@@ -21,7 +21,7 @@ from ray import tune
 
 from sweeps.engine import hold
 from sweeps.engine.cadence import EARLIER, Cadence
-from sweeps.spec.document import apply_sets
+from sweeps.spec.document import trial_config_with
 from trainers.config import trial_config
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ def trainable(
     from trainers.metrics import pbt_curves
 
     torch.set_num_threads(max(1, int(cpus)))
-    cfg = trial_config(apply_sets(sections, config))
+    cfg = trial_config_with(sections, config)
     datasets = _datasets(json.dumps(asdict(cfg.data), sort_keys=True), data)
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:

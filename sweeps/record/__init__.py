@@ -1,3 +1,3 @@
 """The sweep folder, the source of truth: its layout (``layout``) and lock (``lock``), the
-append-only history (``history``) that the driver writes through ``recorder``, each trial's
-outcome (``outcomes``), results.csv (``results``), and a full disk's stop (``disk``)."""
+append-only history (``history``), each trial's outcome (``outcomes``), results.csv
+(``results``), trials' readable names (``naming``), and a full disk's stop (``disk``)."""

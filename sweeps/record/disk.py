@@ -17,8 +17,11 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+from sweeps.record.layout import existing_ancestor
 
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 FULL_TEXTS = (*(os.strerror(e) for e in FULL_ERRNOS), "database or disk is full")  # + SQLite's
@@ -40,11 +43,7 @@ class DiskFull(Exception):
 def free_bytes(path: Path) -> int:
     """The bytes an unprivileged writer may still use on ``path``'s filesystem (its nearest
     existing ancestor's, where it is not made yet)."""
-    path = Path(path)
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
+    return shutil.disk_usage(existing_ancestor(Path(path))).free
 
 
 def _mib(n: int) -> str:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sweeps.spec.space import plain
 from trainers.config import ConfigError
 from trainers.metrics import CURVES, PBT_CURVES
 
@@ -175,7 +176,8 @@ class HistoryFile:
 
 
 def _plain(value: Any) -> Any:
-    """numpy scalars (Ray samples some values as numpy ints) as the Python numbers they are."""
-    if hasattr(value, "item"):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+    """json's hook for a value it cannot write: a numpy scalar (Ray samples some) as its Python
+    value (``plain``); anything else is refused."""
+    if (converted := plain(value)) is value:
+        raise TypeError(f"{type(value).__name__} is not JSON serializable")
+    return converted

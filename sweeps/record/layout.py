@@ -120,9 +120,7 @@ def unwritable(folder: Path) -> str | None:
     """Why ``folder`` cannot be made (or written in), or None. Nothing is left behind: it
     tries a temporary folder in the nearest existing ancestor, since permission bits mislead
     (root passes every os.access check, /proc refuses anyway)."""
-    ancestor = Path(folder).resolve()
-    while not ancestor.exists():
-        ancestor = ancestor.parent
+    ancestor = existing_ancestor(Path(folder).resolve())
     if not ancestor.is_dir():
         return f"{ancestor} is a file, not a folder"
     try:
@@ -130,3 +128,9 @@ def unwritable(folder: Path) -> str | None:
     except OSError as err:
         return f"cannot write in {ancestor} ({err.strerror})"
     return None
+
+
+def existing_ancestor(path: Path) -> Path:
+    """``path`` where it exists, else its nearest ancestor that does (``path`` where none does:
+    a relative one under a deleted working directory)."""
+    return next((p for p in (path, *path.parents) if p.exists()), path)

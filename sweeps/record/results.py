@@ -18,6 +18,8 @@ import pandas as pd
 from sweeps.record.outcomes import Outcome
 from trainers.metrics import FINAL, fold_keys
 
+SHOWN = 10  # trials in the terminal table
+
 
 def outcome(metrics: dict[str, Any] | None, epochs: int, error: Any) -> Outcome:
     """How a trial ended: error, diverged, early_stopped (by ASHA) or completed."""
@@ -96,9 +98,9 @@ def _write(table: pd.DataFrame, path: Path) -> None:
     tmp.replace(path)  # atomic: a reader never sees half a file
 
 
-def format_table(table: pd.DataFrame, params: list[str], top: int = 10) -> str:
-    """The best trials, for the terminal."""
+def format_table(table: pd.DataFrame, params: list[str]) -> str:
+    """The ``SHOWN`` best trials, for the terminal."""
     cols = ["trial_id", "status", "epochs_run", *params, "final_val_acc", "final_val_acc_std"]
     cols.append("final_val_loss")
-    shown = table[[c for c in cols if c in table]].head(top)
+    shown = table[[c for c in cols if c in table]].head(SHOWN)
     return shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")

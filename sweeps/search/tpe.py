@@ -34,7 +34,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
 from sweeps.search.pbt import snap
-from sweeps.spec.space import Dimension, Space
+from sweeps.spec.space import Dimension, Space, config_id, plain
 
 DIRECTIONS = {"max": "maximize", "min": "minimize"}
 STATES = {"complete": TrialState.COMPLETE, "pruned": TrialState.PRUNED, "fail": TrialState.FAIL}
@@ -92,7 +92,7 @@ def params(space: Space, sampled: Mapping[str, Any]) -> dict[str, Any]:
     for key, dim in space.items():
         value = sampled[key]
         if dim.distribution.discrete:
-            out[key] = value.item() if isinstance(value, np.generic) else value
+            out[key] = plain(value)
         else:
             out[key] = snap(dim, value)
     return out
@@ -152,7 +152,6 @@ class Sampler:
         self.space, self.seed, self.budget = space, seed, budget
         self._recorded = set(recorded)  # ids whose end the sweep's record holds
         self._distributions = distributions(space)
-        self._width = max(4, len(str(budget - 1)))  # as sweeps.engine.fused.config_ids
         self._seconds = [0.0, 0.0]  # wall, CPU (this thread's)
         self._storage = JournalStorage(JournalFileBackend(str(journal)))
         with self._timed():
@@ -223,12 +222,12 @@ class Sampler:
         ignored."""
         with self._timed():
             trials = self._study.get_trials(deepcopy=False)
+        accounted = {*held, *self._recorded}
         return [
             self._asked(t.number, t.params)
             for t in trials
             if t.user_attrs.get(POPULATION) == population
-            and self._id(t.number) not in held
-            and self._id(t.number) not in self._recorded
+            and config_id(t.number, self.budget) not in accounted
         ]
 
     def _sampler(self, trials: int, fixed: dict[str, Any] | None) -> BaseSampler:
@@ -239,11 +238,8 @@ class Sampler:
             warnings.simplefilter("ignore", ExperimentalWarning)
             return PartialFixedSampler(fixed, base)
 
-    def _id(self, number: int) -> str:
-        return f"c{number:0{self._width}d}"
-
     def _asked(self, number: int, sampled: Mapping[str, Any]) -> Asked:
-        return Asked(number, self._id(number), params(self.space, sampled))
+        return Asked(number, config_id(number, self.budget), params(self.space, sampled))
 
     @contextmanager
     def _timed(self) -> Iterator[None]:

@@ -18,7 +18,6 @@ and its profiles wherever pip put it, and the job sources that ray.sh.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shlex
 import shutil
@@ -28,8 +27,8 @@ from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 
-from sweeps.record.layout import DEFAULT_DB, SweepFolder
-from sweeps.spec import document as config_file
+from sweeps.record.layout import SweepFolder
+from sweeps.spec import document
 from sweeps.spec.sweep import (
     TRACKING_URI_PATTERN,
     TRACKING_URI_WHAT,
@@ -37,6 +36,7 @@ from sweeps.spec.sweep import (
     check_same_sweep,
     sweep_spec,
 )
+from sweeps.tracking.uri import resolve_tracking_uri
 from trainers.rules import ConfigError, Rule, shown, unknown_key_error
 
 # On disk, the links followed (in a checkout: configs/clusters/ and slurm/): the job sources
@@ -133,7 +133,7 @@ def load_profile(name: str, cwd: Path | None = None) -> Profile:
         path = bundled[name]
     elif not path.exists():
         raise ConfigError(f"{path}: no such cluster profile; the bundled ones: {known}")
-    doc = config_file.read_yaml(path, "cluster profile") or {}
+    doc = document.read_yaml(path, "cluster profile") or {}
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: a profile must be a YAML mapping of settings")
     keys = [f.name for f in fields(Profile)]
@@ -172,14 +172,15 @@ def plan(args: argparse.Namespace, cwd: Path | None = None) -> Job:
     """Check the sweep config, the profile and the options; raise ConfigError at the first
     mistake (every input mistake before the machine's state: the folder, sbatch). Writes
     nothing."""
+
     cwd = (cwd or Path.cwd()).resolve()
     config = (cwd / args.config).resolve()
-    spec = sweep_spec(config_file.load(config, args.set), name=args.name)
+    spec = sweep_spec(document.load(config, args.set), name=args.name)
     prof = _profile(args, cwd)
     _check_options(args, prof, spec, cwd)
     trial, sets = _trial_resources(args.set, prof, spec)
+    uri = resolve_tracking_uri(spec.tracking_uri, cwd, fallback=prof.mlflow_tracking_uri)
     _check_environment(args, spec)
-    uri = spec.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or prof.mlflow_tracking_uri
     return Job(
         mode=prof.mode,
         name=spec.name,
@@ -188,7 +189,7 @@ def plan(args: argparse.Namespace, cwd: Path | None = None) -> Job:
         command=["run", str(config), "--name", spec.name, "--resume", *_sets(sets)],
         profile=prof,
         python=prof.python or ("python" if prof.conda_env or prof.venv else sys.executable),
-        tracking_uri=uri or f"sqlite:///{cwd}/{DEFAULT_DB}",
+        tracking_uri=uri,
         trial=trial,
         resume=_resume_command(args, prof, spec, config, cwd),
     )
@@ -430,7 +431,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--cpus-per-node", type=int, help="CPUs per node or per worker job")
     s.add_argument("--time", help="each job's time limit, [D-]HH:MM:SS")
     s.add_argument("--partition", help="partition of the job, or of the worker jobs")
-    config_file.add_set_argument(s, "resources.gpu=0.5")
+    document.add_set_argument(s, "resources.gpu=0.5")
     s.add_argument("--name", help="the sweep's name (default: name in the config)")
     s.add_argument("--resume", action="store_true", help="continue the sweep in its folder")
     s.add_argument("--dry-run", action="store_true", help="print the job script, submit nothing")

@@ -113,17 +113,25 @@ def load_document(path: str | Path, empty: str = EMPTY_HINT) -> dict[str, Any]:
     return doc
 
 
+SAVED = "it should hold the sweep's config"  # the fix a damaged sweep.yaml's error names
+
+
 def load_saved(name: str, storage: str | Path = DEFAULT_STORAGE) -> dict[str, Any]:
     """The config document a sweep was started with, for ``sweep resume NAME``: pointed at the
     folder where it was found, so a moved or renamed sweep goes on where it now lies."""
     files = SweepFolder.of(storage, name)
     if not files.config.exists():
         raise ConfigError(f"no sweep named {name} under {storage}/ ({files.config} is missing)")
-    should = "it should hold the sweep's config"
-    doc = load_document(files.config, should)
+    doc = saved_document(files)
     if not doc:
-        raise ConfigError(f"{files.config} is empty; {should}")
+        raise ConfigError(f"{files.config} is empty; {SAVED}")
     return {**doc, "name": name, "storage": str(storage)}
+
+
+def saved_document(folder: SweepFolder) -> dict[str, Any]:
+    """The config document in a sweep's folder (sweep.yaml); a damaged one is a ConfigError
+    naming it."""
+    return load_document(folder.config, SAVED)
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
@@ -167,6 +175,12 @@ def apply_sets(doc: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
             node = child
         node[parts[-1]] = value
     return doc
+
+
+def trial_config_with(sections: dict[str, Any], sets: dict[str, Any]) -> TrialConfig:
+    """The validated TrialConfig of ``sections`` (data, model, train) with each dotted key of
+    ``sets`` set: a trial's config from the fixed sections and its sampled values."""
+    return trial_config(apply_sets(sections, sets))
 
 
 def load(path: str | Path, sets: list[str] | None = None) -> dict[str, Any]:

@@ -6,7 +6,9 @@ against the table (the arguments' form, the key's type, a log scale's positive l
 multiples) and against the key's own rule (trainers.config.RULES) for every value it can
 produce; a mistake is a one-line ConfigError. ``Space`` holds a sweep's dimensions in the
 config's order, and writes them back in that same form (``doc``) for MLflow's ``space`` param.
-Pure Python, like the rule tables: the Ray domains are drawn from it in sweeps/search/draws.py.
+What is drawn from it is named here too: each configuration's id (``config_id``), each value
+as plain Python (``plain``). Pure Python, like the rule tables: the Ray domains are drawn from
+it in sweeps/search/draws.py.
 """
 
 from __future__ import annotations
@@ -197,3 +199,22 @@ class Space(Mapping[str, Dimension]):
     def grid_points(self) -> int:
         """The points of the space's grid (1 without one): each repeat draws them all."""
         return math.prod(len(d.values) for d in self.values() if d.is_grid)
+
+
+def config_id(number: int, count: int) -> str:
+    """The id of configuration ``number`` (from 0, in sampling order) of a sweep's ``count``:
+    c0000, c0001, ..., wider when ``count`` needs more digits."""
+    return f"c{number:0{max(4, len(str(count - 1)))}d}"
+
+
+def config_number(id_: str) -> int:
+    """A configuration's number, from its id (c0012 -> 12)."""
+    return int(id_[1:])
+
+
+def plain(value: Any) -> Any:
+    """A numpy scalar (Ray and Optuna draw some) as the Python value it is; any other value as
+    given."""
+    import numpy as np  # here: a numpy scalar exists only where numpy is loaded already
+
+    return value.item() if isinstance(value, np.generic) else value

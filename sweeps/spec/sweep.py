@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from sweeps.record.layout import DEFAULT_STORAGE, SweepFolder, unwritable
-from sweeps.spec.document import apply_sets, load_document, trainer_config
+from sweeps.spec.document import load_document, trainer_config, trial_config_with
 from sweeps.spec.space import Dimension, Space, distribution_of
-from trainers.config import TOGETHER, ConfigError, TrialConfig, trial_config, unfusable
+from trainers.config import TOGETHER, ConfigError, TrialConfig, unfusable
 from trainers.rules import Rule, check_mapping
 
 SEARCH_TYPES = ("grid", "random", "asha", "tpe", "bohb", "pbt")
@@ -31,6 +31,7 @@ ENGINES = (
     "fused",
 )  # one Ray trial per configuration, or populations (sweeps/engine/fused.py)
 METRICS = {"val_acc": "max", "val_loss": "min"}
+ALL_CHILD_RUNS = "all"  # mlflow.child_runs: every trial a child run of its own (else best:N)
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"  # a folder, an MLflow experiment, a job name
 # The stores MLflow 3 can track to (it refuses file:// stores); a server is http(s)://.
 _PORT = r"(6553[0-5]|655[0-2]\d|65[0-4]\d\d|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3})"
@@ -45,7 +46,7 @@ TRACKING_URI_WHAT = (
 )
 # The most configurations one sweep may have (draws, or repeats x grid points): far beyond any
 # real search of a linear model, and refused before anything is drawn (a fused sweep draws
-# every configuration up front; a billion took minutes before training anything).
+# every configuration up front: a billion would take minutes before any training).
 MAX_CONFIGS = 10**6
 
 # A searched key that only matters when another key takes one of these values.
@@ -103,7 +104,7 @@ class SweepSpec:
     resources: Resources = field(default_factory=Resources)
     storage: Path = Path(DEFAULT_STORAGE)
     tracking_uri: str | None = None
-    child_runs: str = "all"  # or best:N (mlflow.child_runs)
+    child_runs: str = ALL_CHILD_RUNS  # or best:N (mlflow.child_runs)
 
     @property
     def folder(self) -> Path:
@@ -235,7 +236,7 @@ SWEEP_RULES: dict[str, Rule] = {
 def sweep_defaults() -> dict[str, Any]:
     """Each SWEEP_RULES key's default, for docs/config.md."""
     out = {"name": None, "storage": DEFAULT_STORAGE, "mlflow.tracking_uri": None}
-    out["mlflow.child_runs"] = "all"
+    out["mlflow.child_runs"] = ALL_CHILD_RUNS
     for name, cls in (("search", Search), ("resources", Resources)):
         out |= {f"{name}.{f.name}": f.default for f in fields(cls)}
     return out
@@ -396,7 +397,7 @@ def sweep_spec(doc: dict[str, Any], name: str | None = None) -> SweepSpec:
         resources=resources,
         storage=Path(storage).expanduser(),
         tracking_uri=mlflow.get("tracking_uri"),
-        child_runs=mlflow.get("child_runs", "all"),
+        child_runs=mlflow.get("child_runs", ALL_CHILD_RUNS),
     )
 
 
@@ -419,7 +420,7 @@ def check_data(spec: SweepSpec) -> DataSize:
     searched = [k for k in spec.space if k.startswith("data.")]
     corners = {}  # the distinct data configs at the corners, each loaded once
     for values in itertools.product(*(reachable(k, spec.trial, spec.space) for k in searched)):
-        data = trial_config(apply_sets(spec.sections, dict(zip(searched, values)))).data
+        data = trial_config_with(spec.sections, dict(zip(searched, values))).data
         corners[json.dumps(asdict(data), sort_keys=True)] = data
     smallest, size = math.inf, DataSize(0, 0, 0)
     for data in corners.values():  # rows chosen, none copied

@@ -21,11 +21,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.entities import PagedList
 from mlflow.tracking import MlflowClient
 
+from sweeps.spec.sweep import METRICS, Search
 from sweeps.tracking import tags as tag
-from sweeps.tracking import ui as view
+from sweeps.tracking import ui
 
 DEFAULT_UI = "http://127.0.0.1:5000"  # where `sweep ui` serves a local store
 PAGE = 1000  # results per search page
+REPORT = "report"  # the report's folder among the parent run's artifacts
 T = TypeVar("T")
 
 
@@ -101,9 +103,14 @@ def latest_parent(client: MlflowClient, experiment_ids: list[str]) -> Run | None
     return runs[0] if runs else None
 
 
-def log_report(tracking_uri: str, run_id: str, folder: Path, artifact_path: str = "report") -> None:
+def log_report(tracking_uri: str, run_id: str, folder: Path) -> None:
     """File the report's page and figures on the sweep's parent run (under ``report/``)."""
-    MlflowClient(tracking_uri).log_artifacts(run_id, str(folder), artifact_path)
+    MlflowClient(tracking_uri).log_artifacts(run_id, str(folder), REPORT)
+
+
+def has_report(tracking_uri: str, run_id: str) -> bool:
+    """Whether the sweep's parent run has a report filed (``log_report``)."""
+    return REPORT in {a.path for a in MlflowClient(tracking_uri).list_artifacts(run_id)}
 
 
 def param_value(text: str | None) -> Any:
@@ -132,7 +139,7 @@ def run_url(base: str, experiment_id: str, run_id: str) -> str:
 
 
 def trials_page_url(
-    base: str, experiment_id: str, parent_id: str, metric: str = "val_acc", ascending: bool = False
+    base: str, experiment_id: str, parent_id: str, metric: str, ascending: bool
 ) -> str:
     """The experiment's training-runs page showing this sweep's trials, best first, as charts.
 
@@ -155,13 +162,12 @@ def latest_trials_page(
     tracking_uri: str,
     experiment: str | None = None,
     base: str | None = None,
-    metric: str = "val_acc",
-    ascending: bool = False,
     charts: bool = False,
 ) -> str | None:
     """For `sweep ui`: the latest sweep (named ``experiment``, else the latest of all) in
     its view (sweeps.tracking.ui): its table of trials, or (``charts``) its charts; a store
-    that lacks the view, its trials page. None when the store holds no sweep."""
+    that lacks the view, its trials page, best first by the sweep's metric. None when the
+    store holds no sweep."""
     client = MlflowClient(tracking_uri)
     if experiment is None:
         ids = [e.experiment_id for e in all_experiments(client)]
@@ -171,12 +177,13 @@ def latest_trials_page(
     parent = latest_parent(client, ids)
     if parent is None:
         return None
-    experiment_id, key = parent.info.experiment_id, view.view_key(parent.info.run_id)
+    experiment_id, key = parent.info.experiment_id, ui.view_key(parent.info.run_id)
+    base = base or ui_base(tracking_uri)
     if tag.VIEW + key in client.get_experiment(experiment_id).tags:
-        return view.view_url(base or ui_base(tracking_uri), experiment_id, key, charts)
-    return trials_page_url(
-        base or ui_base(tracking_uri), experiment_id, parent.info.run_id, metric, ascending
-    )
+        return ui.view_url(base, experiment_id, key, charts)
+    metric = parent.data.params.get("search.metric", Search.metric)
+    ascending = METRICS.get(metric) == "min"
+    return trials_page_url(base, experiment_id, parent.info.run_id, metric, ascending)
 
 
 # ---------------------------------------------------------------- reads the writer uses too

@@ -1,12 +1,11 @@
-"""Where a sweep's MLflow store is, and whether it can take the sweep, before anything runs.
+"""Whether a sweep's MLflow store (its URI: sweeps.tracking.uri) can take the sweep, before
+anything runs.
 
-The URI comes from the config, else $MLFLOW_TRACKING_URI, else, for a sweep that has run, the
-store its state file names, else ./mlflow.db. ``check_store`` asks the store within seconds and
-writes nothing: a refused sweep leaves nothing behind. A new SQLite store's tables take seconds
-of CPU to make (MLflow runs every schema migration), so they are made once per MLflow version
-into a cached empty store (``empty_store``), copied for each new store; ``usable_store``
-prepares the copy in a thread while the driver starts Ray, and the tracker adopts the made file
-(``PreparedStore``).
+``check_store`` asks the store within seconds and writes nothing: a refused sweep leaves
+nothing behind. A new SQLite store's tables take seconds of CPU to make (MLflow runs every
+schema migration), so they are made once per MLflow version into a cached empty store
+(``empty_store``), copied for each new store; ``usable_store`` prepares the copy in a thread
+while the driver starts Ray, and the tracker adopts the made file (``PreparedStore``).
 """
 
 from __future__ import annotations
@@ -30,10 +29,10 @@ from mlflow.tracking import MlflowClient
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from sweeps.record.layout import DEFAULT_DB, unwritable
+from sweeps.record.layout import unwritable
+from sweeps.tracking.uri import resolve_tracking_uri, sqlite_file
 from trainers.config import ConfigError
 
-SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 PROBE_TIMEOUT_S = 5  # a store that has not answered by then is reported, not retried
 WHY = {  # urllib3's cause of a failed request -> words
     "NewConnectionError": "connection refused",
@@ -41,29 +40,6 @@ WHY = {  # urllib3's cause of a failed request -> words
     "ReadTimeoutError": f"no answer within {PROBE_TIMEOUT_S} s",
     "NameResolutionError": "unknown host",
 }
-
-
-def resolve_tracking_uri(
-    configured: Any, workdir: Path, key: str = "mlflow.tracking_uri", recorded: str | None = None
-) -> str:
-    """The sweep config's ``mlflow.tracking_uri`` (``key`` names where it came from), else
-    $MLFLOW_TRACKING_URI, else the store an existing sweep's runs are in (``recorded``, from its
-    state file, while that store's folder is there: a command run from another directory finds
-    them), else a SQLite database in ``workdir``. Relative paths in the configured URI are made
-    absolute against ``workdir`` (the environment's against the current directory): trials and
-    the UI run elsewhere. A bare path ending in .db/.sqlite means a SQLite database. The form
-    is checked by the rule table (sweeps.spec.sweep)."""
-    from sweeps.spec.sweep import SWEEP_RULES
-
-    rule = SWEEP_RULES["mlflow.tracking_uri"]
-    if configured is not None and configured != "":
-        return _absolute(rule.check(key, configured), workdir)
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        env = rule.check("$MLFLOW_TRACKING_URI", os.environ["MLFLOW_TRACKING_URI"])
-        return _absolute(env, Path.cwd())
-    if recorded and ((db := sqlite_file(recorded)) is None or db.parent.is_dir()):
-        return recorded
-    return f"sqlite:///{workdir.resolve()}/{DEFAULT_DB}"
 
 
 def answering_store(
@@ -85,16 +61,6 @@ def usable_store(
     uri = answering_store(configured, workdir, key, recorded)
     PreparedStore.start(uri)
     return uri
-
-
-def _absolute(uri: str, base: Path) -> str:
-    if uri.startswith("sqlite:///"):
-        path = uri[len("sqlite:///") :]
-        return uri if path.startswith("/") else f"sqlite:///{base.resolve() / path}"
-    if "://" in uri or uri.startswith("file:"):
-        return uri  # a server or a file URI: checked as given
-    path = (base / Path(uri).expanduser()).resolve()
-    return f"sqlite:///{path}" if path.suffix in SQLITE_SUFFIXES else uri
 
 
 def check_store(uri: str, key: str = "mlflow.tracking_uri") -> None:
@@ -258,9 +224,3 @@ def empty_store() -> Path:
             db.execute("VACUUM")
         os.replace(made, path)  # whole or not at all, whoever made it first
     return path
-
-
-def sqlite_file(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(uri[len("sqlite:///") :].split("?")[0])

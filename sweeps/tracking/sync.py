@@ -9,7 +9,6 @@ on demand (``sync_folder``), into the sweep's own store or another one.
 from __future__ import annotations
 
 import math
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,12 +17,12 @@ import pandas as pd
 from sweeps.record.history import HistoryFile, SweepHistory
 from sweeps.record.layout import SweepFolder
 from sweeps.record.lock import SweepLock
+from sweeps.record.naming import run_name
 from sweeps.record.results import best_first
 from sweeps.spec.document import load_saved
-from sweeps.spec.sweep import METRICS
+from sweeps.spec.sweep import ALL_CHILD_RUNS, METRICS
 from sweeps.tracking.store import usable_store
-from sweeps.tracking.writer import SweepTracker, recorded_store, refit_tags
-from sweeps.view.naming import run_name
+from sweeps.tracking.writer import SweepTracker, recorded_store, refit_name, refit_tags
 from trainers.config import ConfigError
 
 CHILD_RUNS = "mlflow.child_runs"  # a sweep param where not "all" (sweeps.engine.driver)
@@ -43,8 +42,8 @@ def sync(history: SweepHistory, tracker: SweepTracker, best_dir: Path) -> None:
 def tracked(history: SweepHistory) -> list[str]:
     """The trials that have a child run: every one, or with ``mlflow.child_runs: best:N`` the
     N best by the sweep's metric as results.csv ranks them, and the chosen one."""
-    setting = history.params.get(CHILD_RUNS, "all")
-    if setting == "all":
+    setting = history.params.get(CHILD_RUNS, ALL_CHILD_RUNS)
+    if setting == ALL_CHILD_RUNS:
         return list(history.trials)
     metric = history.params["search.metric"]
     final = [  # results.csv's final_<metric>: the value at the last epoch
@@ -69,7 +68,7 @@ def sync_trials(history: SweepHistory, tracker: SweepTracker) -> None:
     for trial_id, trial in [*((i, history.trials[i]) for i in ids), *history.refits.items()]:
         if trial.end is not None and tracker.ended.get(trial_id) == trial.end["outcome"]:
             continue  # ended in the store as in the folder: its curves were logged before
-        name = run_name(trial.params) if trial.source is None else f"refit of {trial.source}"
+        name = run_name(trial.params) if trial.source is None else refit_name(trial.source)
         if trial_id not in tracker.trials:
             write = {"config": trial.config, "name": name, "new_tags": refit_tags(trial.source)}
             new.append((trial_id, write | {"results": trial.results, "end": trial.end}))
@@ -80,17 +79,6 @@ def sync_trials(history: SweepHistory, tracker: SweepTracker) -> None:
             tracker.trial_ended(trial_id, **trial.end)
     tracker.write_trials(new)
     tracker.save_state()
-
-
-def file_report(files: SweepFolder, tracker: SweepTracker, uri: str) -> None:
-    """Give a store that lacks it the sweep's report, drawn anew so that its links point at
-    this store's runs (the folder's own report keeps pointing at the store it was made for)."""
-    if "report" in {a.path for a in tracker.client.list_artifacts(tracker.parent)}:
-        return
-    from sweeps.view.report import report  # matplotlib: only when a report is drawn
-
-    with tempfile.TemporaryDirectory() as out:
-        report(files.root, out=Path(out), tracking_uri=uri)
 
 
 @dataclass(frozen=True)
@@ -113,7 +101,8 @@ def sync_folder(name: str, storage: str | Path, tracking_uri: str | None) -> Syn
     doc = load_saved(name, storage)
     if not files.history.exists():
         raise ConfigError(
-            f"{files.history} is missing: sweep {name} was run before sweeps kept a record"
+            f"{files.history} is missing: sweep sync copies a sweep's record, and sweep {name} "
+            "has none"
         )
     if tracking_uri:
         key, configured = "--tracking-uri", tracking_uri
@@ -126,8 +115,6 @@ def sync_folder(name: str, storage: str | Path, tracking_uri: str | None) -> Syn
         history = HistoryFile(files.history).read(name)
         tracker = SweepTracker(uri, history.experiment)
         sync(history, tracker, files.best())
-        if files.report.is_dir():
-            file_report(files, tracker, uri)
     finally:
         lock.release()
     trials, refits = len(history.trials), len(history.refits)

@@ -32,12 +32,12 @@ from mlflow.tracking import MlflowClient
 from sweeps.record.history import SweepHistory
 from sweeps.record.outcomes import RUNNING, Outcome, SweepOutcome
 from sweeps.spec.space import Space
-from sweeps.tracking import bulk
+from sweeps.tracking import bulk, ui
 from sweeps.tracking import tags as tag
-from sweeps.tracking import ui as view
 from sweeps.tracking.bulk import RunWrite, new_run_id
 from sweeps.tracking.reader import get_run, runs_where
-from sweeps.tracking.store import PreparedStore, sqlite_file, sqlite_without_fsync
+from sweeps.tracking.store import PreparedStore, sqlite_without_fsync
+from sweeps.tracking.uri import sqlite_file
 from trainers.config import ConfigError
 from trainers.metrics import curve_points
 
@@ -76,6 +76,11 @@ def recorded_store(path: Path) -> str | None:
 def refit_tags(source: str | None) -> dict[str, str]:
     """The tags that mark a child run as the refit of trial ``source`` (none for a trial)."""
     return {tag.ROLE: tag.REFIT, tag.SOURCE_TRIAL_ID: source} if source else {}
+
+
+def refit_name(source: str) -> str:
+    """The run name of the refit of trial ``source``."""
+    return f"refit of {source}"
 
 
 class SweepTracker:
@@ -122,7 +127,7 @@ class SweepTracker:
             name = re.sub(r"[^\w.-]", "_", self.experiment)
             location = (db_dir / "mlartifacts" / name).as_uri()
         # The MLflow 3 UI opens an experiment on its GenAI pages unless told otherwise.
-        kind = {tag.KIND: view.TRAINING_KIND}
+        kind = {tag.KIND: ui.TRAINING_KIND}
         return self.client.create_experiment(self.experiment, location, tags=kind)
 
     # ------------------------------------------------------------------ the sweep
@@ -150,7 +155,7 @@ class SweepTracker:
         self._log_batch(
             self.parent, params={k: v for k, v in params.items() if k not in run.data.params}
         )
-        if tag.VIEW + view.view_key(self.parent) not in self._experiment_tags():
+        if tag.VIEW + ui.view_key(self.parent) not in self._experiment_tags():
             self.write_view()  # its charts' axis is chosen again when the sweep ends
         return self.parent
 
@@ -237,13 +242,13 @@ class SweepTracker:
                 table = trials_table(history, keys, metric)
             else:
                 table = self._trials_table(keys, metric)
-            x_key = view.chart_key(table, keys, space, metric)
-        key = view.view_key(parent.info.run_id)
-        value = view.encode(view.view_state(parent.info.run_id, keys, metric, x_key))
+            x_key = ui.chart_key(table, keys, space, metric)
+        key = ui.view_key(parent.info.run_id)
+        value = ui.encode(ui.view_state(parent.info.run_id, keys, metric, x_key))
         if self._experiment_tags().get(tag.VIEW + key) != value:
             self.client.set_experiment_tag(self.experiment_id, tag.VIEW + key, value)
         if tag.NOTE not in parent.data.tags:  # a description the user wrote stays
-            table, charts = (view.view_link(self.experiment_id, key, c) for c in (False, True))
+            table, charts = (ui.view_link(self.experiment_id, key, c) for c in (False, True))
             note = f"This sweep's [trials, best first]({table}) and [charts]({charts})."
             self._log_tags(parent.info.run_id, {tag.NOTE: note})
 
@@ -273,7 +278,7 @@ class SweepTracker:
     ) -> str:
         """The trial's child run, created (RUNNING, with ``tags``) if this store lacks it;
         params it lacks (its status stays). ``name``: the run's readable name
-        (sweeps.view.naming.run_name); the id stays a tag."""
+        (sweeps.record.naming.run_name); the id stays a tag."""
         run_id = self.trials.get(trial_id)
         if run_id is None:
             self.write_trials([(trial_id, {"config": config, "name": name, "new_tags": tags})])
@@ -291,7 +296,6 @@ class SweepTracker:
         end: dict[str, Any] | None = None,
         name: str | None = None,
         new_tags: dict[str, str] | None = None,
-        save: bool = True,
     ) -> None:
         """A trial's events in the fewest writes: with ``config`` it started (its run made
         with the config as params, named ``name``, tagged ``new_tags``, or reopened on
@@ -299,12 +303,11 @@ class SweepTracker:
         logged, step = epoch; a diverged result repeats the last finite values: no point, a
         sweep.diverged tag); ``end`` is {"outcome", "epochs_run", "error"}: the outcome
         tagged and the run ended with the outcome's MLflow status (sweeps.record.outcomes).
-        Nothing the run has already is written again. ``save``: the state file now, if a run
-        was made (else the caller calls ``save_state`` later)."""
+        Nothing the run has already is written again; the state file is saved if a run was
+        made."""
         write = {"config": config, "results": results, "end": end, "name": name}
         self.write_trials([(trial_id, write | {"new_tags": new_tags})])
-        if save:
-            self.save_state()
+        self.save_state()
 
     def write_trials(self, writes: list[tuple[str, dict[str, Any]]]) -> None:
         """Trials' writes (``write_trial``'s arguments, as sweeps.tracking.writes.merge makes
@@ -342,7 +345,7 @@ class SweepTracker:
                 write.status, write.tags[tag.STATUS] = "RUNNING", RUNNING
             self.last_epoch[run_id] = self._read_last_epoch(run_id)
         elif run_id is None:
-            raise KeyError(f"trial {trial_id} has no run: call trial_started() first")
+            raise KeyError(f"trial {trial_id} has no run: write its config first")
         last = NOTHING if write.new else self._last(write.run_id)
         write.metrics, diverged, last = _new_points(last, results or [])
         if diverged:
@@ -414,16 +417,6 @@ class SweepTracker:
                 self.ended.pop(trial_id, None)
                 self.unsaved = True
         self.save_state()
-
-    def trial_started(
-        self,
-        trial_id: str,
-        config: dict[str, Any],
-        name: str | None = None,
-        tags: dict[str, str] | None = None,
-    ) -> None:
-        """Create the trial's child run with its config as params, or reopen it on resume."""
-        self.write_trial(trial_id, config=config, name=name, new_tags=tags)
 
     def log_results(self, trial_id: str, results: list[dict[str, Any]]) -> None:
         """Log the curves of the epochs the run lacks (step = epoch), in one batch; replayed

@@ -1,3 +1,3 @@
 """What people look at: the HTML report (``report``, ``sections``, ``figures``,
-``importance``), the live view of a running sweep (``live``), ``sweep status`` (``status``),
-and trials' readable names (``naming``)."""
+``importance``), the live view of a running sweep (``live``), and ``sweep status``
+(``status``)."""

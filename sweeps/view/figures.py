@@ -18,8 +18,8 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from sweeps.record.naming import format_value, short_key
 from sweeps.record.outcomes import CHOOSABLE, RUNNING, Outcome
-from sweeps.view.naming import format_value, short_key
 
 CROWD = 200  # from this many trials on, lines and markers get thin and translucent
 MARKERS = ("o", "s", "^", "D", "v", "P")  # one per loss (or other group)

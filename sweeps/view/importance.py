@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 MIN_TRIALS = 12  # trials with a metric needed before importance is computed
-# Trees per forest: 30 rank the keys as 100 did, and a forest's fit and predict cost its
+# Trees per forest: 30 rank the keys as 100 do, and a forest's fit and predict cost its
 # trees' Python overhead more than a sweep's small table.
 TREES = 30
 REPEATS = 5  # shuffles of each key per fold
@@ -78,7 +78,7 @@ def _permutation_drops(
     """The forest's predictions of ``X``, and the drop in R² when each column is shuffled
     (REPEATS times): scikit-learn's ``permutation_importance``, with one ``predict`` for all
     the shuffled copies. A forest's predict costs milliseconds of overhead whatever its rows,
-    and the library's one call per key and repeat made this half of a 64-trial report."""
+    and the library's one call per key and repeat would be half of a 64-trial report."""
     from sklearn.metrics import r2_score
 
     n, keys = X.shape

@@ -19,8 +19,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from sweeps.record.naming import run_name
 from sweeps.record.outcomes import Outcome
-from sweeps.view.naming import run_name
 
 WORDS = {  # outcome -> how the view says it
     Outcome.COMPLETED: "completed",
@@ -116,7 +116,7 @@ class LiveView:
         self._tick()
 
     def withdrawn(self, trial_ids: list[str]) -> None:
-        """Trials that a resumed Ray runs again (sweeps.record.recorder.withdraw): those that
+        """Trials that a resumed Ray runs again (sweeps.engine.recorder.withdraw): those that
         had ended no longer count as ended."""
         with self.lock:
             for trial_id in trial_ids:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,22 +22,24 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from sweeps.record.history import HistoryFile, SweepHistory
 from sweeps.record.layout import DEFAULT_STORAGE, SweepFolder
 from sweeps.record.outcomes import CHOOSABLE, RUNNING
 from sweeps.record.results import best_first
+from sweeps.spec.document import saved_document
 from sweeps.spec.sweep import Resources, SweepSpec, sweep_spec
 from sweeps.tracking import tags as tag
 from sweeps.tracking.reader import (
     SweepRuns,
+    has_report,
     log_report,
     param_value,
     read_sweep,
     run_url,
     ui_base,
 )
+from sweeps.tracking.writer import read_state
 from sweeps.view import sections
 from trainers.config import ConfigError
 from trainers.metrics import CURVES, FINAL, curve_points
@@ -122,6 +124,16 @@ def report(
     return page
 
 
+def file_report(folder: SweepFolder, tracking_uri: str, parent_id: str) -> None:
+    """Give the store ``tracking_uri``, where its parent run ``parent_id`` lacks one, the
+    sweep's report (``sweep sync``), drawn anew so that its links point at that store's runs:
+    the folder's own report keeps pointing at the store it was made for."""
+    if has_report(tracking_uri, parent_id):
+        return
+    with tempfile.TemporaryDirectory() as out:
+        report(folder.root, out=Path(out), tracking_uri=tracking_uri)
+
+
 def find_folder(target: str, storage: str | Path = DEFAULT_STORAGE) -> SweepFolder:
     """A sweep folder from a path to it, or from its name under ``storage``."""
     as_path = SweepFolder(Path(target).expanduser().resolve())
@@ -138,11 +150,10 @@ def find_folder(target: str, storage: str | Path = DEFAULT_STORAGE) -> SweepFold
 
 def load(folder: SweepFolder, tracking_uri: str | None = None) -> SweepData:
     """The sweep's config, results (results.csv, else what MLflow holds so far) and curves."""
-    from sweeps.tracking.store import resolve_tracking_uri
+    from sweeps.tracking.uri import resolve_tracking_uri
 
-    doc = yaml.safe_load(folder.config.read_text())
-    spec = sweep_spec(doc)
-    state = json.loads(folder.state.read_text()) if folder.state.exists() else {}
+    spec = sweep_spec(saved_document(folder))
+    state = read_state(folder.state)
     recorded = state.get("tracking_uri")
     uri = tracking_uri or resolve_tracking_uri(spec.tracking_uri, Path.cwd(), recorded=recorded)
     runs = read_sweep(uri, spec.name, state.get("parent"))

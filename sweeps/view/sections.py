@@ -17,13 +17,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from sweeps.record.naming import format_value, run_name, short_key
 from sweeps.record.outcomes import Outcome
 from sweeps.search.asha import milestones
 from sweeps.spec.sweep import MODELLED, STOPS_EARLY
 from sweeps.tracking.reader import trials_page_url, ui_base
 from sweeps.view import figures as figs
 from sweeps.view.importance import importance
-from sweeps.view.naming import format_value, run_name, short_key
 
 if TYPE_CHECKING:
     from sweeps.view.report import SweepData

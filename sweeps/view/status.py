@@ -4,8 +4,8 @@ The trials come from the folder's record (history.jsonl), which holds every one 
 those that ``mlflow.child_runs: best:N`` gives no run, and reads 10,000 trials in about a
 second where MLflow's search takes tens; MLflow is asked for the parent run alone. A store
 that lacks the sweep (deleted, or another) leaves its state to the folder: completed with a
-results.csv, else interrupted once it has a record. A folder without a record (a sweep older
-than it) is read from its MLflow runs.
+results.csv, else interrupted once it has a record. A folder without a record is read from its
+MLflow runs.
 
 It starts nothing and needs neither Ray nor the data, so it answers from a login node while the
 sweep runs elsewhere as a SLURM job; where the folder holds a job's log (``slurm-<id>.out``) it
@@ -17,7 +17,6 @@ interrupted otherwise, since its record's last write.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -27,17 +26,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from sweeps.record.history import HistoryFile, SweepHistory
 from sweeps.record.layout import DEFAULT_STORAGE, SweepFolder
 from sweeps.record.lock import holder
+from sweeps.record.naming import run_name
 from sweeps.record.outcomes import RUNNING, Outcome
+from sweeps.spec.document import saved_document
+from sweeps.spec.sweep import METRICS, Search, sweep_spec
 from sweeps.tracking import tags as tag
 from sweeps.tracking.reader import RunInfo, SweepRuns, param_value, read_sweep
-from sweeps.tracking.store import sqlite_file
-from sweeps.tracking.writer import end_tags
-from sweeps.view.naming import run_name
+from sweeps.tracking.uri import sqlite_file
+from sweeps.tracking.writer import end_tags, read_state
 from trainers.config import ConfigError
 from trainers.metrics import curve_points
 
@@ -129,25 +128,25 @@ def sweep_folders(storage: str | Path) -> list[SweepFolder]:
     root = Path(storage).expanduser()
     if not root.is_dir():
         return []
-    return [SweepFolder(p.resolve()) for p in sorted(root.iterdir()) if (p / "sweep.yaml").exists()]
+    folders = (SweepFolder(p.resolve()) for p in sorted(root.iterdir()))
+    return [f for f in folders if f.config.exists()]
 
 
 def status_of(folder: SweepFolder, tracking_uri: str | None = None) -> Status:
-    """A sweep's standing from its folder, its MLflow runs and (if any) its SLURM job."""
-    from sweeps.spec.sweep import sweep_spec
-    from sweeps.tracking.store import resolve_tracking_uri
+    """A sweep's standing from its folder, its MLflow runs and (if any) its SLURM job. A
+    damaged sweep.yaml or state file is a ConfigError naming it."""
+    from sweeps.tracking.uri import resolve_tracking_uri
 
-    doc = yaml.safe_load(folder.config.read_text()) or {}
-    search = doc.get("search") or {}
-    metric = search.get("metric", "val_acc")
+    doc = saved_document(folder)
+    state = read_state(folder.state)
     st = Status(
         name=folder.name,
         folder=folder,
         state="unknown",
         planned=None,
-        metric=metric,
-        mode="min" if metric == "val_loss" else "max",
-        space=list(doc.get("space") or {}),
+        metric=Search.metric,
+        mode=METRICS[Search.metric],
+        space=[],
         slurm=slurm_state(folder),
     )
     try:
@@ -155,11 +154,12 @@ def status_of(folder: SweepFolder, tracking_uri: str | None = None) -> Status:
     except OSError as err:  # no locks here: the record and SLURM say what they can
         st.driver = f"unknown ({err.strerror})"
     try:
-        st.planned = sweep_spec(doc).num_trials()
-    except ConfigError as err:
-        st.problem = f"sweep.yaml: {err}"
-    state = json.loads(folder.state.read_text()) if folder.state.exists() else {}
-    configured = (doc.get("mlflow") or {}).get("tracking_uri")
+        spec = sweep_spec(doc)
+    except ConfigError as err:  # the record and MLflow say what they can
+        st.problem, configured = f"{folder.config.name}: {err}", None
+    else:
+        st.planned, st.space, configured = spec.num_trials(), list(spec.space), spec.tracking_uri
+        st.metric, st.mode = spec.search.metric, spec.search.mode
     uri = tracking_uri or resolve_tracking_uri(
         configured, Path.cwd(), recorded=state.get("tracking_uri")
     )
@@ -272,9 +272,9 @@ def format_overview(statuses: list[Status]) -> str:
     return "\n".join(lines)
 
 
-def format_detail(s: Status, now_ms: float | None = None) -> str:
+def format_detail(s: Status) -> str:
     """One sweep: state, counts per outcome, best config so far, the last trials."""
-    now_ms = time.time() * 1000 if now_ms is None else now_ms
+    now_ms = time.time() * 1000
     planned = "?" if s.planned is None else s.planned
     lines = [
         f"sweep {s.name}: {s.state}, {s.ended}/{planned} trials ended",
@@ -344,6 +344,18 @@ def _ago(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def listed_status(folder: SweepFolder, tracking_uri: str | None) -> Status:
+    """``status_of`` for the overview: a damaged folder is one sweep's problem line there, not
+    the end of the list (``sweep status NAME`` refuses it)."""
+    try:
+        return status_of(folder, tracking_uri)
+    except ConfigError as err:
+        metric = Search.metric
+        return Status(
+            folder.name, folder, "unknown", None, metric, METRICS[metric], [], problem=str(err)
+        )
+
+
 def show(
     name: str | None, storage: str | Path = DEFAULT_STORAGE, tracking_uri: str | None = None
 ) -> str:
@@ -355,7 +367,7 @@ def show(
         folders = sweep_folders(storage)
         if not folders:
             return f"no sweeps under {Path(storage).expanduser()}/"
-        return format_overview([status_of(f, tracking_uri) for f in folders])
+        return format_overview([listed_status(f, tracking_uri) for f in folders])
     from sweeps.view.report import find_folder
 
     return format_detail(status_of(find_folder(name, storage), tracking_uri))

@@ -1,8 +1,10 @@
-"""The sweep folder is the source of truth; MLflow is a copy of it.
+"""The driver's writer: each event of a sweep fanned out to the folder's record, MLflow and the
+live view.
 
-``Recorder`` is the driver's writer: each event goes to the folder's history.jsonl first, then
-to MLflow (from a thread of its own, sweeps.tracking.writes), then to the live view when one
-watches the sweep. What MLflow lacks, ``sync`` (sweeps.tracking.sync) copies from the record.
+The sweep folder is the source of truth; MLflow is a copy of it. ``Recorder`` writes each event
+to the folder's history.jsonl first, then to MLflow (from a thread of its own,
+sweeps.tracking.writes), then to the live view when one watches the sweep. What MLflow lacks,
+``sync`` (sweeps.tracking.sync) copies from the record.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sweeps.record.history import RESULT_KEYS, HistoryFile, SweepHistory
+from sweeps.record.naming import run_name
 from sweeps.record.results import first_error_line
+from sweeps.spec.sweep import ALL_CHILD_RUNS
 from sweeps.tracking.sync import CHILD_RUNS, sync_trials
-from sweeps.tracking.writer import SweepTracker, refit_tags
+from sweeps.tracking.writer import SweepTracker, refit_name, refit_tags
 from sweeps.tracking.writes import TrialWrites
-from sweeps.view.naming import run_name
 from trainers.metrics import REFIT_CURVES, fold_keys
 
 if TYPE_CHECKING:
@@ -115,7 +118,7 @@ class Recorder:
             {"event": "refit_started", "refit": refit_id, "source": source}
             | {"params": params, "config": config}
         )
-        name, tags = f"refit of {source}", refit_tags(source)
+        name, tags = refit_name(source), refit_tags(source)
         self.mlflow.put(refit_id, config=config, name=name, new_tags=tags)
 
     def refit_result(self, refit_id: str, metrics: dict[str, Any]) -> None:
@@ -147,7 +150,7 @@ class Recorder:
     @property
     def runs_as_trials_train(self) -> bool:
         """Every trial is a child run, written as it trains (mlflow.child_runs all)."""
-        return self.history.params.get(CHILD_RUNS, "all") == "all"
+        return self.history.params.get(CHILD_RUNS, ALL_CHILD_RUNS) == ALL_CHILD_RUNS
 
     def trials_news(self, news: list[TrialNews]) -> None:
         """Trials' news (one trial's event, or a fused population's report): every event
