@@ -161,7 +161,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser() if args.out else None
     if out is not None and (why := unwritable(out)):
         raise ConfigError(f"--out {args.out}: {why}; give a folder you can write")
-    page = report(args.sweep, out, args.storage, given_store(args), log=not args.no_log)
+    logs = not args.no_log
+    page = report(args.sweep, out, args.storage, given_store(args, writes=logs), log=logs)
     print(f"report: {page}")
     return 0
 
@@ -174,13 +175,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def given_store(args: argparse.Namespace) -> str | None:
-    """--tracking-uri, checked and made absolute as `sweep ui` does; None when not given: each
-    sweep's own store (the one its state file names)."""
-    from sweeps.tracking.uri import resolve_tracking_uri
+def given_store(args: argparse.Namespace, writes: bool = False) -> str | None:
+    """--tracking-uri, checked and made absolute as `sweep ui` does, and asked within seconds
+    as `sweep sync` asks it (a server that does not answer is refused in one line); a SQLite
+    file only where the command ``writes`` to it (one that is only read may be read-only).
+    None when not given: each sweep's own store (the one its state file names)."""
+    from sweeps.tracking.uri import resolve_tracking_uri, sqlite_file
 
-    uri = args.tracking_uri
-    return resolve_tracking_uri(uri, Path.cwd(), "--tracking-uri") if uri else None
+    if not args.tracking_uri:
+        return None
+    uri = resolve_tracking_uri(args.tracking_uri, Path.cwd(), "--tracking-uri")
+    if writes or sqlite_file(uri) is None:
+        from sweeps.tracking.store import check_store
+
+        check_store(uri, "--tracking-uri")
+    return uri
 
 
 def add_report_parsers(sub: argparse._SubParsersAction) -> None:
@@ -310,7 +319,13 @@ def main(argv: list[str] | None = None, exiting: bool = False) -> int:
     args = build_parser().parse_args(argv)
     args.exiting = exiting
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # (a closed pipe says so here, not at the interpreter's exit)
+        return code
+    except BrokenPipeError:  # `sweep ... | head -1`: the reader has gone; nothing to say
+        # the Python docs' recipe: what is still buffered goes nowhere, not to a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR

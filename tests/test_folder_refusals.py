@@ -11,12 +11,14 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mlflow_server import free_port  # noqa: E402
 from sweeping import SWEEP, write_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,6 +79,55 @@ def test_a_server_that_never_answers_is_given_up_within_seconds(workdir):
         for conn in asked:
             conn.close()
         assert len(asked) == 1  # asked once, given up after 5 s: not 261 s of retries
+    nothing_written(workdir)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["report", "saved"], ["report", "saved", "--no-log"], ["status"], ["status", "saved"]],
+)
+def test_report_and_status_refuse_a_tracking_uri_that_does_not_answer(workdir, command):
+    """--tracking-uri is asked within seconds, as `sweep sync` asks it: a local port nothing
+    listens on is one line naming the flag (`sweep report` took minutes of MLflow's retries,
+    `sweep status` listed the sweep as unknown with MLflow's exception and exit 0)."""
+    folder = saved_sweep(workdir)
+    uri = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    line = refused([*command, "--tracking-uri", uri], workdir)
+    assert line == (
+        f"error: --tracking-uri: no MLflow server answers at {uri} (connection refused); "
+        "start it or fix the URI"
+    )
+    assert time.monotonic() - started < 60
+    assert sorted(p.name for p in folder.iterdir()) == ["sweep.yaml"]  # no report drawn
+
+
+def test_report_from_a_sqlite_store_that_is_not_there_makes_none(workdir):
+    """Reading a missing SQLite file would make it (MLflow's tables and all): the report takes
+    it for a store that holds no runs of the sweep, here one with neither results nor runs."""
+    saved_sweep(workdir)
+    refused(
+        ["report", "saved", "--tracking-uri", "other.db", "--no-log"],
+        workdir,
+        "sweep saved has no results.csv and no MLflow runs",
+    )
+    assert not list(workdir.glob("*.db"))
+
+
+@pytest.mark.parametrize(
+    ("storage", "lists"),
+    [([], "`sweep status` lists"), (["--storage", "elsewhere"], "`sweep status --storage "
+     "elsewhere` lists")],
+)  # fmt: skip
+@pytest.mark.parametrize("command", ["resume", "sync"])
+def test_a_sweep_name_that_is_not_there_says_how_to_find_the_sweeps(workdir, command, storage,
+                                                                     lists):  # fmt: skip
+    where = storage[-1] if storage else "runs"
+    line = refused([command, "nosuch", *storage], workdir)
+    assert line == (
+        f"error: no sweep named nosuch under {where}/ ({workdir}/{where}/nosuch/sweep.yaml is "
+        f"missing); {lists} the sweeps there, --storage names another folder"
+    )
     nothing_written(workdir)
 
 

@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from sweeps.engine import fused
 from sweeps.search.asha import Asha, Rungs
+from sweeps.search.draws import sample_params
 from sweeps.spec.sweep import sweep_spec
 from trainers.config import trial_config
 from trainers.data import prepare
@@ -458,6 +460,66 @@ def test_sigkill_then_resume_logs_every_epoch_once(workdir, monkeypatch):
     for run in children.values():
         assert run.info.status == "FINISHED"
         assert history_steps(client, run) == list(range(1, 61))  # each epoch once
+
+
+@pytest.mark.slow
+def test_a_resume_draws_the_same_configurations_as_the_first_run(workdir, monkeypatch):
+    """The draws follow the order of the space's keys, as the user wrote them (here not
+    alphabetical): the sweep folder keeps that order, so the resumed sweep draws the same
+    configuration under each id, and each id starts with one configuration only. A saved
+    config whose keys were reordered since is refused on resume, before anything runs."""
+    name = "forder"
+    doc = {
+        "name": name,
+        "data": {"source": "digits"},
+        "train": {"epochs": 40, "batch_size": 8, "optimizer": "sgd", "schedule": "constant"},
+        "search": {
+            "type": "random",
+            "num_samples": 8,
+            **FUSED,
+            "population_size": 4,
+            "max_concurrent": 1,
+        },
+        "space": {
+            "train.lr": {"loguniform": [1e-4, 1e-1]},
+            "train.lambda": {"loguniform": [1e-5, 1e-1]},
+            "model.loss": {"choice": ["softmax", "hinge"]},
+        },
+    }
+    (workdir / f"{name}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    monkeypatch.chdir(workdir)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    hold = Hold(workdir / "hold", "epoch-20")
+    proc = start_sweep("run", str(workdir / f"{name}.yaml"), hold=hold)
+    try:
+        hold.second("epoch-20")  # the first population ended, the second half-way
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    saved = workdir / "runs" / name / "sweep.yaml"
+    kept, record = saved.read_text(), saved.with_name("history.jsonl")
+    before = record.read_text()
+    saved.write_text(yaml.safe_dump(yaml.safe_load(kept)))  # the space's keys sorted
+    refused = sweep(workdir, "resume", name)
+    assert refused.returncode == 2, refused.stdout[-3000:] + refused.stderr[-3000:]
+    line = refused.stderr.strip().splitlines()
+    assert len(line) == 1 and str(saved) in line[0] and "order" in line[0], refused.stderr
+    assert record.read_text() == before  # nothing trained, nothing recorded
+
+    saved.write_text(kept)
+    resumed = sweep(workdir, "resume", name)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+
+    drawn = sample_params(sweep_spec(doc))
+    started: dict[str, list] = {}
+    for line in (workdir / "runs" / name / "history.jsonl").read_text().splitlines():
+        event = json.loads(line)
+        if event["event"] == "trial_started":
+            started.setdefault(event["trial"], []).append(event["params"])
+    assert sorted(started) == fused.config_ids(8)
+    for i, (trial, params) in enumerate(sorted(started.items())):
+        assert all(p == drawn[i] for p in params), (trial, params, drawn[i])
+    assert len(pd.read_csv(workdir / "runs" / name / "results.csv")) == 8
 
 
 @pytest.mark.slow

@@ -21,6 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SWEEP = str(Path(sys.executable).with_name("sweep"))
 DIGITS = str(ROOT / "configs/digits.yaml")
 ASHA = str(ROOT / "configs/digits_asha.yaml")
+# What a given store URI must be: no "or null", which a command line cannot say (a config can).
+URI_WHAT = (
+    "an MLflow store URI: http(s)://HOST:PORT, sqlite:///FILE, postgresql://..., or a path "
+    "ending in .db"
+)
 
 CONFIGS = {  # file name -> bytes
     "latin1.yaml": "train:\n  lr: 0.1\n  device: c\xe9pu\n".encode("latin-1"),
@@ -96,11 +101,12 @@ RUN_CASES = [
     (["--set", "data.source=cifar10", "--set", "data.path={in}/labels.csv"],
      "labels.csv is not a folder; cifar10 reads a folder"),
     (["--set", "space.train.batch_size={choice: [32, 5000]}"],
-     "train.batch_size must be <= the training split (1077 examples); got 5000"),
+     "error: space.train.batch_size must be <= the training split (1077 examples); got 5000"),
     (["--set", "space.data.val_fraction={choice: [0.2, 0.7]}", "--set",
       "space.train.batch_size={choice: [64, 256]}"],
-     "train.batch_size must be <= the training split (179 examples); got 256"),
-    (["--set", "mlflow.tracking_uri=file:///tmp/x"], "mlflow.tracking_uri must be an MLflow"),
+     "error: space.train.batch_size must be <= the training split (179 examples); got 256"),
+    (["--set", "mlflow.tracking_uri=file:///tmp/x"],
+     f"error: mlflow.tracking_uri must be {URI_WHAT} or null; got 'file:///tmp/x'"),
     (["--set", "train.lr={grid: [1], grid: [2]}"], "--set train.lr: not valid YAML at line 1: "
      "duplicate key 'grid'"),
 ]  # fmt: skip
@@ -111,6 +117,51 @@ def test_bad_sweep_input_is_refused_before_anything_is_written(work, capsys, set
     sets = [s.replace("{in}", str(work.parent / "in")) for s in sets]
     line = one_error_line(capsys, ["run", ASHA, "--dry-run", *sets], work)
     assert message in line, line
+
+
+def test_a_store_uri_from_the_environment_is_checked_without_null(work, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "ftp://y")
+    assert one_error_line(capsys, ["run", ASHA, "--dry-run"], work) == (
+        f"error: $MLFLOW_TRACKING_URI must be {URI_WHAT}; got 'ftp://y'"
+    )
+
+
+# ---------------------------------------------------------------- output into a closed pipe
+@pytest.mark.parametrize(
+    "argv", [["train", DIGITS], ["run", ASHA, "--dry-run"]], ids=["train", "dry-run"]
+)
+def test_output_into_a_pipe_nobody_reads_ends_quietly(tmp_path, argv):
+    """`sweep ... | head -1` where head has already gone: the first write finds no reader, and
+    the command ends there, exit 1, without a traceback (the Python docs' recipe)."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    try:
+        done = subprocess.run(
+            [SWEEP, *argv], cwd=tmp_path, stdout=write, stderr=subprocess.PIPE, text=True,
+            timeout=120,
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert done.returncode == 1 and done.stderr == "", done.stderr
+
+
+def test_a_reader_that_leaves_after_the_first_line_stops_the_training(tmp_path):
+    """`sweep train | head -1`: the reader closes after the first line while the command
+    still has thousands of lines to write, more than a pipe holds, so it meets the closed pipe
+    whatever the timing; it stops there, quietly, instead of training on."""
+    with open(tmp_path / "stderr", "w+") as err:
+        proc = subprocess.Popen(
+            [SWEEP, "train", DIGITS, "--set", "train.epochs=5000"], cwd=tmp_path,
+            stdout=subprocess.PIPE, stderr=err, text=True,
+        )  # fmt: skip
+        first = proc.stdout.readline()
+        proc.stdout.close()
+        code = proc.wait(timeout=120)  # the 5000 epochs would take minutes
+        err.seek(0)
+        said = err.read()
+    assert first.startswith("training softmax on digits")
+    assert "Traceback" not in said and "BrokenPipeError" not in said, said
+    assert code == 1 and said == "", said
 
 
 def test_numbers_written_1e_minus_3_are_numbers(work, capsys):
@@ -135,7 +186,10 @@ def busy_port():
         (["--port", "-1"], "error: --port must be an integer in [1, 65535]; got -1"),
         (["--port", "65536"], "error: --port must be an integer in [1, 65535]; got 65536"),
         (["--port", "BUSY"], "cannot listen on 127.0.0.1:BUSY (Address already in use); pick"),
-        (["--tracking-uri", "foo://bar"], "error: --tracking-uri must be an MLflow store URI"),
+        (
+            ["--tracking-uri", "foo://bar"],
+            f"error: --tracking-uri must be {URI_WHAT}; got 'foo://bar'",
+        ),
     ],
 )
 def test_sweep_ui_checks_the_port_before_starting_mlflow(tmp_path, busy_port, args, message):
@@ -155,10 +209,11 @@ READER_CASES = [
     (["report", "mk3", "--out", "runs/mk3/sweep.yaml/page"],
      "error: --out runs/mk3/sweep.yaml/page: {cwd}/runs/mk3/sweep.yaml is a file, not a folder"),
     (["report", "mk3", "--tracking-uri", "ftp://x"],
-     "error: --tracking-uri must be an MLflow store URI"),
-    (["status", "--tracking-uri", "ftp://x"], "error: --tracking-uri must be an MLflow store URI"),
+     f"error: --tracking-uri must be {URI_WHAT}; got 'ftp://x'\n"),
+    (["status", "--tracking-uri", "ftp://x"],
+     f"error: --tracking-uri must be {URI_WHAT}; got 'ftp://x'\n"),
     (["status", "mk3", "--tracking-uri", "ftp://x"],
-     "error: --tracking-uri must be an MLflow store URI"),
+     f"error: --tracking-uri must be {URI_WHAT}; got 'ftp://x'\n"),
 ]  # fmt: skip
 
 

@@ -162,3 +162,25 @@ def test_trials_run_again_after_a_resume_count_once():
         view.ended(trial, "completed", {"epoch": 1, "val_acc": 0.5})
     assert [line[:5] for line in out.getvalue().splitlines()] == ["[2/3]", "[3/3]"]
     assert "3/3 ended, 0 running, 2 completed, 1 stopped early;" in view.summary()
+
+
+def test_a_tie_for_the_best_goes_where_results_csv_puts_it(tmp_path):
+    """Two trials end with the same value, the one drawn later first (as a pbt sweep's did):
+    the live view's best so far is the trial results.csv ranks first, and so the one chosen
+    at the end (sweeps.record.results.rank_order, for both), whichever order they end in."""
+    from sweeps.record.results import write_csv
+
+    ends = [("7a332_00003", 0.9417), ("7a332_00000", 0.90), ("7a332_00001", 0.9417)]
+    for order in (ends, ends[::-1]):
+        view = LiveView(3, stream=io.StringIO(), interactive=False, clock=Clock())
+        for trial, acc in order:
+            view.started(trial, {"train.lr": 0.1})
+            view.ended(trial, "completed", {"epoch": 8, "val_acc": acc})
+        rows = [{"trial_id": t, "final_val_acc": acc} for t, acc in order]
+        table = write_csv(rows, "val_acc", "max", tmp_path / "results.csv")
+        assert view.best[:2] == (0.9417, "7a332_00001") == (0.9417, table["trial_id"].iloc[0])
+        assert "best val_acc 0.9417: 7a332_00001" in view.summary()
+    low = LiveView(2, metric="val_loss", mode="min", stream=io.StringIO(), clock=Clock())
+    for trial in ("b", "a"):
+        low.ended(trial, "completed", {"epoch": 1, "val_loss": 0.25})
+    assert low.best[:2] == (0.25, "a")

@@ -5,6 +5,9 @@ the MLflow parent run; and a 1,000-trial report against the clock."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -315,6 +318,49 @@ def test_a_sweep_where_every_trial_failed_says_so_in_words(workdir):
     text = (workdir / "runs/allbad/report/index.html").read_text()
     assert "No trial finished" in text and "no such file" in text  # the first error, in words
     assert "<img" not in text and not list((workdir / "runs/allbad/report").glob("*.png"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("swept", ["grid"], indirect=True)  # one sweep is enough
+def test_a_store_that_does_not_answer_leaves_the_report_to_the_folder(swept, tmp_path):
+    """A copy of a finished sweep whose state file names a server nobody answers at (a local
+    port nothing listens on): `sweep report` draws the report from the folder within seconds,
+    says on the page that the store did not answer, and in one line that it could not file the
+    report on the MLflow run; `sweep status` takes the sweep's state from the folder."""
+    from tests.mlflow_server import free_port
+
+    kind, page, _, _ = swept
+    folder = tmp_path / "runs" / kind
+    shutil.copytree(page.parents[1], folder, ignore=shutil.ignore_patterns("report"))
+    uri = f"http://127.0.0.1:{free_port()}"
+    state = json.loads((folder / "mlflow_runs.json").read_text())
+    (folder / "mlflow_runs.json").write_text(json.dumps(state | {"tracking_uri": uri}))
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    silent = f"no MLflow server answers at {uri} (connection refused)"
+    mine = folder / "report" / "index.html"
+    for args, said in (
+        ([], f"report not filed on the sweep's MLflow run: {silent}; file it with `sweep "
+         f"report {kind}` once the store answers\n"),
+        (["--no-log"], ""),
+    ):  # fmt: skip
+        started = time.monotonic()
+        made = subprocess.run(
+            [SWEEP, "report", kind, *args], cwd=tmp_path, env=env, capture_output=True,
+            text=True, timeout=120,
+        )  # fmt: skip
+        assert made.returncode == 0 and made.stderr == "", made.stdout + made.stderr
+        assert made.stdout == f"{said}report: {mine}\n"
+        assert time.monotonic() - started < 60  # not MLflow's minutes of retries
+        text = mine.read_text()
+        assert f"N{silent[1:]}: drawn from the sweep&#x27;s folder, no links." in text
+        assert "<img" in text and "<a href" not in text and "#/experiments/" not in text
+    shown = subprocess.run(
+        [SWEEP, "status"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert shown.returncode == 0 and "Traceback" not in shown.stdout + shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[1].split()[:2] == [kind, "completed"], shown.stdout
+    assert f"{kind}: MLflow {uri}: connection refused; the state is the folder's" in lines
 
 
 def test_report_of_an_unknown_sweep_is_one_error_line(tmp_path):

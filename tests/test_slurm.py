@@ -702,6 +702,15 @@ BAD_PROFILES = {  # file name -> its bytes
         (["--mode", "workers", "--nodes", "2"], "--nodes is for --mode single-job"),
         (["--mode", "swarm"], "--mode must be one of single-job, workers"),
         (["--gpus-per-node", "2", "--profile", "discovery"], "partition gpu allows 1 GPU(s)"),
+        (
+            ["--gpus-per-node", "4", "--profile", "discovery"],
+            "not 4 (each worker is one job): use --gpus-per-node 1 and more --workers, "
+            "or --partition multigpu",
+        ),
+        (
+            ["--profile", "discovery", "--mode", "single-job", "--nodes", "2"],
+            "not 2: use --mode workers, --nodes 1, or --partition multigpu",
+        ),
         (["--set", "resources.cpu=4"], "a trial asks for 4 CPU, 0 GPU; a node has 2 CPU"),
         (["--profile", "{bad}/latin1.yaml"], "latin1.yaml: not UTF-8 text (byte 0xe9 at offset"),
         (
@@ -733,6 +742,21 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
     assert list(work.iterdir()) == [] and not pwned.exists()
+
+
+def test_too_many_gpus_per_job_names_a_fix_that_passes(capsys, monkeypatch, tmp_path):
+    """Discovery's gpu partition gives one GPU per job and its profile runs workers mode: 4
+    GPUs a worker is refused with the fix for that mode (not --mode workers, which it is in
+    already), and the fix it names submits."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["submit", str(ROOT / "configs/digits_asha.yaml"), "--profile", "discovery"]
+    for mode in ([], ["--mode", "workers"]):
+        assert main([*argv, *mode, "--gpus-per-node", "4", "--dry-run"]) == 2
+        err = capsys.readouterr().err
+        assert "use --gpus-per-node 1 and more --workers" in err and "--mode" not in err, err
+    fixed = ["--gpus-per-node", "1", "--workers", "4", "--dry-run"]
+    assert main([*argv, *fixed]) == 0
+    assert "#SBATCH --array=1-4" in capsys.readouterr().out.splitlines()
 
 
 def test_missing_sbatch_is_one_line_exit_2_and_writes_nothing(capsys, monkeypatch, tmp_path):

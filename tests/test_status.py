@@ -246,3 +246,19 @@ def test_no_sweeps_and_a_sweep_without_runs(tmp_path, monkeypatch):
     folder.config.write_text(yaml.safe_dump({"name": "fresh", "search": {"type": "grid"}}))
     out = show(None, tmp_path / "runs", f"sqlite:///{tmp_path}/mlflow.db")
     assert out.splitlines()[1].split()[:3] == ["fresh", "not", "started"]
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_a_tie_for_the_best_goes_to_the_trial_results_csv_names(tmp_path, mode):
+    """Tied trials: status names the one drawn first, as results.csv and the live view do,
+    whatever order the trials are listed in."""
+    from sweeps.tracking.reader import RunInfo
+    from sweeps.view.status import Status
+
+    def run(value: float) -> RunInfo:
+        return RunInfo("r", "FINISHED", 0, 1, {"sweep.status": "completed"}, {}, {"m": value})
+
+    worse = 0.5 if mode == "max" else 0.99
+    trials = {"t_00003": run(0.9417), "t_00002": run(worse), "t_00001": run(0.9417)}
+    st = Status("s", SweepFolder(tmp_path), "completed", 3, "m", mode, [], trials=trials)
+    assert st.best[0] == "t_00001"

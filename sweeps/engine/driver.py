@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from sweeps.engine import fused, hold, ray_process, ray_tune, stopping
 from sweeps.engine.recorder import Recorder
@@ -30,7 +29,7 @@ from sweeps.record.layout import SweepFolder
 from sweeps.record.lock import SweepLock
 from sweeps.record.outcomes import CHOOSABLE, SweepOutcome
 from sweeps.record.results import first_error_line, format_table, mark_chosen, trial_row, write_csv
-from sweeps.spec.document import trial_config_with
+from sweeps.spec.document import save_document, trial_config_with
 from sweeps.spec.sweep import (
     ALL_CHILD_RUNS,
     SweepSpec,
@@ -158,7 +157,7 @@ def drive(
     stop waits for the writes around Ray Tune; while Tune runs, Tune stops it."""
     with stopping.deferred():
         if not files.config.exists():
-            files.config.write_text(yaml.safe_dump({**doc, "name": spec.name}))
+            save_document(files, {**doc, "name": spec.name})
         record = HistoryFile(files.history)
         history = record.read(spec.name)
         tracker = SweepTracker(tracking_uri, history.experiment, files.state)
@@ -169,6 +168,7 @@ def drive(
         if not (files.report / "index.html").exists():  # interrupted while it was drawn
             return write_report(files, tracking_uri)
         return 0
+    ray_tune.check_draws(spec, files, history.trials)
     recorder = Recorder(history, record, tracker, disks)
     fresh = not ray_tune.can_resume(files)
     try:

@@ -43,6 +43,7 @@ from sweeps.search.draws import DOMAINS, sample_params, search_space
 from sweeps.spec.document import trial_config_with
 from sweeps.spec.space import Space
 from sweeps.spec.sweep import MODELLED, STOPS_EARLY, SweepSpec
+from trainers.config import ConfigError
 
 
 class _StopWords(logging.Filter):
@@ -286,6 +287,22 @@ def checkpoints(grid: Any) -> dict[str, Path] | fused.MemberCheckpoints:
         for result in grid
         if result.checkpoint is not None and "trial_id" in result.metrics
     }
+
+
+def check_draws(spec: SweepSpec, files: SweepFolder, known: dict[str, Any]) -> None:
+    """A resumed fused grid, random or asha sweep draws its configurations again from its
+    saved config; refuse it, before anything runs, where they are not those its trials
+    (``known``: the record's) started with, rather than train another under the same id."""
+    if spec.search.engine != "fused" or spec.search.type in MODELLED or not known:
+        return
+    drawn = fused.plan(spec, sample_params(spec)).params
+    for id_, trial in known.items():
+        if id_ in drawn and drawn[id_] != trial.params:
+            raise ConfigError(
+                f"{files.config} draws {id_} as {drawn[id_]}, but the sweep started it as "
+                f"{trial.params}: the order of the space's keys decides the draws; put them "
+                "back in the order the sweep started with, or run it again under another --name"
+            )
 
 
 def fit(

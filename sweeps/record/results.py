@@ -9,6 +9,7 @@ the test look is taken, the chosen rows say which model had it (``chosen``, ``ev
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,13 +64,21 @@ def trial_row(
     return row
 
 
+def rank_order(values: Sequence[Any], trial_ids: Sequence[str], mode: str) -> np.ndarray:
+    """The positions of trials best first by their ``values`` of the sweep's metric (``mode``
+    min or max), missing (NaN) values last. Ties go to the trial drawn first (the smaller id),
+    as GridSearchCV's do: the choice does not depend on the order trials happened to end in,
+    nor on the engine (trial or fused). results.csv (``best_first``, so the chosen trial) and
+    the live view's best so far (sweeps.view.live) both rank by it."""
+    value = np.asarray(values, dtype=float)
+    missing = np.isnan(value)
+    score = np.where(missing, 0.0, -value if mode == "max" else value)
+    return np.lexsort((np.asarray(trial_ids, dtype=str), score, missing))  # last key first
+
+
 def best_first(table: pd.DataFrame, column: str, mode: str) -> pd.DataFrame:
-    """Trials best first by ``column`` (``mode`` min or max), missing values last. Ties go to
-    the trial drawn first (its id), as GridSearchCV's do: the choice does not depend on the
-    order trials happened to end in, nor on the engine (trial or fused)."""
-    return table.sort_values(
-        [column, "trial_id"], ascending=[mode == "min", True], na_position="last"
-    )
+    """Trials best first by ``column`` (``mode`` min or max), as ``rank_order`` ranks them."""
+    return table.iloc[rank_order(table[column], table["trial_id"], mode)]
 
 
 def write_csv(rows: list[dict[str, Any]], metric: str, mode: str, path: Path) -> pd.DataFrame:

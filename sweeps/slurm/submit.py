@@ -217,8 +217,7 @@ def _check_options(args: argparse.Namespace, prof: Profile, spec: SweepSpec, cwd
         (args.workers is not None and not workers, "--workers is for --mode workers"),
         (seconds(prof.time) <= prof.signal_seconds + 60, f"--time {prof.time} leaves no room "
          f"for the pre-timeout signal {prof.signal_seconds} s before the end"),
-        (gpus_per_job > cap, f"partition {prof.partition} allows {cap} GPU(s) per job, not "
-         f"{gpus_per_job}: use --mode workers, or another partition"),
+        (gpus_per_job > cap, _too_many_gpus(prof, cap, gpus_per_job)),
         (not all(re.fullmatch(_PATH, str(d)) for d in (folder, cwd)), f"the sweep folder "
          f"{shown(str(folder))} or working directory {shown(str(cwd))} has characters SLURM "
          "options cannot take"),
@@ -226,6 +225,23 @@ def _check_options(args: argparse.Namespace, prof: Profile, spec: SweepSpec, cwd
     for mistake, message in refuse:
         if mistake:
             raise ConfigError(message)
+
+
+def _too_many_gpus(prof: Profile, cap: int, gpus_per_job: int) -> str:
+    """A job would hold more GPUs than its partition allows, and what to change: in workers
+    mode each worker job holds --gpus-per-node of them, so more workers, not more per job; in
+    single-job mode the one job holds them all, so worker jobs, or fewer nodes."""
+    roomier = sorted(p for p, n in prof.max_gpus_per_job.items() if n >= gpus_per_job)
+    partition = f"--partition {' or '.join(roomier)}" if roomier else "another --partition"
+    said = f"partition {prof.partition} allows {cap} GPU(s) per job, not {gpus_per_job}"
+    if cap == 0:
+        return f"{said}: use --gpus-per-node 0, or {partition}"
+    if prof.mode == "workers":
+        more = f"use --gpus-per-node {cap} and more --workers"
+        return f"{said} (each worker is one job): {more}, or {partition}"
+    if prof.gpus_per_node > cap:
+        return f"{said}: use --mode workers --gpus-per-node {cap}, or {partition}"
+    return f"{said}: use --mode workers, --nodes {cap // prof.gpus_per_node}, or {partition}"
 
 
 def _trial_resources(

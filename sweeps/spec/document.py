@@ -121,7 +121,11 @@ def load_saved(name: str, storage: str | Path = DEFAULT_STORAGE) -> dict[str, An
     folder where it was found, so a moved or renamed sweep goes on where it now lies."""
     files = SweepFolder.of(storage, name)
     if not files.config.exists():
-        raise ConfigError(f"no sweep named {name} under {storage}/ ({files.config} is missing)")
+        raise ConfigError(
+            f"no sweep named {name} under {storage}/ ({files.config} is missing); `sweep status"
+            f"{'' if str(storage) == DEFAULT_STORAGE else f' --storage {storage}'}` lists the "
+            "sweeps there, --storage names another folder"
+        )
     doc = saved_document(files)
     if not doc:
         raise ConfigError(f"{files.config} is empty; {SAVED}")
@@ -132,6 +136,13 @@ def saved_document(folder: SweepFolder) -> dict[str, Any]:
     """The config document in a sweep's folder (sweep.yaml); a damaged one is a ConfigError
     naming it."""
     return load_document(folder.config, SAVED)
+
+
+def save_document(folder: SweepFolder, doc: dict[str, Any]) -> None:
+    """Write the config a sweep starts with into its folder, keys in the config's own order:
+    the draws follow the order of the space's keys, so ``sweep resume`` reads them back in it
+    and draws the same configurations under the same ids."""
+    folder.config.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:

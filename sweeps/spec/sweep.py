@@ -44,6 +44,9 @@ TRACKING_URI_WHAT = (
     "an MLflow store URI: http(s)://HOST:PORT, sqlite:///FILE, postgresql://..., "
     "or a path ending in .db"
 )
+# A store URI given as a value (--tracking-uri, $MLFLOW_TRACKING_URI): what the config's
+# mlflow.tracking_uri takes, but null, which means nothing there (sweeps.tracking.uri).
+TRACKING_URI = Rule(str, pattern=TRACKING_URI_PATTERN, what=TRACKING_URI_WHAT)
 # The most configurations one sweep may have (draws, or repeats x grid points): far beyond any
 # real search of a linear model, and refused before anything is drawn (a fused sweep draws
 # every configuration up front: a billion would take minutes before any training).
@@ -433,8 +436,9 @@ def check_data(spec: SweepSpec) -> DataSize:
             )
     largest = max(reachable("train.batch_size", spec.trial, spec.space))
     if largest > smallest:
+        key = "space.train.batch_size" if "train.batch_size" in spec.space else "train.batch_size"
         raise ConfigError(
-            f"train.batch_size must be <= the training split ({smallest} examples); got {largest}"
+            f"{key} must be <= the training split ({smallest} examples); got {largest}"
         )
     return size
 

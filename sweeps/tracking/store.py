@@ -82,6 +82,15 @@ def check_store(uri: str, key: str = "mlflow.tracking_uri") -> None:
         if why:
             raise ConfigError(f"{key}: cannot use the SQLite store {db}: {why}")
         return
+    if why := unanswered(uri):
+        raise ConfigError(
+            f"{key}: no MLflow server answers at {uri} ({why}); start it or fix the URI"
+        )
+
+
+def unanswered(uri: str) -> str | None:
+    """Why the store at ``uri`` (a server: not a SQLite file) does not answer a read within
+    PROBE_TIMEOUT_S, asked once; None when it answers. Writes nothing."""
     fast = {
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
         "MLFLOW_HTTP_REQUEST_TIMEOUT": str(PROBE_TIMEOUT_S),
@@ -90,12 +99,12 @@ def check_store(uri: str, key: str = "mlflow.tracking_uri") -> None:
         try:
             MlflowClient(uri).search_experiments(max_results=1)
         except MlflowException as err:
-            raise ConfigError(
-                f"{key}: no MLflow server answers at {uri} ({_why(err)}); start it or fix the URI"
-            ) from None
+            return why_failed(err)
+    return None
 
 
-def _why(err: MlflowException) -> str:
+def why_failed(err: MlflowException) -> str:
+    """An MLflow error in a few words: urllib3's cause of a failed request, else its first line."""
     text = str(err)
     cause = re.search(r"Caused by (\w+)", text)
     if cause and cause.group(1) in WHY:

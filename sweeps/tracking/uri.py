@@ -30,14 +30,14 @@ def resolve_tracking_uri(
     a SQLite database in ``workdir``. Relative paths in the configured URI and the fallback are
     made absolute against ``workdir`` (the environment's against the current directory):
     trials and the UI run elsewhere. A bare path ending in .db/.sqlite means a SQLite database.
-    The form is checked by the rule table (sweeps.spec.sweep)."""
-    from sweeps.spec.sweep import SWEEP_RULES
+    The form is checked by the rule of a given URI (sweeps.spec.sweep: the config's rule, whose
+    null means nothing on a command line or in the environment)."""
+    from sweeps.spec.sweep import TRACKING_URI
 
-    rule = SWEEP_RULES["mlflow.tracking_uri"]
     if configured is not None and configured != "":
-        return _absolute(rule.check(key, configured), workdir)
+        return _absolute(TRACKING_URI.check(key, configured), workdir)
     if os.environ.get("MLFLOW_TRACKING_URI"):
-        env = rule.check("$MLFLOW_TRACKING_URI", os.environ["MLFLOW_TRACKING_URI"])
+        env = TRACKING_URI.check("$MLFLOW_TRACKING_URI", os.environ["MLFLOW_TRACKING_URI"])
         return _absolute(env, Path.cwd())
     if fallback:
         return _absolute(fallback, workdir)

@@ -524,7 +524,7 @@ class SweepTracker:
 def writers(tracking_uri: str) -> int:
     """How many runs to write at once: WRITERS to a server (a tracking server, or a database
     server behind MLflow's SQLAlchemy store), which serves requests side by side; one to a
-    SQLite file (one writer at a time) or a folder."""
+    SQLite file (one writer at a time)."""
     scheme = urlparse(tracking_uri).scheme.split("+")[0]  # postgresql+psycopg: postgresql
     return WRITERS if scheme in SERVED else 1
 

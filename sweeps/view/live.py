@@ -21,6 +21,7 @@ from rich.text import Text
 
 from sweeps.record.naming import run_name
 from sweeps.record.outcomes import Outcome
+from sweeps.record.results import rank_order
 
 WORDS = {  # outcome -> how the view says it
     Outcome.COMPLETED: "completed",
@@ -102,7 +103,7 @@ class LiveView:
             self.counts[outcome] += 1
             value = _number(metrics.get(self.metric, trial["value"]))
             epochs = int(metrics.get("epoch", trial["epoch"]))
-            if outcome.choosable and self._better(value):
+            if outcome.choosable and self._better(value, trial_id):
                 self.best = (value, trial_id, trial["params"])
             score = "" if math.isnan(value) else f", {self.metric} {value:.4f}"
             line = (
@@ -213,12 +214,14 @@ class LiveView:
             self.last_summary = now
             self._write(self.summary())
 
-    def _better(self, value: float) -> bool:
+    def _better(self, value: float, trial_id: str) -> bool:
+        """Whether the trial ranks before the best so far, as results.csv ranks them (ties:
+        the trial drawn first), so the best shown while it runs is the one chosen at the end."""
         if math.isnan(value):
             return False
         if self.best is None:
             return True
-        return value > self.best[0] if self.mode == "max" else value < self.best[0]
+        return rank_order([value, self.best[0]], [trial_id, self.best[1]], self.mode)[0] == 0
 
     def _best_text(self) -> str:
         if self.best is None:

@@ -6,7 +6,9 @@ hyperparameters matter, and what the sweep cost. It reads the sweep's folder (sw
 results.csv, the per-epoch curves of its record) and its MLflow runs (links, the parent's
 tags and times), writes ``report/index.html`` (figures embedded: it opens from disk, with no
 server and no network) beside ``report/*.png``, and files them on the sweep's MLflow parent
-run under ``report/``. What the page shows: sweeps.view.sections.
+run under ``report/``. A store that does not answer is asked once, within seconds: the page is
+drawn from the folder alone (it says so, without links) and not filed, said in one line. What
+the page shows: sweeps.view.sections.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 
 from sweeps.record.history import HistoryFile, SweepHistory
 from sweeps.record.layout import DEFAULT_STORAGE, SweepFolder
@@ -39,6 +42,8 @@ from sweeps.tracking.reader import (
     run_url,
     ui_base,
 )
+from sweeps.tracking.store import unanswered, why_failed
+from sweeps.tracking.uri import sqlite_file
 from sweeps.tracking.writer import read_state
 from sweeps.view import sections
 from trainers.config import ConfigError
@@ -60,6 +65,7 @@ class SweepData:
     order: list[str] = field(default_factory=list)  # trial ids in the order they started
     exploits: dict[str, list[dict]] = field(default_factory=dict)  # pbt: each member's
     granted: Resources | None = None  # what each Ray trial got, where the record says
+    silent: str | None = None  # why the MLflow store did not answer (then no runs)
 
     @property
     def resources(self) -> Resources:
@@ -119,8 +125,19 @@ def report(
     data = load(folder, tracking_uri)
     out = Path(out) if out is not None else folder.report
     page = write_report(data, out)
-    if log and data.runs is not None:
-        log_report(data.runs.tracking_uri, data.runs.parent.run_id, out)
+    if log and data.silent:
+        print(
+            f"report not filed on the sweep's MLflow run: {data.silent}; file it with "
+            f"`sweep report {folder.name}` once the store answers"
+        )
+    elif log and data.runs is not None:
+        try:
+            log_report(data.runs.tracking_uri, data.runs.parent.run_id, out)
+        except MlflowException as err:
+            print(
+                f"report not filed on the sweep's MLflow run: {why_failed(err)}; "
+                f"`sweep report {folder.name}` tries again"
+            )
     return page
 
 
@@ -156,24 +173,53 @@ def load(folder: SweepFolder, tracking_uri: str | None = None) -> SweepData:
     state = read_state(folder.state)
     recorded = state.get("tracking_uri")
     uri = tracking_uri or resolve_tracking_uri(spec.tracking_uri, Path.cwd(), recorded=recorded)
-    runs = read_sweep(uri, spec.name, state.get("parent"))
-    notes = [] if runs else [f"The MLflow store {uri} holds no runs of this sweep: no links."]
+    silent, runs = read_runs(uri, spec.name, state.get("parent"))
+    if silent:
+        notes = [f"{silent[0].upper()}{silent[1:]}: drawn from the sweep's folder, no links."]
+    elif runs is None:
+        notes = [f"The MLflow store {uri} holds no runs of this sweep: no links."]
+    else:
+        notes = []
     finished = folder.results.exists()
     if finished:
         table = pd.read_csv(folder.results)
         table["error"] = table["error"].fillna("")
     elif runs is not None:
         table = table_from_runs(runs, list(spec.space))
+    elif silent:
+        raise ConfigError(
+            f"sweep {spec.name} has no {folder.results.name} (it has not ended), and its "
+            f"trials so far are read from its MLflow store: {silent}; start the store, or "
+            "give another with --tracking-uri"
+        )
     else:
         raise ConfigError(f"sweep {spec.name} has no {folder.results.name} and no MLflow runs")
     history = HistoryFile(folder.history).read(spec.name)
-    data = SweepData(spec, table, record_curves(history), runs, finished, notes)
+    data = SweepData(spec, table, record_curves(history), runs, finished, notes, silent=silent)
     data.order = list(history.trials)
     data.exploits = {i: t.exploits for i, t in history.trials.items() if t.exploits}
     if "resources.cpu" in history.params:
         got = history.params
         data.granted = Resources(cpu=got["resources.cpu"], gpu=got["resources.gpu"])
     return data
+
+
+def read_runs(
+    uri: str, experiment: str, parent_id: str | None
+) -> tuple[str | None, SweepRuns | None]:
+    """(why the store did not answer, None) or (None, the sweep's runs there, if any). A server
+    is asked once within seconds first (sweeps.tracking.store), not retried for minutes: the
+    report is drawn from the folder without it. A SQLite file that is not there holds no runs
+    (reading it would make it)."""
+    db = sqlite_file(uri)
+    if db is not None and not db.exists():
+        return None, None
+    if db is None and (why := unanswered(uri)):
+        return f"no MLflow server answers at {uri} ({why})", None
+    try:
+        return None, read_sweep(uri, experiment, parent_id)
+    except MlflowException as err:  # a server that stopped meanwhile, a store it cannot read
+        return f"MLflow {uri}: {why_failed(err)}", None
 
 
 def table_from_runs(runs: SweepRuns, keys: list[str]) -> pd.DataFrame:

@@ -3,9 +3,9 @@
 The trials come from the folder's record (history.jsonl), which holds every one of them, also
 those that ``mlflow.child_runs: best:N`` gives no run, and reads 10,000 trials in about a
 second where MLflow's search takes tens; MLflow is asked for the parent run alone. A store
-that lacks the sweep (deleted, or another) leaves its state to the folder: completed with a
-results.csv, else interrupted once it has a record. A folder without a record is read from its
-MLflow runs.
+that lacks the sweep (deleted, or another) or does not answer (said in one line) leaves its
+state to the folder: completed with a results.csv, else interrupted once it has a record. A
+folder without a record is read from its MLflow runs.
 
 It starts nothing and needs neither Ray nor the data, so it answers from a login node while the
 sweep runs elsewhere as a SLURM job; where the folder holds a job's log (``slurm-<id>.out``) it
@@ -26,15 +26,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
+
 from sweeps.record.history import HistoryFile, SweepHistory
 from sweeps.record.layout import DEFAULT_STORAGE, SweepFolder
 from sweeps.record.lock import holder
 from sweeps.record.naming import run_name
 from sweeps.record.outcomes import RUNNING, Outcome
+from sweeps.record.results import rank_order
 from sweeps.spec.document import saved_document
 from sweeps.spec.sweep import METRICS, Search, sweep_spec
 from sweeps.tracking import tags as tag
 from sweeps.tracking.reader import RunInfo, SweepRuns, param_value, read_sweep
+from sweeps.tracking.store import why_failed
 from sweeps.tracking.uri import sqlite_file
 from sweeps.tracking.writer import end_tags, read_state
 from trainers.config import ConfigError
@@ -100,7 +104,8 @@ class Status:
 
     @property
     def best(self) -> tuple[str, RunInfo] | None:
-        """The best trial so far by its latest metric (diverged and failed ones left out)."""
+        """The best trial so far by its latest metric (diverged and failed ones left out), ties
+        broken as results.csv breaks them."""
         scored = [
             (t, r)
             for t, r in self.trials.items()
@@ -109,8 +114,8 @@ class Status:
         ]
         if not scored:
             return None
-        sign = 1 if self.mode == "max" else -1
-        return max(scored, key=lambda tr: sign * tr[1].metrics[self.metric])
+        values = [r.metrics[self.metric] for _, r in scored]
+        return scored[rank_order(values, [t for t, _ in scored], self.mode)[0]]
 
     def last_event_ms(self) -> int | None:
         times = [self.runs.parent.start_ms] if self.runs else []
@@ -170,9 +175,12 @@ def status_of(folder: SweepFolder, tracking_uri: str | None = None) -> Status:
                 uri, doc.get("name", folder.name), state.get("parent"), not recorded
             )
     except Exception as err:  # an unreachable server or a locked store: say so, go on
-        text = str(err).strip()
-        st.problem = f"MLflow {uri}: {text.splitlines()[0] if text else type(err).__name__}"
-        return st
+        if isinstance(err, MlflowException):  # (urllib3's cause, not its whole chain)
+            why = why_failed(err)
+        else:
+            text = str(err).strip()
+            why = text.splitlines()[0] if text else type(err).__name__
+        st.problem = f"MLflow {uri}: {why}; the state is the folder's"
     st.state = _state(st, folder)
     if recorded:  # (with or without its MLflow runs)
         history = HistoryFile(folder.history).read(folder.name)
