@@ -489,7 +489,7 @@ def test_a_resume_draws_the_same_configurations_as_the_first_run(workdir, monkey
     (workdir / f"{name}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     monkeypatch.chdir(workdir)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    hold = Hold(workdir / "hold", "epoch-20")
+    hold = Hold(workdir / "hold-order", "epoch-20")  # not the other tests' points
     proc = start_sweep("run", str(workdir / f"{name}.yaml"), hold=hold)
     try:
         hold.second("epoch-20")  # the first population ended, the second half-way
