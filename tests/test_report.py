@@ -363,6 +363,34 @@ def test_a_store_that_does_not_answer_leaves_the_report_to_the_folder(swept, tmp
     assert f"{kind}: MLflow {uri}: connection refused; the state is the folder's" in lines
 
 
+def test_an_unfinished_sweep_is_reported_from_its_record_alone(swept, tmp_path):
+    """A sweep that has not finished (no results.csv) and whose store does not answer: its
+    report lists every trial of the record, with how it ended, marked not finished."""
+    from tests.mlflow_server import free_port
+
+    kind, page, _, _ = swept
+    folder = tmp_path / "runs" / kind
+    shutil.copytree(page.parents[1], folder, ignore=shutil.ignore_patterns("report"))
+    ended = pd.read_csv(folder / "results.csv")
+    (folder / "results.csv").unlink()
+    state = json.loads((folder / "mlflow_runs.json").read_text())
+    uri = f"http://127.0.0.1:{free_port()}"
+    (folder / "mlflow_runs.json").write_text(json.dumps(state | {"tracking_uri": uri}))
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    made = subprocess.run(
+        [SWEEP, "report", kind, "--no-log"], cwd=tmp_path, env=env, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert made.returncode == 0 and made.stderr == "", made.stdout + made.stderr
+    text = (folder / "report" / "index.html").read_text()
+    assert "not finished" in text and all(trial_id in text for trial_id in ended["trial_id"])
+    data = load(find_folder(kind, tmp_path / "runs"), uri)
+    assert not data.finished and data.runs is None
+    got = data.table.set_index("trial_id")
+    assert got["status"].to_dict() == dict(zip(ended["trial_id"], ended["status"]))
+    assert got["epochs_run"].to_dict() == dict(zip(ended["trial_id"], ended["epochs_run"]))
+
+
 def test_report_of_an_unknown_sweep_is_one_error_line(tmp_path):
     done = subprocess.run([SWEEP, "report", "nope"], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 2

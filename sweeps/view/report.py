@@ -28,12 +28,14 @@ from mlflow.exceptions import MlflowException
 
 from sweeps.record.history import HistoryFile, SweepHistory
 from sweeps.record.layout import DEFAULT_STORAGE, SweepFolder
+from sweeps.record.lock import holder
 from sweeps.record.outcomes import CHOOSABLE, RUNNING
 from sweeps.record.results import best_first
 from sweeps.spec.document import saved_document
 from sweeps.spec.sweep import Resources, SweepSpec, sweep_spec
 from sweeps.tracking import tags as tag
 from sweeps.tracking.reader import (
+    RunInfo,
     SweepRuns,
     has_report,
     log_report,
@@ -46,6 +48,7 @@ from sweeps.tracking.store import unanswered, why_failed
 from sweeps.tracking.uri import sqlite_file
 from sweeps.tracking.writer import read_state
 from sweeps.view import sections
+from sweeps.view.status import record_trials
 from trainers.config import ConfigError
 from trainers.metrics import CURVES, FINAL, curve_points
 
@@ -166,7 +169,7 @@ def find_folder(target: str, storage: str | Path = DEFAULT_STORAGE) -> SweepFold
 
 
 def load(folder: SweepFolder, tracking_uri: str | None = None) -> SweepData:
-    """The sweep's config, results (results.csv, else what MLflow holds so far) and curves."""
+    """The sweep's config, results (results.csv, else the record's trials so far) and curves."""
     from sweeps.tracking.uri import resolve_tracking_uri
 
     spec = sweep_spec(saved_document(folder))
@@ -181,20 +184,20 @@ def load(folder: SweepFolder, tracking_uri: str | None = None) -> SweepData:
     else:
         notes = []
     finished = folder.results.exists()
+    history = HistoryFile(folder.history).read(spec.name)
     if finished:
         table = pd.read_csv(folder.results)
         table["error"] = table["error"].fillna("")
-    elif runs is not None:
-        table = table_from_runs(runs, list(spec.space))
-    elif silent:
-        raise ConfigError(
-            f"sweep {spec.name} has no {folder.results.name} (it has not ended), and its "
-            f"trials so far are read from its MLflow store: {silent}; start the store, or "
-            "give another with --tracking-uri"
-        )
+    elif history.trials:  # running or interrupted: the record holds every trial so far
+        trials = record_trials(history, state.get("trials", {}), live=_held(folder))
+        table = table_from_runs(trials, list(spec.space))
+    elif runs is not None:  # a folder without a record: MLflow's runs
+        table = table_from_runs(runs.trials, list(spec.space))
     else:
-        raise ConfigError(f"sweep {spec.name} has no {folder.results.name} and no MLflow runs")
-    history = HistoryFile(folder.history).read(spec.name)
+        raise ConfigError(
+            f"sweep {spec.name} has no {folder.results.name} and no trial in its record yet"
+            + (f" ({silent})" if silent else "")
+        )
     data = SweepData(spec, table, record_curves(history), runs, finished, notes, silent=silent)
     data.order = list(history.trials)
     data.exploits = {i: t.exploits for i, t in history.trials.items() if t.exploits}
@@ -222,10 +225,19 @@ def read_runs(
         return f"MLflow {uri}: {why_failed(err)}", None
 
 
-def table_from_runs(runs: SweepRuns, keys: list[str]) -> pd.DataFrame:
-    """results.csv's columns from the child runs, for a sweep still running or interrupted."""
+def _held(folder: SweepFolder) -> bool:
+    """A driver holds the sweep's lock: its trials that have not ended are running."""
+    try:
+        return holder(folder) is not None
+    except OSError:  # no locks here: they read as interrupted
+        return False
+
+
+def table_from_runs(trials: dict[str, RunInfo], keys: list[str]) -> pd.DataFrame:
+    """results.csv's columns from the trials as runs (the record's, or MLflow's child runs),
+    for a sweep still running or interrupted."""
     rows = []
-    for trial_id, run in runs.trials.items():
+    for trial_id, run in trials.items():
         status = RUNNING if run.status == "RUNNING" else run.tags.get(tag.STATUS, "")
         row: dict[str, Any] = {"trial_id": trial_id, "status": status}
         row |= {k: param_value(run.params.get(k)) for k in keys}
