@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -506,6 +507,22 @@ def test_the_script_exports_the_store_as_sweep_run_resolves_it(
     text = dry_run(capsys, monkeypatch, tmp_path, "--profile", str(profile), *sets)
     want = f"export MLFLOW_TRACKING_URI={exported.format(work=tmp_path.resolve())}"
     assert want in text.splitlines(), text
+
+
+def test_a_resumed_sweep_exports_the_store_its_runs_are_in(capsys, monkeypatch, tmp_path):
+    """`sweep submit --resume` with nothing configured: the jobs write to the store the
+    sweep's state file names, as `sweep run --resume` would, not to a new one in the working
+    directory."""
+    (tmp_path / "elsewhere").mkdir()
+    recorded = f"sqlite:///{tmp_path.resolve()}/elsewhere/first.db"
+    folder = tmp_path / "runs" / "digits_asha"
+    folder.mkdir(parents=True)
+    (folder / "mlflow_runs.json").write_text(json.dumps({"tracking_uri": recorded}))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    profile = tmp_path / "cluster.yaml"
+    profile.write_text("partition: debug\n")
+    text = dry_run(capsys, monkeypatch, tmp_path, "--profile", str(profile), "--resume")
+    assert f"export MLFLOW_TRACKING_URI={recorded}" in text.splitlines(), text
 
 
 # slurm/ray.sh's formula (ray_slot, then Ray's ports in order): 100 ports for node `node` of

@@ -71,7 +71,7 @@ class Profile:
     trials_per_gpu: int = 4  # GPU share of a trial when the config asks for no GPU
     signal_seconds: int = 180  # USR1 this long before the limit: checkpoint, requeue
     max_restarts: int = 3  # requeues after that signal, per job
-    mlflow_tracking_uri: str = ""  # "": config's, else $MLFLOW_TRACKING_URI, else SQLite in cwd
+    mlflow_tracking_uri: str = ""  # "": as docs/slurm.md says (config, env, recorded, cwd)
     ray_tmp: str = "/tmp"  # node-local; Ray's temp dirs are <ray_tmp>/r<job id>n<node>
 
 
@@ -179,8 +179,10 @@ def plan(args: argparse.Namespace, cwd: Path | None = None) -> Job:
     prof = _profile(args, cwd)
     _check_options(args, prof, spec, cwd)
     trial, sets = _trial_resources(args.set, prof, spec)
-    uri = resolve_tracking_uri(spec.tracking_uri, cwd, fallback=prof.mlflow_tracking_uri)
     _check_environment(args, spec)
+    uri = resolve_tracking_uri(
+        spec.tracking_uri, cwd, fallback=prof.mlflow_tracking_uri, recorded=_recorded(spec)
+    )
     return Job(
         mode=prof.mode,
         name=spec.name,
@@ -282,6 +284,16 @@ def _check_environment(args: argparse.Namespace, spec: SweepSpec) -> None:
             f"{SLURM_DIR}/ray.sh is missing: the sweeps package is installed incompletely or "
             "zipped; install it again with pip"
         )
+
+
+def _recorded(spec: SweepSpec) -> str | None:
+    """The store a resumed sweep's runs are in (its state file's), so that its jobs write
+    where `sweep run --resume` would: no MLflow import for a sweep that has none."""
+    if not spec.files.state.exists():
+        return None
+    from sweeps.tracking.writer import recorded_store
+
+    return recorded_store(spec.files.state)
 
 
 def _sets(sets: list[str]) -> list[str]:

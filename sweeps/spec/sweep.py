@@ -222,7 +222,8 @@ SWEEP_RULES: dict[str, Rule] = {
         optional=True,
         pattern=TRACKING_URI_PATTERN,
         what=TRACKING_URI_WHAT + " or null",
-        doc="none: `$MLFLOW_TRACKING_URI`, else `sqlite:///mlflow.db` in the working directory",
+        doc="none: `$MLFLOW_TRACKING_URI`, else the store a resumed sweep's runs are in, "
+        "else `sqlite:///mlflow.db` in the working directory",
     ),
     "mlflow.child_runs": Rule(
         str,
