@@ -322,21 +322,28 @@ def test_a_sweep_where_every_trial_failed_says_so_in_words(workdir):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("swept", ["grid"], indirect=True)  # one sweep is enough
-def test_a_store_that_does_not_answer_leaves_the_report_to_the_folder(swept, tmp_path):
-    """A copy of a finished sweep whose state file names a server nobody answers at (a local
-    port nothing listens on): `sweep report` draws the report from the folder within seconds,
-    says on the page that the store did not answer, and in one line that it could not file the
-    report on the MLflow run; `sweep status` takes the sweep's state from the folder."""
+@pytest.mark.parametrize("store", ["nobody listens", "not a store"])
+def test_a_store_that_does_not_answer_leaves_the_report_to_the_folder(swept, tmp_path, store):
+    """A copy of a finished sweep whose state file names a store that cannot be read (a server
+    nobody answers at: a local port nothing listens on; a SQLite file that is no database):
+    `sweep report` draws the report from the folder within seconds, says on the page why the
+    store was not read, and in one line that it could not file the report on the MLflow run;
+    `sweep status` takes the sweep's state from the folder and says why in one line."""
     from tests.mlflow_server import free_port
 
     kind, page, _, _ = swept
     folder = tmp_path / "runs" / kind
     shutil.copytree(page.parents[1], folder, ignore=shutil.ignore_patterns("report"))
-    uri = f"http://127.0.0.1:{free_port()}"
+    if store == "nobody listens":
+        uri = f"http://127.0.0.1:{free_port()}"
+        silent = f"no MLflow server answers at {uri} (connection refused)"
+    else:
+        (tmp_path / "garbage.db").write_text("not an SQLite database\n" * 100)
+        uri = f"sqlite:///{tmp_path / 'garbage.db'}"
+        silent = f"MLflow {uri}: file is not a database"
     state = json.loads((folder / "mlflow_runs.json").read_text())
     (folder / "mlflow_runs.json").write_text(json.dumps(state | {"tracking_uri": uri}))
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    silent = f"no MLflow server answers at {uri} (connection refused)"
     mine = folder / "report" / "index.html"
     for args, said in (
         ([], f"report not filed on the sweep's MLflow run: {silent}; file it with `sweep "
@@ -352,7 +359,10 @@ def test_a_store_that_does_not_answer_leaves_the_report_to_the_folder(swept, tmp
         assert made.stdout == f"{said}report: {mine}\n"
         assert time.monotonic() - started < 60  # not MLflow's minutes of retries
         text = mine.read_text()
-        assert f"N{silent[1:]}: drawn from the sweep&#x27;s folder, no links." in text
+        assert (
+            f"{silent[0].upper()}{silent[1:]}: drawn from the sweep&#x27;s folder, no links."
+            in text
+        )
         assert "<img" in text and "<a href" not in text and "#/experiments/" not in text
     shown = subprocess.run(
         [SWEEP, "status"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
@@ -360,7 +370,7 @@ def test_a_store_that_does_not_answer_leaves_the_report_to_the_folder(swept, tmp
     assert shown.returncode == 0 and "Traceback" not in shown.stdout + shown.stderr
     lines = shown.stdout.splitlines()
     assert lines[1].split()[:2] == [kind, "completed"], shown.stdout
-    assert f"{kind}: MLflow {uri}: connection refused; the state is the folder's" in lines
+    assert f"{kind}: {silent}; the state is the folder's" in lines, shown.stdout
 
 
 def test_an_unfinished_sweep_is_reported_from_its_record_alone(swept, tmp_path):

@@ -20,10 +20,13 @@ from mlflow.entities import Experiment, Run
 from mlflow.exceptions import MlflowException
 from mlflow.store.entities import PagedList
 from mlflow.tracking import MlflowClient
+from sqlalchemy.exc import SQLAlchemyError
 
 from sweeps.spec.sweep import METRICS, Search
 from sweeps.tracking import tags as tag
 from sweeps.tracking import ui
+from sweeps.tracking.store import unanswered, why_failed
+from sweeps.tracking.uri import sqlite_file
 
 DEFAULT_UI = "http://127.0.0.1:5000"  # where `sweep ui` serves a local store
 PAGE = 1000  # results per search page
@@ -88,6 +91,27 @@ def read_sweep(
         r.tags.get(tag.TRIAL_ID, r.run_id): r for r in children if r.tags.get(tag.ROLE) != tag.REFIT
     }
     return SweepRuns(tracking_uri, found.experiment_id, RunInfo.of(parent), trials)
+
+
+def read_runs(
+    uri: str, experiment: str, parent_id: str | None, children: bool = True
+) -> tuple[str | None, SweepRuns | None]:
+    """(why the store did not answer, None) or (None, ``read_sweep``'s runs, if any), for the
+    views: the sweep's folder is the source of truth, so a store that cannot be read is said in
+    a few words and the view goes on without it. A server is asked once within seconds first
+    (sweeps.tracking.store), not retried for minutes. A SQLite file that is not there holds no
+    runs (reading it would make it)."""
+    db = sqlite_file(uri)
+    if db is not None and not db.exists():
+        return None, None
+    if db is None and (why := unanswered(uri)):
+        return f"no MLflow server answers at {uri} ({why})", None
+    try:
+        return None, read_sweep(uri, experiment, parent_id, children)
+    except MlflowException as err:  # a server that stopped meanwhile, a store it cannot read
+        return f"MLflow {uri}: {why_failed(err)}", None
+    except SQLAlchemyError as err:  # a SQLite file that is no MLflow store, or is locked
+        return f"MLflow {uri}: {str(err.orig or err).strip() or type(err).__name__}", None
 
 
 def latest_parent(client: MlflowClient, experiment_ids: list[str]) -> Run | None:

@@ -40,12 +40,11 @@ from sweeps.tracking.reader import (
     has_report,
     log_report,
     param_value,
-    read_sweep,
+    read_runs,
     run_url,
     ui_base,
 )
-from sweeps.tracking.store import unanswered, why_failed
-from sweeps.tracking.uri import sqlite_file
+from sweeps.tracking.store import why_failed
 from sweeps.tracking.writer import read_state
 from sweeps.view import sections
 from sweeps.view.status import record_trials
@@ -205,24 +204,6 @@ def load(folder: SweepFolder, tracking_uri: str | None = None) -> SweepData:
         got = history.params
         data.granted = Resources(cpu=got["resources.cpu"], gpu=got["resources.gpu"])
     return data
-
-
-def read_runs(
-    uri: str, experiment: str, parent_id: str | None
-) -> tuple[str | None, SweepRuns | None]:
-    """(why the store did not answer, None) or (None, the sweep's runs there, if any). A server
-    is asked once within seconds first (sweeps.tracking.store), not retried for minutes: the
-    report is drawn from the folder without it. A SQLite file that is not there holds no runs
-    (reading it would make it)."""
-    db = sqlite_file(uri)
-    if db is not None and not db.exists():
-        return None, None
-    if db is None and (why := unanswered(uri)):
-        return f"no MLflow server answers at {uri} ({why})", None
-    try:
-        return None, read_sweep(uri, experiment, parent_id)
-    except MlflowException as err:  # a server that stopped meanwhile, a store it cannot read
-        return f"MLflow {uri}: {why_failed(err)}", None
 
 
 def _held(folder: SweepFolder) -> bool:

@@ -26,8 +26,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlflow.exceptions import MlflowException
-
 from sweeps.record.history import HistoryFile, SweepHistory
 from sweeps.record.layout import DEFAULT_STORAGE, SweepFolder
 from sweeps.record.lock import holder
@@ -37,9 +35,7 @@ from sweeps.record.results import rank_order
 from sweeps.spec.document import saved_document
 from sweeps.spec.sweep import METRICS, Search, sweep_spec
 from sweeps.tracking import tags as tag
-from sweeps.tracking.reader import RunInfo, SweepRuns, param_value, read_sweep
-from sweeps.tracking.store import why_failed
-from sweeps.tracking.uri import sqlite_file
+from sweeps.tracking.reader import RunInfo, SweepRuns, param_value, read_runs
 from sweeps.tracking.writer import end_tags, read_state
 from trainers.config import ConfigError
 from trainers.metrics import curve_points
@@ -169,18 +165,11 @@ def status_of(folder: SweepFolder, tracking_uri: str | None = None) -> Status:
         configured, Path.cwd(), recorded=state.get("tracking_uri")
     )
     recorded = folder.history.exists()
-    try:
-        if (db := sqlite_file(uri)) is None or db.exists():  # (reading a missing one makes it)
-            st.runs = read_sweep(
-                uri, doc.get("name", folder.name), state.get("parent"), not recorded
-            )
-    except Exception as err:  # an unreachable server or a locked store: say so, go on
-        if isinstance(err, MlflowException):  # (urllib3's cause, not its whole chain)
-            why = why_failed(err)
-        else:
-            text = str(err).strip()
-            why = text.splitlines()[0] if text else type(err).__name__
-        st.problem = f"MLflow {uri}: {why}; the state is the folder's"
+    silent, st.runs = read_runs(
+        uri, doc.get("name", folder.name), state.get("parent"), not recorded
+    )
+    if silent:
+        st.problem = f"{silent}; the state is the folder's"
     st.state = _state(st, folder)
     if recorded:  # (with or without its MLflow runs)
         history = HistoryFile(folder.history).read(folder.name)
