@@ -110,17 +110,16 @@ def cmd_ui(args: argparse.Namespace) -> int:
     uri = resolve_tracking_uri(args.tracking_uri, Path.cwd(), "--tracking-uri")
     mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
     base = f"http://127.0.0.1:{args.port}"
-    print(f"MLflow UI for {uri} at {base} (Ctrl-C stops it)", flush=True)
     db = sqlite_file(uri)
-    if db is not None and db.is_file():  # (reading a missing one would make it)
-        from sweeps.tracking.reader import latest_trials_page
-
-        page = latest_trials_page(uri, base=base)
-        if page is not None:
-            print(f"the latest sweep's trials, best first: {page}", flush=True)
-            charts = latest_trials_page(uri, base=base, charts=True)
-            if charts != page:
-                print(f"and its charts: {charts}", flush=True)
+    if db is not None and not db.is_file():  # (serving a missing one would make it, empty)
+        raise ConfigError(
+            f"no MLflow store at {db}: run `sweep ui` in the folder the sweep ran from, or "
+            "give its store with --tracking-uri"
+        )
+    said = [f"MLflow UI for {uri} at {base} (Ctrl-C stops it)"]
+    if db is not None:
+        said += _latest_sweep(uri, db, base)
+    print("\n".join(said), flush=True)
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     cmd = [
         mlflow,
@@ -135,6 +134,27 @@ def cmd_ui(args: argparse.Namespace) -> int:
         "1",
     ]
     os.execv(mlflow, cmd)
+
+
+def _latest_sweep(uri: str, db: Path, base: str) -> list[str]:
+    """The lines that say where the latest sweep of a SQLite store is in the UI."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from sweeps.tracking.reader import latest_trials_page
+
+    try:
+        page = latest_trials_page(uri, base=base)
+    except SQLAlchemyError as err:
+        raise ConfigError(
+            f"{db} is no MLflow store ({err.orig or err}): give `sweep ui` the store a sweep "
+            "wrote with --tracking-uri"
+        ) from None
+    if page is None:
+        return ["no sweep in this store yet"]
+    charts = latest_trials_page(uri, base=base, charts=True)
+    return [f"the latest sweep's trials, best first: {page}"] + (
+        [f"and its charts: {charts}"] if charts != page else []
+    )
 
 
 def check_port_free(port: int) -> None:

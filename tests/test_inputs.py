@@ -190,17 +190,36 @@ def busy_port():
             ["--tracking-uri", "foo://bar"],
             f"error: --tracking-uri must be {URI_WHAT}; got 'foo://bar'",
         ),
+        ([], "error: no MLflow store at TMP/mlflow.db: run `sweep ui` in the folder the sweep"),
+        (["--tracking-uri", "x.db"], "error: no MLflow store at TMP/x.db: run `sweep ui` in"),
     ],
 )
 def test_sweep_ui_checks_the_port_before_starting_mlflow(tmp_path, busy_port, args, message):
+    """A port that cannot be used, or a store that is not there (serving it would make it,
+    empty): one line, exit 2, nothing started nor made."""
     args = [a.replace("BUSY", str(busy_port)) for a in args]
     done = subprocess.run(
         [SWEEP, "ui", *args], cwd=tmp_path, capture_output=True, text=True, timeout=120
     )
-    message = message.replace("BUSY", str(busy_port))
+    message = message.replace("BUSY", str(busy_port)).replace("TMP", str(tmp_path.resolve()))
     assert done.returncode == 2, done.stderr
     assert done.stderr.splitlines() == [done.stderr.strip()] and message in done.stderr
     assert list(tmp_path.iterdir()) == []  # no mlflow.db
+
+
+def test_sweep_ui_refuses_a_file_that_is_no_store(tmp_path):
+    """A .db file that is no SQLite database: one line naming it, exit 2, the file as it was."""
+    (tmp_path / "notes.db").write_text("not a database\n" * 100)
+    done = subprocess.run(
+        [SWEEP, "ui", "--tracking-uri", "notes.db"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout == "" and done.stderr == (
+        f"error: {tmp_path.resolve()}/notes.db is no MLflow store (file is not a database): "
+        "give `sweep ui` the store a sweep wrote with --tracking-uri\n"
+    )
+    assert (tmp_path / "notes.db").read_text() == "not a database\n" * 100
 
 
 READER_CASES = [

@@ -194,4 +194,5 @@ def test_sweep_ui_serves_this_store(workdir):
         with urllib.request.urlopen(request, timeout=10) as resp:
             names = [e["name"] for e in json.load(resp)["experiments"]]
     assert "shown" in names
-    assert f"at http://127.0.0.1:{port}" in (workdir / f"server-{port}.log").read_text()
+    said = (workdir / f"server-{port}.log").read_text()
+    assert f"at http://127.0.0.1:{port} (Ctrl-C stops it)\nthe latest sweep's trials" in said
