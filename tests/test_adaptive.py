@@ -269,8 +269,15 @@ def test_pbt_members_keep_one_run_and_show_their_exploits(workdir, engine):
     name = f"pbt-{engine}"
     search = {"type": "pbt", "engine": engine, "num_samples": 4, "perturbation_interval": 2}
     config(workdir, name, search, PBT_SPACE, epochs=6)
-    table = finished(workdir, name)
+    done = sweep(workdir, "run", str(workdir / f"{name}.yaml"))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Remote file not found" not in done.stdout + done.stderr  # (Ray's, said wrongly)
+    table = pd.read_csv(workdir / "runs" / name / "results.csv")
     assert len(table) == 4 and set(table["status"]) <= {"completed", "diverged"}
+    for t in table.itertuples() if engine == "trial" else ():  # Ray's files: every report
+        [folder] = (workdir / "runs" / name / "ray").glob(f"trainable_{t.trial_id}_*")
+        reported = [json.loads(x)["epoch"] for x in (folder / "result.json").open()]
+        assert reported == list(range(2, t.epochs_run + 1, 2)), folder
     client, parent, children = runs_of(workdir, name)
     assert sorted(children) == sorted(table["trial_id"])
     assert parent.data.tags["best.evaluated"] == "checkpoint"  # a learnt schedule: no refit

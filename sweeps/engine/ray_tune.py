@@ -46,19 +46,28 @@ from sweeps.spec.sweep import MODELLED, STOPS_EARLY, SweepSpec
 from trainers.config import ConfigError
 
 
-class _StopWords(logging.Filter):
-    """Drops Ray Tune's own lines on a stop, which the driver says once in its own words: they
-    point to ``Tuner.restore``, not ``sweep resume``, and list each trial that had not written
-    results yet as "Failed to fetch metrics" (the folder's record, not Ray's, has the trials)."""
+class _Unsaid(logging.Filter):
+    """Drops Ray Tune's lines that start with ``said``: lines that would mislead a user."""
 
-    SAID = ("Stop signal received", "Experiment has been interrupted", "Failed to fetch metrics")
+    def __init__(self, *said: str) -> None:
+        super().__init__()
+        self.said = said
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.SAID)
+        return not str(record.msg).startswith(self.said)
 
 
+# On a stop, the driver says once in its own words what Ray's lines say: they point to
+# ``Tuner.restore``, not ``sweep resume``, and list each trial that had not written results
+# yet as "Failed to fetch metrics" (the folder's record, not Ray's, has the trials).
+_STOP_WORDS = _Unsaid("Stop signal received", "Experiment has been interrupted",
+                      "Failed to fetch metrics")  # fmt: skip
 for _name in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis"):
-    logging.getLogger(_name).addFilter(_StopWords())
+    logging.getLogger(_name).addFilter(_STOP_WORDS)
+# A per-trial PBT member that starts again from its checkpoint: Ray's JSON and CSV loggers look
+# for its files in the storage, which they have not reached yet, warn, and append to the files
+# they have (tests/test_adaptive.py: every report in them).
+logging.getLogger("ray.tune.logger.logger").addFilter(_Unsaid("Remote file not found"))
 
 
 def can_resume(files: SweepFolder) -> bool:
