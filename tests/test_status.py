@@ -173,7 +173,7 @@ def open_sweep(tmp_path: Path, name: str) -> SweepFolder:
     tracker = SweepTracker(f"sqlite:///{tmp_path}/mlflow.db", name, folder.state)
     tracker.start_sweep({"search.type": "random"})
     tracker.write_trial("t1", config={"train.lr": 0.01})
-    tracker.log_results("t1", [{"epoch": 1, "val_acc": 0.5, "val_loss": 1.0}])
+    tracker.write_trial("t1", results=[{"epoch": 1, "val_acc": 0.5, "val_loss": 1.0}])
     tracker.trial_ended("t1", "completed", 1)
     return folder
 

@@ -76,13 +76,10 @@ def test_sync_twice_is_one_copy_and_later_records_add_only_what_is_new(tmp_path:
     second = copy(file, uri, tmp_path)
     assert (second.created, second.logged) == (0, 0) and state(uri) == after
 
-    file.append(epoch("t2", 3))  # the sweep went on, then ended
+    file.append(epoch("t2", 3))  # the sweep went on, then ended; t2 a PBT member's end
     file.append(
         {"event": "trial_ended", "trial": "t2", "outcome": "early_stopped"}
-        | {
-            "epochs_run": 3,
-            "error": None,
-        }
+        | {"epochs_run": 3, "error": None, "exploits": "epoch 2 from t1"}
     )
     best = {"trial_id": "t1", "config": {"train.lr": 0.05}, "metrics": {"val_acc": 0.53}}
     file.append({"event": "sweep_ended", "status": "completed", "best": best})
@@ -90,6 +87,8 @@ def test_sync_twice_is_one_copy_and_later_records_add_only_what_is_new(tmp_path:
     assert (third.created, third.logged) == (0, 1)
     now = state(uri)
     assert now["t2"][:2] == ("KILLED", "early_stopped") and len(now["t2"][2]) == 3
+    t2 = MlflowClient(uri).get_run(third.trials["t2"])
+    assert t2.data.tags["sweep.exploits"] == "epoch 2 from t1"
     assert now["exp"][:2] == ("FINISHED", "completed")
     copy(file, uri, tmp_path)
     client = MlflowClient(uri)

@@ -100,7 +100,7 @@ def test_one_point_per_epoch_only_curve_keys(uri: str, tmp_path: Path) -> None:
     tr.start_sweep({})
     tr.write_trial("t1", config=CONFIG)
     for epoch in (1, 2, 3):
-        tr.log_results("t1", [epoch_metrics(epoch)])
+        tr.write_trial("t1", results=[epoch_metrics(epoch)])
     run = MlflowClient(uri).get_run(tr.trials["t1"])
     assert set(run.data.metrics) == {
         "train_loss",
@@ -125,7 +125,7 @@ def test_resume_reopens_same_runs_without_duplicates(uri: str, tmp_path: Path) -
     tr.write_trial("t1", config=CONFIG)
     child = tr.trials["t1"]
     for epoch in (1, 2, 3):
-        tr.log_results("t1", [epoch_metrics(epoch)])
+        tr.write_trial("t1", results=[epoch_metrics(epoch)])
     tr.end_sweep("interrupted")  # the driver stopped: everything KILLED
     client = MlflowClient(uri)
     assert client.get_run(parent).info.status == "KILLED"
@@ -139,7 +139,7 @@ def test_resume_reopens_same_runs_without_duplicates(uri: str, tmp_path: Path) -
     assert client.get_run(parent).data.params == {"a": "1", "b": "2"}
     assert client.get_run(child).info.status == "RUNNING"
     for epoch in (1, 2, 3, 4, 5):  # replayed from the checkpoint
-        again.log_results("t1", [epoch_metrics(epoch)])
+        again.write_trial("t1", results=[epoch_metrics(epoch)])
     assert steps(client, child) == [1, 2, 3, 4, 5]
     assert len(client.search_runs([again.experiment_id])) == 2
 
@@ -148,12 +148,12 @@ def test_result_for_a_trial_resumed_without_its_config(uri: str, tmp_path: Path)
     tr = new_tracker(uri, tmp_path)
     tr.start_sweep({})
     tr.write_trial("t1", config=CONFIG)
-    tr.log_results("t1", [epoch_metrics(1)])
-    tr.log_results("t1", [epoch_metrics(2)])
+    tr.write_trial("t1", results=[epoch_metrics(1)])
+    tr.write_trial("t1", results=[epoch_metrics(2)])
     again = new_tracker(uri, tmp_path)
     again.start_sweep({})
-    again.log_results("t1", [epoch_metrics(2)])  # last epoch read back from MLflow
-    again.log_results("t1", [epoch_metrics(3)])
+    again.write_trial("t1", results=[epoch_metrics(2)])  # last epoch read back from MLflow
+    again.write_trial("t1", results=[epoch_metrics(3)])
     assert steps(MlflowClient(uri), tr.trials["t1"]) == [1, 2, 3]
 
 
@@ -161,8 +161,8 @@ def test_diverged_record_is_not_logged_but_tagged(uri: str, tmp_path: Path) -> N
     tr = new_tracker(uri, tmp_path)
     tr.start_sweep({})
     tr.write_trial("t1", config=CONFIG)
-    tr.log_results("t1", [epoch_metrics(1)])
-    tr.log_results("t1", [epoch_metrics(2, diverged=True)])
+    tr.write_trial("t1", results=[epoch_metrics(1)])
+    tr.write_trial("t1", results=[epoch_metrics(2, diverged=True)])
     tr.trial_ended("t1", "diverged", 2)
     run = MlflowClient(uri).get_run(tr.trials["t1"])
     assert steps(MlflowClient(uri), run.info.run_id) == [1]
@@ -211,7 +211,7 @@ def test_unknown_outcome_and_unknown_trial_are_refused(uri: str, tmp_path: Path)
     with pytest.raises(ValueError, match="outcome"):
         tr.trial_ended("t1", "stopped", 1)
     with pytest.raises(KeyError, match="t9"):
-        tr.log_results("t9", [epoch_metrics(1)])
+        tr.write_trial("t9", results=[epoch_metrics(1)])
 
 
 def test_end_sweep_leaves_nothing_running_and_records_best(uri: str, tmp_path: Path) -> None:
@@ -220,8 +220,8 @@ def test_end_sweep_leaves_nothing_running_and_records_best(uri: str, tmp_path: P
     tr.write_trial("t1", config=CONFIG)
     tr.write_trial("t2", config=CONFIG)
     for epoch in (1, 2):
-        tr.log_results("t1", [epoch_metrics(epoch)])
-        tr.log_results("t2", [epoch_metrics(epoch)])
+        tr.write_trial("t1", results=[epoch_metrics(epoch)])
+        tr.write_trial("t2", results=[epoch_metrics(epoch)])
     tr.trial_ended("t1", "completed", 2)
     model = tmp_path / "ckpt"
     model.mkdir()
@@ -351,12 +351,12 @@ def test_runs_are_found_by_their_tags_in_a_store_without_state(uri: str, tmp_pat
     first = SweepTracker(uri, "exp")  # no state file: as `sweep sync` into another store
     parent = first.open_sweep({"a": 1}, sweep_id="s1")
     first.ensure_trial("t1", CONFIG)
-    first.log_results("t1", [epoch_metrics(e) for e in (1, 2, 3)])
+    first.write_trial("t1", results=[epoch_metrics(e) for e in (1, 2, 3)])
     first.trial_ended("t1", "completed", 3)
     again = SweepTracker(uri, "exp")
     assert again.open_sweep({"a": 1, "b": 2}, sweep_id="s1") == parent
     assert again.trials == first.trials and again.ended == {"t1": "completed"}
-    again.log_results("t1", [epoch_metrics(e) for e in (1, 2, 3, 4)])
+    again.write_trial("t1", results=[epoch_metrics(e) for e in (1, 2, 3, 4)])
     client = MlflowClient(uri)
     assert steps(client, first.trials["t1"]) == [1, 2, 3, 4]
     assert client.get_run(parent).data.params == {"a": "1", "b": "2"}
@@ -392,7 +392,7 @@ def test_logging_over_a_real_server(tmp_path: Path) -> None:
         parent = tr.start_sweep({"sweep.name": "srv"})
         tr.write_trial("t1", config=CONFIG)
         for epoch in (1, 2, 3):
-            tr.log_results("t1", [epoch_metrics(epoch)])
+            tr.write_trial("t1", results=[epoch_metrics(epoch)])
         tr.trial_ended("t1", "completed", 3)
         model = tmp_path / "ckpt"
         model.mkdir()

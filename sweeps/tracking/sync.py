@@ -74,9 +74,7 @@ def sync_trials(history: SweepHistory, tracker: SweepTracker) -> None:
             new.append((trial_id, write | {"results": trial.results, "end": trial.end}))
             continue
         tracker.ensure_trial(trial_id, trial.config, name, refit_tags(trial.source))
-        tracker.log_results(trial_id, trial.results)
-        if trial.end is not None:
-            tracker.trial_ended(trial_id, **trial.end)
+        tracker.write_trial(trial_id, results=trial.results, end=trial.end)
     tracker.write_trials(new)
     tracker.save_state()
 

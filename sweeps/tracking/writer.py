@@ -418,11 +418,6 @@ class SweepTracker:
                 self.unsaved = True
         self.save_state()
 
-    def log_results(self, trial_id: str, results: list[dict[str, Any]]) -> None:
-        """Log the curves of the epochs the run lacks (step = epoch), in one batch; replayed
-        or diverged epochs are skipped."""
-        self.write_trial(trial_id, results=results)
-
     def trial_ended(
         self, trial_id: str, outcome: str, epochs_run: int, error: str | None = None
     ) -> None:
