@@ -24,6 +24,7 @@ from sweeps.record.history import HistoryFile
 from sweeps.search.asha import Asha
 from sweeps.tracking import writes
 from sweeps.tracking.store import usable_store
+from sweeps.tracking.sync import sync
 from sweeps.tracking.writer import SweepTracker
 from sweeps.tracking.writes import TrialWrites, _due, merge
 from trainers.config import TrialConfig
@@ -142,6 +143,31 @@ def test_reports_carrying_epochs_reach_the_record_and_mlflow_once_each(tmp_path:
     assert [(m.step, m.timestamp) for m in points] == [(n, 1000 * n) for n in (1, 2, 3, 4)]
     assert run.info.status == "KILLED" and run.data.tags["sweep.rung"] == "4"
     assert run.data.params["train.lr"] == str(CONFIG["train.lr"])
+
+
+def test_a_fresh_start_after_a_kill_voids_the_earlier_trials_runs(tmp_path: Path) -> None:
+    """Killed before Ray saved any state: the resume starts Ray afresh, so the trials begun
+    before are void in the record and their runs leave the store (a population would reuse
+    their ids, and the UI would show them)."""
+    uri, state = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "state.json"
+    file = HistoryFile(tmp_path / "history.jsonl")
+    first = Recorder(file.read("exp"), file, SweepTracker(uri, "exp", state))
+    first.start_sweep({}, fresh=True)
+    first.trial_started("t1", {}, CONFIG)
+    first.trial_results("t1", [epoch(1), epoch(2)])
+    first.mlflow.wait()  # then killed: no end
+    history = file.read("exp")
+    tracker = SweepTracker(uri, "exp", state)
+    sync(history, tracker, tmp_path / "no_best_model")  # as the driver's resume does
+    again = Recorder(history, file, tracker)
+    again.start_sweep({}, fresh=True)
+    again.trial_started("t1", {}, CONFIG)  # a population's member: the same id
+    again.trial_results("t1", [epoch(1)])
+    again.end_sweep("interrupted")
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("exp").experiment_id])
+    (child,) = [r for r in runs if "sweep.trial_id" in r.data.tags]
+    assert history_steps(client, child) == [1] and list(file.read("exp").trials) == ["t1"]
 
 
 def test_held_epochs_are_written_at_their_trials_start_end_staleness_or_a_flush() -> None:

@@ -72,13 +72,16 @@ class Recorder:
             self.history.apply(event)
 
     def start_sweep(self, params: dict[str, Any], fresh: bool) -> None:
-        """``fresh``: Ray starts a new experiment, so earlier trials (if any) are void."""
+        """``fresh``: Ray starts a new experiment, so earlier trials (if any) are void: out of
+        the record and MLflow (Ray gives the new ones new ids; a population's reuse theirs)."""
         h = self.history
+        void = list(h.trials) if fresh else []
         self._record(
             {"event": "sweep_started", "id": h.id, "experiment": h.experiment}
             | {"params": params, "fresh": fresh}
         )
         self.tracker.start_sweep(params, h.id)
+        self.tracker.withdraw(void)
 
     # A Ray trial's events, one at a time, recorded as a fused population's members' are.
     def trial_started(self, trial_id: str, params: dict[str, Any], config: dict[str, Any]) -> None:
