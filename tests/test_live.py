@@ -4,6 +4,7 @@ sums (progress, best, time left) with a clock the test sets."""
 from __future__ import annotations
 
 import io
+import math
 import subprocess
 import sys
 import time
@@ -128,7 +129,7 @@ def test_best_and_time_left_from_the_events():
         stream=out,
         interactive=False,
         summary_every=1e9,
-        prior={"p1": "completed", "p2": "error"},
+        prior={"p1": ("completed", 0.7, {}), "p2": ("error", math.nan, {})},
         clock=clock,
     )
     assert view.eta() is None and "estimated after the first" in view.summary()
@@ -153,13 +154,16 @@ def test_trials_run_again_after_a_resume_count_once():
     withdrawn and run again (sweeps.engine.recorder.withdraw), one that was running then ends
     again; either way progress counts it once and never passes the plan."""
     out = io.StringIO()
-    prior = {"a": "completed", "b": "completed", "c": "early_stopped"}
+    prior = {"a": ("completed", 0.9, {}), "b": ("completed", 0.95, {})}
+    prior["c"] = ("early_stopped", 0.8, {})
     view = LiveView(3, stream=out, interactive=False, prior=prior, clock=Clock())
+    assert view.best[:2] == (0.95, "b")  # the best so far counts the trials ended before
     view.withdrawn(["b"])
-    assert view.done == 2
+    assert view.done == 2 and view.best[:2] == (0.9, "a")
     for trial in ("a", "b"):  # a: restored as running, ends again; b: run again
         view.started(trial, {"train.lr": 0.1})
         view.ended(trial, "completed", {"epoch": 1, "val_acc": 0.5})
+        assert view.best[:2] == (0.8, "c")  # a's value now is its last, below c's
     assert [line[:5] for line in out.getvalue().splitlines()] == ["[2/3]", "[3/3]"]
     assert "3/3 ended, 0 running, 2 completed, 1 stopped early;" in view.summary()
 

@@ -54,18 +54,24 @@ class LiveView:
         stream: TextIO | None = None,
         interactive: bool | None = None,
         summary_every: float = 30.0,
-        prior: dict[str, str] | None = None,
+        prior: dict[str, tuple[str, float, dict[str, Any]]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``prior``: the trials that ended before a resume, by id: outcome, final value of
+        the metric, searched values (they count as ended and may be the best)."""
         self.planned, self.metric, self.mode, self.name = planned, metric, mode, name
         self.stream = stream if stream is not None else sys.stdout
         self.interactive = self.stream.isatty() if interactive is None else interactive
         self.summary_every, self.clock = summary_every, clock
         self.counts = dict.fromkeys(Outcome, 0)  # ended since this driver started (the ETA's rate)
-        self.prior = dict(prior or {})  # trial id -> outcome, ended before a resume: progress
+        self.prior = {i: p[0] for i, p in (prior or {}).items()}  # id -> outcome: progress
         self.running: dict[str, dict[str, Any]] = {}  # trial id -> params, epoch, value
         self.recent: list[str] = []  # lines about the latest ended trials
+        self.choosable: dict[str, tuple[float, dict[str, Any]]] = {}  # id -> value, params
         self.best: tuple[float, str, dict[str, Any]] | None = None  # value, trial, params
+        for trial_id, (outcome, value, params) in (prior or {}).items():
+            if Outcome.of(outcome).choosable:
+                self._choosable(trial_id, value, params)
         self.t0 = clock()
         self.last_summary = self.t0
         self.lock = threading.Lock()
@@ -103,8 +109,10 @@ class LiveView:
             self.counts[outcome] += 1
             value = _number(metrics.get(self.metric, trial["value"]))
             epochs = int(metrics.get("epoch", trial["epoch"]))
-            if outcome.choosable and self._better(value, trial_id):
-                self.best = (value, trial_id, trial["params"])
+            if outcome.choosable:
+                self._choosable(trial_id, value, trial["params"])
+            elif trial_id in self.choosable:  # it had ended otherwise before a resume
+                self._unchoosable([trial_id])
             score = "" if math.isnan(value) else f", {self.metric} {value:.4f}"
             line = (
                 f"{trial_id} {WORDS[outcome]} after {epochs} epoch{'s' * (epochs != 1)}"
@@ -122,6 +130,7 @@ class LiveView:
         with self.lock:
             for trial_id in trial_ids:
                 self.prior.pop(trial_id, None)
+            self._unchoosable(trial_ids)
         self._tick()
 
     # ---------------------------------------------------------------- display
@@ -214,14 +223,35 @@ class LiveView:
             self.last_summary = now
             self._write(self.summary())
 
-    def _better(self, value: float, trial_id: str) -> bool:
+    def _choosable(self, trial_id: str, value: float, params: dict[str, Any]) -> None:
+        """A trial that may be chosen ended with ``value``; the best so far follows."""
+        self.choosable[trial_id] = (value, params)
+        if self.best is not None and self.best[1] == trial_id:  # it ended again: rank anew
+            self._rank()
+        elif not math.isnan(value) and (self.best is None or self._before(trial_id)):
+            self.best = (value, trial_id, params)
+
+    def _unchoosable(self, trial_ids: list[str]) -> None:
+        """Trials that can no longer be chosen as they ended before (run again)."""
+        for trial_id in trial_ids:
+            self.choosable.pop(trial_id, None)
+        if self.best is not None and self.best[1] in trial_ids:
+            self._rank()
+
+    def _before(self, trial_id: str) -> bool:
         """Whether the trial ranks before the best so far, as results.csv ranks them (ties:
         the trial drawn first), so the best shown while it runs is the one chosen at the end."""
-        if math.isnan(value):
-            return False
-        if self.best is None:
-            return True
-        return rank_order([value, self.best[0]], [trial_id, self.best[1]], self.mode)[0] == 0
+        (value, _), (best, best_id) = self.choosable[trial_id], self.best[:2]
+        return rank_order([value, best], [trial_id, best_id], self.mode)[0] == 0
+
+    def _rank(self) -> None:
+        """The best so far among every trial that may be chosen."""
+        ids = [i for i, (value, _) in self.choosable.items() if not math.isnan(value)]
+        if not ids:
+            self.best = None
+            return
+        first = ids[rank_order([self.choosable[i][0] for i in ids], ids, self.mode)[0]]
+        self.best = (self.choosable[first][0], first, self.choosable[first][1])
 
     def _best_text(self) -> str:
         if self.best is None:
