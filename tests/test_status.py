@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from sweeps.record.history import HistoryFile
 from sweeps.record.layout import SweepFolder
 from sweeps.tracking.writer import SweepTracker
 from sweeps.view.status import format_detail, show, status_of
@@ -246,6 +247,28 @@ def test_no_sweeps_and_a_sweep_without_runs(tmp_path, monkeypatch):
     folder.config.write_text(yaml.safe_dump({"name": "fresh", "search": {"type": "grid"}}))
     out = show(None, tmp_path / "runs", f"sqlite:///{tmp_path}/mlflow.db")
     assert out.splitlines()[1].split()[:3] == ["fresh", "not", "started"]
+
+
+@pytest.mark.parametrize(
+    ("end", "state"), [(None, "interrupted"), ("failed", "failed"), ("completed", "completed")]
+)
+def test_how_a_sweep_ended_is_its_records_word_not_its_files(tmp_path, end, state):
+    """results.csv is written before the refit and the test look, and by a sweep in which no
+    trial finished: the record's end says how the sweep ended (no end: killed), here with a
+    store that holds none of its runs."""
+    folder = SweepFolder.of(tmp_path / "runs", "ended")
+    folder.root.mkdir(parents=True)
+    folder.config.write_text(yaml.safe_dump({"name": "ended", "search": {"type": "grid"}}))
+    file = HistoryFile(folder.history)
+    file.append({"event": "sweep_started", "id": "i", "experiment": "ended", "params": {"p": 1}}
+                | {"fresh": True})  # fmt: skip
+    file.append({"event": "trial_started", "trial": "t1", "params": {}, "config": {}})
+    file.append({"event": "trial_ended", "trial": "t1", "outcome": "error", "epochs_run": 0}
+                | {"error": "boom"})  # fmt: skip
+    if end is not None:
+        file.append({"event": "sweep_ended", "status": end, "best": None})
+    folder.results.write_text("trial_id,status\nt1,error\n")
+    assert status_of(folder, f"sqlite:///{tmp_path}/none.db").state == state
 
 
 @pytest.mark.parametrize("mode", ["max", "min"])

@@ -170,9 +170,9 @@ def status_of(folder: SweepFolder, tracking_uri: str | None = None) -> Status:
     )
     if silent:
         st.problem = f"{silent}; the state is the folder's"
-    st.state = _state(st, folder)
-    if recorded:  # (with or without its MLflow runs)
-        history = HistoryFile(folder.history).read(folder.name)
+    history = HistoryFile(folder.history).read(folder.name) if recorded else None
+    st.state = _state(st, folder, history)
+    if history is not None:  # (with or without its MLflow runs)
         st.trials = record_trials(history, state.get("trials", {}), st.state == "running")
     elif st.runs is not None:
         st.trials = st.runs.trials
@@ -202,20 +202,21 @@ def record_trials(history: SweepHistory, run_ids: dict[str, str], live: bool) ->
     return trials
 
 
-def _state(st: Status, folder: SweepFolder) -> str:
+def _state(st: Status, folder: SweepFolder, history: SweepHistory | None) -> str:
+    """The record's word: how the sweep ended (completed, failed, interrupted), else
+    interrupted (killed), unless a driver runs it now. A folder without a record (made by an
+    older version, or whose sweep has not begun): its MLflow parent run's, else its files'."""
+    if history is not None and history.started:
+        end = history.end["status"] if history.end else "interrupted"
+        return "running" if end == "interrupted" and st.alive else end
     if st.runs is None:  # Ray starting (no MLflow run yet), or a store without the sweep
         if st.alive:
             return "running"
-        if folder.results.exists():
-            return "completed"
-        return "interrupted" if folder.history.exists() else "not started"
+        return "completed" if folder.results.exists() else "not started"
     parent = st.runs.parent
     if parent.status == "RUNNING":  # not ended: killed hard, unless a driver still runs it
         return "running" if st.alive else "interrupted"
-    tagged = parent.tags.get(tag.STATUS, "")
-    if tagged == "completed" and not folder.results.exists():
-        tagged = "interrupted"
-    state = tagged or ("completed" if folder.results.exists() else "interrupted")
+    state = parent.tags.get(tag.STATUS, "") or "interrupted"
     return "running" if state == "interrupted" and st.alive else state  # resumed meanwhile
 
 
