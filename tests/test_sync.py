@@ -124,3 +124,19 @@ def test_child_runs_best_n_keeps_the_n_best_and_follows_the_ranking(tmp_path: Pa
     tracker = copy(file, uri, tmp_path)
     assert set(state(uri)) == {"exp", "t2"} and list(tracker.trials) == ["t2"]
     assert [step for step, _, _ in state(uri)["t2"][2]] == [1, 2, 3, 4]
+
+
+def test_a_copy_is_read_back_by_its_sweep_id_not_as_the_latest_sweep(tmp_path: Path) -> None:
+    """A store that holds a sweep's copy and, started later in the same experiment, another
+    sweep: the copy's parent is found by the record's id (its run ids there are not the state
+    file's), so the report filed by `sweep sync` links to the copy's runs."""
+    from sweeps.tracking.reader import read_sweep
+
+    uri = f"sqlite:///{tmp_path}/copy.db"
+    copied = copy(record(tmp_path / "history.jsonl"), uri, tmp_path)
+    other = SweepTracker(uri, "exp")
+    other.start_sweep({"p": 2}, "id2")  # a later sweep of the same name
+    for parent_id in (None, "not-a-run-of-this-store"):
+        runs = read_sweep(uri, "exp", parent_id, sweep_id="id1")
+        assert runs.parent.run_id == copied.parent and sorted(runs.trials) == ["t1", "t2"]
+    assert read_sweep(uri, "exp").parent.run_id == other.parent  # no record: the latest

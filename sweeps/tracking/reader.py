@@ -30,6 +30,7 @@ from sweeps.tracking.uri import sqlite_file
 
 DEFAULT_UI = "http://127.0.0.1:5000"  # where `sweep ui` serves a local store
 PAGE = 1000  # results per search page
+OLDEST_FIRST = ["attributes.start_time ASC"]  # a trial's or a sweep's oldest run is its own
 REPORT = "report"  # the report's folder among the parent run's artifacts
 T = TypeVar("T")
 
@@ -71,16 +72,26 @@ class SweepRuns:
 
 
 def read_sweep(
-    tracking_uri: str, experiment: str, parent_id: str | None = None, children: bool = True
+    tracking_uri: str,
+    experiment: str,
+    parent_id: str | None = None,
+    children: bool = True,
+    sweep_id: str | None = None,
 ) -> SweepRuns | None:
-    """The sweep's parent (``parent_id``, else the experiment's latest) and, with
-    ``children``, its child runs; None when the store has no such experiment or parent run."""
+    """The sweep's parent run and, with ``children``, its child runs; None when the store has
+    no such experiment or parent run. The parent: ``parent_id``'s (the state file's), else the
+    one tagged with ``sweep_id`` (the record's: a store ``sweep sync`` copied the sweep into
+    has other run ids), else, for a folder without a record, the experiment's latest."""
     client = MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return None
     parent = get_run(client, parent_id) if parent_id else None
-    if parent is None:
+    if parent is not None and sweep_id and parent.data.tags.get(tag.SWEEP_ID, sweep_id) != sweep_id:
+        parent = None  # the state names another sweep's run
+    if parent is None and sweep_id:
+        parent = sweep_parent(client, found.experiment_id, sweep_id)
+    elif parent is None:
         parent = latest_parent(client, [found.experiment_id])
     if parent is None:
         return None
@@ -94,7 +105,11 @@ def read_sweep(
 
 
 def read_runs(
-    uri: str, experiment: str, parent_id: str | None, children: bool = True
+    uri: str,
+    experiment: str,
+    parent_id: str | None,
+    children: bool = True,
+    sweep_id: str | None = None,
 ) -> tuple[str | None, SweepRuns | None]:
     """(why the store did not answer, None) or (None, ``read_sweep``'s runs, if any), for the
     views: the sweep's folder is the source of truth, so a store that cannot be read is said in
@@ -107,11 +122,18 @@ def read_runs(
     if db is None and (why := unanswered(uri)):
         return f"no MLflow server answers at {uri} ({why})", None
     try:
-        return None, read_sweep(uri, experiment, parent_id, children)
+        return None, read_sweep(uri, experiment, parent_id, children, sweep_id)
     except MlflowException as err:  # a server that stopped meanwhile, a store it cannot read
         return f"MLflow {uri}: {why_failed(err)}", None
     except SQLAlchemyError as err:  # a SQLite file that is no MLflow store, or is locked
         return f"MLflow {uri}: {str(err.orig or err).strip() or type(err).__name__}", None
+
+
+def sweep_parent(client: MlflowClient, experiment_id: str, sweep_id: str) -> Run | None:
+    """The parent run of the sweep whose record has id ``sweep_id`` (its first, if two)."""
+    query = f"{tag.equals(tag.SWEEP_ID, sweep_id)} and {tag.equals(tag.ROLE, tag.PARENT)}"
+    found = client.search_runs([experiment_id], query, max_results=1, order_by=OLDEST_FIRST)
+    return found[0] if found else None
 
 
 def latest_parent(client: MlflowClient, experiment_ids: list[str]) -> Run | None:

@@ -35,7 +35,7 @@ from sweeps.spec.space import Space
 from sweeps.tracking import bulk, ui
 from sweeps.tracking import tags as tag
 from sweeps.tracking.bulk import RunWrite, new_run_id
-from sweeps.tracking.reader import get_run, runs_where
+from sweeps.tracking.reader import OLDEST_FIRST, get_run, runs_where, sweep_parent
 from sweeps.tracking.store import PreparedStore, sqlite_without_fsync
 from sweeps.tracking.uri import sqlite_file
 from trainers.config import ConfigError
@@ -49,7 +49,6 @@ ERROR_MAX = 5000  # characters of an error's full text kept in the sweep.error t
 NOTHING = -1  # "no epoch logged yet"
 WRITERS = 8  # runs written at once to a store that serves writers side by side
 SERVED = ("http", "https", "postgresql", "mysql", "mssql")  # a tracking or database server
-OLDEST_FIRST = ["attributes.start_time ASC"]  # a trial's oldest run is its own
 
 
 def read_state(path: Path) -> dict[str, Any]:
@@ -138,7 +137,7 @@ class SweepTracker:
         if run is not None and sweep_id and run.data.tags.get(tag.SWEEP_ID, sweep_id) != sweep_id:
             run = None  # the state names another sweep's run
         if run is None and sweep_id:
-            run = self._find_parent(sweep_id)
+            run = sweep_parent(self.client, self.experiment_id, sweep_id)
         if run is None:
             tags = {tag.ROLE: tag.PARENT, tag.STATUS: RUNNING, tag.SWEEP_ID: sweep_id}
             run = self.client.create_run(
@@ -437,13 +436,6 @@ class SweepTracker:
         must not fork runs)."""
         run = get_run(self.client, run_id)
         return run if run is not None and run.info.lifecycle_stage == "active" else None
-
-    def _find_parent(self, sweep_id: str) -> Run | None:
-        query = f"{tag.equals(tag.SWEEP_ID, sweep_id)} and {tag.equals(tag.ROLE, tag.PARENT)}"
-        found = self.client.search_runs(
-            [self.experiment_id], query, max_results=1, order_by=OLDEST_FIRST
-        )
-        return found[0] if found else None
 
     def _children(self, extra: str = "") -> Iterator[Run]:
         """The parent's child runs (oldest first), page by page."""

@@ -175,7 +175,9 @@ def load(folder: SweepFolder, tracking_uri: str | None = None) -> SweepData:
     state = read_state(folder.state)
     recorded = state.get("tracking_uri")
     uri = tracking_uri or resolve_tracking_uri(spec.tracking_uri, Path.cwd(), recorded=recorded)
-    silent, runs = read_runs(uri, spec.name, state.get("parent"))
+    history = HistoryFile(folder.history).read(spec.name)
+    sweep_id = history.id if folder.history.exists() else None
+    silent, runs = read_runs(uri, spec.name, state.get("parent"), sweep_id=sweep_id)
     if silent:
         notes = [f"{silent[0].upper()}{silent[1:]}: drawn from the sweep's folder, no links."]
     elif runs is None:
@@ -183,7 +185,6 @@ def load(folder: SweepFolder, tracking_uri: str | None = None) -> SweepData:
     else:
         notes = []
     finished = folder.results.exists()
-    history = HistoryFile(folder.history).read(spec.name)
     if finished:
         table = pd.read_csv(folder.results)
         table["error"] = table["error"].fillna("")

@@ -164,13 +164,12 @@ def status_of(folder: SweepFolder, tracking_uri: str | None = None) -> Status:
     uri = tracking_uri or resolve_tracking_uri(
         configured, Path.cwd(), recorded=state.get("tracking_uri")
     )
-    recorded = folder.history.exists()
-    silent, st.runs = read_runs(
-        uri, doc.get("name", folder.name), state.get("parent"), not recorded
-    )
+    history = HistoryFile(folder.history).read(folder.name) if folder.history.exists() else None
+    sweep_id = None if history is None else history.id  # (without a record: its trials too)
+    name, parent = doc.get("name", folder.name), state.get("parent")
+    silent, st.runs = read_runs(uri, name, parent, children=history is None, sweep_id=sweep_id)
     if silent:
         st.problem = f"{silent}; the state is the folder's"
-    history = HistoryFile(folder.history).read(folder.name) if recorded else None
     st.state = _state(st, folder, history)
     if history is not None:  # (with or without its MLflow runs)
         st.trials = record_trials(history, state.get("trials", {}), st.state == "running")
