@@ -66,7 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     doc = document.load(args.config, args.set)
     spec = sweep_spec(doc, name=args.name)
     if args.dry_run:
-        check_before_ray(spec)
+        check_before_ray(spec, args.resume)
         check_data(spec)
         print(describe(spec))
         return 0
@@ -75,14 +75,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run(spec, doc, resume=args.resume, exiting=args.exiting)
 
 
-def check_before_ray(spec: SweepSpec) -> None:
+def check_before_ray(spec: SweepSpec, resume: bool) -> None:
     """What ``sweep run`` checks before Ray with no Ray, writing nothing, for --dry-run: the
-    tracking store answers (a SQLite file that is missing is not made) and the storage can be
-    written (sweeps.engine.driver.run; the checks that need Ray's resources are not made)."""
-    from sweeps.spec.sweep import check_storage
+    sweep's folder is new, or resumed with the config it began with; the tracking store
+    answers (a SQLite file that is missing is not made); the storage can be written
+    (sweeps.engine.driver.run; the checks that need Ray's resources are not made)."""
+    from sweeps.spec.sweep import check_same_sweep, check_storage, folder_taken
     from sweeps.tracking.store import answering_store
     from sweeps.tracking.writer import recorded_store
 
+    if spec.files.root.exists():
+        if not resume:
+            raise folder_taken(spec)
+        check_same_sweep(spec)
     answering_store(spec.tracking_uri, Path.cwd(), recorded=recorded_store(spec.files.state))
     if not spec.files.root.exists():
         check_storage(spec)

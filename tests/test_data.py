@@ -3,6 +3,7 @@
 import os
 import pickle
 import re
+import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -446,6 +447,10 @@ def test_what_a_trial_reads_is_bounded(tmp_path, monkeypatch):
     assert (tmp_path / "zeros.npz").stat().st_size < 1 << 20  # small, but unpacks to 16 MiB
     with pytest.raises(ConfigError, match=r"zeros.npz unpacks to 16.0 MiB, more than the 1.0"):
         load_dataset(DataConfig(source="npz", path=str(tmp_path / "zeros.npz")))
+    X = np.arange(2 << 18, dtype=np.float32).reshape(-1, 2)  # 2 MiB, as np.savez stores it:
+    np.savez(tmp_path / "mapped.npz", X=X, y=np.arange(len(X)) % 2)  # memory-mapped, not read
+    ds = load_dataset(DataConfig(source="npz", path=str(tmp_path / "mapped.npz")))
+    assert sum(len(s.y) for s in (ds.train, ds.val, ds.test)) == len(X)
 
 
 # ---------------------------------------------------------------- npy folders (large data)
@@ -508,7 +513,7 @@ def test_npy_refusals_name_the_folder_and_what_it_lacks(tmp_path):
         load_dataset(DataConfig(source="npy", path=str(tmp_path / "X.npy")))
 
 
-def test_data_larger_than_the_free_memory_is_refused_before_it_is_read(tmp_path):
+def test_data_larger_than_the_free_memory_is_refused_before_it_is_read(tmp_path, monkeypatch):
     """An X.npy of 10^7 x 10^5 float32 (4 TB, a sparse file: nothing is written but its
     header) is refused from its header, with its size and the memory free."""
     rows, cols = 10**7, 10**5
@@ -525,3 +530,14 @@ def test_data_larger_than_the_free_memory_is_refused_before_it_is_read(tmp_path)
         r"memory free here; use fewer examples or features .*",
         str(e.value),
     )
+    huge = zipfile.ZipFile(tmp_path / "huge.npz", "w", zipfile.ZIP_DEFLATED)
+    with huge, huge.open("X.npy", "w") as member:  # packed: it would be read whole
+        np.lib.format.write_array_header_1_0(
+            member, {"descr": "<f4", "fortran_order": False, "shape": (10**6, 10)}
+        )
+        member.write(bytes(10**6 * 10 * 4))
+    monkeypatch.setattr(data, "MAX_BYTES", 1 << 40)  # past the cap on what is read whole
+    monkeypatch.setattr(data, "free_memory", lambda: 10 << 20)
+    monkeypatch.setattr(data, "_npz_arrays", lambda path: pytest.fail(f"{path} read first"))
+    with pytest.raises(ConfigError, match=r"huge\.npz: the data take 38\.1 MiB as float32, more"):
+        load_dataset(DataConfig(source="npz", path=str(tmp_path / "huge.npz")))

@@ -126,6 +126,29 @@ def test_a_store_uri_from_the_environment_is_checked_without_null(work, capsys, 
     )
 
 
+def test_a_dry_run_refuses_a_taken_name_as_the_run_would(work, capsys, monkeypatch):
+    """A folder that holds a sweep: --dry-run says what `sweep run` would (no --resume: the
+    name is taken; --resume with another config: refused), and writes nothing."""
+    import shutil
+
+    from sweeps.cli import main
+
+    monkeypatch.chdir(work)
+    folder = work / "runs" / "digits_asha"
+    folder.mkdir(parents=True)
+    shutil.copy(ASHA, folder / "sweep.yaml")
+    for args, said in (
+        ([], f"error: {folder} already exists; continue it with --resume, or pick another"),
+        (["--resume", "--set", "train.epochs=5"], f"error: {folder}/sweep.yaml holds sweep "
+         "digits_asha with another config: train.epochs 30 there, 5 here;"),
+    ):  # fmt: skip
+        assert main(["run", ASHA, "--dry-run", *args]) == 2
+        captured = capsys.readouterr()
+        assert captured.err.startswith(said) and captured.err.count("\n") == 1, captured.err
+    assert main(["run", ASHA, "--dry-run", "--resume"]) == 0
+    assert sorted(p.name for p in work.rglob("*")) == ["digits_asha", "runs", "sweep.yaml"]
+
+
 # ---------------------------------------------------------------- output into a closed pipe
 @pytest.mark.parametrize(
     "argv", [["train", DIGITS], ["run", ASHA, "--dry-run"]], ids=["train", "dry-run"]

@@ -31,7 +31,7 @@ from sklearn.preprocessing import StandardScaler
 
 from trainers.config import ConfigError, DataConfig
 
-MAX_BYTES = 8 << 30  # the most a data file may hold (an npz: once unpacked): it is read whole
+MAX_BYTES = 8 << 30  # the most a trial reads whole: a csv or parquet file, an npz's packed arrays
 MAX_LABEL = 2**31 - 1
 BLOCK_BYTES = 16 << 20  # float32 rows read at a time: NaN checks, statistics, prepared files
 SPLITS = ("train", "val", "test")
@@ -289,9 +289,10 @@ def _split(y: np.ndarray, fractions: list[float], seed: int, where: str) -> list
 
 
 # ---------------------------------------------------------------- sources
-def _path(cfg: DataConfig, folder: bool = False) -> Path:
-    """data.path, checked to be a folder (cifar10) or a regular file of at most MAX_BYTES: a
-    FIFO or /dev/zero would be read until the kernel stops the process."""
+def _path(cfg: DataConfig, folder: bool = False, whole: bool = True) -> Path:
+    """data.path, checked to be a folder (cifar10) or a regular file, of at most MAX_BYTES
+    where it is read ``whole``: a FIFO or /dev/zero would be read until the kernel stops the
+    process."""
     if not cfg.path:
         raise ConfigError(f"data.path is required for data.source {cfg.source}")
     path = Path(cfg.path).expanduser()
@@ -299,14 +300,14 @@ def _path(cfg: DataConfig, folder: bool = False) -> Path:
         raise ConfigError(f"data.path: no such {'folder' if folder else 'file'}: {path}")
     if folder and not path.is_dir():
         raise ConfigError(f"data.path: {path} is not a folder; {cfg.source} reads a folder")
-    return path if folder else _regular_file(path, "data.path: ")
+    return path if folder else _regular_file(path, "data.path: ", whole)
 
 
-def _regular_file(path: Path, label: str = "") -> Path:
+def _regular_file(path: Path, label: str = "", whole: bool = True) -> Path:
     if not path.is_file():
         kind = "a folder" if path.is_dir() else "not a regular file"
         raise ConfigError(f"{label}{path} is {kind}; give a data file")
-    if (size := path.stat().st_size) > MAX_BYTES:
+    if whole and (size := path.stat().st_size) > MAX_BYTES:
         raise ConfigError(
             f"{label}{path} holds {memory_size(size)}, more than the "
             f"{memory_size(MAX_BYTES)} a trial reads into memory; use a smaller file"
@@ -342,24 +343,32 @@ _SPLIT_KEYS = ("X_train", "y_train", "X_val", "y_val", "X_test", "y_test")
 
 
 def _npz(cfg: DataConfig) -> tuple[str, list[Split]]:
-    path = _path(cfg)
+    """An npz's arrays: those np.savez stores, memory-mapped; those np.savez_compressed packs,
+    read whole, at most MAX_BYTES once unpacked (a small zip can unpack to any size). Their
+    size is checked against the free memory before any of it is read."""
+    path = _path(cfg, whole=False)
     if not zipfile.is_zipfile(path):  # np.load would read a .npy or a pickle as something else
         raise ConfigError(
             f"data.path: {path} is not an npz file (a zip of arrays, as np.savez writes)"
         )
+    unreadable = (OSError, EOFError, zipfile.BadZipFile, ValueError)
     try:
-        with zipfile.ZipFile(path) as z:  # a small zip can unpack to any size
-            unpacked = sum(info.file_size for info in z.infolist())
-        if unpacked <= MAX_BYTES:
-            arrays = _npz_arrays(path)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        with zipfile.ZipFile(path) as z:
+            members = z.infolist()
+    except unreadable as e:
         raise ConfigError(f"data.path: cannot read {path} as npz: {_one_line(e)}") from None
-    if unpacked > MAX_BYTES:
+    packed = sum(i.file_size for i in members if i.compress_type != zipfile.ZIP_STORED)
+    if packed > MAX_BYTES:
         raise ConfigError(
-            f"data.path: {path} unpacks to {memory_size(unpacked)}, more than the "
-            f"{memory_size(MAX_BYTES)} a trial reads into memory"
+            f"data.path: {path} unpacks to {memory_size(packed)}, more than the "
+            f"{memory_size(MAX_BYTES)} a trial reads into memory; save it with np.savez "
+            "(memory-mapped), or as .npy files"
         )
-    _fits(unpacked, str(path))
+    _fits(sum(i.file_size for i in members), str(path))
+    try:
+        arrays = _npz_arrays(path)
+    except unreadable as e:
+        raise ConfigError(f"data.path: cannot read {path} as npz: {_one_line(e)}") from None
     keys = _array_keys(arrays.keys(), path)
     return path.name, _parts(arrays, keys, path)
 

@@ -38,6 +38,7 @@ from sweeps.spec.sweep import (
     check_data,
     check_same_sweep,
     check_storage,
+    folder_taken,
 )
 from sweeps.tracking.store import usable_store
 from sweeps.tracking.sync import CHILD_RUNS, sync
@@ -91,7 +92,7 @@ def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False, exiting: boo
             if files.root.exists():
                 if resume:  # before the lock: a refusal leaves the folder as it was
                     check_same_sweep(spec)
-                claim(files, lock, resume)
+                claim(spec, lock, resume)
                 history = HistoryFile(files.history).read(spec.name)  # damaged: refused now
             else:
                 check_storage(spec)
@@ -110,7 +111,7 @@ def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False, exiting: boo
                 hold.point("ray-started")
             stopping.check()  # before the folder is made
             if not lock.held and not lock.create():
-                claim(files, lock, resume)  # another driver made the folder since we looked
+                claim(spec, lock, resume)  # another driver made the folder since we looked
         code = drive(spec, doc, files, tracking_uri, resources, disks)
         return code
     except Exception as err:
@@ -133,17 +134,15 @@ def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False, exiting: boo
         lock.release()
 
 
-def claim(files: SweepFolder, lock: SweepLock, resume: bool) -> None:
+def claim(spec: SweepSpec, lock: SweepLock, resume: bool) -> None:
     """Lock an existing sweep folder to resume it; anything else is refused."""
     if resume:
         lock.take()
         return
-    if files.lock.exists():  # say "already running" rather than "already exists" if so
+    if spec.files.lock.exists():  # say "already running" rather than "already exists" if so
         lock.take()
         lock.release()
-    raise ConfigError(
-        f"{files.root} already exists; continue it with --resume, or pick another --name"
-    )
+    raise folder_taken(spec)
 
 
 def drive(

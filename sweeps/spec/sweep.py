@@ -454,6 +454,13 @@ def check_storage(spec: SweepSpec) -> None:
 RESUMABLE = ("search.max_failures",)
 
 
+def folder_taken(spec: SweepSpec) -> ConfigError:
+    """The refusal of a new sweep whose folder exists (``sweep run`` without --resume)."""
+    return ConfigError(
+        f"{spec.files.root} already exists; continue it with --resume, or pick another --name"
+    )
+
+
 def check_same_sweep(spec: SweepSpec) -> None:
     """Refuse to resume the sweep in ``spec``'s folder with another config: its trials so far
     were trained on the saved one, and a mix would compare configurations on different data or

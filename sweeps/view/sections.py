@@ -450,7 +450,10 @@ def cost(data: SweepData) -> Section:
         ("wall time", _duration(wall)),
         ("summed trial time (the epochs' training and measuring)", _duration(trial_s)),
         ("summed trial time, start to end (with loading and checkpoints)", _duration(held)),
-        ("trials running at once, on average (start to end / wall)", _f(held / wall, 2)),
+        (
+            "trials running at once, on average (start to end / wall)",
+            _f(held / wall if wall else math.nan, 2),
+        ),
         ("resources per Ray trial", f"{res.cpu:g} CPU, {res.gpu:g} GPU"),
         ("CPU-hours (summed trial time × CPUs per trial)", _g(trial_s * res.cpu / 3600)),
         ("GPU-hours (summed trial time × GPUs per trial)", _g(trial_s * res.gpu / 3600)),
