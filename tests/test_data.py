@@ -157,6 +157,10 @@ def test_npz_with_given_splits_is_used_as_given(tmp_path):
     for part, s in zip(("train", "val", "test"), _splits(ds), strict=True):
         np.testing.assert_array_equal(s.X, arrays[f"X_{part}"].astype(np.float32))
         np.testing.assert_array_equal(s.y, arrays[f"y_{part}"])
+    arrays["y_train"] = np.arange(30) % 2  # class 2 only in val and test: never trained on
+    np.savez(path, **arrays)
+    with pytest.raises(ConfigError, match=r"s\.npz: class 2 has no example in the given train"):
+        load_dataset(DataConfig(source="npz", path=str(path)))
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])

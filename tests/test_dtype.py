@@ -4,6 +4,7 @@ float32's, for a single trial and a population, and the memory a population's si
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -29,6 +30,7 @@ def test_a_trial_keeps_half_the_feature_bytes_and_learns_as_float32_does(dtype):
     full, half = trial_of("float32"), trial_of(dtype)
     trainer = half.trainers[0]
     assert trainer.X.dtype == getattr(torch, dtype) and trainer.W.dtype == torch.float32
+    assert trainer.split_tensors("test")[0].dtype == trainer.X.dtype  # measured as chosen
     assert trainer.X.element_size() * 2 == full.trainers[0].X.element_size()
     a, b = full.run(), half.run()
     assert not b["diverged"] and b["val_acc"] >= 0.9
@@ -50,6 +52,19 @@ def test_a_population_in_half_precision_stays_within_the_bound_of_float32(dtype)
         finals[kept] = [population.final(k)["val_acc"] for k in range(len(cfgs))]
     for full, half in zip(finals["float32"], finals[dtype], strict=True):
         assert abs(full - half) <= BOUND
+
+
+def test_features_float16_cannot_hold_are_refused_not_taken_for_divergence(tmp_path):
+    """Unstandardized features past float16's 65504 would read as inf, and every trial as
+    diverged whatever its lr: refused, naming the dtype that holds them."""
+    X = np.random.default_rng(0).normal(size=(120, 4)) * 1e5
+    np.savez(tmp_path / "big.npz", X=X, y=np.arange(120) % 2)
+    data = {"source": "npz", "path": str(tmp_path / "big.npz"), "standardize": False}
+    with pytest.raises(ConfigError, match=r"data.dtype: float16 cannot hold these features "
+                       r"\(\|x\| up to [0-9.e+]+\); use bfloat16"):  # fmt: skip
+        Trial(trial_config({"data": data | {"dtype": "float16"}, "train": TRAIN}))
+    kept = Trial(trial_config({"data": data | {"dtype": "bfloat16"}, "train": TRAIN}))
+    assert bool(torch.isfinite(kept.trainers[0].X).all())
 
 
 def test_an_unknown_dtype_is_refused_naming_the_choices():

@@ -87,6 +87,15 @@ def test_a_bias_gradient_of_zero_stays_zero_under_adam():
     check_against_trials([cfg], prepare(cfg.data), epochs=3)
 
 
+def test_an_unused_penalty_term_is_zero_past_float32s_range(datasets):
+    """Weights whose sum of squares passes float32's range (an absurd lr): a configuration
+    without that penalty term has a finite total loss, fused as alone (0 times inf is NaN,
+    which read as diverged), while the l2 one diverges in both."""
+    cfgs = [config("hinge", reg=reg, lr=1e21, **{"lambda": 0.0}) for reg in ("none", "l1", "l2")]
+    check_against_trials(cfgs, datasets, epochs=1)
+    assert [Trial(c, datasets).step()["diverged"] for c in cfgs] == [False, False, True]
+
+
 def test_mixed_optimizers_and_epochs_in_one_population(datasets):
     cfgs = [
         config(loss, optimizer=opt, lr=lr, epochs=epochs, momentum=rho, reg="elastic")

@@ -64,7 +64,8 @@ def assert_equal_states(a, b, same=torch.equal):
 def test_added_members_train_as_in_a_fresh_population(cv_datasets, first):
     old = [config("hinge", optimizer=opt, lr=0.02, seed=i, data=CV, epochs=6)
            for i, opt in enumerate(first)]  # fmt: skip
-    new = [config(optimizer="adam", lr=0.01, seed=7, data=CV, epochs=4),
+    new = [config(optimizer="adam", lr=0.01, seed=7, data=CV, epochs=4, schedule="cosine",
+                  warmup_epochs=2),  # its first lr (warm-up): in its fallback metrics too
            config("squared_hinge", optimizer="nesterov", reg="elastic", seed=8, data=CV,
                   epochs=4)]  # fmt: skip
     pop, twin = Population(old, cv_datasets), Population(old, cv_datasets)  # twin: never grown

@@ -111,6 +111,12 @@ def select(cfg: DataConfig) -> Selection:
         splits = [*_split(pool.y[:first], [1 - v, v], cfg.seed, where), np.arange(first, rest)]
     else:  # the three splits, given
         splits = [np.arange(a, b) for a, b in pairwise(pool.starts)]
+        untrained = np.setdiff1d(np.arange(n_classes), pool.y[splits[0]])
+        if untrained.size:  # its weights would never be trained, yet it is scored
+            raise ConfigError(
+                f"{where}: class {untrained[0]} has no example in the given training split "
+                "(y_train); add some, or give X and y and let the sweep split them"
+            )
     return Selection(pool, *splits, n_classes=n_classes, name=name)
 
 

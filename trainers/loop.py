@@ -70,10 +70,18 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def features(X: np.ndarray, device: torch.device, dtype: str) -> torch.Tensor:
     """A split's features on ``device`` as ``data.dtype`` keeps them: float32 as they are (on
-    the CPU, the shared copy's own pages), else converted on the host, then moved."""
+    the CPU, the shared copy's own pages), else converted on the host, then moved. A value
+    float16 cannot hold is refused: it would read as inf, and the trial as diverged."""
     if dtype == "float32":
         return torch.as_tensor(X, device=device)
-    return torch.as_tensor(X).to(DTYPES[dtype]).to(device)
+    kept = torch.as_tensor(X).to(DTYPES[dtype])
+    if not bool(torch.isfinite(kept).all()):
+        most = float(np.abs(X).max())
+        raise ConfigError(
+            f"data.dtype: {dtype} cannot hold these features (|x| up to {most:.3g}); use "
+            "bfloat16 (float32's range), or data.standardize: true"
+        )
+    return kept.to(device)
 
 
 def split_tensors(
@@ -81,13 +89,15 @@ def split_tensors(
     split: str,
     device: torch.device,
     on_device: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    dtype: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A split's (X, y) on ``device``: those kept there (train, val) as they are, any other
-    (test, for the one final look) copied there when asked for."""
+    (test, for the one final look) copied there when asked for, in ``dtype`` as the splits
+    the configuration was chosen on."""
     if split in on_device:
         return on_device[split]
     part = getattr(data, split)
-    return torch.as_tensor(part.X, device=device), torch.as_tensor(part.y, device=device)
+    return features(part.X, device, dtype), torch.as_tensor(part.y, device=device)
 
 
 def check_reconfigurable(old: TrialConfig, new: TrialConfig) -> None:
@@ -233,7 +243,7 @@ class Trainer:
 
     def split_tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         on_device = {"train": (self.X, self.y), "val": (self.X_val, self.y_val)}
-        return split_tensors(self.data, split, self.device, on_device)
+        return split_tensors(self.data, split, self.device, on_device, self.cfg.data.dtype)
 
     def state_dict(self) -> dict[str, Any]:
         """In the layout torch.optim and LambdaLR write (W and b as parameters 0 and 1), so

@@ -185,11 +185,18 @@ def scores_gradient(scores: torch.Tensor, y: torch.Tensor, cols: Columns) -> tor
     return _pick(soft, hinge, cols.softmax)
 
 
+def first_lrs(cfgs: list[TrialConfig]) -> list[float]:
+    """Each configuration's lr in its first epoch (warm-up included), as its Trial reports it
+    before it has trained."""
+    return [c.train.lr * lr_factor(0, c.train) for c in cfgs]
+
+
 def penalty(W: torch.Tensor, cols: Columns) -> torch.Tensor:
-    """R(W) of each configuration (trainers/regularizers.py): W (D, K, C) -> (K,)."""
-    squares = (W * W).sum(dim=(0, 2))
-    absolute = W.abs().sum(dim=(0, 2))
-    return cols.quad[:, 0] * squares + cols.absw[:, 0] * absolute
+    """R(W) of each configuration (trainers/regularizers.py): W (D, K, C) -> (K,). A term a
+    configuration does not use is 0, as in its Trial, not 0 times a sum past float32's range."""
+    quad, absw = cols.quad[:, 0], cols.absw[:, 0]
+    squares = torch.where(quad != 0, quad * (W * W).sum(dim=(0, 2)), 0.0)
+    return squares + torch.where(absw != 0, absw * W.abs().sum(dim=(0, 2)), 0.0)
 
 
 def add_penalty_gradient(grad: torch.Tensor, W: torch.Tensor, cols: Columns) -> None:
@@ -297,7 +304,7 @@ class Fold:
         order_seed: int,
     ) -> None:
         self.data, self.device = data, device
-        dtype = cfgs[0].data.dtype  # shared, as all of data.* is
+        self.dtype = dtype = cfgs[0].data.dtype  # shared, as all of data.* is
         self.X = features(data.train.X, device, dtype)  # (N, D)
         self.y = torch.as_tensor(data.train.y, device=device)  # (N,)
         self.X_val = features(data.val.X, device, dtype)
@@ -401,7 +408,7 @@ class Fold:
 
     def split_tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         on_device = {"train": (self.X, self.y), "val": (self.X_val, self.y_val)}
-        return split_tensors(self.data, split, self.device, on_device)
+        return split_tensors(self.data, split, self.device, on_device, self.dtype)
 
     def compact(self, keep: torch.Tensor) -> None:
         """Keep only the configurations at positions ``keep`` (K',)."""
@@ -518,9 +525,7 @@ class Population:
         self.diverged = [False] * len(cfgs)
         self.history: list[list[dict[str, Any]]] = [[] for _ in cfgs]
         # fallback if epoch 1 diverges, as in Trial
-        self.last_finite = self._measure(
-            [c.train.lr * lr_factor(0, c.train) for c in cfgs], [0] * len(cfgs), 0.0
-        )
+        self.last_finite = self._measure(first_lrs(cfgs), [0] * len(cfgs), 0.0)
 
     # ------------------------------------------------------------ training
     def running(self, k: int) -> bool:
@@ -649,8 +654,7 @@ class Population:
         for name, start in (("epochs_run", 0), ("step_epochs", 0), ("diverged", False)):
             getattr(self, name).extend([start] * len(cfgs))
         self.history += [[] for _ in cfgs]
-        lrs = [c.train.lr for c in self.cfgs]
-        self.last_finite += self._measure(lrs, [0] * len(self.ids), 0.0)[K:]
+        self.last_finite += self._measure(first_lrs(self.cfgs), [0] * len(self.ids), 0.0)[K:]
 
     def copy_member(self, src: Hashable, dst: Hashable) -> None:
         """dst takes src's weights, optimizer buffers and step count, in every fold (Population
