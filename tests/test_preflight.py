@@ -132,6 +132,26 @@ def test_draws_of_an_empty_space_are_refused(kind, space):
     assert spec_of({"type": kind, "num_samples": 1}, space).num_trials() == 1  # one is fine
 
 
+@pytest.mark.parametrize(
+    ("search", "space", "said"),
+    [
+        ({"type": "random", "num_samples": 2}, {"train.lr": {"grid": [0.01, 0.1]}},
+         "space draws nothing at random (grid values, one-value lists): the 2 passes of this "
+         "random search over it would repeat the same configurations; add keys"),
+        ({"type": "tpe", "num_samples": 4}, {"train.lr": {"choice": [0.01]}},
+         "space draws nothing at random"),
+        ({"type": "grid", "num_samples": 3}, {"train.seed": {"grid": [1, 2]}},
+         "space.train.seed is on the grid: its 3 repeats would be the same configurations; "
+         "take train.seed out of space"),
+    ],
+)  # fmt: skip
+def test_a_space_whose_repeats_are_the_same_is_refused(search, space, said):
+    with pytest.raises(ConfigError) as err:
+        spec_of(search, space)
+    assert str(err.value).startswith(said)
+    assert spec_of(search | {"num_samples": 1}, space).num_trials() >= 1  # one pass is fine
+
+
 def test_an_empty_grid_repeated_is_the_config_with_new_seeds():
     """A grid's repeats each draw a train.seed: without a space they still differ."""
     spec = spec_of({"type": "grid", "num_samples": 3})

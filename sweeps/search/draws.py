@@ -13,9 +13,7 @@ from ray import tune
 from ray.tune.search.variant_generator import generate_variants
 
 from sweeps.spec.space import Dimension
-from sweeps.spec.sweep import SweepSpec
-
-SEED_KEY = "train.seed"
+from sweeps.spec.sweep import SEED_KEY, SweepSpec
 
 # Each distribution of sweeps.spec.space's table as a Ray Tune domain.
 DOMAINS: dict[str, Callable[[Dimension], Any]] = {
@@ -33,7 +31,7 @@ def search_space(spec: SweepSpec) -> dict[str, Any]:
     """Dotted trainer keys to Ray Tune domains."""
     space = {key: DOMAINS[d.distribution.name](d) for key, d in spec.space.items()}
     if spec.search.type == "grid" and spec.search.num_samples > 1 and SEED_KEY not in space:
-        space[SEED_KEY] = tune.randint(0, 2**31 - 1)  # each repeat of the grid, its own seed
+        space[SEED_KEY] = tune.randint(0, 2**31 - 1)  # each configuration of the repeats, its own
     return space
 
 

@@ -20,6 +20,7 @@ from trainers.config import TOGETHER, ConfigError, TrialConfig, unfusable
 from trainers.rules import Rule, check_mapping
 
 SEARCH_TYPES = ("grid", "random", "asha", "tpe", "bohb", "pbt")
+SEED_KEY = "train.seed"  # a repeated grid's configurations each draw one (sweeps/search/draws.py)
 ADAPTIVE = ("tpe", "bohb", "pbt")  # each draw learns from the results before it (sweeps/search/)
 AUTO_POPULATION = 256  # the most configurations search.population_size auto puts together
 MODELLED = ("tpe", "bohb")  # Optuna's TPE draws each configuration (sweeps/search/tpe.py)
@@ -151,7 +152,8 @@ SWEEP_RULES: dict[str, Rule] = {
         low=1,
         high=MAX_CONFIGS,
         optional=True,
-        doc="draws; for grid, repeats of the grid, each with new seeds; none: 1 for grid, else "
+        doc="draws; for grid, repeats of the grid, each configuration with a train.seed of its "
+        "own; none: 1 for grid, else "
         f"10. A sweep has num_samples x the grid's points configurations, at most {MAX_CONFIGS}",
     ),
     "search.metric": Rule(
@@ -271,13 +273,26 @@ def _dimension(key: str, given: Any, search_type: str) -> Dimension:
 
 def _check_search(search: Search, trial: TrialConfig, space: Space) -> None:
     """The rules of the adaptive searches, each refusal naming its key and what to change."""
-    if not space and search.num_samples > 1 and search.type not in ("grid", "pbt"):
-        # (a grid's repeats each draw a train.seed: sweeps/search/draws.py; pbt says what it
-        # searches below)
+    n, kind = search.num_samples, search.type
+    drawn = [d for d in space.values() if d.distribution.name != "grid" and len(set(d.args)) > 1]
+    if n > 1 and not drawn and kind not in ("grid", "pbt"):
+        # (a grid's configurations each draw a train.seed: sweeps/search/draws.py; pbt says
+        # what it searches below)
+        said = (
+            f"is empty: the {n} configurations of this {kind} search would all be the same"
+            if not space
+            else f"draws nothing at random (grid values, one-value lists): the {n} passes of "
+            f"this {kind} search over it would repeat the same configurations"
+        )
         raise ConfigError(
-            f"space is empty: the {search.num_samples} configurations of this {search.type} "
-            "search would all be the same; add keys under space (e.g. train.lr: {loguniform: "
-            "[1e-3, 0.3]}), or set search.num_samples: 1"
+            f"space {said}; add keys under space (e.g. train.lr: {{loguniform: [1e-3, 0.3]}}), "
+            "or set search.num_samples: 1"
+        )
+    if n > 1 and kind == "grid" and SEED_KEY in space:
+        raise ConfigError(
+            f"space.{SEED_KEY} is on the grid: its {n} repeats would be the same configurations; "
+            f"take {SEED_KEY} out of space (each configuration then draws its own), or set "
+            "search.num_samples: 1"
         )
     epochs = trial.train.epochs
     if search.type in STOPS_EARLY and search.grace_period > epochs:
