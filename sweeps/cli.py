@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -113,17 +114,16 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     check_port_free(PORT.check("--port", args.port))
     uri = resolve_tracking_uri(args.tracking_uri, Path.cwd(), "--tracking-uri")
-    mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+    mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
+    if mlflow is None:
+        raise ConfigError("mlflow not found beside this Python nor on PATH: install sweeps again")
     base = f"http://127.0.0.1:{args.port}"
     db = sqlite_file(uri)
-    if db is not None and not db.is_file():  # (serving a missing one would make it, empty)
-        raise ConfigError(
-            f"no MLflow store at {db}: run `sweep ui` in the folder the sweep ran from, or "
-            "give its store with --tracking-uri"
-        )
+    if db is not None:
+        check_mlflow_sqlite(db)
     said = [f"MLflow UI for {uri} at {base} (Ctrl-C stops it)"]
     if db is not None:
-        said += _latest_sweep(uri, db, base)
+        said += _latest_sweep(uri, base)
     print("\n".join(said), flush=True)
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     cmd = [
@@ -141,19 +141,30 @@ def cmd_ui(args: argparse.Namespace) -> int:
     os.execv(mlflow, cmd)
 
 
-def _latest_sweep(uri: str, db: Path, base: str) -> list[str]:
-    """The lines that say where the latest sweep of a SQLite store is in the UI."""
-    from sqlalchemy.exc import SQLAlchemyError
+def check_mlflow_sqlite(db: Path) -> None:
+    """A ConfigError unless ``db`` is a SQLite file with MLflow's tables, read without writing:
+    MLflow would make a missing file, or add its tables to another program's database."""
+    import sqlite3
 
+    fix = "run `sweep ui` in the folder the sweep ran from, or give its store with --tracking-uri"
+    if not db.is_file():
+        raise ConfigError(f"no MLflow store at {db}: {fix}")
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+        ) as con:
+            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.DatabaseError as err:
+        raise ConfigError(f"{db} is no MLflow store ({err}): {fix}") from None
+    if not {"experiments", "runs", "alembic_version"} <= tables:
+        raise ConfigError(f"{db} is no MLflow store (it lacks MLflow's tables): {fix}")
+
+
+def _latest_sweep(uri: str, base: str) -> list[str]:
+    """The lines that say where the latest sweep of a SQLite store is in the UI."""
     from sweeps.tracking.reader import latest_trials_page
 
-    try:
-        page = latest_trials_page(uri, base=base)
-    except SQLAlchemyError as err:
-        raise ConfigError(
-            f"{db} is no MLflow store ({err.orig or err}): give `sweep ui` the store a sweep "
-            "wrote with --tracking-uri"
-        ) from None
+    page = latest_trials_page(uri, base=base)
     if page is None:
         return ["no sweep in this store yet"]
     charts = latest_trials_page(uri, base=base, charts=True)

@@ -3,6 +3,7 @@ nothing written (no runs/ folder, no mlflow.db), before any Ray or MLflow start.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -230,19 +231,31 @@ def test_sweep_ui_checks_the_port_before_starting_mlflow(tmp_path, busy_port, ar
     assert list(tmp_path.iterdir()) == []  # no mlflow.db
 
 
-def test_sweep_ui_refuses_a_file_that_is_no_store(tmp_path):
-    """A .db file that is no SQLite database: one line naming it, exit 2, the file as it was."""
-    (tmp_path / "notes.db").write_text("not a database\n" * 100)
+@pytest.mark.parametrize("kind", ["text", "another program's database"])
+def test_sweep_ui_refuses_a_file_that_is_no_store(tmp_path, kind):
+    """A .db file that is no MLflow store (MLflow would add its tables to another program's
+    SQLite database): one line naming it, exit 2, the file as it was."""
+    import sqlite3
+
+    db = tmp_path / "notes.db"
+    if kind == "text":
+        db.write_text("not a database\n" * 100)
+        why = "file is not a database"
+    else:
+        with contextlib.closing(sqlite3.connect(db)) as con, con:
+            con.execute("CREATE TABLE notes (line TEXT)")
+        why = "it lacks MLflow's tables"
+    before = db.read_bytes()
     done = subprocess.run(
         [SWEEP, "ui", "--tracking-uri", "notes.db"],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stdout == "" and done.stderr == (
-        f"error: {tmp_path.resolve()}/notes.db is no MLflow store (file is not a database): "
-        "give `sweep ui` the store a sweep wrote with --tracking-uri\n"
+        f"error: {tmp_path.resolve()}/notes.db is no MLflow store ({why}): run `sweep ui` in "
+        "the folder the sweep ran from, or give its store with --tracking-uri\n"
     )
-    assert (tmp_path / "notes.db").read_text() == "not a database\n" * 100
+    assert db.read_bytes() == before
 
 
 READER_CASES = [
