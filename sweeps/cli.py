@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from sweeps.engine import stopping
 from sweeps.spec import document
 from sweeps.spec.document import add_set_argument
-from trainers.rules import ConfigError, Rule
+from trainers.rules import ConfigError, Rule, expanded
 
 if TYPE_CHECKING:
     from sweeps.spec.sweep import SweepSpec
@@ -194,7 +194,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from sweeps.record.layout import unwritable
     from sweeps.view.report import report
 
-    out = Path(args.out).expanduser() if args.out else None
+    out = expanded(args.out, "--out") if args.out else None
     if out is not None and (why := unwritable(out)):
         raise ConfigError(f"--out {args.out}: {why}; give a folder you can write")
     logs = not args.no_log

@@ -110,6 +110,10 @@ RUN_CASES = [
      f"error: mlflow.tracking_uri must be {URI_WHAT} or null; got 'file:///tmp/x'"),
     (["--set", "train.lr={grid: [1], grid: [2]}"], "--set train.lr: not valid YAML at line 1: "
      "duplicate key 'grid'"),
+    (["--set", "storage=~no_such_user_4242/x"], "error: storage: ~no_such_user_4242/x names a "
+     "home directory this machine does not know; give the path in full"),
+    (["--set", "data.source=npz", "--set", "data.path=~no_such_user_4242/x.npz"],
+     "error: data.path: ~no_such_user_4242/x.npz names a home directory"),
 ]  # fmt: skip
 
 
@@ -258,6 +262,7 @@ def test_sweep_ui_refuses_a_file_that_is_no_store(tmp_path, kind):
     assert db.read_bytes() == before
 
 
+NOBODY = "no_such_user_4242"  # ~NOBODY: a home directory no machine knows
 READER_CASES = [
     (["report", "mk3", "--out", "/proc/x", "--no-log"],
      "error: --out /proc/x: cannot write in /proc ("),
@@ -269,6 +274,11 @@ READER_CASES = [
      f"error: --tracking-uri must be {URI_WHAT}; got 'ftp://x'\n"),
     (["status", "mk3", "--tracking-uri", "ftp://x"],
      f"error: --tracking-uri must be {URI_WHAT}; got 'ftp://x'\n"),
+    *[([*argv, f"~{NOBODY}/x.db"], f"error: {argv[-1] if len(argv) > 1 else 'sweep'}: "
+       f"~{NOBODY}/x.db names a home directory this machine does not know; give the path in "
+       "full\n")
+      for argv in (["report", "mk3", "--out"], ["report"], ["status", "--storage"],
+                   ["status", "--tracking-uri"])],
 ]  # fmt: skip
 
 

@@ -30,6 +30,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from trainers.config import ConfigError, DataConfig
+from trainers.rules import expanded
 
 MAX_BYTES = 8 << 30  # the most a trial reads whole: a csv or parquet file, an npz's packed arrays
 MAX_LABEL = 2**31 - 1
@@ -301,7 +302,7 @@ def _path(cfg: DataConfig, folder: bool = False, whole: bool = True) -> Path:
     process."""
     if not cfg.path:
         raise ConfigError(f"data.path is required for data.source {cfg.source}")
-    path = Path(cfg.path).expanduser()
+    path = expanded(cfg.path, "data.path")
     if not path.exists():
         raise ConfigError(f"data.path: no such {'folder' if folder else 'file'}: {path}")
     if folder and not path.is_dir():

@@ -33,6 +33,7 @@ from trainers.data import (
     refit_selection,
     train_scaler,
 )
+from trainers.rules import expanded
 
 META = "meta.json"
 
@@ -40,7 +41,7 @@ META = "meta.json"
 def key(cfg: DataConfig, refit: bool = False) -> str:
     """The data config's name on disk, and the data file's size and time of change: what it
     would prepare differs (a file rewritten between a run and its resume), so does the key."""
-    path = Path(cfg.path).expanduser() if cfg.path else None
+    path = expanded(cfg.path, "data.path") if cfg.path else None
     stat = path.stat() if path is not None and path.exists() else None
     seen = [stat.st_size, stat.st_mtime_ns] if stat is not None else None
     prepared = {k: v for k, v in asdict(cfg).items() if k != "dtype"}  # cast on the device

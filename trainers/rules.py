@@ -14,6 +14,7 @@ import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 _KINDS = {
@@ -35,6 +36,18 @@ def shown(value: Any, limit: int = 80) -> str:
     """A value as a message quotes it: its repr, on one line, cut to ``limit`` characters."""
     text = one_line(repr(value))
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def expanded(path: str | Path, key: str) -> Path:
+    """``path`` with a leading ``~`` or ``~user`` expanded; a ConfigError naming ``key`` when
+    that home directory is unknown here (pathlib raises RuntimeError)."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        raise ConfigError(
+            f"{key}: {path} names a home directory this machine does not know; give the path "
+            "in full"
+        ) from None
 
 
 class ConfigError(ValueError):

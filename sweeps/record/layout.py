@@ -13,6 +13,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainers.rules import expanded
+
 DEFAULT_STORAGE = "runs"  # where sweep folders go unless a config sets ``storage``
 DEFAULT_DB = "mlflow.db"  # the SQLite store in the working directory, when no URI is set
 
@@ -25,7 +27,7 @@ class SweepFolder:
 
     @classmethod
     def of(cls, storage: str | Path, name: str) -> SweepFolder:
-        return cls((Path(storage).expanduser() / name).resolve())
+        return cls((expanded(storage, "--storage") / name).resolve())
 
     @property
     def name(self) -> str:

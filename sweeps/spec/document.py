@@ -19,7 +19,7 @@ import yaml
 
 from sweeps.record.layout import DEFAULT_STORAGE, SweepFolder
 from trainers.config import SECTIONS, ConfigError, TrialConfig, trial_config, unknown_key_error
-from trainers.rules import shown
+from trainers.rules import expanded, shown
 
 SWEEP_SECTIONS = ("name", "storage", "search", "space", "resources", "mlflow")
 TOP_LEVEL = (*SECTIONS, *SWEEP_SECTIONS)
@@ -201,16 +201,16 @@ def load(path: str | Path, sets: list[str] | None = None) -> dict[str, Any]:
     doc = apply_sets(load_document(path), parse_sets(sets or []))
     data, space = doc.get("data"), doc.get("space")
     if isinstance(data, dict) and "path" in data:
-        data["path"] = _absolute(data["path"])
+        data["path"] = _absolute(data["path"], "data.path")
     if isinstance(space, dict) and isinstance(searched := space.get("data.path"), dict):
         for kind, values in searched.items():
             if isinstance(values, list):
-                searched[kind] = [_absolute(v) for v in values]
+                searched[kind] = [_absolute(v, "space.data.path") for v in values]
     return doc
 
 
-def _absolute(path: Any) -> Any:
-    return str(Path(path).expanduser().absolute()) if isinstance(path, str) and path else path
+def _absolute(path: Any, key: str) -> Any:
+    return str(expanded(path, key).absolute()) if isinstance(path, str) and path else path
 
 
 def trainer_config(doc: dict[str, Any]) -> TrialConfig:

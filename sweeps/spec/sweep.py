@@ -17,7 +17,7 @@ from sweeps.record.layout import DEFAULT_STORAGE, SweepFolder, unwritable
 from sweeps.spec.document import load_document, trainer_config, trial_config_with
 from sweeps.spec.space import Dimension, Space, distribution_of
 from trainers.config import TOGETHER, ConfigError, TrialConfig, unfusable
-from trainers.rules import Rule, check_mapping
+from trainers.rules import Rule, check_mapping, expanded
 
 SEARCH_TYPES = ("grid", "random", "asha", "tpe", "bohb", "pbt")
 SEED_KEY = "train.seed"  # a repeated grid's configurations each draw one (sweeps/search/draws.py)
@@ -414,7 +414,7 @@ def sweep_spec(doc: dict[str, Any], name: str | None = None) -> SweepSpec:
         space=space,
         search=search,
         resources=resources,
-        storage=Path(storage).expanduser(),
+        storage=expanded(storage, "storage"),
         tracking_uri=mlflow.get("tracking_uri"),
         child_runs=mlflow.get("child_runs", ALL_CHILD_RUNS),
     )

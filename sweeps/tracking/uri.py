@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeps.record.layout import DEFAULT_DB
+from trainers.rules import expanded
 
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 
@@ -35,12 +36,12 @@ def resolve_tracking_uri(
     from sweeps.spec.sweep import TRACKING_URI
 
     if configured is not None and configured != "":
-        return _absolute(TRACKING_URI.check(key, configured), workdir)
+        return _absolute(TRACKING_URI.check(key, configured), workdir, key)
     if os.environ.get("MLFLOW_TRACKING_URI"):
         env = TRACKING_URI.check("$MLFLOW_TRACKING_URI", os.environ["MLFLOW_TRACKING_URI"])
-        return _absolute(env, Path.cwd())
+        return _absolute(env, Path.cwd(), "$MLFLOW_TRACKING_URI")
     if fallback:
-        return _absolute(fallback, workdir)
+        return _absolute(fallback, workdir, "mlflow_tracking_uri")
     if recorded and ((db := sqlite_file(recorded)) is None or db.parent.is_dir()):
         return recorded
     return f"sqlite:///{workdir.resolve()}/{DEFAULT_DB}"
@@ -52,11 +53,11 @@ def sqlite_file(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///") :].split("?")[0])
 
 
-def _absolute(uri: str, base: Path) -> str:
+def _absolute(uri: str, base: Path, key: str) -> str:
     if uri.startswith("sqlite:///"):
         path = uri[len("sqlite:///") :]
         return uri if path.startswith("/") else f"sqlite:///{base.resolve() / path}"
     if "://" in uri or uri.startswith("file:"):
         return uri  # a server or a file URI: checked as given
-    path = (base / Path(uri).expanduser()).resolve()
+    path = (base / expanded(uri, key)).resolve()
     return f"sqlite:///{path}" if path.suffix in SQLITE_SUFFIXES else uri

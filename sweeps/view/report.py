@@ -50,6 +50,7 @@ from sweeps.view import sections
 from sweeps.view.status import record_trials
 from trainers.config import ConfigError
 from trainers.metrics import CURVES, FINAL, curve_points
+from trainers.rules import expanded
 
 METRIC_LABELS = {"val_acc": "validation accuracy (fraction)", "val_loss": "validation loss"}
 
@@ -155,7 +156,7 @@ def file_report(folder: SweepFolder, tracking_uri: str, parent_id: str) -> None:
 
 def find_folder(target: str, storage: str | Path = DEFAULT_STORAGE) -> SweepFolder:
     """A sweep folder from a path to it, or from its name under ``storage``."""
-    as_path = SweepFolder(Path(target).expanduser().resolve())
+    as_path = SweepFolder(expanded(target, "sweep").resolve())
     if as_path.config.exists():
         return as_path
     by_name = SweepFolder.of(storage, target)

@@ -39,6 +39,7 @@ from sweeps.tracking.reader import RunInfo, SweepRuns, param_value, read_runs
 from sweeps.tracking.writer import end_tags, read_state
 from trainers.config import ConfigError
 from trainers.metrics import curve_points
+from trainers.rules import expanded
 
 ENDED = tuple(o for o in Outcome if o is not Outcome.INTERRUPTED)  # final: not to be resumed
 OUTCOMES = (RUNNING, *Outcome)
@@ -126,7 +127,7 @@ def _outcome(run: RunInfo) -> str:
 # ---------------------------------------------------------------- reading
 def sweep_folders(storage: str | Path) -> list[SweepFolder]:
     """Every sweep under ``storage`` (a folder holding a sweep.yaml), by name."""
-    root = Path(storage).expanduser()
+    root = expanded(storage, "--storage")
     if not root.is_dir():
         return []
     folders = (SweepFolder(p.resolve()) for p in sorted(root.iterdir()))
@@ -363,7 +364,7 @@ def show(
     if name is None:
         folders = sweep_folders(storage)
         if not folders:
-            return f"no sweeps under {Path(storage).expanduser()}/"
+            return f"no sweeps under {expanded(storage, '--storage')}/"
         return format_overview([listed_status(f, tracking_uri) for f in folders])
     from sweeps.view.report import find_folder
 
