@@ -97,6 +97,10 @@ def test_number_of_trials():
             "(draws are rounded to it); got [0.01, 0.02, 0.1]",
         ),
         (
+            {"space": {"train.lr": {"quniform": [0.1, 0.3, 1e-320]}}},
+            "space.train.lr.quniform step 1e-320 is too small: its multiples overflow",
+        ),
+        (
             {"space": {"train.lr": {"qloguniform": [0.1, 1, 0]}}},
             "space.train.lr.qloguniform step must be a number > 0; got 0",
         ),

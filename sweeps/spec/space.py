@@ -119,6 +119,8 @@ class Dimension:
         if not dist.step:
             return cls(key, dist, (low, high))
         q = STEP.check(f"{at} step", args[2])
+        if not all(math.isfinite(x / q) for x in (low, high)):
+            raise ConfigError(f"{at} step {shown(args[2])} is too small: its multiples overflow")
         if not all(math.isclose(x / q, round(x / q)) for x in (low, high)):
             raise ConfigError(
                 f"{at} needs low and high that are multiples of the step {q:g} "
