@@ -81,27 +81,30 @@ def check_before_ray(spec: SweepSpec, resume: bool) -> None:
     sweep's folder is new, or resumed with the config it began with; the tracking store
     answers (a SQLite file that is missing is not made); the storage can be written
     (sweeps.engine.driver.run; the checks that need Ray's resources are not made)."""
-    from sweeps.spec.sweep import check_same_sweep, check_storage, folder_taken
+    from sweeps.spec.sweep import check_same_sweep, check_storage, folder_exists, folder_taken
     from sweeps.tracking.store import answering_store
     from sweeps.tracking.writer import recorded_store
 
-    if spec.files.root.exists():
-        if not resume:
-            raise folder_taken(spec)
+    exists = folder_exists(spec)
+    if exists and not resume:
+        raise folder_taken(spec)
+    if exists:
         check_same_sweep(spec)
     answering_store(spec.tracking_uri, Path.cwd(), recorded=recorded_store(spec.files.state))
-    if not spec.files.root.exists():
+    if not exists:
         check_storage(spec)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     """Continue an interrupted sweep from its saved config and checkpoints."""
     from sweeps.engine.driver import run
+    from sweeps.record.layout import SweepFolder
     from sweeps.spec.document import load_saved
-    from sweeps.spec.sweep import sweep_spec
+    from sweeps.spec.sweep import saved_spec
 
     doc = load_saved(args.name, args.storage)
-    return run(sweep_spec(doc), doc, resume=True, exiting=args.exiting)
+    spec = saved_spec(doc, SweepFolder.of(args.storage, args.name).config)
+    return run(spec, doc, resume=True, exiting=args.exiting)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:

@@ -152,6 +152,20 @@ def test_a_dry_run_refuses_a_taken_name_as_the_run_would(work, capsys, monkeypat
         assert captured.err.startswith(said) and captured.err.count("\n") == 1, captured.err
     assert main(["run", ASHA, "--dry-run", "--resume"]) == 0
     assert sorted(p.name for p in work.rglob("*")) == ["digits_asha", "runs", "sweep.yaml"]
+    edited = (folder / "sweep.yaml").read_text().replace("type: asha", "type: ashaa")
+    (folder / "sweep.yaml").write_text(edited)  # a hand edit: the saved config is named
+    for argv in (["run", ASHA, "--dry-run", "--resume"], ["resume", "digits_asha"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {folder}/sweep.yaml: search.type must be one of "), err
+        assert err.endswith("got 'ashaa'; it should hold the sweep's config\n"), err
+    (work / "runs" / "as_file").write_text("not a sweep\n")  # a file where a folder would be
+    for resume in ([], ["--resume"]):
+        assert main(["run", ASHA, "--dry-run", "--name", "as_file", *resume]) == 2
+        assert capsys.readouterr().err == (
+            f"error: {work / 'runs' / 'as_file'} is a file, not a sweep's folder; move it, or "
+            "pick another --name\n"
+        )
 
 
 # ---------------------------------------------------------------- output into a closed pipe

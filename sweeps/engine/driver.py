@@ -38,6 +38,7 @@ from sweeps.spec.sweep import (
     check_data,
     check_same_sweep,
     check_storage,
+    folder_exists,
     folder_taken,
 )
 from sweeps.tracking.store import usable_store
@@ -89,7 +90,7 @@ def run(spec: SweepSpec, doc: dict[str, Any], resume: bool = False, exiting: boo
     try:
         with stopping.deferred():
             history = None
-            if files.root.exists():
+            if folder_exists(spec):
                 if resume:  # before the lock: a refusal leaves the folder as it was
                     check_same_sweep(spec)
                 claim(spec, lock, resume)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeps.record.layout import DEFAULT_STORAGE, SweepFolder, unwritable
-from sweeps.spec.document import load_document, trainer_config, trial_config_with
+from sweeps.spec.document import SAVED, load_document, trainer_config, trial_config_with
 from sweeps.spec.space import Dimension, Space, distribution_of
 from trainers.config import TOGETHER, ConfigError, TrialConfig, unfusable
 from trainers.rules import Rule, check_mapping, expanded
@@ -469,6 +469,25 @@ def check_storage(spec: SweepSpec) -> None:
 RESUMABLE = ("search.max_failures",)
 
 
+def saved_spec(doc: dict[str, Any], config: Path) -> SweepSpec:
+    """The spec of the config a sweep was started with (``doc``, read from ``config``, its
+    sweep.yaml): a mistake in it, a hand edit's, names that file, not the command's config."""
+    try:
+        return sweep_spec(doc)
+    except ConfigError as err:
+        raise ConfigError(f"{config}: {err}; {SAVED}") from None
+
+
+def folder_exists(spec: SweepSpec) -> bool:
+    """Whether the sweep's folder is there; a file in its place is a ConfigError."""
+    root = spec.files.root
+    if root.exists() and not root.is_dir():
+        raise ConfigError(
+            f"{root} is a file, not a sweep's folder; move it, or pick another --name"
+        )
+    return root.exists()
+
+
 def folder_taken(spec: SweepSpec) -> ConfigError:
     """The refusal of a new sweep whose folder exists (``sweep run`` without --resume)."""
     return ConfigError(
@@ -484,7 +503,7 @@ def check_same_sweep(spec: SweepSpec) -> None:
     files = spec.files
     if not files.config.exists():
         return
-    saved = sweep_spec({**load_document(files.config), "name": spec.name})
+    saved = saved_spec({**load_document(files.config), "name": spec.name}, files.config)
     was, now = _defining(saved), _defining(spec)
     changed = [k for k in sorted(was.keys() | now.keys()) if was.get(k) != now.get(k)]
     if changed:

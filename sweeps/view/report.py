@@ -32,7 +32,7 @@ from sweeps.record.lock import holder
 from sweeps.record.outcomes import CHOOSABLE, RUNNING
 from sweeps.record.results import best_first
 from sweeps.spec.document import saved_document
-from sweeps.spec.sweep import Resources, SweepSpec, sweep_spec
+from sweeps.spec.sweep import Resources, SweepSpec, saved_spec
 from sweeps.tracking import tags as tag
 from sweeps.tracking.reader import (
     RunInfo,
@@ -172,7 +172,7 @@ def load(folder: SweepFolder, tracking_uri: str | None = None) -> SweepData:
     """The sweep's config, results (results.csv, else the record's trials so far) and curves."""
     from sweeps.tracking.uri import resolve_tracking_uri
 
-    spec = sweep_spec(saved_document(folder))
+    spec = saved_spec(saved_document(folder), folder.config)
     state = read_state(folder.state)
     recorded = state.get("tracking_uri")
     uri = tracking_uri or resolve_tracking_uri(spec.tracking_uri, Path.cwd(), recorded=recorded)
