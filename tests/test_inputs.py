@@ -110,6 +110,8 @@ RUN_CASES = [
      f"error: mlflow.tracking_uri must be {URI_WHAT} or null; got 'file:///tmp/x'"),
     (["--set", "train.lr={grid: [1], grid: [2]}"], "--set train.lr: not valid YAML at line 1: "
      "duplicate key 'grid'"),
+    (["--set", "data=[]"], "error: data must be a mapping of keys to values; got []"),
+    (["--set", "space=false"], "error: space must map trainer keys to distributions"),
     (["--set", "storage=~no_such_user_4242/x"], "error: storage: ~no_such_user_4242/x names a "
      "home directory this machine does not know; give the path in full"),
     (["--set", "data.source=npz", "--set", "data.path=~no_such_user_4242/x.npz"],

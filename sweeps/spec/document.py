@@ -215,4 +215,4 @@ def _absolute(path: Any, key: str) -> Any:
 
 def trainer_config(doc: dict[str, Any]) -> TrialConfig:
     """The validated trainer part (data, model, train) of a config document."""
-    return trial_config({name: doc.get(name) or {} for name in SECTIONS})
+    return trial_config({name: doc.get(name) for name in SECTIONS})  # (None: the defaults)

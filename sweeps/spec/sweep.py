@@ -389,7 +389,7 @@ def sweep_spec(doc: dict[str, Any], name: str | None = None) -> SweepSpec:
     search.num_samples = search.num_samples or (1 if search.type == "grid" else 10)
     resources = Resources(**check_mapping("resources", doc.get("resources"), SWEEP_RULES))
     mlflow = check_mapping("mlflow", doc.get("mlflow"), SWEEP_RULES)
-    space_doc = doc.get("space") or {}
+    space_doc = {} if doc.get("space") is None else doc["space"]
     if not isinstance(space_doc, dict):
         raise ConfigError(
             "space must map trainer keys to distributions, e.g. train.lr: {loguniform: [1e-4, 1]}"
