@@ -57,6 +57,7 @@ def spec_of(search: dict, space: dict | None = None, train: dict | None = None):
         ({"type": "pbt"}, {"model.loss": {"choice": ["softmax"]}}, "search.type pbt perturbs"),
         ({"type": "pbt"}, {**PBT_SPACE, "model.loss": {"choice": ["softmax"]}}, "space.model."),
         ({"type": "pbt", "perturbation_interval": 6}, PBT_SPACE, "perturbation_interval must be <"),
+        ({"type": "pbt", "num_samples": 1}, PBT_SPACE, "search.num_samples must be >= 2 for pbt"),
         ({"type": "bohb", "grace_period": 6}, SPACE, "search.grace_period must be < train.epochs"),
         ({"type": "bohb"}, {"train.epochs": {"choice": [3, 4]}}, "space.train.epochs cannot"),
         (

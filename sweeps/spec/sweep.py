@@ -321,6 +321,11 @@ def _check_search(search: Search, trial: TrialConfig, space: Space) -> None:
                 f"search.perturbation_interval must be < train.epochs ({epochs}); "
                 f"got {search.perturbation_interval}"
             )
+        if search.num_samples < 2:
+            raise ConfigError(
+                "search.num_samples must be >= 2 for pbt: its members copy each other's "
+                f"weights, and one has nobody to copy; got {search.num_samples}"
+            )
     if search.engine != "fused":
         return
     for key, dim in space.items():
