@@ -96,14 +96,19 @@ def check_before_ray(spec: SweepSpec, resume: bool) -> None:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    """Continue an interrupted sweep from its saved config and checkpoints."""
+    """Continue an interrupted sweep from its saved config and checkpoints. NAME may be the
+    sweep's folder (runs/NAME/), as `sweep report` takes it: its parent is then the storage."""
     from sweeps.engine.driver import run
     from sweeps.record.layout import SweepFolder
     from sweeps.spec.document import load_saved
     from sweeps.spec.sweep import saved_spec
 
-    doc = load_saved(args.name, args.storage)
-    spec = saved_spec(doc, SweepFolder.of(args.storage, args.name).config)
+    name, storage = args.name, args.storage
+    if "/" in name:
+        folder = expanded(name, "NAME").resolve()
+        name, storage = folder.name, str(folder.parent)
+    doc = load_saved(name, storage)
+    spec = saved_spec(doc, SweepFolder.of(storage, name).config)
     return run(spec, doc, resume=True, exiting=args.exiting)
 
 
@@ -336,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     resume = sub.add_parser("resume", help="continue an interrupted sweep by name")
-    resume.add_argument("name")
+    resume.add_argument("name", help="the sweep's name (under --storage) or its folder")
     resume.add_argument("--storage", default="runs", help="folder holding the sweep (default runs)")
     resume.set_defaults(func=cmd_resume)
 

@@ -156,7 +156,8 @@ def test_a_dry_run_refuses_a_taken_name_as_the_run_would(work, capsys, monkeypat
     assert sorted(p.name for p in work.rglob("*")) == ["digits_asha", "runs", "sweep.yaml"]
     edited = (folder / "sweep.yaml").read_text().replace("type: asha", "type: ashaa")
     (folder / "sweep.yaml").write_text(edited)  # a hand edit: the saved config is named
-    for argv in (["run", ASHA, "--dry-run", "--resume"], ["resume", "digits_asha"]):
+    resumes = (["resume", "digits_asha"], ["resume", f"{folder}/"], ["resume", "runs/digits_asha"])
+    for argv in (["run", ASHA, "--dry-run", "--resume"], *resumes):  # (a folder: as report's)
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: {folder}/sweep.yaml: search.type must be one of "), err
