@@ -34,6 +34,7 @@ CONFIGS = {  # file name -> bytes
     "sections_twice.yaml": b"train: {lr: 0.1}\nmodel: {loss: hinge}\ntrain: {epochs: 2}\n",
     "big.yaml": b"# " + b"x" * (2 << 20) + b"\n",  # 2 MiB
     "newline_key.yaml": b'train: {"l\\nr": 0.1}\n',
+    "deep.yaml": b"a: " + b"[" * 5000 + b"]" * 5000 + b"\n",  # 10 KB, 5,000 lists deep
 }
 
 
@@ -63,6 +64,7 @@ FILE_CASES = [
     ("fifo.yaml", "fifo.yaml: not a regular file; give a YAML config file"),
     ("folder.yaml", "folder.yaml: not a regular file; give a YAML config file"),
     ("newline_key.yaml", r"error: unknown key train.l\nr; did you mean train.lr?"),
+    ("deep.yaml", "deep.yaml: its YAML is nested too deeply to be a config"),
 ]  # fmt: skip
 
 

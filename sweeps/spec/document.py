@@ -65,6 +65,8 @@ def parse_yaml(text: str, where: str) -> Any:
         line = f" at line {mark.line + 1}" if mark else ""
         problem = getattr(err, "problem", None) or "invalid YAML"
         raise ConfigError(f"{where}: not valid YAML{line}: {problem}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError(f"{where}: its YAML is nested too deeply to be a config") from None
 
 
 def read_yaml(path: str | Path, what: str = "config file") -> Any:
