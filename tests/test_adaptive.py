@@ -80,6 +80,29 @@ def test_each_bad_setting_gets_one_line_naming_its_key(search, space, message):
     assert message in str(raised.value) and "\n" not in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("last", "told"),
+    [
+        ({"epoch": 6, "val_acc": 0.9, "diverged": False}, optuna.trial.TrialState.COMPLETE),
+        ({"epoch": 2, "val_acc": 0.5, "diverged": False}, optuna.trial.TrialState.PRUNED),
+        ({"epoch": 6, "val_acc": 0.1, "diverged": True}, optuna.trial.TrialState.FAIL),
+    ],
+)
+def test_the_per_trial_sampler_is_told_how_each_trial_ended(last, told):
+    """As the fused engine's: a trial ASHA stopped is pruned (its rung's value ranks it), a
+    diverged one failed; only a trial that ran to its last epoch is told its value."""
+    from sweeps.engine.ray_tune import searcher
+
+    spec = spec_of({"type": "bohb", "engine": "trial", "num_samples": 4}, SPACE)
+    search = getattr(found := searcher(spec), "searcher", found)  # (ConcurrencyLimiter's)
+    assert search.suggest("t1")
+    search.on_trial_result("t1", {**last, "training_iteration": 1})
+    search.on_trial_complete("t1", last)
+    (trial,) = search._ot_study.trials
+    assert trial.state == told
+    assert trial.value == (None if last["diverged"] else last["val_acc"])  # pruned: its rung's
+
+
 def test_open_plan_gives_each_unfusable_value_populations_and_keeps_few_in_flight():
     space = {**SPACE, "train.batch_size": {"choice": [16, 32]}}
     plan = fused.open_plan(spec_of({"type": "tpe", "num_samples": 64}, space))

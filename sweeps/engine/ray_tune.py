@@ -439,6 +439,27 @@ class RecordingPBT(PopulationBasedTraining):
         _run().recorder.exploited(trial.trial_id, trial_to_clone.trial_id, epoch, new)
 
 
+class TellingSearch(OptunaSearch):
+    """Ray's OptunaSearch, telling Optuna how each trial ended as the fused engine's sampler
+    does (sweeps/engine/fused.py): completed as complete, stopped by ASHA before its last epoch
+    as pruned (its last reported value then ranks it), diverged or failed as failed. Ray's
+    tells a stopped or diverged trial complete, with a value it never reached at the end."""
+
+    def __init__(self, *args: Any, epochs: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.epochs = epochs  # train.epochs, unless a trial's config searches it
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        epochs = ((result or {}).get("config") or {}).get("train.epochs", self.epochs)
+        end = Outcome.ERROR if error or not result else outcome(result, epochs, error=None)
+        if end is Outcome.COMPLETED:
+            super().on_trial_complete(trial_id, result)
+        else:  # no value: pruned, or (error) failed
+            super().on_trial_complete(trial_id, None, error=end is not Outcome.EARLY_STOPPED)
+
+
 def searcher(spec: SweepSpec) -> Any:
     """Who draws the per-trial engine's configurations: Ray's variant generator (grid, random,
     asha, pbt's first draws), or Optuna's TPE through Ray's OptunaSearch (tpe, bohb)."""
@@ -446,11 +467,12 @@ def searcher(spec: SweepSpec) -> Any:
     if s.type not in MODELLED:
         return Variants(random_state=s.seed, max_concurrent=s.max_concurrent)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    found = OptunaSearch(
+    found = TellingSearch(
         space=DefineByRun(spec.space),
         metric=s.metric,
         mode=s.mode,
         sampler=tpe.tpe_sampler(s.seed, 0, tpe.distributions(spec.space)),
+        epochs=spec.trial.train.epochs,
     )
     return ConcurrencyLimiter(found, s.max_concurrent) if s.max_concurrent else found
 
