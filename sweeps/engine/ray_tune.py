@@ -65,8 +65,9 @@ _STOP_WORDS = _Unsaid("Stop signal received", "Experiment has been interrupted",
 for _name in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis"):
     logging.getLogger(_name).addFilter(_STOP_WORDS)
 # A per-trial PBT member that starts again from its checkpoint: Ray's JSON and CSV loggers look
-# for its files in the storage, which they have not reached yet, warn, and append to the files
-# they have (tests/test_adaptive.py: every report in them).
+# for its result.json and progress.csv in the storage, which they have not reached yet, and
+# warn; those files of Ray's may then lack the member's earlier reports. The sweep's record
+# (history.jsonl) and MLflow have every one (tests/test_adaptive.py reads its curves back).
 logging.getLogger("ray.tune.logger.logger").addFilter(_Unsaid("Remote file not found"))
 
 
