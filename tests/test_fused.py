@@ -170,7 +170,7 @@ def test_sampling_is_reproducible_and_random_draws_differ_by_seed():
         spec_of({"type": "grid", "num_samples": 2}, {"train.lr": {"grid": [0.1, 0.2]}})
     )
     assert [p["train.lr"] for p in grid] == [0.1, 0.2, 0.1, 0.2]
-    assert len({p["train.seed"] for p in grid}) == 4  # each repeat of the grid, its own seeds
+    assert len({p["train.seed"] for p in grid}) == 4  # each configuration its own seed
 
 
 # ---------------------------------------------------------------- a population run (fast)

@@ -28,11 +28,11 @@ CASES = [
      "got 1000000000"),
     (["run", ASHA, "--set", "search.type=grid", "--set", "search.num_samples=null", "--set",
       "space={}", "--set",
-      f"space.train.batch_size={GRID_1600}", "--set", f"space.train.seed={GRID_1600}"],
+      f"space.train.batch_size={GRID_1600}", "--set", f"space.train.epochs={GRID_1600}"],
      f"error: search.num_samples x the grid's points must be <= {MAX_CONFIGS} "
      "configurations; got 1 x 2560000 = 2560000"),
     (["run", ASHA, "--set", "search.type=grid", "--set", "search.num_samples=1000", "--set",
-      "space={}", "--set", f"space.train.seed={GRID_1600}"],
+      "space={}", "--set", f"space.train.batch_size={GRID_1600}"],
      f"error: search.num_samples x the grid's points must be <= {MAX_CONFIGS} "
      "configurations; got 1000 x 1600 = 1600000"),
     (["run", ASHA, "--set", "train.epochs=1000000000000"],
@@ -61,6 +61,6 @@ def test_the_bounds_themselves_are_accepted():
         "name": "t",
         "train": {"epochs": MAX_EPOCHS},
         "search": {"type": "grid", "num_samples": MAX_CONFIGS // 4},
-        "space": {"train.seed": {"grid": [1, 2, 3, 4]}},
+        "space": {"train.batch_size": {"grid": [1, 2, 3, 4]}},
     }
     assert sweep_spec(doc).num_trials() == MAX_CONFIGS

@@ -157,7 +157,7 @@ def test_sweep_logs_to_a_real_mlflow_server(workdir):
         (["train.lrr=0.1"], "unknown key train.lrr; did you mean train.lr?"),
         (["data.path=missing.npz"], "no such file"),
         (["train.batch_size=100000"], "train.batch_size must be <= the training split"),
-        (["space.train.lr={grid: [0.1]}", "search.type=random"], None),  # valid: control
+        (["space.train.lr={choice: [0.1, 0.2]}", "search.type=random"], None),  # valid: control
     ],
 )
 def test_bad_config_leaves_nothing_behind(workdir, sets, message):
