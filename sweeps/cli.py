@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import socket
@@ -150,22 +149,15 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def check_mlflow_sqlite(db: Path) -> None:
-    """A ConfigError unless ``db`` is a SQLite file with MLflow's tables, read without writing:
-    MLflow would make a missing file, or add its tables to another program's database."""
-    import sqlite3
+    """A ConfigError unless ``db`` is a SQLite file that can be an MLflow store, read without
+    writing: MLflow would make a missing file, or add its tables to another program's."""
+    from sweeps.tracking.store import not_mlflow
 
     fix = "run `sweep ui` in the folder the sweep ran from, or give its store with --tracking-uri"
     if not db.is_file():
         raise ConfigError(f"no MLflow store at {db}: {fix}")
-    try:
-        with contextlib.closing(
-            sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
-        ) as con:
-            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master")}
-    except sqlite3.DatabaseError as err:
-        raise ConfigError(f"{db} is no MLflow store ({err}): {fix}") from None
-    if not {"experiments", "runs", "alembic_version"} <= tables:
-        raise ConfigError(f"{db} is no MLflow store (it lacks MLflow's tables): {fix}")
+    if why := not_mlflow(db):
+        raise ConfigError(f"{db} is no MLflow store ({why}): {fix}")
 
 
 def _latest_sweep(uri: str, base: str) -> list[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,8 @@ def work(tmp_path, monkeypatch):
     (inputs / "folder.yaml").mkdir()
     (inputs / "labels.csv").write_text("a,b,label\n1,2,0\n3,4,1\n5,6,1e300\n")
     os.mkfifo(inputs / "fifo.csv")
+    with contextlib.closing(sqlite3.connect(inputs / "notes.db")) as con, con:
+        con.execute("CREATE TABLE notes (line TEXT)")  # another program's database
     cwd = tmp_path / "work"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
@@ -108,6 +111,8 @@ RUN_CASES = [
     (["--set", "space.data.val_fraction={choice: [0.2, 0.7]}", "--set",
       "space.train.batch_size={choice: [64, 256]}"],
      "error: space.train.batch_size must be <= the training split (179 examples); got 256"),
+    (["--set", "mlflow.tracking_uri={in}/notes.db"],
+     "in/notes.db: it holds other tables than MLflow's"),
     (["--set", "mlflow.tracking_uri=file:///tmp/x"],
      f"error: mlflow.tracking_uri must be {URI_WHAT} or null; got 'file:///tmp/x'"),
     (["--set", "train.lr={grid: [1], grid: [2]}"], "--set train.lr: not valid YAML at line 1: "
@@ -267,7 +272,7 @@ def test_sweep_ui_refuses_a_file_that_is_no_store(tmp_path, kind):
     else:
         with contextlib.closing(sqlite3.connect(db)) as con, con:
             con.execute("CREATE TABLE notes (line TEXT)")
-        why = "it lacks MLflow's tables"
+        why = "it holds other tables than MLflow's"
     before = db.read_bytes()
     done = subprocess.run(
         [SWEEP, "ui", "--tracking-uri", "notes.db"],

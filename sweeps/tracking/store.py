@@ -75,6 +75,7 @@ def check_store(uri: str, key: str = "mlflow.tracking_uri") -> None:
                     pass
             except OSError as err:
                 why = err.strerror
+            why = why or not_mlflow(db)
         elif not db.parent.is_dir():
             why = f"no folder {db.parent}"
         else:
@@ -86,6 +87,23 @@ def check_store(uri: str, key: str = "mlflow.tracking_uri") -> None:
         raise ConfigError(
             f"{key}: no MLflow server answers at {uri} ({why}); start it or fix the URI"
         )
+
+
+def not_mlflow(db: Path) -> str | None:
+    """Why the SQLite file ``db`` cannot be an MLflow store, read without writing: it is no
+    database, or it holds another program's tables (MLflow would add its own beside them);
+    None for an MLflow store, or an empty database, where MLflow makes its tables."""
+    try:
+        read_only = f"{db.resolve().as_uri()}?mode=ro"
+        with contextlib.closing(sqlite3.connect(read_only, uri=True)) as con:
+            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.OperationalError:  # locked past the 5 s timeout by a sweep that writes to it
+        return None
+    except sqlite3.DatabaseError as err:  # not a database at all
+        return str(err)
+    if tables and not {"experiments", "runs", "alembic_version"} <= tables:
+        return "it holds other tables than MLflow's"
+    return None
 
 
 def unanswered(uri: str) -> str | None:
