@@ -11,7 +11,6 @@ one look at the test split -> the parent run closed.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import sys
@@ -203,11 +202,11 @@ def live_view(spec: SweepSpec, history: SweepHistory) -> LiveView:
     """The terminal's view of the sweep (plain lines when output is not a terminal); on a
     resume it counts the trials that ended before, and ranks them for the best so far."""
     s = spec.search
-    prior = {}
-    for trial_id, t in history.trials.items():
-        if t.end is not None:  # its value as results.csv's final_<metric>: its last epoch's
-            value = t.results[-1].get(s.metric, math.nan) if t.results else math.nan
-            prior[trial_id] = (t.end["outcome"], value, t.params)
+    prior = {
+        i: (t.end["outcome"], t.final(s.metric), t.params)
+        for i, t in history.trials.items()
+        if t.end is not None
+    }
     return LiveView(spec.num_trials(), s.metric, s.mode, spec.name, prior=prior)
 
 

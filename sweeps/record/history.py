@@ -18,6 +18,7 @@ config each run was logged with, and not the sweep's end; its layout is Ray's to
 from __future__ import annotations
 
 import json
+import math
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -44,6 +45,10 @@ class TrialHistory:
     @property
     def last_epoch(self) -> int:
         return int(self.results[-1]["epoch"]) if self.results else 0
+
+    def final(self, metric: str) -> float:
+        """The metric at the last epoch, as results.csv's final_<metric> (NaN before any)."""
+        return self.results[-1].get(metric, math.nan) if self.results else math.nan
 
     @property
     def last_finite(self) -> dict[str, Any]:

@@ -8,7 +8,6 @@ on demand (``sync_folder``), into the sweep's own store or another one.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,8 +46,7 @@ def tracked(history: SweepHistory) -> list[str]:
         return list(history.trials)
     metric = history.params["search.metric"]
     final = [  # results.csv's final_<metric>: the value at the last epoch
-        {"trial_id": i, "final": t.results[-1].get(metric, math.nan) if t.results else math.nan}
-        for i, t in history.trials.items()
+        {"trial_id": i, "final": t.final(metric)} for i, t in history.trials.items()
     ]
     ranked = best_first(pd.DataFrame(final), "final", METRICS[metric]) if final else None
     kept = [] if ranked is None else list(ranked["trial_id"][: int(setting.removeprefix("best:"))])

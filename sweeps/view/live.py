@@ -67,11 +67,11 @@ class LiveView:
         self.prior = {i: p[0] for i, p in (prior or {}).items()}  # id -> outcome: progress
         self.running: dict[str, dict[str, Any]] = {}  # trial id -> params, epoch, value
         self.recent: list[str] = []  # lines about the latest ended trials
-        self.choosable: dict[str, tuple[float, dict[str, Any]]] = {}  # id -> value, params
-        self.best: tuple[float, str, dict[str, Any]] | None = None  # value, trial, params
-        for trial_id, (outcome, value, params) in (prior or {}).items():
-            if Outcome.of(outcome).choosable:
-                self._choosable(trial_id, value, params)
+        self.choosable = {  # trial id -> value, params: the ended trials that may be chosen
+            i: (value, params)
+            for i, (outcome, value, params) in (prior or {}).items()
+            if Outcome.of(outcome).choosable
+        }
         self.t0 = clock()
         self.last_summary = self.t0
         self.lock = threading.Lock()
@@ -110,9 +110,9 @@ class LiveView:
             value = _number(metrics.get(self.metric, trial["value"]))
             epochs = int(metrics.get("epoch", trial["epoch"]))
             if outcome.choosable:
-                self._choosable(trial_id, value, trial["params"])
-            elif trial_id in self.choosable:  # it had ended otherwise before a resume
-                self._unchoosable([trial_id])
+                self.choosable[trial_id] = (value, trial["params"])
+            else:  # (it may have ended otherwise before a resume)
+                self.choosable.pop(trial_id, None)
             score = "" if math.isnan(value) else f", {self.metric} {value:.4f}"
             line = (
                 f"{trial_id} {WORDS[outcome]} after {epochs} epoch{'s' * (epochs != 1)}"
@@ -130,7 +130,7 @@ class LiveView:
         with self.lock:
             for trial_id in trial_ids:
                 self.prior.pop(trial_id, None)
-            self._unchoosable(trial_ids)
+                self.choosable.pop(trial_id, None)
         self._tick()
 
     # ---------------------------------------------------------------- display
@@ -223,40 +223,20 @@ class LiveView:
             self.last_summary = now
             self._write(self.summary())
 
-    def _choosable(self, trial_id: str, value: float, params: dict[str, Any]) -> None:
-        """A trial that may be chosen ended with ``value``; the best so far follows."""
-        self.choosable[trial_id] = (value, params)
-        if self.best is not None and self.best[1] == trial_id:  # it ended again: rank anew
-            self._rank()
-        elif not math.isnan(value) and (self.best is None or self._before(trial_id)):
-            self.best = (value, trial_id, params)
-
-    def _unchoosable(self, trial_ids: list[str]) -> None:
-        """Trials that can no longer be chosen as they ended before (run again)."""
-        for trial_id in trial_ids:
-            self.choosable.pop(trial_id, None)
-        if self.best is not None and self.best[1] in trial_ids:
-            self._rank()
-
-    def _before(self, trial_id: str) -> bool:
-        """Whether the trial ranks before the best so far, as results.csv ranks them (ties:
-        the trial drawn first), so the best shown while it runs is the one chosen at the end."""
-        (value, _), (best, best_id) = self.choosable[trial_id], self.best[:2]
-        return rank_order([value, best], [trial_id, best_id], self.mode)[0] == 0
-
-    def _rank(self) -> None:
-        """The best so far among every trial that may be chosen."""
+    @property
+    def best(self) -> tuple[float, str, dict[str, Any]] | None:
+        """(value, trial, params) of the best ended trial so far, ranked as results.csv ranks
+        them (ties: the trial drawn first), so the best shown is the one chosen at the end."""
         ids = [i for i, (value, _) in self.choosable.items() if not math.isnan(value)]
         if not ids:
-            self.best = None
-            return
+            return None
         first = ids[rank_order([self.choosable[i][0] for i in ids], ids, self.mode)[0]]
-        self.best = (self.choosable[first][0], first, self.choosable[first][1])
+        return (self.choosable[first][0], first, self.choosable[first][1])
 
     def _best_text(self) -> str:
-        if self.best is None:
+        if (best := self.best) is None:  # (ranked once)
             return f"best {self.metric}: none yet"
-        value, trial_id, params = self.best
+        value, trial_id, params = best
         return f"best {self.metric} {value:.4f}: {trial_id} ({run_name(params)})"
 
     def _times(self) -> str:

@@ -2,10 +2,10 @@
 
 The trials come from the folder's record (history.jsonl), which holds every one of them, also
 those that ``mlflow.child_runs: best:N`` gives no run, and reads 10,000 trials in about a
-second where MLflow's search takes tens; MLflow is asked for the parent run alone. A store
-that lacks the sweep (deleted, or another) or does not answer (said in one line) leaves its
-state to the folder: completed with a results.csv, else interrupted once it has a record. A
-folder without a record is read from its MLflow runs.
+second where MLflow's search takes tens; MLflow is asked for the parent run alone. How a
+sweep ended is its record's word (completed, failed, else interrupted), whether or not the
+store has the sweep or answers (said in one line). A folder without a record is read from its
+MLflow runs.
 
 It starts nothing and needs neither Ray nor the data, so it answers from a login node while the
 sweep runs elsewhere as a SLURM job; where the folder holds a job's log (``slurm-<id>.out``) it
